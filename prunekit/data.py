@@ -384,6 +384,21 @@ def _load_glue_hub(task: str, mismatched: bool, split: str, max_examples: int | 
     return _finish(TextDataset(texts, pairs, labels, spec, f"GLUE {task} {stem} (nyu-mll/glue on the hub)"), None)
 
 
+def _glue_file_task(path: Path) -> tuple[str, bool, str] | None:
+    """(task, mismatched, split) when `path` is a split file inside a GLUE task folder, e.g.
+    `.../SST-2/dev.tsv`: read it in the GLUE layout (CoLA's files have no header)."""
+    hit = _resolve_task_name(path.parent.name)
+    if hit is None or path.suffix.lower() != ".tsv":
+        return None
+    stem = path.stem.lower()
+    if hit[0] == "ax":
+        return ("ax", False, "test") if stem in ("diagnostic", "ax", "test") else None
+    if stem in ("train", "dev", "test") or (hit[0] == "mnli" and stem in (
+            "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")):
+        return hit[0], hit[1] or stem.endswith("_mismatched"), stem
+    return None
+
+
 def _load_glue(task: str, mismatched: bool, split: str, glue_dir, max_examples: int | None) -> TextDataset:
     root = glue_dir if glue_dir is not None else os.environ.get("GLUE_DIR") or None
     if root is None:
@@ -774,6 +789,11 @@ def load_data(
             raise PrunekitError(f"{path} holds GLUE {hit[0]} but --task says {forced.name}; drop one of them")
         return _load_glue_file(hit[0], hit[1], split, path, max_examples)
     if path.is_file():
+        glue_hit = _glue_file_task(path)
+        if glue_hit is not None and not (text_column or pair_column or label_column):
+            if forced is not None and forced.name != glue_hit[0]:
+                raise PrunekitError(f"{path} is a GLUE {glue_hit[0]} file but --task says {forced.name}; drop one of them")
+            return _load_glue_file(glue_hit[0], glue_hit[1] or forced_mm, glue_hit[2], path.parent, max_examples)
         ds = _load_file(path, text_column, pair_column, label_column, forced)
         return _finish(ds, max_examples)
 

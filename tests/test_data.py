@@ -398,3 +398,13 @@ def test_shipped_corpus():
     assert load_data(None, max_examples=10).texts == ds.texts[:10]
     with pytest.raises(PrunekitError, match="unlabelled"):
         load_data(None, task="sst2")
+
+
+def test_split_file_inside_glue_folder_reads_as_glue(glue_dir):
+    cola = load_data(glue_dir / "CoLA" / "train.tsv")  # headerless: the GLUE layout, not a generic TSV
+    assert cola.task is GLUE_TASKS["cola"] and cola.labels == [1, 0, 1] and len(cola) == 3
+    mm = load_data(glue_dir / "MNLI" / "dev_mismatched.tsv")
+    assert mm.texts == ["mismatched premise"] and mm.labels == [2]
+    # Naming columns makes it a plain table file again.
+    sst = load_data(glue_dir / "SST-2" / "dev.tsv", text_column="sentence", label_column="label")
+    assert sst.task.name == "custom" and sst.labels == [1, 0]
