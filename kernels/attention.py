@@ -29,6 +29,7 @@ measure how much a same-precision PyTorch computation errs.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -243,36 +244,50 @@ def _widen_dot(dtype: torch.dtype) -> bool:
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _num_sms_cached(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms_cached(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _launch_config(
     max_seqlen: int,
     num_programs_per_m_block: int,
     head_dim: int,
+    dtype: torch.dtype,
     device: torch.device,
     block_m: Optional[int],
     block_n: Optional[int],
     num_warps: Optional[int],
     num_stages: Optional[int],
 ) -> tuple[int, int, int, int, int]:
-    """Block sizes for T <= 512 and head dims <= 64 on Hopper/Ampere; callers may override each."""
+    """Block sizes for T <= 512 and head dims <= 64 on Hopper/Ampere; callers may override each.
+
+    Register counts from ptxas (sm_90a, fp16, d=64): 64x64 tiles with 4 warps ~145 registers,
+    128x64 with 8 warps ~170, 128x64 with 4 warps ~250 (so 128-row blocks get 8 warps). fp32
+    runs its dots in full precision on CUDA cores, which spills above 32x32 tiles.
+    """
     block_d = max(16, _next_pow2(head_dim))  # tl.dot needs every dimension >= 16
     if _interpreted():
         # Interpreter: fewer, larger programs run faster; nothing here is about the hardware.
         bm = bn = min(64, max(16, _next_pow2(max_seqlen)))
         return block_m or bm, block_n or bn, block_d, num_warps or 4, num_stages or 1
-    if block_m is None:
+    if dtype == torch.float32:
+        bm, bn, warps = 32, 32, 4
+    else:
         # 128-row query blocks halve the K/V reloads but only pay when the grid still fills
         # the GPU about twice over; otherwise use 64 rows and twice as many programs.
         enough = num_programs_per_m_block * triton.cdiv(max_seqlen, 128) >= 2 * _num_sms(device)
-        block_m = 128 if (max_seqlen > 64 and enough and block_d <= 64) else 64
-    if block_n is None:
-        block_n = 64 if block_d <= 64 else 32
-    if num_warps is None:
-        num_warps = 4 if block_d <= 64 else 8
-    if num_stages is None:
-        num_stages = 2 if max_seqlen <= 128 else 3
+        big = max_seqlen > 64 and enough and block_d <= 64
+        bm, bn, warps = (128, 64, 8) if big else (64, 64, 4)
+        if block_d > 64:
+            bn = 32
+    block_m = block_m or bm
+    block_n = block_n or bn
+    num_warps = num_warps or (warps if block_m == bm else (8 if block_m >= 128 else 4))
+    num_stages = num_stages or (2 if max_seqlen <= 128 else 3)
     return block_m, block_n, block_d, num_warps, num_stages
 
 
@@ -389,7 +404,7 @@ def fused_attention(
         return out
 
     bm, bn, bd, warps, stages = _launch_config(
-        seqlen, batch * num_heads, head_dim, qkv.device, block_m, block_n, num_warps, num_stages
+        seqlen, batch * num_heads, head_dim, qkv.dtype, qkv.device, block_m, block_n, num_warps, num_stages
     )
     num_m_blocks = triton.cdiv(seqlen, bm)
     grid = (num_m_blocks * batch * num_heads,)
@@ -453,7 +468,7 @@ def fused_attention_varlen(
         return out
 
     bm, bn, bd, warps, stages = _launch_config(
-        max_seqlen, batch * num_heads, head_dim, qkv_packed.device, block_m, block_n, num_warps, num_stages
+        max_seqlen, batch * num_heads, head_dim, qkv_packed.dtype, qkv_packed.device, block_m, block_n, num_warps, num_stages
     )
     num_m_blocks = triton.cdiv(max_seqlen, bm)
     grid = (num_m_blocks * batch * num_heads,)
