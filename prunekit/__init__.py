@@ -1,0 +1,5 @@
+"""prunekit: search, compact, distill, export and benchmark smaller BERT-family models."""
+from .errors import PrunekitError
+
+__version__ = "0.1.0"
+__all__ = ["PrunekitError", "__version__"]

@@ -1,0 +1,100 @@
+"""Tokenising a TextDataset once, and batching it with dynamic padding in a seed-determined order."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .errors import PrunekitError
+
+
+@dataclass
+class EncodedData:
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    pad_id: int
+    labels: torch.Tensor | None = None
+    teacher_out: torch.Tensor | None = None  # [N, ...] cached teacher outputs (self-distillation)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.input_ids]
+
+
+def encode(dataset, tokenizer, max_length: int) -> EncodedData:
+    """Tokenise texts (and text pairs) with truncation, without padding."""
+    if len(dataset) == 0:
+        raise PrunekitError("the data has no examples: give a file with at least one text")
+    kwargs = dict(truncation=True, max_length=max_length, padding=False)
+    enc = tokenizer(list(dataset.texts), list(dataset.pairs), **kwargs) if dataset.pairs else tokenizer(list(dataset.texts), **kwargs)
+    labels = None
+    if dataset.labels is not None:
+        dtype = torch.float32 if dataset.task.kind == "regression" else torch.long
+        labels = torch.tensor(dataset.labels, dtype=dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return EncodedData(enc["input_ids"], enc.get("token_type_ids"), pad_id, labels)
+
+
+def collate(data: EncodedData, idx: list[int]) -> dict[str, torch.Tensor]:
+    width = max(len(data.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), data.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    types = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = data.input_ids[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        if data.token_type_ids is not None:
+            types[row, : len(seq)] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if data.labels is not None:
+        batch["labels"] = data.labels[idx]
+    return batch
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def iterate_batches(
+    data: EncodedData, batch_size: int, seed: int, start_step: int = 0, shuffle: bool = True
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Endless batches; batch ``s`` depends only on (seed, s), so a resumed run sees the same data."""
+    n = len(data)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    step = start_step
+    while True:
+        epoch, pos = divmod(step, per_epoch)
+        order = epoch_order(n, seed, epoch, shuffle)
+        idx = order[pos * batch_size : (pos + 1) * batch_size]
+        yield idx, collate(data, idx.tolist())
+        step += 1
+
+
+def sequential_batches(data: EncodedData, batch_size: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """One pass in length-sorted order (fast inference); yields the original indices too."""
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield torch.tensor(idx), collate(data, idx)
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, data: EncodedData, device, batch_size: int = 64) -> torch.Tensor:
+    """The teacher's output for every example, cached once (the search's self-distillation target)."""
+    from .models import model_output
+
+    outs: list[torch.Tensor | None] = [None] * len(data)
+    teacher.model.eval()
+    for idx, batch in sequential_batches(data, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        out = model_output(teacher.model, teacher.kind, batch).float().cpu()
+        for row, i in enumerate(idx.tolist()):
+            outs[i] = out[row]
+    return torch.stack(outs)  # type: ignore[arg-type]

@@ -1,0 +1,134 @@
+"""The `prunekit` command line: a thin click layer over the library functions."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import click
+
+from .errors import PrunekitError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _friendly(fn):
+    """Turn user mistakes into one line on stderr and exit status 2; Ctrl-C into a resume hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PrunekitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: run the same command with --resume to continue from the last checkpoint", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="prunekit")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """prunekit: make BERT-family models smaller and faster, and prove it.
+
+    \b
+    The pipeline: search -> compact -> distill -> export-onnx -> bench / eval.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def data_options(fn):
+    opts = [
+        click.option("--data", default=None, help="GLUE task name (sst2, mnli, ...), a GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus of real English sentences."),
+        click.option("--split", default="train", show_default=True, help="Split of a GLUE task (train, dev, test, dev_matched, dev_mismatched)."),
+        click.option("--glue-dir", default=None, help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR."),
+        click.option("--task", default=None, help="Treat the file as this GLUE task (its metrics and labels)."),
+        click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL (default: text, sentence or sentence1)."),
+        click.option("--pair-column", default=None, help="Second-text column for pair tasks (default: text_pair or sentence2 if present)."),
+        click.option("--label-column", default=None, help="Label column (default: label if present)."),
+        click.option("--max-examples", type=int, default=None, help="Use only the first N examples."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--model", default=None, help="Teacher: a local HF model dir or hub id (BERT-family). Default: the packaged all-MiniLM-L6-v2.")
+@click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default="auto", show_default=True, help="What the teacher outputs; auto reads the config (a bare encoder is an embedding model, mean-pooled).")
+@data_options
+@click.option("-o", "--output", "output_dir", default=None, help="Run directory. Default: runs/<method>-<target>.")
+@click.option("--method", type=click.Choice(["search", "random", "head-importance", "magnitude"]), default="search", show_default=True, help="The gate search, or a baseline at the same FLOPs target.")
+@click.option("--target", type=float, default=0.3, show_default=True, help="FLOPs ratio to reach, in (0, 1].")
+@click.option("--tolerance", type=float, default=0.05, show_default=True, help="The achieved ratio lands in [(1-t)R, (1+t)R].")
+@click.option("--lambda-cost", type=float, default=2.0, show_default=True, help="Weight of the banded log-FLOPs loss.")
+@click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (overrides --epochs).")
+@click.option("--ramp-fraction", type=float, default=0.7, show_default=True, help="Fraction of the steps over which the target moves from 1.0 to --target.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation, and the sequence length the FLOPs are counted at.")
+@click.option("--lr", type=float, default=2e-5, show_default=True, help="Learning rate of the weights (trained jointly).")
+@click.option("--alpha-lr", type=float, default=0.1, show_default=True, help="Learning rate of the gate logits (Adam).")
+@click.option("--alpha-init", type=float, default=2.0, show_default=True, help="Initial gate logit (sigmoid(2) = 0.88).")
+@click.option("--topk-fraction", type=float, default=0.1, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
+@click.option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def search(resume: bool, force: bool, quiet: bool, **options) -> None:
+    """Learn which attention heads and FFN neurons to keep under a FLOPs target.
+
+    Writes a run directory with architecture.json, alpha.safetensors, search_log.jsonl,
+    settings.json and architecture.png.
+    """
+    from .search import SearchSettings, search as run_search
+
+    if options["output_dir"] is None:
+        options["output_dir"] = os.path.join("runs", f"{options['method']}-{options['target']:g}")
+    settings = SearchSettings(**options)
+    result = run_search(settings, force=force, resume=resume, progress=not quiet)
+    arch = result.architecture
+    click.echo(f"architecture: {result.output_dir / 'architecture.json'}")
+    click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
+    click.echo(f"heads per layer: {arch.head_counts}")
+    click.echo(f"FFN width per layer: {arch.ffn_widths}")
+
+
+def _not_built(verb: str, issue: str):
+    @cli.command(
+        name=verb,
+        help=f"(not built yet) {issue[0].upper()}{issue[1:]}.",
+        short_help=f"(not built yet) {issue}",
+        context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_extra_args=True),
+    )
+    def command():
+        click.echo(f"error: `prunekit {verb}` is not built yet ({issue})", err=True)
+        sys.exit(2)
+
+    return command
+
+
+_not_built("compact", "turns a search run into a dense smaller model")
+_not_built("distill", "two-stage distillation of a compact model back to the teacher's accuracy")
+_not_built("export-onnx", "ONNX export checked against PyTorch in onnxruntime")
+_not_built("bench", "FLOPs and sentences/sec, original vs compact, CPU and CUDA")
+_not_built("eval", "the task's metrics for a teacher, compact model or ONNX file")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

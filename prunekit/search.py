@@ -1,0 +1,483 @@
+"""`prunekit search`: learn which attention heads and FFN neurons to keep under a FLOPs target.
+
+The method (see DESIGN.md): a gate ``sigmoid(alpha)`` on every head and FFN neuron; the loss is
+the (normalised) MSE between the gated student's output and the unpruned teacher's, plus
+``lambda_cost`` times a banded log-FLOPs loss; the target ratio moves linearly from 1.0 to the
+goal; only the top 10% of alpha gradients by magnitude are applied each step; the weights are
+trained jointly unless ``freeze_weights``. The same entry point runs the baselines
+(random, head importance, magnitude) at the same FLOPs target and writes the same outputs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .architecture import Architecture, config_hash
+from .batching import EncodedData, encode, iterate_batches, teacher_outputs
+from .errors import PrunekitError
+from .flops import expected_flops_ratio, model_flops
+from .gates import GateLogits, Gates
+from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .models import Teacher, load_teacher, model_output
+from .selection import select_to_budget
+
+log = logging.getLogger(__name__)
+
+METHODS = ("search", "random", "head-importance", "magnitude")
+
+
+@dataclass
+class SearchSettings:
+    """Every option of a search; saved as settings.json in the run dir."""
+
+    model: str | None = None  # local dir or hub id; None: the packaged all-MiniLM-L6-v2
+    kind: str = "auto"  # auto | classification | regression | embedding
+    data: str | None = None  # GLUE task name, GLUE task dir, CSV/TSV/JSONL/TXT file; None: the shipped corpus
+    split: str = "train"
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str | None = None
+    task: str | None = None
+    glue_dir: str | None = None
+    max_examples: int | None = None
+    output_dir: str = "runs/search"
+    method: str = "search"
+    target: float = 0.3  # final FLOPs ratio to reach, in (0, 1]
+    tolerance: float = 0.05  # band (1-t)R .. (1+t)R around the target
+    lambda_cost: float = 2.0
+    epochs: float = 3.0
+    max_steps: int | None = None
+    ramp_fraction: float = 0.7  # the target reaches its goal after this fraction of the steps
+    batch_size: int = 32
+    max_length: int = 128  # tokenizer truncation and the sequence length of the FLOPs model
+    lr: float = 2e-5  # weights (jointly trained)
+    alpha_lr: float = 0.1
+    alpha_init: float = 2.0
+    topk_fraction: float = 0.1
+    freeze_weights: bool = False
+    seed: int = 42
+    device: str = "auto"
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA) | no | bf16 | fp16
+    checkpoint_every: int = 50
+    importance_batches: int = 16  # head-importance: batches to accumulate |dL/dmask| over
+    max_nan_steps: int = 10
+
+    def validate(self) -> None:
+        if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0) or math.isnan(self.target):
+            raise PrunekitError(f"--target must be in (0, 1] (a FLOPs ratio, e.g. 0.3), got {self.target}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise PrunekitError(f"--tolerance must be in [0, 1), got {self.tolerance}")
+        if self.method not in METHODS:
+            raise PrunekitError(f"unknown --method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            raise PrunekitError(f"--topk-fraction must be in (0, 1], got {self.topk_fraction}")
+        if not 0.0 <= self.ramp_fraction <= 1.0:
+            raise PrunekitError(f"--ramp-fraction must be in [0, 1], got {self.ramp_fraction}")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise PrunekitError("--batch-size must be >= 1 and --max-length >= 8")
+        if self.epochs <= 0 and not self.max_steps:
+            raise PrunekitError("--epochs must be > 0 (or give --max-steps)")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Settings that may differ between a run and its --resume (they do not change the result).
+_RESUME_FREE = {"output_dir", "device", "checkpoint_every"}
+
+
+@dataclass
+class SearchResult:
+    architecture: Architecture
+    output_dir: Path
+    achieved_ratio: float
+    target: float
+    steps: int
+    log: list[dict] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda was asked for but this machine has no CUDA GPU: use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PrunekitError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
+
+
+def target_at(step: int, total_steps: int, goal: float, ramp_fraction: float) -> float:
+    """The scheduled FLOPs target: linear from 1.0 to ``goal`` over the first ramp_fraction of steps."""
+    ramp = max(1, int(round(ramp_fraction * total_steps)))
+    if ramp_fraction <= 0:
+        return goal
+    progress = min(1.0, step / ramp)
+    return 1.0 - (1.0 - goal) * progress
+
+
+def flops_loss(expected: torch.Tensor, discrete: float, target: float, tolerance: float) -> torch.Tensor:
+    """The banded log-FLOPs loss: push down above the band, up below it, nothing inside it."""
+    if discrete > (1.0 + tolerance) * target:
+        return torch.log(expected)
+    if discrete < (1.0 - tolerance) * target:
+        return -torch.log(expected)
+    return expected.new_zeros(())
+
+
+def topk_mask(grads: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
+    """Boolean masks selecting the ``fraction`` largest-magnitude entries across all ``grads``."""
+    flat = torch.cat([g.flatten().abs() for g in grads])
+    k = max(1, int(math.ceil(fraction * flat.numel())))
+    idx = torch.topk(flat, k, sorted=False).indices
+    sel = torch.zeros_like(flat, dtype=torch.bool)
+    sel[idx] = True
+    out, start = [], 0
+    for g in grads:
+        out.append(sel[start : start + g.numel()].view_as(g))
+        start += g.numel()
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints (safetensors + JSON)
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    scalars = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    meta[prefix] = {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta[prefix]["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
+
+
+def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.Module | None, opts: dict, keep: int = 2) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"alpha.head": alphas.head.detach().cpu(), "alpha.ffn": alphas.ffn.detach().cpu()}
+    if student is not None:
+        for name, p in student.state_dict().items():
+            tensors[f"student.{name}"] = p.detach().cpu().contiguous()
+    meta: dict = {"step": step}
+    for prefix, opt in opts.items():
+        _flatten_optimizer(prefix, opt, tensors, meta)
+    tmp = ckpt_root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta))
+    final = ckpt_root / f"step-{step:07d}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
+    """The newest readable checkpoint (a corrupt one is skipped with a warning), or None."""
+    from safetensors.torch import load_file
+
+    for d in sorted(ckpt_root.glob("step-*"), reverse=True):
+        try:
+            meta = json.loads((d / "state.json").read_text())
+            tensors = load_file(str(d / "state.safetensors"))
+            return int(meta["step"]), tensors, meta
+        except Exception as e:  # a checkpoint cut short by a kill: fall back to the previous one
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", d, e)
+    return None
+
+
+# ---------------------------------------------------------------- the search
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    mp = mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" else "no"
+    if mp == "no":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+    if dtype is None:
+        raise PrunekitError(f"unknown --mixed-precision {mixed_precision!r}: use auto, no, bf16 or fp16")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _normalised_mse(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
+    """MSE divided by the teacher output's mean square, so that lambda means the same for any head."""
+    teacher_out = teacher_out.float()
+    scale = teacher_out.pow(2).mean().clamp_min(1e-8)
+    return (student_out.float() - teacher_out).pow(2).mean() / scale
+
+
+def run_gate_search(
+    settings: SearchSettings,
+    teacher: Teacher,
+    data: EncodedData,
+    work: Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool = True,
+    _interrupt_after: int | None = None,
+) -> tuple[Architecture, list[dict], int]:
+    """The differentiable search itself; writes checkpoints and search_log.jsonl into ``work``."""
+    from tqdm.auto import tqdm
+
+    shape, seq_len = teacher.shape, settings.max_length
+    torch.manual_seed(settings.seed)
+    student = copy.deepcopy(teacher.model).to(device)
+    student.eval()  # dropout off: the gates and the FLOPs loss are the regularisers
+    train_weights = not settings.freeze_weights
+    # The embeddings are never pruned and hold most of a small model's parameters: they stay frozen,
+    # which also keeps the weight update cheap. The encoder layers (and any pooler/classifier) train.
+    for name, p in student.named_parameters():
+        p.requires_grad_(train_weights and ".embeddings." not in f".{name}")
+    gates = Gates(student, shape)
+    alphas = GateLogits(shape, settings.alpha_init).to(device)
+    opts = {"opt_alpha": torch.optim.Adam(alphas.parameters(), lr=settings.alpha_lr)}
+    if train_weights:
+        opts["opt_weights"] = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
+
+    steps_per_epoch = max(1, math.ceil(len(data) / settings.batch_size))
+    total_steps = settings.max_steps or max(1, int(math.ceil(settings.epochs * steps_per_epoch)))
+    ckpt_root = work / "checkpoints"
+    log_path = work / "search_log.jsonl"
+    start_step, history = 0, []
+    if resume:
+        found = load_latest_checkpoint(ckpt_root)
+        if found is not None:
+            start_step, tensors, meta = found
+            with torch.no_grad():
+                alphas.head.copy_(tensors["alpha.head"])
+                alphas.ffn.copy_(tensors["alpha.ffn"])
+            if train_weights:
+                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+            for prefix, opt in opts.items():
+                _restore_optimizer(prefix, opt, tensors, meta)
+            if log_path.exists():
+                history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+                history = [h for h in history if h["step"] <= start_step]
+            log.info("resuming from step %d", start_step)
+    atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+
+    teacher_out = data.teacher_out
+    full_flops = model_flops(shape, seq_len).total
+    head_share, neuron_share = shape.head_cost(seq_len) / full_flops, shape.neuron_cost(seq_len) / full_flops
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="search", unit="step", dynamic_ncols=True)
+    nan_streak = 0
+    batches = iterate_batches(data, settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
+    with open(log_path, "a") as log_file:
+        for step in range(start_step, total_steps):
+            idx, batch = next(batches)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            target = target_at(step + 1, total_steps, settings.target, settings.ramp_fraction)
+            head_p, ffn_p = alphas.probs()
+            with torch.no_grad():
+                hard_h, hard_f = alphas.hard()
+                discrete = float(expected_flops_ratio(shape, seq_len, hard_h, hard_f))
+            with _autocast(device, settings.mixed_precision), gates.active(head_p, ffn_p):
+                out = model_output(student, teacher.kind, batch)
+            mse = _normalised_mse(out, teacher_out[idx].to(device))
+            expected = expected_flops_ratio(shape, seq_len, head_p, ffn_p)
+            cost = flops_loss(expected, discrete, target, settings.tolerance)
+            loss = mse + settings.lambda_cost * cost
+            for opt in opts.values():
+                opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                nan_streak += 1
+                record = {"step": step + 1, "skipped": "non-finite loss", "loss": float("nan")}
+                log_file.write(json.dumps(record) + "\n")
+                if nan_streak >= settings.max_nan_steps:
+                    raise PrunekitError(
+                        f"the loss was NaN/inf for {nan_streak} steps in a row (last at step {step + 1}): "
+                        "lower --lr/--alpha-lr or use --mixed-precision no"
+                    )
+                continue
+            nan_streak = 0
+            loss.backward()
+            # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
+            # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
+            alphas.head.grad.div_(head_share)
+            alphas.ffn.grad.div_(neuron_share)
+            # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
+            grads = [alphas.head.grad, alphas.ffn.grad]
+            masks = topk_mask(grads, settings.topk_fraction)
+            before = [alphas.head.detach().clone(), alphas.ffn.detach().clone()]
+            for g, m in zip(grads, masks):
+                g.mul_(m)
+            opts["opt_alpha"].step()
+            with torch.no_grad():
+                for p, b, m in zip((alphas.head, alphas.ffn), before, masks):
+                    p.copy_(torch.where(m, p, b))
+            if train_weights:
+                opts["opt_weights"].step()
+            record = {
+                "step": step + 1,
+                "loss": round(loss.item(), 6),
+                "mse": round(mse.item(), 6),
+                "flops_loss": round(cost.item(), 6),
+                "target": round(target, 6),
+                "expected_ratio": round(expected.item(), 6),
+                "discrete_ratio": round(discrete, 6),
+            }
+            history.append(record)
+            log_file.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
+            bar.update(1)
+            done = step + 1
+            if done % settings.checkpoint_every == 0 or done == total_steps:
+                log_file.flush()
+                save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)
+            if _interrupt_after is not None and done >= _interrupt_after:
+                raise KeyboardInterrupt  # tests: simulate a kill after this step
+    bar.close()
+    gates.remove()
+
+    hard_h, hard_f = alphas.hard()
+    meta = {"projected": False}
+    arch = Architecture.from_masks(hard_h, hard_f, meta)
+    ratio = arch.flops_ratio(shape, seq_len)
+    lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
+    if not lo <= ratio <= hi:
+        # The band is a promise: when the gates end outside it, keep the groups with the largest alpha
+        # until the budget is met (a threshold on alpha instead of 0).
+        log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
+        arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
+    from safetensors.torch import save_file
+
+    save_file({"head": alphas.head.detach().cpu().contiguous(), "ffn": alphas.ffn.detach().cpu().contiguous()}, str(work / "alpha.safetensors"))
+    return arch, history, total_steps
+
+
+def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device) -> Architecture:
+    from . import baselines
+
+    shape = teacher.shape
+    if settings.method == "random":
+        g = torch.Generator().manual_seed(settings.seed)
+        head_p, ffn_p = baselines.random_scores(shape, g)
+    elif settings.method == "magnitude":
+        head_p, ffn_p = baselines.magnitude_scores(teacher.model, shape)
+    else:
+        head_p, ffn_p = baselines.head_importance_scores(teacher, data, settings, device)
+    return select_to_budget(head_p, ffn_p, shape, settings.max_length, settings.target, {})
+
+
+def search(
+    settings: SearchSettings,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    teacher: Teacher | None = None,
+    dataset=None,
+    _interrupt_after: int | None = None,
+) -> SearchResult:
+    """Run one search (or baseline) and write its run dir atomically. The library entry point of the CLI."""
+    from .plot import plot_architecture
+
+    settings.validate()
+    out = Path(settings.output_dir)
+    work = partial_dir(out)
+    if resume:
+        if not work.is_dir():
+            raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
+        saved = SearchSettings.from_dict(json.loads((work / "settings.json").read_text()))
+        diff = [f.name for f in fields(SearchSettings) if f.name not in _RESUME_FREE and getattr(saved, f.name) != getattr(settings, f.name)]
+        if diff:
+            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
+    else:
+        check_output_dir(out, force)
+        if work.exists():
+            if not force:
+                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
+            shutil.rmtree(work)
+    device = resolve_device(settings.device)
+    if teacher is None:
+        teacher = load_teacher(settings.model, settings.kind, device="cpu")
+    if dataset is None:
+        from .data import load_data
+
+        dataset = load_data(
+            settings.data,
+            settings.split,
+            text_column=settings.text_column,
+            pair_column=settings.pair_column,
+            label_column=settings.label_column,
+            task=settings.task,
+            glue_dir=settings.glue_dir,
+            max_examples=settings.max_examples,
+        )
+    if len(dataset) == 0:
+        raise PrunekitError("the data has no examples: give a file with at least one text")
+    teacher.model.to(device)
+    encoded = encode(dataset, teacher.tokenizer, settings.max_length)
+    encoded.teacher_out = teacher_outputs(teacher, encoded, device, batch_size=max(settings.batch_size, 64))
+
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "settings.json", settings.to_json())
+    history: list[dict] = []
+    steps = 0
+    if settings.method == "search":
+        arch, history, steps = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after)
+    else:
+        arch = run_baseline(settings, teacher, encoded, device)
+        atomic_write_text(work / "search_log.jsonl", "")
+    teacher.model.to("cpu")
+
+    shape, seq_len = teacher.shape, settings.max_length
+    arch.meta = {
+        "method": settings.method,
+        "base_model": {
+            "name_or_path": teacher.name_or_path,
+            "model_type": teacher.config.model_type,
+            "kind": teacher.kind,
+            "config_hash": config_hash(shape, getattr(teacher.config, "vocab_size", None)),
+        },
+        "data": dataset.source,
+        "target_flops_ratio": settings.target,
+        "tolerance": settings.tolerance,
+        "seed": settings.seed,
+        **arch.meta,
+    }
+    ratio = arch.flops_ratio(shape, seq_len)
+    lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
+    if not lo - 1e-9 <= ratio <= hi + 1e-9:  # an internal bug, not a user mistake
+        raise RuntimeError(f"architecture at FLOPs ratio {ratio:.4f} outside the band [{lo:.4f}, {hi:.4f}]")
+    arch.save(work / "architecture.json", shape, seq_len)
+    plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of the FLOPs (target {settings.target})")
+    ckpts = sorted((work / "checkpoints").glob("step-*"))
+    for old in ckpts[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        check_output_dir(out, force or resume)
+    publish_dir(work, out)
+    return SearchResult(architecture=arch, output_dir=out, achieved_ratio=ratio, target=settings.target, steps=steps, log=history)
