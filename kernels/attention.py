@@ -161,12 +161,13 @@ if _HAS_TRITON:
         o_ptr = out_ptr + head * HEAD_DIM + offs_m[:, None] * stride_out_t + offs_d[None, :]
         tl.store(o_ptr, out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
-    @triton.jit
+    # Integer arguments that vary from call to call are not specialised (Triton would otherwise
+    # compile a variant for each value that is 1 or a multiple of 16); the row strides are, since
+    # their divisibility is what lets loads and stores vectorise.
+    @triton.jit(do_not_specialize=["stride_mask_b", "stride_mask_t", "seqlen", "num_heads", "num_m_blocks"])
     def _fused_attention_kernel(
         QKV, MASK, OUT,
-        stride_qkv_b, stride_qkv_t,
-        stride_mask_b, stride_mask_t,
-        stride_out_b, stride_out_t,
+        stride_qkv_t, stride_mask_b, stride_mask_t, stride_out_t,
         seqlen, num_heads, num_m_blocks, qk_scale,
         HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr,
@@ -182,8 +183,11 @@ if _HAS_TRITON:
         bh = pid // num_m_blocks
         batch = bh // num_heads
         head = bh % num_heads
-        qkv_ptr = QKV + batch.to(tl.int64) * stride_qkv_b
-        out_ptr = OUT + batch.to(tl.int64) * stride_out_b
+        # Batch offsets as (batch * T) rows: the launcher guarantees stride_b == T * stride_t, and
+        # this form lets the compiler see that they keep the row stride's alignment.
+        first_row = batch.to(tl.int64) * seqlen
+        qkv_ptr = QKV + first_row * stride_qkv_t
+        out_ptr = OUT + first_row * stride_out_t
         mask_ptr = MASK + batch.to(tl.int64) * stride_mask_b
         _attn_block(
             qkv_ptr, out_ptr, mask_ptr, stride_qkv_t, stride_out_t, stride_mask_t,
@@ -191,7 +195,7 @@ if _HAS_TRITON:
             HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, HAS_MASK, FP32_DOT, WIDEN_DOT,
         )
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_heads", "num_m_blocks"])
     def _fused_attention_varlen_kernel(
         QKV, CU_SEQLENS, OUT,
         stride_qkv_t, stride_out_t,
@@ -345,6 +349,12 @@ def _check_out(name: str, out: Optional[torch.Tensor], shape: tuple, like: torch
     return out
 
 
+def _row_stride(t: torch.Tensor) -> int:
+    """Distance between consecutive tokens of [B, T, W]; with T == 1 the next token is the next
+    sequence's (torch reports an arbitrary stride for a size-1 dim)."""
+    return t.stride(1) if t.shape[1] > 1 else t.stride(0)
+
+
 def _default_scale(head_dim: int, scale: Optional[float]) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
@@ -383,8 +393,8 @@ def fused_attention(
     name = "fused_attention"
     _check_common(name, qkv, num_heads, head_dim, expected_ndim=3)
     batch, seqlen, _ = qkv.shape
-    if qkv.stride(-1) != 1:
-        qkv = qkv.contiguous()
+    if qkv.stride(-1) != 1 or (batch > 1 and seqlen > 1 and qkv.stride(0) != seqlen * qkv.stride(1)):
+        qkv = qkv.contiguous()  # rows must be evenly spaced; slices of the last dim stay views
     has_mask = attention_mask is not None
     if has_mask:
         if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (batch, seqlen):
@@ -410,9 +420,7 @@ def fused_attention(
     grid = (num_m_blocks * batch * num_heads,)
     _fused_attention_kernel[grid](
         qkv, mask, out,
-        qkv.stride(0), qkv.stride(1),
-        stride_mask_b, stride_mask_t,
-        out.stride(0), out.stride(1),
+        _row_stride(qkv), stride_mask_b, stride_mask_t, _row_stride(out),
         seqlen, num_heads, num_m_blocks, _default_scale(head_dim, scale) * _LOG2E,
         HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
         HAS_MASK=has_mask, FP32_DOT=qkv.dtype == torch.float32, WIDEN_DOT=_widen_dot(qkv.dtype),

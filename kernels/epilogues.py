@@ -44,7 +44,9 @@ _MAX_LN_WIDTH = 65536  # one row lives in registers; wider rows would spill badl
 
 if _HAS_TRITON:
 
-    @triton.jit
+    # The row count varies per call: not specialised (no recompiles). The width and the row
+    # strides are: their divisibility by 16 is what lets loads and stores vectorise.
+    @triton.jit(do_not_specialize=["n_rows"])
     def _bias_gelu_kernel(
         X, BIAS, OUT,
         n_rows, n_cols, stride_x, stride_out,
@@ -65,7 +67,7 @@ if _HAS_TRITON:
         y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))  # x * 1/sqrt(2)
         tl.store(OUT + rows64[:, None] * stride_out + cols[None, :], y.to(OUT.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows"])
     def _bias_residual_layernorm_kernel(
         X, BIAS, RES, W, LN_B, OUT,
         n_rows, n_cols, stride_x, stride_res, stride_out, eps,

@@ -204,3 +204,10 @@ def test_wrong_device_error(device):
         pytest.skip("needs a second device type to hand the kernel the wrong one")
     with pytest.raises(ValueError, match="CUDA tensors|CPU tensors"):
         fused_attention(torch.randn(1, 4, 192, device=other), None, 2, 32)
+
+
+def test_single_token_slice_and_batch_gaps(device, check_close):
+    """T == 1 cut out of a longer batch, and batches that are not T rows apart: both are read right."""
+    big = torch.randn(3, 5, 3 * 2 * 32, device=device)
+    _check_padded(big[:, 2:3], None, 2, 32, check_close, "T=1 slice")
+    _check_padded(big[:, 1:4], torch.ones(3, 3, device=device), 2, 32, check_close, "T=3 slice")
