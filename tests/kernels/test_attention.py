@@ -211,3 +211,12 @@ def test_single_token_slice_and_batch_gaps(device, check_close):
     big = torch.randn(3, 5, 3 * 2 * 32, device=device)
     _check_padded(big[:, 2:3], None, 2, 32, check_close, "T=1 slice")
     _check_padded(big[:, 1:4], torch.ones(3, 3, device=device), 2, 32, check_close, "T=3 slice")
+
+
+def test_triton_available_says_why():
+    from prunekit_kernels import triton_available
+
+    ok, reason = triton_available()
+    assert isinstance(ok, bool) and isinstance(reason, str) and reason
+    ok_meta, _ = triton_available("meta")
+    assert ok_meta is False
