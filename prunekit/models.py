@@ -92,6 +92,12 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
         raise PrunekitError(f"unknown model kind {kind!r}: use auto, {', '.join(KINDS)}")
     kind = infer_kind(config) if kind == "auto" else kind
     config._attn_implementation = "eager"  # the gates hook per-head outputs; eager is also fvcore-countable
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # e.g. "pooler weights unused" when loading an encoder without its pooler
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for a CLI user
     try:
         if kind == "embedding":
             model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
@@ -105,6 +111,10 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
         raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
     except Exception as e:  # safetensors header errors and the like: a corrupt file
         raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -60,7 +60,8 @@ class SearchSettings:
     batch_size: int = 32
     max_length: int = 128  # tokenizer truncation and the sequence length of the FLOPs model
     lr: float = 2e-5  # weights (jointly trained)
-    alpha_lr: float = 0.1
+    alpha_lr: float = 1.0
+    alpha_optimizer: str = "sgd"  # sgd: steps proportional to the per-FLOP gradient | adam
     alpha_init: float = 2.0
     topk_fraction: float = 0.1
     freeze_weights: bool = False
@@ -78,6 +79,8 @@ class SearchSettings:
             raise PrunekitError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.method not in METHODS:
             raise PrunekitError(f"unknown --method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.alpha_optimizer not in ("sgd", "adam"):
+            raise PrunekitError(f"--alpha-optimizer must be sgd or adam, got {self.alpha_optimizer!r}")
         if not 0.0 < self.topk_fraction <= 1.0:
             raise PrunekitError(f"--topk-fraction must be in (0, 1], got {self.topk_fraction}")
         if not 0.0 <= self.ramp_fraction <= 1.0:
@@ -262,7 +265,10 @@ def run_gate_search(
         p.requires_grad_(train_weights and ".embeddings." not in f".{name}")
     gates = Gates(student, shape)
     alphas = GateLogits(shape, settings.alpha_init).to(device)
-    opts = {"opt_alpha": torch.optim.Adam(alphas.parameters(), lr=settings.alpha_lr)}
+    if settings.alpha_optimizer == "adam":
+        opts = {"opt_alpha": torch.optim.Adam(alphas.parameters(), lr=settings.alpha_lr)}
+    else:
+        opts = {"opt_alpha": torch.optim.SGD(alphas.parameters(), lr=settings.alpha_lr)}
     if train_weights:
         opts["opt_weights"] = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
 
@@ -421,9 +427,7 @@ def search(
                 raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
             shutil.rmtree(work)
     device = resolve_device(settings.device)
-    if teacher is None:
-        teacher = load_teacher(settings.model, settings.kind, device="cpu")
-    if dataset is None:
+    if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 
         dataset = load_data(
@@ -436,6 +440,8 @@ def search(
             glue_dir=settings.glue_dir,
             max_examples=settings.max_examples,
         )
+    if teacher is None:
+        teacher = load_teacher(settings.model, settings.kind, device="cpu")
     if len(dataset) == 0:
         raise PrunekitError("the data has no examples: give a file with at least one text")
     teacher.model.to(device)

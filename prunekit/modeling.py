@@ -1,0 +1,427 @@
+"""The compact model: a BERT encoder whose layers each keep their own heads and FFN width.
+
+One short model family (nanoGPT / gpt-fast style) that compaction writes and distillation,
+evaluation, export and the Triton kernels read. Per layer ``i``::
+
+    qkv       Linear(hidden, 3*h_i*d)    packed [Q heads | K heads | V heads]   (absent if h_i == 0)
+    attn_out  Linear(h_i*d, hidden), no bias; ``attn_out_bias`` is kept even when h_i == 0
+    x = LayerNorm(x + attn_out(attention(qkv(x))) + attn_out_bias)
+    up        Linear(hidden, I_i) + GELU                                       (absent if I_i == 0)
+    down      Linear(I_i, hidden), no bias; ``down_bias`` is kept even when I_i == 0
+    x = LayerNorm(x + down(gelu(up(x))) + down_bias)
+
+A layer with no heads (or no FFN) is therefore exactly what the gated teacher computes with all
+its heads (neurons) masked: the residual plus the projection's bias, normalised.
+
+Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
+
+* ``eager`` — matmul + softmax (returns attention maps; what fvcore counts);
+* ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention``;
+* ``triton`` — inference only: the tokens are packed without padding once at the embeddings
+  (``cu_seqlens``), every layer runs ``prunekit_kernels.fused_attention_varlen`` with its own
+  head count and the ``bias_gelu`` / ``bias_residual_layernorm`` epilogues, and the result is
+  padded back once at the end (padding positions of ``last_hidden_state`` are zeros).
+
+``import prunekit`` registers the classes with transformers' Auto classes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+
+from .errors import PrunekitError
+
+MODEL_TYPE = "prunekit-compact-bert"
+BACKENDS = ("eager", "sdpa", "triton")
+POSITION_STYLES = ("absolute", "roberta")  # roberta: positions count real tokens from pad_token_id + 1
+
+
+class CompactBertConfig(PretrainedConfig):
+    """BERT's fields plus, per layer, the kept head count, the teacher's indices of those heads and
+    the FFN width. ``num_attention_heads`` / ``intermediate_size`` stay the teacher's."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        head_dim: Optional[int] = None,
+        num_heads_per_layer: Optional[list] = None,
+        kept_heads: Optional[list] = None,
+        intermediate_size: int = 3072,
+        intermediate_sizes: Optional[list] = None,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        classifier_dropout: Optional[float] = None,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        pad_token_id: int = 0,
+        position_style: str = "absolute",
+        base_model_type: str = "bert",
+        base_model_name_or_path: Optional[str] = None,
+        task_kind: str = "embedding",
+        backend: str = "eager",
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.head_dim = head_dim or hidden_size // num_attention_heads
+        if kept_heads is None:
+            counts = num_heads_per_layer or [num_attention_heads] * num_hidden_layers
+            kept_heads = [list(range(n)) for n in counts]
+        self.kept_heads = [list(h) for h in kept_heads]
+        self.num_heads_per_layer = list(num_heads_per_layer) if num_heads_per_layer is not None else [len(h) for h in self.kept_heads]
+        self.intermediate_size = intermediate_size
+        self.intermediate_sizes = list(intermediate_sizes) if intermediate_sizes is not None else [intermediate_size] * num_hidden_layers
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.position_style = position_style
+        self.base_model_type = base_model_type
+        self.base_model_name_or_path = base_model_name_or_path
+        self.task_kind = task_kind
+        self.backend = backend
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self._check()
+
+    def _check(self) -> None:
+        n = self.num_hidden_layers
+        if not (len(self.num_heads_per_layer) == len(self.kept_heads) == len(self.intermediate_sizes) == n):
+            raise PrunekitError(
+                f"compact config: {n} layers but {len(self.num_heads_per_layer)} head counts, {len(self.kept_heads)} "
+                f"kept-head lists and {len(self.intermediate_sizes)} FFN widths; the config.json is corrupt"
+            )
+        if any(len(h) != c for h, c in zip(self.kept_heads, self.num_heads_per_layer)):
+            raise PrunekitError("compact config: kept_heads does not match num_heads_per_layer; the config.json is corrupt")
+        if self.position_style not in POSITION_STYLES:
+            raise PrunekitError(f"compact config: position_style {self.position_style!r} is not one of {POSITION_STYLES}")
+        if self.backend not in BACKENDS:
+            raise PrunekitError(f"unknown backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules
+# ------------------------------------------------------------------------------------------------
+class CompactEmbeddings(nn.Module):
+    """BERT's embeddings: word + token type + position, LayerNorm, dropout."""
+
+    def __init__(self, config: CompactBertConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, h)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, h)
+        self.LayerNorm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_style = config.position_style
+        self.pad_token_id = config.pad_token_id
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.position_style == "roberta":  # fairseq's make_positions, as transformers' RoBERTa
+            real = input_ids.ne(self.pad_token_id).int()
+            return (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.pad_token_id
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+    def forward(self, input_ids, token_type_ids, position_ids) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+def _attention(qkv: torch.Tensor, heads: int, head_dim: int, add_mask, backend: str, dropout: float, need_probs: bool):
+    """Padded attention from a packed QKV [B, T, 3*h*d] -> context [B, T, h*d] (and probs if asked)."""
+    b, t, _ = qkv.shape
+    q, k, v = qkv.view(b, t, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # [B, h, T, d] views
+    scale = 1.0 / math.sqrt(head_dim)
+    probs = None
+    if backend == "sdpa" and not need_probs:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask, dropout_p=dropout, scale=scale)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        if add_mask is not None:
+            scores = scores + add_mask
+        probs = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(F.dropout(probs, dropout, training=dropout > 0), v)
+    return ctx.transpose(1, 2).reshape(b, t, heads * head_dim), probs
+
+
+class CompactLayer(nn.Module):
+    def __init__(self, config: CompactBertConfig, index: int):
+        super().__init__()
+        hidden, d = config.hidden_size, config.head_dim
+        self.num_heads, self.head_dim = config.num_heads_per_layer[index], d
+        self.ffn_width = config.intermediate_sizes[index]
+        inner = self.num_heads * d
+        self.qkv = nn.Linear(hidden, 3 * inner) if inner else None
+        self.attn_out = nn.Linear(inner, hidden, bias=False) if inner else None
+        self.attn_out_bias = nn.Parameter(torch.zeros(hidden))
+        self.attn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.up = nn.Linear(hidden, self.ffn_width) if self.ffn_width else None
+        self.down = nn.Linear(self.ffn_width, hidden, bias=False) if self.ffn_width else None
+        self.down_bias = nn.Parameter(torch.zeros(hidden))
+        self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.act = ACT2FN[config.hidden_act]
+        self.exact_gelu = config.hidden_act == "gelu"  # what the bias_gelu kernel computes
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, add_mask, backend: str, need_probs: bool = False):
+        """Padded path (eager / sdpa): x [B, T, hidden]."""
+        probs = None
+        if self.qkv is not None:
+            p = self.attn_dropout if self.training else 0.0
+            ctx, probs = _attention(self.qkv(x), self.num_heads, self.head_dim, add_mask, backend, p, need_probs)
+            x = self.attn_norm(self.dropout(self.attn_out(ctx) + self.attn_out_bias) + x)
+        else:
+            x = self.attn_norm(x + self.attn_out_bias)
+        if self.up is not None:
+            x = self.ffn_norm(self.dropout(self.down(self.act(self.up(x))) + self.down_bias) + x)
+        else:
+            x = self.ffn_norm(x + self.down_bias)
+        if need_probs and probs is None:
+            probs = x.new_zeros(x.shape[0], 0, x.shape[1], x.shape[1])
+        return x, probs
+
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, pk):
+        """Triton path: x [N, hidden], the batch's real tokens packed without padding."""
+        eps = self.attn_norm.eps
+        if self.qkv is not None:
+            ctx = pk.fused_attention_varlen(self.qkv(x), cu_seqlens, max_seqlen, self.num_heads, self.head_dim)
+            a = F.linear(ctx, self.attn_out.weight)
+            x = pk.bias_residual_layernorm(a, self.attn_out_bias, x, self.attn_norm.weight, self.attn_norm.bias, eps)
+        else:
+            x = F.layer_norm(x + self.attn_out_bias, x.shape[-1:], self.attn_norm.weight, self.attn_norm.bias, eps)
+        if self.up is not None:
+            if self.exact_gelu:
+                u = pk.bias_gelu(F.linear(x, self.up.weight), self.up.bias)
+            else:
+                u = self.act(self.up(x))
+            x = pk.bias_residual_layernorm(F.linear(u, self.down.weight), self.down_bias, x, self.ffn_norm.weight, self.ffn_norm.bias, eps)
+        else:
+            x = F.layer_norm(x + self.down_bias, x.shape[-1:], self.ffn_norm.weight, self.ffn_norm.bias, eps)
+        return x
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+def _import_kernels(device: torch.device):
+    try:
+        import prunekit_kernels as pk
+    except ImportError:
+        raise PrunekitError(
+            "the triton backend needs the prunekit_kernels package (installed with prunekit); "
+            "use backend='sdpa' or 'eager'"
+        ) from None
+    ok, why = pk.triton_available(device)
+    if not ok:
+        raise PrunekitError(f"the triton backend cannot run on {device}: {why}; use backend='sdpa' or 'eager'")
+    return pk
+
+
+class CompactBertPreTrainedModel(PreTrainedModel):
+    config_class = CompactBertConfig
+    base_model_prefix = "bert"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CompactLayer):
+            for p in (module.attn_out_bias, module.down_bias):
+                if not getattr(p, "_is_hf_initialized", False):  # never overwrite loaded weights
+                    with torch.no_grad():
+                        p.zero_()
+
+    @property
+    def backend(self) -> str:
+        return self.config.backend
+
+    def set_backend(self, backend: str) -> "CompactBertPreTrainedModel":
+        """Switch attention implementation; ``triton`` is checked against this model's device now."""
+        if backend not in BACKENDS:
+            raise PrunekitError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        if backend == "triton":
+            _import_kernels(next(self.parameters()).device)
+        self.config.backend = backend
+        return self
+
+
+class CompactBertModel(CompactBertPreTrainedModel):
+    """The encoder. Returns ``BaseModelOutput`` (``last_hidden_state`` [B, T, hidden], optionally all
+    hidden states and, on the eager path, the attention maps of the kept heads)."""
+
+    def __init__(self, config: CompactBertConfig):
+        super().__init__(config)
+        self.embeddings = CompactEmbeddings(config)
+        self.layers = nn.ModuleList(CompactLayer(config, i) for i in range(config.num_hidden_layers))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+        **unused,
+    ) -> BaseModelOutput:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = self.embeddings.position_ids(input_ids)
+        backend = "eager" if output_attentions else self.config.backend
+        if backend == "triton":
+            return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        add_mask = None
+        # SDPA takes its fastest path with no mask at all, so a batch without padding gets none.
+        if attention_mask is not None and not (backend == "sdpa" and bool(attention_mask.all())):
+            add_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        hidden, maps = [x], []
+        for layer in self.layers:
+            x, probs = layer(x, add_mask, backend, need_probs=output_attentions)
+            hidden.append(x)
+            maps.append(probs)
+        return BaseModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(maps) if output_attentions else None,
+        )
+
+    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states):
+        if self.training:
+            raise PrunekitError("the triton backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
+        pk = _import_kernels(input_ids.device)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # Pack once: ids, token types and positions of the real tokens, with cu_seqlens.
+        ids = torch.stack([input_ids, token_type_ids, position_ids.expand_as(input_ids)], dim=-1)
+        packed, indices, cu_seqlens, max_seqlen = pk.unpad_input(ids, attention_mask)
+        emb = self.embeddings
+        words = emb.word_embeddings(packed[:, 0])
+        rest = emb.token_type_embeddings(packed[:, 1]) + emb.position_embeddings(packed[:, 2])
+        x = pk.bias_residual_layernorm(words, None, rest, emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+        hidden = [x]
+        for layer in self.layers:
+            x = layer.forward_packed(x, cu_seqlens, max_seqlen, pk)
+            hidden.append(x)
+        pad = lambda h: pk.pad_input(h, indices, b, t)  # noqa: E731 - pad once at the end
+        return BaseModelOutput(
+            last_hidden_state=pad(x),
+            hidden_states=tuple(pad(h) for h in hidden) if output_hidden_states else None,
+        )
+
+    @torch.no_grad()
+    def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """Mean-pooled sentence embeddings (what an embedding model is judged by)."""
+        out = self(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return mean_pool(out.last_hidden_state, attention_mask)
+
+
+class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
+    """The encoder plus BERT's pooler (dense + tanh on the first token) and a linear classifier."""
+
+    def __init__(self, config: CompactBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = CompactBertModel(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        return_dict: bool = True,
+        **unused,
+    ) -> SequenceClassifierOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions)
+        pooled = torch.tanh(self.pooler(out.last_hidden_state[:, 0]))
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            if self.num_labels == 1 or self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> CompactBertPreTrainedModel:
+    """Load a compact model dir (classification or bare encoder from its config); one-line errors."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise PrunekitError(f"{path} is not a compact model dir (no config.json); make one with `prunekit compact`")
+    try:
+        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise PrunekitError(f"{cfg_file} is not valid JSON ({e})") from None
+    if model_type != MODEL_TYPE:
+        raise PrunekitError(f"{path} holds a {model_type!r} model, not a prunekit compact model ({MODEL_TYPE})")
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise PrunekitError(f"{path} has no model.safetensors: the compact model's weights are missing; re-run `prunekit compact`")
+    config = CompactBertConfig.from_pretrained(str(path))
+    cls = CompactBertForSequenceClassification if config.task_kind in ("classification", "regression") else CompactBertModel
+    try:
+        model, info = cls.from_pretrained(str(path), config=config, use_safetensors=True, output_loading_info=True)
+    except Exception as e:  # a truncated or corrupt safetensors file, or mismatched shapes
+        raise PrunekitError(f"cannot load {weights} (corrupt or incomplete?): {str(e).splitlines()[0][:200]}") from None
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:
+        raise PrunekitError(f"{weights} lacks or mis-sizes {len(missing)} tensors (e.g. {missing[0]}): it does not match config.json")
+    model.eval().to(device)
+    if backend is not None:
+        model.set_backend(backend)
+    return model
+
+
+AutoConfig.register(MODEL_TYPE, CompactBertConfig, exist_ok=True)
+AutoModel.register(CompactBertConfig, CompactBertModel, exist_ok=True)
+AutoModelForSequenceClassification.register(CompactBertConfig, CompactBertForSequenceClassification, exist_ok=True)
