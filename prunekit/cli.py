@@ -120,7 +120,52 @@ def _not_built(verb: str, issue: str):
     return command
 
 
-_not_built("compact", "turns a search run into a dense smaller model")
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", required=False)
+@click.option("-o", "--output", "output_dir", default=None, help="Compact model directory. Default: <RUN_DIR>-compact.")
+@click.option("--model", default=None, help="Teacher to cut from (default: the base model named in architecture.json).")
+@click.option("--architecture", default=None, help="An architecture.json to use instead of RUN_DIR's (then RUN_DIR may be left out).")
+@click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default=None, help="What the teacher outputs (default: as searched).")
+@click.option("--weights", type=click.Choice(["teacher", "search"]), default="teacher", show_default=True, help="The teacher's own weights, or those the search trained jointly with the gates (its last checkpoint).")
+@click.option("--seq-len", type=int, default=None, help="Sequence length the FLOPs are counted at (default: the search's --max-length).")
+@click.option("--no-fvcore", is_flag=True, help="Skip fvcore's measured FLOPs (tracing a large model takes a while).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+@_friendly
+def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no_fvcore, force) -> None:
+    """Cut a searched architecture out of the teacher into a dense, smaller model.
+
+    Writes config.json, model.safetensors, tokenizer files, architecture.json and
+    compact_report.json; loadable with transformers' Auto classes after `import prunekit`.
+    """
+    from .compact import compact_to_dir
+    from .flops import format_flops
+
+    r = compact_to_dir(run_dir, architecture, output_dir, force=force, model=model, kind=kind, weights=weights,
+                       seq_len=seq_len, measure_fvcore=not no_fvcore)
+    o, c = r.original, r.compact
+
+    def fl(v):
+        return "-" if v is None else format_flops(v)
+
+    def ratio(a, b):
+        return "-" if not a or b is None else f"{b / a:.3f}"
+
+    rows = [("parameters", f"{o['params']:,}", f"{c['params']:,}", ratio(o["params"], c["params"])),
+            (f"FLOPs analytic (T={r.seq_len})", fl(o["flops_analytic"]), fl(c["flops_analytic"]), ratio(o["flops_analytic"], c["flops_analytic"]))]
+    if "flops_fvcore" in c:
+        rows.append(("FLOPs fvcore x2 (matmuls)", fl(o["flops_fvcore"]), fl(c["flops_fvcore"]), ratio(o["flops_fvcore"], c["flops_fvcore"])))
+    click.echo(f"{'':28} {'original':>16} {'compact':>16} {'ratio':>7}")
+    for name, a, b, q in rows:
+        click.echo(f"{name:28} {a:>16} {b:>16} {q:>7}")
+    click.echo(f"heads per layer: {r.heads_per_layer}")
+    click.echo(f"FFN width per layer: {r.ffn_per_layer}")
+    click.echo(f"parity with the gated teacher: relative error {r.parity_rel_err:.1e}")
+    for note in r.notes:
+        if note.startswith("fvcore could not"):
+            click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {r.output_dir}")
+
+
 _not_built("distill", "two-stage distillation of a compact model back to the teacher's accuracy")
 _not_built("export-onnx", "ONNX export checked against PyTorch in onnxruntime")
 _not_built("bench", "FLOPs and sentences/sec, original vs compact, CPU and CUDA")

@@ -1,0 +1,386 @@
+"""Compaction: parity with the gated teacher, backends, save/load through the Auto classes, FLOPs, CLI, bad input."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import prunekit
+from prunekit.architecture import Architecture, config_hash
+from prunekit.cli import cli
+from prunekit.compact import compact, compact_to_dir, fvcore_flops
+from prunekit.errors import PrunekitError
+from prunekit.flops import ModelShape, model_flops
+from prunekit.gates import Gates
+from prunekit.modeling import CompactBertForSequenceClassification, CompactBertModel, load_compact
+from prunekit.models import Teacher, load_teacher, model_output
+
+SHAPES = ("tinybert4", "minilm6", "bert12")
+KINDS = ("embedding", "classification", "regression")
+
+
+def scramble(model: torch.nn.Module, seed: int) -> None:
+    """Weights well away from the tiny init (std 0.02), so that parity is tested on outputs of size ~1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.2 * noise if "LayerNorm.weight" in name else 0.3 * noise)
+
+
+def edge_architecture(shape: ModelShape, seed: int) -> Architecture:
+    """Random kept sets, plus: layer 0 keeps everything, layer 1 no heads, layer 2 no FFN, layer 3
+    nothing at all, layer 4 (if any) a single head."""
+    g = torch.Generator().manual_seed(seed)
+    heads = (torch.rand(shape.num_layers, shape.num_heads, generator=g) < 0.5).float()
+    ffn = (torch.rand(shape.num_layers, shape.intermediate_size, generator=g) < 0.5).float()
+    heads[0], ffn[0] = 1.0, 1.0
+    heads[1] = 0.0
+    ffn[2] = 0.0
+    heads[3], ffn[3] = 0.0, 0.0
+    if shape.num_layers > 4:
+        heads[4] = 0.0
+        heads[4, shape.num_heads - 1] = 1.0
+    return Architecture.from_masks(heads, ffn)
+
+
+def random_batch(vocab: int, batch: int, length: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    lens = torch.randint(1, length + 1, (batch,), generator=g)
+    lens[0] = length
+    mask = (torch.arange(length)[None, :] < lens[:, None]).long()
+    types = (torch.rand(batch, length, generator=g) < 0.5).long()
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+def gated_output(teacher: Teacher, arch: Architecture, batch: dict) -> torch.Tensor:
+    gates = Gates(teacher.model, teacher.shape)
+    try:
+        with torch.no_grad(), gates.active(*arch.to_masks(teacher.shape)):
+            return model_output(teacher.model, teacher.kind, batch)
+    finally:
+        gates.remove()
+
+
+def run_output(model, kind: str, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model_output(model, kind, batch)
+
+
+def scrambled_teacher(tiny_models, shape: str, kind: str, seed: int = 0) -> Teacher:
+    teacher = load_teacher(str(tiny_models(shape, kind)))
+    scramble(teacher.model, seed)
+    return teacher
+
+
+def make_run_dir(path: Path, teacher: Teacher, arch: Architecture, seq_len: int = 32) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    arch.meta = {
+        "method": "random",
+        "base_model": {
+            "name_or_path": teacher.name_or_path,
+            "model_type": teacher.config.model_type,
+            "kind": teacher.kind,
+            "config_hash": config_hash(teacher.shape, teacher.config.vocab_size),
+        },
+    }
+    arch.save(path / "architecture.json", teacher.shape, seq_len)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_parity_with_gated_teacher(tiny_models, shape, kind):
+    teacher = scrambled_teacher(tiny_models, shape, kind)
+    arch = edge_architecture(teacher.shape, seed=SHAPES.index(shape) * 3 + KINDS.index(kind))
+    model = compact(teacher, arch)
+    assert model.config.num_heads_per_layer == arch.head_counts
+    assert model.config.intermediate_sizes == arch.ffn_widths
+    assert model.config.kept_heads == arch.heads
+    batch = random_batch(teacher.config.vocab_size, batch=5, length=13, seed=1)
+    ref = gated_output(teacher, arch, batch)
+    full = run_output(teacher.model, kind, batch)
+    assert (full - ref).abs().max() > 1e-2, "the masks change nothing: the test would prove nothing"
+    for backend in ("eager", "sdpa"):
+        out = run_output(model.set_backend(backend), kind, batch)
+        diff = (out - ref).abs().max().item()
+        assert diff < 1e-5, f"{backend}: max |compact - gated| = {diff:.2e}"
+
+
+def test_parity_keep_everything_is_the_teacher(tiny_models):
+    teacher = scrambled_teacher(tiny_models, "minilm6", "classification", seed=3)
+    shape = teacher.shape
+    arch = Architecture.from_masks(torch.ones(shape.num_layers, shape.num_heads), torch.ones(shape.num_layers, shape.intermediate_size))
+    model = compact(teacher, arch)
+    batch = random_batch(teacher.config.vocab_size, 4, 11, seed=2)
+    assert (run_output(model, "classification", batch) - run_output(teacher.model, "classification", batch)).abs().max() < 1e-5
+    from prunekit.compact import count_params
+
+    assert count_params(model) == count_params(teacher.model)
+
+
+def test_attention_maps_and_hidden_states_match_the_kept_heads(tiny_models):
+    teacher = scrambled_teacher(tiny_models, "minilm6", "embedding", seed=4)
+    arch = edge_architecture(teacher.shape, seed=5)
+    model = compact(teacher, arch)
+    batch = random_batch(teacher.config.vocab_size, 3, 9, seed=6)
+    gates = Gates(teacher.model, teacher.shape)
+    with torch.no_grad(), gates.active(*arch.to_masks(teacher.shape)):
+        ref = teacher.model(**batch, output_attentions=True, output_hidden_states=True)
+    gates.remove()
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == len(out.hidden_states) - 1 == teacher.shape.num_layers
+    for i, heads in enumerate(model.config.kept_heads):
+        assert out.attentions[i].shape[1] == len(heads)
+        torch.testing.assert_close(out.attentions[i], ref.attentions[i][:, heads], atol=1e-5, rtol=0)
+    for mine, theirs in zip(out.hidden_states, ref.hidden_states):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+def test_parity_roberta_positions():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+                           max_position_embeddings=40, pad_token_id=1, type_vocab_size=1, num_labels=3)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = RobertaForSequenceClassification(config).eval()
+    scramble(hf, 7)
+    teacher = Teacher(model=hf, tokenizer=None, kind="classification", name_or_path="tiny-roberta",
+                      shape=ModelShape.from_config(config))
+    arch = edge_architecture(teacher.shape, seed=8)
+    model = compact(teacher, arch)
+    assert model.config.position_style == "roberta"
+    batch = random_batch(40, 4, 12, seed=9)
+    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    ref = gated_output(teacher, arch, batch)
+    for backend in ("eager", "sdpa"):
+        assert (run_output(model.set_backend(backend), "classification", batch) - ref).abs().max() < 1e-5
+
+
+def test_parity_triton_interpreted(tiny_models):
+    import prunekit_kernels
+
+    ok, why = prunekit_kernels.triton_available("cpu")
+    if not ok:
+        pytest.skip(why)
+    teacher = scrambled_teacher(tiny_models, "minilm6", "classification", seed=10)
+    arch = edge_architecture(teacher.shape, seed=11)
+    model = compact(teacher, arch).set_backend("triton")
+    batch = random_batch(teacher.config.vocab_size, 3, 7, seed=12)
+    ref = gated_output(teacher, arch, batch)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        eager = compact(teacher, arch)(**batch, output_hidden_states=True)
+    assert (out.logits - ref).abs().max() < 1e-5
+    valid = batch["attention_mask"].bool()
+    for mine, theirs in zip(out.hidden_states, eager.hidden_states):
+        assert (mine[valid] - theirs[valid]).abs().max() < 1e-5
+        assert (mine[~valid] == 0).all()  # padding comes back as zeros
+    # An embedding model's pooled output through the packed path too.
+    emb_teacher = scrambled_teacher(tiny_models, "tinybert4", "embedding", seed=13)
+    emb_arch = edge_architecture(emb_teacher.shape, seed=14)
+    emb = compact(emb_teacher, emb_arch).set_backend("triton")
+    b2 = random_batch(emb_teacher.config.vocab_size, 2, 5, seed=15)
+    assert (run_output(emb, "embedding", b2) - gated_output(emb_teacher, emb_arch, b2)).abs().max() < 1e-5
+    torch.testing.assert_close(emb.encode(**b2), run_output(emb, "embedding", b2))
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends: clear errors
+# ------------------------------------------------------------------------------------------------
+def test_backend_errors(tiny_models, monkeypatch):
+    teacher = load_teacher(str(tiny_models("minilm6", "embedding")))
+    model = compact(teacher, edge_architecture(teacher.shape, 0))
+    with pytest.raises(PrunekitError, match="unknown backend"):
+        model.set_backend("flash")
+    import prunekit_kernels
+
+    monkeypatch.setattr(prunekit_kernels, "triton_available", lambda device=None: (False, "no GPU here"))
+    with pytest.raises(PrunekitError, match="triton backend cannot run on cpu: no GPU here"):
+        model.set_backend("triton")
+    monkeypatch.undo()
+    if prunekit_kernels.triton_available("cpu")[0]:
+        model.set_backend("triton").train()
+        with pytest.raises(PrunekitError, match="inference-only"):
+            model(**random_batch(teacher.config.vocab_size, 2, 4, 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,kind", [("tinybert4", "classification"), ("minilm6", "embedding"), ("bert12", "regression")])
+def test_fvcore_matches_analytic(tiny_models, shape, kind):
+    teacher = load_teacher(str(tiny_models(shape, kind)))
+    arch = edge_architecture(teacher.shape, seed=21)
+    model = compact(teacher, arch).set_backend("sdpa")  # fvcore must switch to eager itself
+    for seq_len in (16, 37):
+        analytic = model_flops(teacher.shape, seq_len, arch.head_counts, arch.ffn_widths).total
+        measured = fvcore_flops(model, kind, seq_len, teacher.config.vocab_size)
+        assert measured["matmul"] == analytic, measured["by_operator"]
+        assert measured["by_operator"]["matmul"] > 0  # attention matmuls are counted
+        assert model.config.backend == "sdpa"
+    original = fvcore_flops(teacher.model, kind, 16, teacher.config.vocab_size)
+    assert original["matmul"] == model_flops(teacher.shape, 16).total
+
+
+# ------------------------------------------------------------------------------------------------
+# Save / load
+# ------------------------------------------------------------------------------------------------
+def test_compact_to_dir_and_auto_classes(tiny_models, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = load_teacher(str(tiny_models("bert12", "classification")))
+    arch = edge_architecture(teacher.shape, seed=31)
+    run = make_run_dir(tmp_path / "run", teacher, arch)
+    report = compact_to_dir(run, out_dir=tmp_path / "out", measure_fvcore=False)
+    out = tmp_path / "out"
+    assert {"config.json", "model.safetensors", "architecture.json", "compact_report.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert report.compact["flops_analytic"] == model_flops(teacher.shape, 32, arch.head_counts, arch.ffn_widths).total
+    assert report.original["params"] > report.compact["params"]
+    assert json.loads((out / "compact_report.json").read_text())["heads_per_layer"] == arch.head_counts
+
+    in_memory = compact(teacher, arch)
+    batch = random_batch(teacher.config.vocab_size, 3, 10, seed=32)
+    expected = run_output(in_memory, "classification", batch)
+    assert type(AutoConfig.from_pretrained(out)).__name__ == "CompactBertConfig"
+    clf = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert isinstance(clf, CompactBertForSequenceClassification)
+    assert torch.equal(run_output(clf, "classification", batch), expected)
+    base = AutoModel.from_pretrained(out).eval()  # the encoder alone, from the classifier's weights
+    assert isinstance(base, CompactBertModel)
+    with torch.no_grad():
+        torch.testing.assert_close(base(**batch).last_hidden_state, in_memory.bert(**batch).last_hidden_state, atol=0, rtol=0)
+    assert AutoTokenizer.from_pretrained(out)("the river")["input_ids"]
+    loaded = load_compact(out, backend="sdpa")
+    assert loaded.config.backend == "sdpa"
+    assert torch.allclose(run_output(loaded, "classification", batch), expected, atol=1e-6)
+
+
+def test_embedding_model_round_trip(tiny_models, tmp_path):
+    from transformers import AutoModel
+
+    teacher = load_teacher(str(tiny_models("tinybert4", "embedding")))
+    arch = edge_architecture(teacher.shape, seed=41)
+    run = make_run_dir(tmp_path / "run", teacher, arch)
+    compact_to_dir(run, out_dir=tmp_path / "out", measure_fvcore=False)
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    batch = random_batch(teacher.config.vocab_size, 2, 8, seed=42)
+    assert torch.allclose(run_output(model, "embedding", batch), gated_output(teacher, arch, batch), atol=1e-6)
+
+
+def test_weights_from_search_checkpoint(tiny_models, tmp_path):
+    from safetensors.torch import save_file
+
+    teacher = load_teacher(str(tiny_models("minilm6", "embedding")))
+    arch = edge_architecture(teacher.shape, seed=51)
+    run = make_run_dir(tmp_path / "run", teacher, arch)
+    with pytest.raises(PrunekitError, match="no trained weights"):
+        compact_to_dir(run, out_dir=tmp_path / "a", weights="search", measure_fvcore=False)
+    trained = {f"student.{k}": v.clone() + 0.5 for k, v in teacher.model.state_dict().items()}
+    (run / "checkpoints" / "step-0000010").mkdir(parents=True)
+    save_file(trained, str(run / "checkpoints" / "step-0000010" / "state.safetensors"))
+    compact_to_dir(run, out_dir=tmp_path / "b", weights="search", measure_fvcore=False)
+    model = load_compact(tmp_path / "b")
+    want = trained["student.embeddings.word_embeddings.weight"]
+    assert torch.equal(model.embeddings.word_embeddings.weight, want)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def test_cli_compact(tiny_models, tmp_path):
+    teacher = load_teacher(str(tiny_models("minilm6", "classification")))
+    arch = edge_architecture(teacher.shape, seed=61)
+    run = make_run_dir(tmp_path / "run", teacher, arch)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "FLOPs analytic (T=32)" in res.output and "FLOPs fvcore x2" in res.output and "parameters" in res.output
+    flops_line = next(line for line in res.output.splitlines() if line.startswith("FLOPs fvcore"))
+    analytic_line = next(line for line in res.output.splitlines() if line.startswith("FLOPs analytic"))
+    assert flops_line.split()[-5:] == analytic_line.split()[-5:]  # same numbers, same ratio
+    report = json.loads((tmp_path / "out" / "compact_report.json").read_text())
+    assert report["compact"]["flops_fvcore"] == report["compact"]["flops_analytic"]
+    assert report["original"]["flops_fvcore"] == report["original"]["flops_analytic"]
+
+    again = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out")])
+    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+    forced = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out"), "--force", "--no-fvcore"])
+    assert forced.exit_code == 0, forced.output
+    # Default output: beside the run dir.
+    default = runner.invoke(cli, ["compact", str(run), "--no-fvcore"])
+    assert default.exit_code == 0 and (tmp_path / "run-compact" / "model.safetensors").is_file()
+    # --architecture and --model without a run dir.
+    explicit = runner.invoke(cli, ["compact", "--architecture", str(run / "architecture.json"), "--model",
+                                   str(tiny_models("minilm6", "classification")), "-o", str(tmp_path / "x"), "--no-fvcore"])
+    assert explicit.exit_code == 0, explicit.output
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one clear line, nothing half-written
+# ------------------------------------------------------------------------------------------------
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_bad_inputs(tiny_models, tmp_path):
+    runner = CliRunner()
+    teacher = load_teacher(str(tiny_models("bert12", "embedding")))
+    run = make_run_dir(tmp_path / "run", teacher, edge_architecture(teacher.shape, 71))
+
+    def fails(args, match):
+        res = runner.invoke(cli, ["compact", *args])
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.output
+        assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+    fails([str(tmp_path / "missing"), "-o", str(tmp_path / "out")], "run directory not found")
+    fails([str(run), "--model", str(tiny_models("minilm6", "embedding")), "-o", str(tmp_path / "out")], "hidden size 24, this one has 32")
+    fails(["-o", str(tmp_path / "out")], "give a search run dir")
+    other = tmp_path / "other"
+    other.mkdir()
+    fails([str(other), "-o", str(tmp_path / "out")], "not a search run dir")
+    data = json.loads((run / "architecture.json").read_text())
+    (run / "architecture.json").write_text(json.dumps(dict(data, layers=data["layers"][:-1])))
+    fails([str(run), "-o", str(tmp_path / "out")], "11 layers but the model has 12")
+    # Same sizes, another model: caught by the config hash.
+    data["base_model"]["config_hash"] = "0123456789abcdef"
+    (run / "architecture.json").write_text(json.dumps(data))
+    fails([str(run), "-o", str(tmp_path / "out")], "was searched for")
+    (run / "architecture.json").write_text("{not json")
+    fails([str(run), "-o", str(tmp_path / "out")], "not valid JSON")
+
+
+def test_load_compact_missing_or_corrupt_weights(tiny_models, tmp_path):
+    teacher = load_teacher(str(tiny_models("minilm6", "regression")))
+    run = make_run_dir(tmp_path / "run", teacher, edge_architecture(teacher.shape, 81))
+    out = tmp_path / "out"
+    compact_to_dir(run, out_dir=out, measure_fvcore=False)
+    assert load_compact(out).config.task_kind == "regression"
+    weights = out / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # cut short
+    with pytest.raises(PrunekitError, match="corrupt or incomplete"):
+        load_compact(out)
+    weights.write_bytes(b"\x00" * 64)  # garbage
+    with pytest.raises(PrunekitError, match="corrupt or incomplete"):
+        load_compact(out)
+    os.remove(weights)
+    with pytest.raises(PrunekitError, match="no model.safetensors"):
+        load_compact(out)
+    with pytest.raises(PrunekitError, match="no config.json"):
+        load_compact(tmp_path / "run")
+    with pytest.raises(PrunekitError, match="not a prunekit compact model"):
+        load_compact(tiny_models("minilm6", "regression"))
