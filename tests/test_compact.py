@@ -384,3 +384,17 @@ def test_load_compact_missing_or_corrupt_weights(tiny_models, tmp_path):
         load_compact(tmp_path / "run")
     with pytest.raises(PrunekitError, match="not a prunekit compact model"):
         load_compact(tiny_models("minilm6", "regression"))
+
+
+def test_compact_a_real_search_run(tiny_models, text_file, tmp_path):
+    runner = CliRunner()
+    model = tiny_models("minilm6", "embedding")
+    res = runner.invoke(cli, ["search", "--model", str(model), "--data", str(text_file), "--method", "random", "--target", "0.4",
+                              "-o", str(tmp_path / "run"), "--max-length", "32", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["compact", str(tmp_path / "run"), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "compact_report.json").read_text())
+    assert report["compact"]["flops_fvcore"] == report["compact"]["flops_analytic"]
+    assert 0.35 < report["compact"]["flops_analytic"] / report["original"]["flops_analytic"] <= 0.42
+    assert report["teacher"] == str(model)
