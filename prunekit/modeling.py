@@ -20,7 +20,9 @@ Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
 * ``triton`` — inference only: the tokens are packed without padding once at the embeddings
   (``cu_seqlens``), every layer runs ``prunekit_kernels.fused_attention_varlen`` with its own
   head count and the ``bias_gelu`` / ``bias_residual_layernorm`` epilogues, and the result is
-  padded back once at the end (padding positions of ``last_hidden_state`` are zeros).
+  padded back once at the end (padding positions of ``last_hidden_state`` are zeros);
+* ``triton-padded`` — the same kernels on the padded batch (``fused_attention`` with the key
+  padding mask, every position computed): what the padding-free path is measured against.
 
 ``import prunekit`` registers the classes with transformers' Auto classes.
 """
@@ -39,7 +41,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 from .errors import PrunekitError
 
 MODEL_TYPE = "prunekit-compact-bert"
-BACKENDS = ("eager", "sdpa", "triton")
+BACKENDS = ("eager", "sdpa", "triton", "triton-padded")
 POSITION_STYLES = ("absolute", "roberta")  # roberta: positions count real tokens from pad_token_id + 1
 
 
@@ -202,11 +204,11 @@ class CompactLayer(nn.Module):
             probs = x.new_zeros(x.shape[0], 0, x.shape[1], x.shape[1])
         return x, probs
 
-    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, pk):
-        """Triton path: x [N, hidden], the batch's real tokens packed without padding."""
+    def forward_rows(self, x: torch.Tensor, attend, pk):
+        """Triton path: x [N, hidden], one row per token; ``attend(qkv, heads, head_dim)`` -> context."""
         eps = self.attn_norm.eps
         if self.qkv is not None:
-            ctx = pk.fused_attention_varlen(self.qkv(x), cu_seqlens, max_seqlen, self.num_heads, self.head_dim)
+            ctx = attend(self.qkv(x), self.num_heads, self.head_dim)
             a = F.linear(ctx, self.attn_out.weight)
             x = pk.bias_residual_layernorm(a, self.attn_out_bias, x, self.attn_norm.weight, self.attn_norm.bias, eps)
         else:
@@ -259,7 +261,7 @@ class CompactBertPreTrainedModel(PreTrainedModel):
         """Switch attention implementation; ``triton`` is checked against this model's device now."""
         if backend not in BACKENDS:
             raise PrunekitError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        if backend == "triton":
+        if backend.startswith("triton"):
             _import_kernels(next(self.parameters()).device)
         self.config.backend = backend
         return self
@@ -297,8 +299,8 @@ class CompactBertModel(CompactBertPreTrainedModel):
         if position_ids is None:
             position_ids = self.embeddings.position_ids(input_ids)
         backend = "eager" if output_attentions else self.config.backend
-        if backend == "triton":
-            return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+        if backend.startswith("triton"):
+            return self._forward_triton(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, backend == "triton")
 
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         add_mask = None
@@ -316,28 +318,32 @@ class CompactBertModel(CompactBertPreTrainedModel):
             attentions=tuple(maps) if output_attentions else None,
         )
 
-    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states):
+    def _forward_triton(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, packed: bool):
         if self.training:
             raise PrunekitError("the triton backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
         pk = _import_kernels(input_ids.device)
         b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # Pack once: ids, token types and positions of the real tokens, with cu_seqlens.
         ids = torch.stack([input_ids, token_type_ids, position_ids.expand_as(input_ids)], dim=-1)
-        packed, indices, cu_seqlens, max_seqlen = pk.unpad_input(ids, attention_mask)
+        if packed:  # pack once: the real tokens' ids, types and positions, with cu_seqlens
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            ids, indices, cu_seqlens, max_seqlen = pk.unpad_input(ids, mask)
+            attend = lambda qkv, h, d: pk.fused_attention_varlen(qkv, cu_seqlens, max_seqlen, h, d)  # noqa: E731
+            unpack = lambda rows: pk.pad_input(rows, indices, b, t)  # noqa: E731 - pad once at the end
+        else:
+            ids = ids.view(b * t, 3)
+            attend = lambda qkv, h, d: pk.fused_attention(qkv.view(b, t, -1), attention_mask, h, d).view(b * t, -1)  # noqa: E731
+            unpack = lambda rows: rows.view(b, t, -1)  # noqa: E731
         emb = self.embeddings
-        words = emb.word_embeddings(packed[:, 0])
-        rest = emb.token_type_embeddings(packed[:, 1]) + emb.position_embeddings(packed[:, 2])
+        words = emb.word_embeddings(ids[:, 0])
+        rest = emb.token_type_embeddings(ids[:, 1]) + emb.position_embeddings(ids[:, 2])
         x = pk.bias_residual_layernorm(words, None, rest, emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
         hidden = [x]
         for layer in self.layers:
-            x = layer.forward_packed(x, cu_seqlens, max_seqlen, pk)
+            x = layer.forward_rows(x, attend, pk)
             hidden.append(x)
-        pad = lambda h: pk.pad_input(h, indices, b, t)  # noqa: E731 - pad once at the end
         return BaseModelOutput(
-            last_hidden_state=pad(x),
-            hidden_states=tuple(pad(h) for h in hidden) if output_hidden_states else None,
+            last_hidden_state=unpack(x),
+            hidden_states=tuple(unpack(h) for h in hidden) if output_hidden_states else None,
         )
 
     @torch.no_grad()

@@ -187,6 +187,12 @@ def test_parity_triton_interpreted(tiny_models):
     for mine, theirs in zip(out.hidden_states, eager.hidden_states):
         assert (mine[valid] - theirs[valid]).abs().max() < 1e-5
         assert (mine[~valid] == 0).all()  # padding comes back as zeros
+    # The same kernels on the padded batch (what the padding-free path is measured against).
+    model.set_backend("triton-padded")
+    with torch.no_grad():
+        padded = model(**batch, output_hidden_states=True)
+    assert (padded.logits - ref).abs().max() < 1e-5
+    assert (padded.hidden_states[-1] - eager.hidden_states[-1]).abs().max() < 1e-5  # padding rows too
     # An embedding model's pooled output through the packed path too.
     emb_teacher = scrambled_teacher(tiny_models, "tinybert4", "embedding", seed=13)
     emb_arch = edge_architecture(emb_teacher.shape, seed=14)

@@ -1,0 +1,400 @@
+#!/usr/bin/env python
+"""End to end on a GPU: the original model in transformers vs its compact 30%-FLOPs model per backend.
+
+Made for one run on a lent GPU machine with its own torch/Triton/transformers, no network and
+prunekit not installed:
+
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_e2e.py            # from the repo root, < 4 minutes
+
+It links ``<repo>/prunekit`` and ``<repo>/kernels`` (as ``prunekit_kernels``) into a temp dir on
+``sys.path`` (the repo root itself is not put there: its ``kernels/`` would shadow the PyPI package
+of that name, which transformers probes), then for a BERT-base-shaped classifier and a
+MiniLM-L6-shaped embedding model with random weights (no downloads):
+
+1. makes a 30%-FLOPs architecture (random priorities through ``select_to_budget``: the timing
+   depends on the per-layer sizes, not on which heads are kept) and compacts the teacher;
+2. checks on the GPU: the compact model (fp32, eager) against the gated teacher, and every backend
+   in fp16 against the compact fp32 reference (relative error of the output and of the last hidden
+   state at real tokens; Triton passes at <= 2x the error of eager fp16 + 1e-3);
+3. times (``triton.testing.do_bench``, median) at batch 1/32/128, max length 128, fp16: the original
+   in transformers with SDPA and eager attention, and the compact model with the eager, sdpa,
+   triton-padded (the Triton kernels on the padded batch) and triton (padding-free) backends, on
+   fixed-length batches and on mixed-length ones (mean length ~1/3 of 128, one sequence at 128).
+
+Every case runs in its own try/except and the timings have a time budget, so nothing is lost to one
+failure. Writes ``$OUT/gpu_e2e.{json,md}`` (else ``benchmarks/results/``) and prints the markdown last.
+``--quick`` uses tiny shapes; without CUDA it runs Triton under ``TRITON_INTERPRET=1`` in fp32 and
+the "timings" are single wall-clock calls (a smoke test of this script only).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = time.time()
+HEADLINE_TARGET = 3.0  # issue 4: compact-triton >= 3x original-SDPA at batch 128, fp16
+PACKING_TARGET = 1.5  # issue 4: padding-free >= 1.5x padded on a mixed batch (mean = max/3)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
+
+
+def import_prunekit(quick: bool):
+    """Make ``prunekit`` and ``prunekit_kernels`` importable from this checkout, nothing installed."""
+    if not torch.cuda.is_available():
+        if not quick:
+            sys.exit("No CUDA device: run with --quick to smoke-test on CPU (Triton interpreted).")
+        os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
+    tmp = Path(tempfile.mkdtemp(prefix="prunekit_e2e_"))
+    for name, target in (("prunekit", REPO / "prunekit"), ("prunekit_kernels", REPO / "kernels")):
+        try:
+            (tmp / name).symlink_to(target, target_is_directory=True)
+        except OSError:
+            shutil.copytree(target, tmp / name)
+    sys.path.insert(0, str(tmp))
+    import prunekit
+    import prunekit_kernels
+
+    return prunekit, prunekit_kernels
+
+
+# ------------------------------------------------------------------------------------------------
+def configs(quick: bool) -> dict:
+    if quick:
+        models = {
+            "bert-tiny": dict(kind="classification", num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128),
+            "minilm-tiny": dict(kind="embedding", num_hidden_layers=3, hidden_size=48, num_attention_heads=4, intermediate_size=96),
+        }
+        return dict(quick=True, models=models, vocab=120, max_pos=64, seq_len=16, batches=[1, 4], target=0.3,
+                    check_batch=3, warmup=5, rep=20, budget=240)
+    models = {
+        # BERT-base: 12 layers, 12 heads of 64, FFN 3072 (a GLUE classifier).
+        "bert-base": dict(kind="classification", num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+        # all-MiniLM-L6-v2: 6 layers, 12 heads of 32, FFN 1536 (a sentence-embedding model).
+        "minilm-l6": dict(kind="embedding", num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
+    }
+    return dict(quick=False, models=models, vocab=30522, max_pos=512, seq_len=128, batches=[1, 32, 128], target=0.3,
+                check_batch=16, warmup=25, rep=100, budget=200)
+
+
+def environment() -> dict:
+    env = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+               platform=platform.platform(), threads=torch.get_num_threads())
+    for mod in ("triton", "transformers"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception as exc:  # noqa: BLE001
+            env[mod] = f"unavailable ({exc})"
+    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return env
+
+
+def set_attn(model, name: str):
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:  # older transformers
+        model.config._attn_implementation = name
+    return model
+
+
+def build_teacher(name: str, spec: dict, cfg: dict, dev: str):
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    from prunekit.flops import ModelShape
+    from prunekit.models import Teacher
+
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    config = BertConfig(vocab_size=cfg["vocab"], max_position_embeddings=cfg["max_pos"], **spec)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        if kind == "embedding":
+            model = BertModel(config, add_pooling_layer=False)
+        else:
+            config.num_labels = 2
+            model = BertForSequenceClassification(config)
+    set_attn(model.eval(), "eager")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    shape = ModelShape.from_config(config, num_labels=0 if kind == "embedding" else 2)
+    return Teacher(model=model, tokenizer=None, kind=kind, name_or_path=name, shape=shape)
+
+
+def make_batch(batch: int, seq_len: int, vocab: int, mixed: bool, dev: str, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if mixed:  # exponential-ish lengths like GLUE sentences, mean ~ seq_len / 3, one at the maximum
+        lens = torch.distributions.Exponential(3.0 / seq_len).sample((batch,)).clamp(1, seq_len).round().long()
+        lens[0] = seq_len
+    else:
+        lens = torch.full((batch,), seq_len)
+    mask = (torch.arange(seq_len)[None, :] < lens[:, None]).long()
+    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, seq_len), generator=g) * mask
+    return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "token_type_ids": torch.zeros_like(ids).to(dev),
+            "mean_len": float(lens.float().mean())}
+
+
+def inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "mean_len"}
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double(), ref.double()
+    den = ref.norm().item()
+    return (x - ref).norm().item() / den if den > 0 else (x - ref).norm().item()
+
+
+# ------------------------------------------------------------------------------------------------
+def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: str) -> list[dict]:
+    """fp32 parity with the gated teacher; every fp16 backend against the fp32 compact model."""
+    from prunekit.gates import Gates
+    from prunekit.models import model_output
+
+    rows = []
+    batch = inputs(make_batch(cfg["check_batch"], cfg["seq_len"], cfg["vocab"], True, dev, seed=7))
+    valid = batch["attention_mask"].bool()
+
+    def record(**kw):
+        rows.append(dict(model=name, **kw))
+        log(f"  check {rows[-1]}")
+
+    try:
+        gates = Gates(teacher.model, teacher.shape)
+        with torch.inference_mode(), gates.active(*(m.to(dev) for m in arch.to_masks(teacher.shape))):
+            gated = model_output(teacher.model, teacher.kind, batch).float()
+        gates.remove()
+        with torch.inference_mode():
+            out = model_output(compact32.set_backend("eager"), teacher.kind, batch).float()
+        err = rel_err(out, gated)
+        record(check="compact fp32 vs gated teacher fp32", rel_err=err, max_abs=float((out - gated).abs().max()),
+               status="PASS" if err < 1e-5 else "FAIL")
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc(limit=3)
+        record(check="compact fp32 vs gated teacher fp32", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    try:
+        with torch.inference_mode():
+            ref_out = model_output(compact32.set_backend("eager"), teacher.kind, batch).float()
+            enc32 = compact32 if teacher.kind == "embedding" else compact32.bert
+            ref_hidden = enc32(**batch).last_hidden_state.float()[valid]
+    except Exception as exc:  # noqa: BLE001
+        record(check="fp32 reference", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+        return rows
+    errs = {}
+    for backend in ("eager", "sdpa", "triton-padded", "triton"):
+        try:
+            with torch.inference_mode():
+                compact16.set_backend(backend)
+                out = model_output(compact16, teacher.kind, batch).float()
+                enc = compact16 if teacher.kind == "embedding" else compact16.bert
+                hidden = enc(**batch).last_hidden_state.float()[valid]
+            finite = bool(torch.isfinite(out).all()) and bool(torch.isfinite(hidden).all())
+            errs[backend] = (rel_err(out, ref_out), rel_err(hidden, ref_hidden))
+            tol = None
+            status = "PASS" if finite else "FAIL"
+            if backend.startswith("triton") and "eager" in errs:
+                tol = (2 * errs["eager"][0] + 1e-3, 2 * errs["eager"][1] + 1e-3)
+                ok = finite and errs[backend][0] <= tol[0] and errs[backend][1] <= tol[1]
+                status = "PASS" if ok else "FAIL"
+            record(check=f"{backend} {str(compact16.dtype).replace('torch.', '')} vs compact fp32", rel_err=errs[backend][0], hidden_rel_err=errs[backend][1],
+                   tol=None if tol is None else max(tol), status=status)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc(limit=3)
+            record(check=f"{backend} {str(compact16.dtype).replace('torch.', '')} vs compact fp32", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+    compact16.set_backend("eager")
+    return rows
+
+
+def bench(fn, cfg: dict) -> float:
+    """Median ms: do_bench on CUDA; on CPU one wall-clock call (smoke test only)."""
+    with torch.inference_mode():
+        fn()  # compile / warm outside the timed region
+        if not torch.cuda.is_available():
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+        import triton.testing
+
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=cfg["warmup"], rep=cfg["rep"], return_mode="median"))
+
+
+def time_model(name: str, original16, compact16, cfg: dict, dev: str, deadline: float) -> list[dict]:
+    rows = []
+    variants = [("original", "sdpa"), ("original", "eager"), ("compact", "eager"), ("compact", "sdpa"),
+                ("compact", "triton-padded"), ("compact", "triton")]
+    for batch_size in cfg["batches"]:
+        for regime in ("fixed", "mixed"):
+            if regime == "mixed" and batch_size == 1:
+                continue  # one sentence is never padded
+            batch = make_batch(batch_size, cfg["seq_len"], cfg["vocab"], regime == "mixed", dev, seed=batch_size)
+            feed = inputs(batch)
+            for which, backend in variants:
+                row = dict(model=name, regime=regime, B=batch_size, T=cfg["seq_len"], mean_len=round(batch["mean_len"], 1),
+                           variant=f"{which} {backend}")
+                if time.time() > deadline:
+                    row.update(status="SKIP", error="time budget spent")
+                    rows.append(row)
+                    continue
+                try:
+                    if which == "original":
+                        model = set_attn(original16, backend)
+                    else:
+                        model = compact16.set_backend(backend)
+                    ms = bench(lambda: model(**feed), cfg)
+                    row.update(ms=ms, sentences_per_s=batch_size / (ms / 1e3), status="OK")
+                except Exception as exc:  # noqa: BLE001
+                    traceback.print_exc(limit=3)
+                    row.update(status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+                rows.append(row)
+                log(f"  {row}")
+            base = next((r for r in rows[-len(variants):] if r["variant"] == "original sdpa" and r.get("ms")), None)
+            padded = next((r for r in rows[-len(variants):] if r["variant"] == "compact triton-padded" and r.get("ms")), None)
+            for r in rows[-len(variants):]:
+                if base and r.get("ms"):
+                    r["x_vs_original_sdpa"] = round(base["ms"] / r["ms"], 3)
+                if padded and r.get("ms") and r["variant"] == "compact triton":
+                    r["x_vs_triton_padded"] = round(padded["ms"] / r["ms"], 3)
+    set_attn(original16, "eager")
+    compact16.set_backend("eager")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+def md_table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if isinstance(v, list):
+            return " ".join(str(x) for x in v)
+        return str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def headlines(result: dict) -> list[str]:
+    lines = []
+    big = max(result["config"]["batches"])
+    for m in result["models"]:
+        name = m["name"]
+        rows = [r for r in result["timings"] if r["model"] == name and r["B"] == big]
+        for regime in ("fixed", "mixed"):
+            r = next((x for x in rows if x["regime"] == regime and x["variant"] == "compact triton"), None)
+            if r and r.get("x_vs_original_sdpa"):
+                x = r["x_vs_original_sdpa"]
+                verdict = "met" if x >= HEADLINE_TARGET else f"missed by {HEADLINE_TARGET / x:.2f}x"
+                lines.append(f"{name}, B={big}, {regime} lengths: compact triton = **{x:.2f}x** original SDPA "
+                             f"sentences/s (target {HEADLINE_TARGET}x at fixed length: {verdict}; FLOPs ratio {m['flops_ratio']:.3f})")
+        r = next((x for x in rows if x["regime"] == "mixed" and x["variant"] == "compact triton"), None)
+        if r and r.get("x_vs_triton_padded"):
+            x = r["x_vs_triton_padded"]
+            verdict = "met" if x >= PACKING_TARGET else f"missed by {PACKING_TARGET / x:.2f}x"
+            lines.append(f"{name}, B={big}, mixed (mean length {r['mean_len']} of {r['T']}): padding-free = **{x:.2f}x** "
+                         f"the same kernels padded (target {PACKING_TARGET}x: {verdict})")
+    return lines
+
+
+def write_report(out_dir: Path, stem: str, result: dict) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    env = result["environment"]
+    md = [f"# prunekit end to end on {env['device']}\n",
+          f"torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}, CUDA {env['cuda']}, "
+          f"python {env['python']}; {result['date']}; total {result['seconds']:.0f} s"
+          + (" (quick: tiny shapes; on CPU the times are single calls, meaningless)" if result["quick"] else "") + "\n"]
+    md.append("\n## Headline\n\n" + "\n".join(f"- {h}" for h in result["headlines"]) + "\n")
+    md.append("\n## Models (random weights; 30%-FLOPs architecture from random priorities)\n\n")
+    md.append(md_table(result["models"], ["name", "kind", "params_original", "params_compact", "flops_ratio",
+                                          "heads_per_layer", "ffn_per_layer"]))
+    md.append("\n## Correctness on the device (relative error of the output / last hidden state at real tokens)\n\n")
+    md.append(md_table(result["checks"], ["model", "check", "rel_err", "hidden_rel_err", "tol", "status", "error"]))
+    md.append(f"\n## Throughput, fp16, max length {result['config']['seq_len']} (median; x = speed vs original SDPA)\n\n")
+    md.append("`triton` packs the real tokens (padding-free); `triton-padded` runs the same kernels on the padded batch.\n\n")
+    md.append(md_table(result["timings"], ["model", "regime", "B", "mean_len", "variant", "ms", "sentences_per_s",
+                                           "x_vs_original_sdpa", "x_vs_triton_padded", "status"]))
+    text = "".join(md)
+    (out_dir / f"{stem}.md").write_text(text)
+    return text
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shapes; on CPU, Triton interpreted and single-call times")
+    ap.add_argument("--out", type=Path, default=None, help="output dir (default $OUT, else benchmarks/results)")
+    args = ap.parse_args()
+
+    import_prunekit(args.quick)
+    from prunekit.compact import compact, count_params
+    from prunekit.selection import select_to_budget
+
+    cfg = configs(args.quick)
+    on_gpu = torch.cuda.is_available()
+    dev = "cuda" if on_gpu else "cpu"
+    dtype = torch.float16 if on_gpu else torch.float32  # the CPU interpreter has no fast fp16
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references in full precision
+        torch.backends.cudnn.allow_tf32 = False
+    env = environment()
+    log(f"environment: {env}")
+    result = dict(environment=env, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), quick=args.quick, dtype=str(dtype),
+                  config={k: v for k, v in cfg.items() if k != "models"}, models=[], checks=[], timings=[])
+    deadline = T0 + cfg["budget"]
+
+    for name, spec in cfg["models"].items():
+        log(f"model {name}")
+        try:
+            teacher = build_teacher(name, spec, cfg, dev)
+            shape = teacher.shape
+            g = torch.Generator().manual_seed(0)
+            arch = select_to_budget(torch.rand(shape.num_layers, shape.num_heads, generator=g),
+                                    torch.rand(shape.num_layers, shape.intermediate_size, generator=g),
+                                    shape, cfg["seq_len"], cfg["target"])
+            compact32 = compact(teacher, arch)
+            info = dict(name=name, kind=teacher.kind, params_original=count_params(teacher.model),
+                        params_compact=count_params(compact32), flops_ratio=arch.flops_ratio(shape, cfg["seq_len"]),
+                        heads_per_layer=arch.head_counts, ffn_per_layer=arch.ffn_widths)
+            result["models"].append(info)
+            log(f"  {info}")
+            compact16 = copy.deepcopy(compact32).to(dtype)
+            result["checks"] += check_model(name, teacher, arch, compact32, compact16, cfg, dev)
+            original16 = teacher.model.to(dtype)
+            del compact32
+            result["timings"] += time_model(name, original16, compact16, cfg, dev, deadline)
+            del original16, compact16, teacher
+            if on_gpu:
+                torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001 - the other model still runs
+            traceback.print_exc()
+            result["checks"].append(dict(model=name, check="setup", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300]))
+
+    result["headlines"] = headlines(result)
+    result["seconds"] = time.time() - T0
+    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
+    stem = "gpu_e2e_quick" if args.quick else "gpu_e2e"
+    text = write_report(out_dir, stem, result)
+    log(f"wrote {out_dir / (stem + '.json')} and {stem}.md")
+    n_bad = sum(c["status"] in ("FAIL", "ERROR") for c in result["checks"])
+    print()
+    print(text, flush=True)
+    print(f"RESULT: {'FAIL' if n_bad else 'PASS'} ({len(result['checks'])} checks, {n_bad} failed or errored)", flush=True)
+    return 1 if n_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
