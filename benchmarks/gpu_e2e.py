@@ -157,7 +157,7 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: str) -> list[dict]:
+def check_model(name: str, teacher, arch, compact32, compact16, aligned16, cfg: dict, dev: str) -> list[dict]:
     """fp32 parity with the gated teacher; every fp16 backend against the fp32 compact model."""
     from prunekit.gates import Gates
     from prunekit.models import model_output
@@ -193,12 +193,14 @@ def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: 
         record(check="fp32 reference", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
         return rows
     errs = {}
-    for backend in ("eager", "sdpa", "triton-padded", "triton"):
+    dt = str(compact16.dtype).replace("torch.", "")
+    for backend in ("eager", "sdpa", "triton-padded", "triton", "triton ffn%8"):
         try:
             with torch.inference_mode():
-                compact16.set_backend(backend)
-                out = model_output(compact16, teacher.kind, batch).float()
-                enc = compact16 if teacher.kind == "embedding" else compact16.bert
+                model = aligned16 if backend.endswith("%8") else compact16
+                model.set_backend(backend.split()[0])
+                out = model_output(model, teacher.kind, batch).float()
+                enc = model if teacher.kind == "embedding" else model.bert
                 hidden = enc(**batch).last_hidden_state.float()[valid]
             finite = bool(torch.isfinite(out).all()) and bool(torch.isfinite(hidden).all())
             errs[backend] = (rel_err(out, ref_out), rel_err(hidden, ref_hidden))
@@ -208,12 +210,13 @@ def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: 
                 tol = (2 * errs["eager"][0] + 1e-3, 2 * errs["eager"][1] + 1e-3)
                 ok = finite and errs[backend][0] <= tol[0] and errs[backend][1] <= tol[1]
                 status = "PASS" if ok else "FAIL"
-            record(check=f"{backend} {str(compact16.dtype).replace('torch.', '')} vs compact fp32", rel_err=errs[backend][0], hidden_rel_err=errs[backend][1],
+            record(check=f"{backend} {dt} vs compact fp32", rel_err=errs[backend][0], hidden_rel_err=errs[backend][1],
                    tol=None if tol is None else max(tol), status=status)
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc(limit=3)
-            record(check=f"{backend} {str(compact16.dtype).replace('torch.', '')} vs compact fp32", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+            record(check=f"{backend} {dt} vs compact fp32", status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
     compact16.set_backend("eager")
+    aligned16.set_backend("eager")
     return rows
 
 
@@ -231,44 +234,51 @@ def bench(fn, cfg: dict) -> float:
         return float(triton.testing.do_bench(fn, warmup=cfg["warmup"], rep=cfg["rep"], return_mode="median"))
 
 
-def time_model(name: str, original16, compact16, cfg: dict, dev: str, deadline: float) -> list[dict]:
+def time_model(name: str, original16, compact16, aligned16, cfg: dict, dev: str, deadline: float) -> list[dict]:
+    """Every variant on the same batches; ``aligned16`` is the compact model with FFN widths padded
+    to multiples of 8 (inert neurons, same outputs; see prunekit.modeling.pad_ffn_widths)."""
     rows = []
-    variants = [("original", "sdpa"), ("original", "eager"), ("compact", "eager"), ("compact", "sdpa"),
-                ("compact", "triton-padded"), ("compact", "triton")]
+    variants = [
+        ("original sdpa", lambda: set_attn(original16, "sdpa")),
+        ("original eager", lambda: set_attn(original16, "eager")),
+        ("compact eager", lambda: compact16.set_backend("eager")),
+        ("compact sdpa", lambda: compact16.set_backend("sdpa")),
+        ("compact triton-padded", lambda: compact16.set_backend("triton-padded")),
+        ("compact triton", lambda: compact16.set_backend("triton")),
+        ("compact triton ffn%8", lambda: aligned16.set_backend("triton")),
+    ]
     for batch_size in cfg["batches"]:
         for regime in ("fixed", "mixed"):
             if regime == "mixed" and batch_size == 1:
                 continue  # one sentence is never padded
             batch = make_batch(batch_size, cfg["seq_len"], cfg["vocab"], regime == "mixed", dev, seed=batch_size)
             feed = inputs(batch)
-            for which, backend in variants:
+            group = []
+            for label, prepare in variants:
                 row = dict(model=name, regime=regime, B=batch_size, T=cfg["seq_len"], mean_len=round(batch["mean_len"], 1),
-                           variant=f"{which} {backend}")
+                           variant=label)
                 if time.time() > deadline:
                     row.update(status="SKIP", error="time budget spent")
-                    rows.append(row)
-                    continue
-                try:
-                    if which == "original":
-                        model = set_attn(original16, backend)
-                    else:
-                        model = compact16.set_backend(backend)
-                    ms = bench(lambda: model(**feed), cfg)
-                    row.update(ms=ms, sentences_per_s=batch_size / (ms / 1e3), status="OK")
-                except Exception as exc:  # noqa: BLE001
-                    traceback.print_exc(limit=3)
-                    row.update(status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
-                rows.append(row)
+                else:
+                    try:
+                        model = prepare()
+                        ms = bench(lambda: model(**feed), cfg)
+                        row.update(ms=ms, sentences_per_s=batch_size / (ms / 1e3), status="OK")
+                    except Exception as exc:  # noqa: BLE001
+                        traceback.print_exc(limit=3)
+                        row.update(status="ERROR", error=f"{type(exc).__name__}: {exc}"[:300])
+                group.append(row)
                 log(f"  {row}")
-            base = next((r for r in rows[-len(variants):] if r["variant"] == "original sdpa" and r.get("ms")), None)
-            padded = next((r for r in rows[-len(variants):] if r["variant"] == "compact triton-padded" and r.get("ms")), None)
-            for r in rows[-len(variants):]:
-                if base and r.get("ms"):
-                    r["x_vs_original_sdpa"] = round(base["ms"] / r["ms"], 3)
-                if padded and r.get("ms") and r["variant"] == "compact triton":
-                    r["x_vs_triton_padded"] = round(padded["ms"] / r["ms"], 3)
+            ms = {r["variant"]: r.get("ms") for r in group}
+            for r in group:
+                if ms["original sdpa"] and r.get("ms"):
+                    r["x_vs_original_sdpa"] = round(ms["original sdpa"] / r["ms"], 3)
+                if r["variant"] == "compact triton" and ms["compact triton-padded"] and r.get("ms"):
+                    r["x_vs_triton_padded"] = round(ms["compact triton-padded"] / r["ms"], 3)
+            rows += group
     set_attn(original16, "eager")
     compact16.set_backend("eager")
+    aligned16.set_backend("eager")
     return rows
 
 
@@ -295,12 +305,13 @@ def headlines(result: dict) -> list[str]:
         name = m["name"]
         rows = [r for r in result["timings"] if r["model"] == name and r["B"] == big]
         for regime in ("fixed", "mixed"):
-            r = next((x for x in rows if x["regime"] == regime and x["variant"] == "compact triton"), None)
-            if r and r.get("x_vs_original_sdpa"):
-                x = r["x_vs_original_sdpa"]
-                verdict = "met" if x >= HEADLINE_TARGET else f"missed by {HEADLINE_TARGET / x:.2f}x"
-                lines.append(f"{name}, B={big}, {regime} lengths: compact triton = **{x:.2f}x** original SDPA "
-                             f"sentences/s (target {HEADLINE_TARGET}x at fixed length: {verdict}; FLOPs ratio {m['flops_ratio']:.3f})")
+            for variant in ("compact triton", "compact triton ffn%8"):
+                r = next((x for x in rows if x["regime"] == regime and x["variant"] == variant), None)
+                if r and r.get("x_vs_original_sdpa"):
+                    x = r["x_vs_original_sdpa"]
+                    verdict = "met" if x >= HEADLINE_TARGET else f"missed by {HEADLINE_TARGET / x:.2f}x"
+                    lines.append(f"{name}, B={big}, {regime} lengths: {variant} = **{x:.2f}x** original SDPA sentences/s "
+                                 f"(target {HEADLINE_TARGET}x: {verdict}; FLOPs ratio {m['flops_ratio']:.3f})")
         r = next((x for x in rows if x["regime"] == "mixed" and x["variant"] == "compact triton"), None)
         if r and r.get("x_vs_triton_padded"):
             x = r["x_vs_triton_padded"]
@@ -321,11 +332,13 @@ def write_report(out_dir: Path, stem: str, result: dict) -> str:
     md.append("\n## Headline\n\n" + "\n".join(f"- {h}" for h in result["headlines"]) + "\n")
     md.append("\n## Models (random weights; 30%-FLOPs architecture from random priorities)\n\n")
     md.append(md_table(result["models"], ["name", "kind", "params_original", "params_compact", "flops_ratio",
-                                          "heads_per_layer", "ffn_per_layer"]))
+                                          "heads_per_layer", "ffn_per_layer", "ffn_per_layer_aligned"]))
     md.append("\n## Correctness on the device (relative error of the output / last hidden state at real tokens)\n\n")
     md.append(md_table(result["checks"], ["model", "check", "rel_err", "hidden_rel_err", "tol", "status", "error"]))
-    md.append(f"\n## Throughput, fp16, max length {result['config']['seq_len']} (median; x = speed vs original SDPA)\n\n")
-    md.append("`triton` packs the real tokens (padding-free); `triton-padded` runs the same kernels on the padded batch.\n\n")
+    dt = result["dtype"].replace("torch.", "")
+    md.append(f"\n## Throughput, {dt}, max length {result['config']['seq_len']} (median ms; x = speed vs original SDPA)\n\n")
+    md.append("`triton` packs the real tokens (padding-free); `triton-padded` runs the same kernels on the padded batch; "
+              "`ffn%8`: FFN widths padded with inert neurons to multiples of 8 (same outputs).\n\n")
     md.append(md_table(result["timings"], ["model", "regime", "B", "mean_len", "variant", "ms", "sentences_per_s",
                                            "x_vs_original_sdpa", "x_vs_triton_padded", "status"]))
     text = "".join(md)
@@ -341,6 +354,7 @@ def main() -> int:
 
     import_prunekit(args.quick)
     from prunekit.compact import compact, count_params
+    from prunekit.modeling import pad_ffn_widths
     from prunekit.selection import select_to_budget
 
     cfg = configs(args.quick)
@@ -372,11 +386,13 @@ def main() -> int:
             result["models"].append(info)
             log(f"  {info}")
             compact16 = copy.deepcopy(compact32).to(dtype)
-            result["checks"] += check_model(name, teacher, arch, compact32, compact16, cfg, dev)
+            aligned16 = pad_ffn_widths(copy.deepcopy(compact16), 8)
+            info["ffn_per_layer_aligned"] = aligned16.config.intermediate_sizes
+            result["checks"] += check_model(name, teacher, arch, compact32, compact16, aligned16, cfg, dev)
             original16 = teacher.model.to(dtype)
             del compact32
-            result["timings"] += time_model(name, original16, compact16, cfg, dev, deadline)
-            del original16, compact16, teacher
+            result["timings"] += time_model(name, original16, compact16, aligned16, cfg, dev, deadline)
+            del original16, compact16, aligned16, teacher
             if on_gpu:
                 torch.cuda.empty_cache()
         except Exception as exc:  # noqa: BLE001 - the other model still runs

@@ -16,7 +16,7 @@ from prunekit.compact import compact, compact_to_dir, fvcore_flops
 from prunekit.errors import PrunekitError
 from prunekit.flops import ModelShape, model_flops
 from prunekit.gates import Gates
-from prunekit.modeling import CompactBertForSequenceClassification, CompactBertModel, load_compact
+from prunekit.modeling import CompactBertForSequenceClassification, CompactBertModel, load_compact, pad_ffn_widths
 from prunekit.models import Teacher, load_teacher, model_output
 
 SHAPES = ("tinybert4", "minilm6", "bert12")
@@ -125,6 +125,22 @@ def test_parity_keep_everything_is_the_teacher(tiny_models):
     from prunekit.compact import count_params
 
     assert count_params(model) == count_params(teacher.model)
+
+
+def test_pad_ffn_widths_keeps_outputs(tiny_models, tmp_path):
+    teacher = scrambled_teacher(tiny_models, "minilm6", "classification", seed=16)
+    arch = edge_architecture(teacher.shape, seed=17)
+    model = compact(teacher, arch)
+    batch = random_batch(teacher.config.vocab_size, 3, 9, seed=18)
+    before = run_output(model, "classification", batch)
+    pad_ffn_widths(model, 8)
+    widths = model.config.intermediate_sizes
+    assert all(w % 8 == 0 for w in widths) and [w == 0 for w in widths] == [w == 0 for w in arch.ffn_widths]
+    assert all(0 <= w - a < 8 for w, a in zip(widths, arch.ffn_widths))
+    assert [layer.up.out_features for layer in model.bert.layers if layer.up is not None] == [w for w in widths if w]
+    assert (run_output(model, "classification", batch) - before).abs().max() < 1e-6
+    model.save_pretrained(tmp_path / "padded")  # still a valid compact model
+    assert (run_output(load_compact(tmp_path / "padded"), "classification", batch) - before).abs().max() < 1e-6
 
 
 def test_attention_maps_and_hidden_states_match_the_kept_heads(tiny_models):
