@@ -219,6 +219,17 @@ def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
     return None
 
 
+def _read_log(path: Path) -> list[dict]:
+    """The log's records; a last line cut short by a kill is dropped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in records if isinstance(r, dict) and "step" in r]
+
+
 # ---------------------------------------------------------------- the search
 
 
@@ -289,8 +300,7 @@ def run_gate_search(
             for prefix, opt in opts.items():
                 _restore_optimizer(prefix, opt, tensors, meta)
             if log_path.exists():
-                history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-                history = [h for h in history if h["step"] <= start_step]
+                history = [h for h in _read_log(log_path) if h["step"] <= start_step]
             log.info("resuming from step %d", start_step)
     atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
 
