@@ -227,6 +227,16 @@ class CompactLayer(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
+_KERNELS_OK: dict = {}  # device -> the kernels module, once a forward has checked that it can run there
+
+
+def _kernels_for_forward(device: torch.device):
+    pk = _KERNELS_OK.get(device)
+    if pk is None:
+        pk = _KERNELS_OK[device] = _import_kernels(device)
+    return pk
+
+
 def _import_kernels(device: torch.device):
     try:
         import prunekit_kernels as pk
@@ -321,7 +331,7 @@ class CompactBertModel(CompactBertPreTrainedModel):
     def _forward_triton(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, packed: bool):
         if self.training:
             raise PrunekitError("the triton backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
-        pk = _import_kernels(input_ids.device)
+        pk = _kernels_for_forward(input_ids.device)
         b, t = input_ids.shape
         ids = torch.stack([input_ids, token_type_ids, position_ids.expand_as(input_ids)], dim=-1)
         if packed:  # pack once: the real tokens' ids, types and positions, with cu_seqlens
