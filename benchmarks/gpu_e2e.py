@@ -352,12 +352,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="output dir (default $OUT, else benchmarks/results)")
     args = ap.parse_args()
 
-    import_prunekit(args.quick)
-    from prunekit.compact import compact, count_params
-    from prunekit.modeling import pad_ffn_widths
-    from prunekit.selection import select_to_budget
-
     cfg = configs(args.quick)
+    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
+    stem = "gpu_e2e_quick" if args.quick else "gpu_e2e"
+    try:
+        import_prunekit(args.quick)
+        from prunekit.compact import compact, count_params
+        from prunekit.modeling import pad_ffn_widths
+        from prunekit.selection import select_to_budget
+    except Exception as exc:  # noqa: BLE001 - say why in the results file, then stop
+        traceback.print_exc()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{stem}.json").write_text(json.dumps(dict(error=f"import failed: {type(exc).__name__}: {exc}",
+                                                               environment=environment()), indent=1, default=str))
+        print(f"RESULT: FAIL (cannot import prunekit: {type(exc).__name__}: {exc})", flush=True)
+        return 1
+
     on_gpu = torch.cuda.is_available()
     dev = "cuda" if on_gpu else "cpu"
     dtype = torch.float16 if on_gpu else torch.float32  # the CPU interpreter has no fast fp16
@@ -401,8 +411,6 @@ def main() -> int:
 
     result["headlines"] = headlines(result)
     result["seconds"] = time.time() - T0
-    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
-    stem = "gpu_e2e_quick" if args.quick else "gpu_e2e"
     text = write_report(out_dir, stem, result)
     log(f"wrote {out_dir / (stem + '.json')} and {stem}.md")
     n_bad = sum(c["status"] in ("FAIL", "ERROR") for c in result["checks"])

@@ -34,7 +34,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedModel
+
+try:  # transformers >= 5 names it PreTrainedConfig (PretrainedConfig stays as an alias)
+    from transformers import PreTrainedConfig as PretrainedConfig
+except ImportError:  # transformers 4.x
+    from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
