@@ -29,6 +29,7 @@ the "timings" are single wall-clock calls (a smoke test of this script only).
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import json
 import os
@@ -59,6 +60,7 @@ def import_prunekit(quick: bool):
             sys.exit("No CUDA device: run with --quick to smoke-test on CPU (Triton interpreted).")
         os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
     tmp = Path(tempfile.mkdtemp(prefix="prunekit_e2e_"))
+    atexit.register(shutil.rmtree, tmp, True)  # removes the links, never what they point to
     for name, target in (("prunekit", REPO / "prunekit"), ("prunekit_kernels", REPO / "kernels")):
         try:
             (tmp / name).symlink_to(target, target_is_directory=True)
