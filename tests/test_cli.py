@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_sentences
+from factory import make_sentences
 from prunekit.cli import cli
 
 VERBS = ("search", "compact", "distill", "export-onnx", "bench", "eval")

@@ -8,7 +8,7 @@ from prunekit.models import load_teacher, model_output
 
 
 def _batch(tok, n=4, seed=0):
-    from conftest import make_sentences
+    from factory import make_sentences
 
     enc = tok(make_sentences(n, seed), padding=True, return_tensors="pt")
     return dict(enc)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_sentences
+from factory import make_sentences
 from prunekit.architecture import Architecture
 from prunekit.data import load_data
 from prunekit.models import load_teacher
