@@ -159,75 +159,18 @@ def topk_mask(grads: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
 # ---------------------------------------------------------------- checkpoints (safetensors + JSON)
 
 
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    sd = opt.state_dict()
-    scalars = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    meta[prefix] = {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix + "."):
-            _, pid, k = key.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for key, v in meta[prefix]["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
+from .checkpoint import flatten_optimizer as _flatten_optimizer, load_latest_checkpoint, read_log as _read_log, restore_optimizer as _restore_optimizer, write_checkpoint  # noqa: E402,F401
 
 
 def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.Module | None, opts: dict, keep: int = 2) -> None:
-    from safetensors.torch import save_file
-
     tensors = {"alpha.head": alphas.head.detach().cpu(), "alpha.ffn": alphas.ffn.detach().cpu()}
     if student is not None:
         for name, p in student.state_dict().items():
-            tensors[f"student.{name}"] = p.detach().cpu().contiguous()
-    meta: dict = {"step": step}
+            tensors[f"student.{name}"] = p
+    meta: dict = {}
     for prefix, opt in opts.items():
         _flatten_optimizer(prefix, opt, tensors, meta)
-    tmp = ckpt_root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta))
-    final = ckpt_root / f"step-{step:07d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
-    """The newest readable checkpoint (a corrupt one is skipped with a warning), or None."""
-    from safetensors.torch import load_file
-
-    for d in sorted(ckpt_root.glob("step-*"), reverse=True):
-        try:
-            meta = json.loads((d / "state.json").read_text())
-            tensors = load_file(str(d / "state.safetensors"))
-            return int(meta["step"]), tensors, meta
-        except Exception as e:  # a checkpoint cut short by a kill: fall back to the previous one
-            log.warning("checkpoint %s is unreadable (%s); trying the previous one", d, e)
-    return None
-
-
-def _read_log(path: Path) -> list[dict]:
-    """The log's records; a last line cut short by a kill is dropped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in records if isinstance(r, dict) and "step" in r]
+    write_checkpoint(ckpt_root, step, tensors, meta, keep)
 
 
 # ---------------------------------------------------------------- the search
