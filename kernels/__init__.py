@@ -4,7 +4,7 @@ Installed under the import name ``prunekit_kernels`` (the directory is ``kernels
 
 * :mod:`.attention` — fused multi-head attention forward from a packed QKV projection, padded
   (key-padding mask) and varlen (``cu_seqlens``), any head count per launch.
-* :mod:`.padding` — ``unpad_input`` / ``pad_input`` for the varlen path.
+* :mod:`.padding` — ``unpad_input`` / ``unpad_indices`` / ``pad_input`` for the varlen path.
 * :mod:`.epilogues` — ``bias_gelu`` and ``bias_residual_layernorm``.
 
 Kernels run on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before this
@@ -28,7 +28,7 @@ from .epilogues import (
     bias_residual_layernorm,
     bias_residual_layernorm_reference,
 )
-from .padding import pad_input, unpad_input
+from .padding import pad_input, unpad_indices, unpad_input
 
 __all__ = [
     "bias_gelu",
@@ -41,6 +41,7 @@ __all__ = [
     "fused_attention_varlen_reference",
     "pad_input",
     "triton_available",
+    "unpad_indices",
     "unpad_input",
 ]
 

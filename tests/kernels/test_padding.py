@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit_kernels import pad_input, unpad_input
+from prunekit_kernels import pad_input, unpad_indices, unpad_input
 
 
 def _mask_from_lengths(lengths, seqlen):
@@ -67,3 +67,37 @@ def test_errors():
         unpad_input(torch.randn(5), torch.ones(5))
     with pytest.raises(ValueError, match="must agree"):
         pad_input(torch.randn(4, 3), torch.arange(3), 1, 4)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64])
+def test_unpad_indices_matches_unpad_input(mask_dtype):
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]).to(mask_dtype)
+    hidden = torch.randn(4, 5, 3)
+    _, ref_idx, ref_cu, ref_max = unpad_input(hidden, mask)
+    idx, cu, max_seqlen = unpad_indices(mask)
+    assert idx.tolist() == ref_idx.tolist() and cu.tolist() == ref_cu.tolist() and max_seqlen == ref_max == 5
+    # With a capacity: no sync, the real tokens first, then spare rows pointing one past the end.
+    idx, cu, max_seqlen = unpad_indices(mask, capacity=13)
+    assert idx.shape == (13,) and max_seqlen == 5 and cu.tolist() == ref_cu.tolist()
+    assert idx[:9].tolist() == ref_idx.tolist() and (idx[9:] == 20).all()
+    rows = hidden.view(20, 3).index_select(0, idx.clamp(max=19))
+    padded = pad_input(rows, idx, 4, 5)  # spare rows dropped
+    keep = mask.bool()
+    torch.testing.assert_close(padded[keep], hidden[keep], rtol=0, atol=0)
+    assert (padded[~keep] == 0).all()
+    # Exactly full, and a capacity smaller than the real tokens (those past it are dropped).
+    assert unpad_indices(mask, capacity=9)[0].tolist() == ref_idx.tolist()
+    assert unpad_indices(mask, capacity=4)[0].tolist() == ref_idx[:4].tolist()
+
+
+def test_unpad_indices_edges():
+    idx, cu, m = unpad_indices(torch.zeros(2, 3))
+    assert idx.numel() == 0 and cu.tolist() == [0, 0, 0] and m == 0
+    idx, cu, m = unpad_indices(torch.zeros(0, 4))
+    assert idx.numel() == 0 and cu.tolist() == [0] and m == 0
+    idx, _, _ = unpad_indices(torch.zeros(2, 3), capacity=2)
+    assert idx.tolist() == [6, 6]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        unpad_indices(torch.ones(2, 3), capacity=-1)
+    with pytest.raises(ValueError, match=r"must be \[B, T\]"):
+        unpad_indices(torch.ones(6))
