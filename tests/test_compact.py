@@ -420,3 +420,169 @@ def test_compact_a_real_search_run(tiny_models, text_file, tmp_path):
     assert report["compact"]["flops_fvcore"] == report["compact"]["flops_analytic"]
     assert 0.35 < report["compact"]["flops_analytic"] / report["original"]["flops_analytic"] <= 0.42
     assert report["teacher"] == str(model)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU speed paths that must not change outputs: aligned widths, packed capacity, CUDA graphs
+# ------------------------------------------------------------------------------------------------
+def _triton_cpu_or_skip():
+    import prunekit_kernels
+
+    ok, why = prunekit_kernels.triton_available("cpu")
+    if not ok:
+        pytest.skip(why)
+
+
+def test_aligned_widths_keep_outputs_and_saved_shapes(tiny_models, tmp_path):
+    # tinybert4: head_dim 3, so QKV widths (9 per head) are unaligned too; FFN widths are random.
+    teacher = scrambled_teacher(tiny_models, "tinybert4", "classification", seed=20)
+    arch = edge_architecture(teacher.shape, seed=21)
+    model = compact(teacher, arch)
+    assert any(w % 8 for w in arch.ffn_widths if w) and any((9 * h) % 8 for h in arch.head_counts if h)
+    batch = random_batch(teacher.config.vocab_size, 3, 9, seed=22)
+    ref = run_output(model.set_backend("eager"), "classification", batch)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for backend in ("eager", "sdpa"):
+        out = run_output(model.set_backend(backend, ffn_align=8), "classification", batch)
+        assert (out - ref).abs().max() < 1e-5, backend
+    for layer in model.bert.layers:
+        qw, qb, uw, ub, dw = layer.aligned_weights(8)
+        if layer.qkv is not None:
+            assert qw.shape[0] % 8 == 0 and qb.shape[0] == qw.shape[0]
+            assert (qw[layer.qkv.out_features:] == 0).all()
+        if layer.up is not None:
+            assert uw.shape[0] % 8 == 0 and dw.shape[1] == uw.shape[0] and ub.shape[0] == uw.shape[0]
+            assert (dw[:, layer.ffn_width:] == 0).all() and (ub[layer.ffn_width:] == 0).all()
+        assert all(a is b for a, b in zip(layer.aligned_weights(8), layer.aligned_weights(8)))  # cached
+        assert layer.aligned_weights(1)[2] is (layer.up.weight if layer.up is not None else None)
+    # The copies follow an in-place change of the weights, and are never part of the saved model.
+    layer = next(l for l in model.bert.layers if l.up is not None and l.ffn_width % 8)
+    with torch.no_grad():
+        layer.up.weight.mul_(1.5)
+    changed_eager = run_output(model.set_backend("eager"), "classification", batch)
+    assert (run_output(model.set_backend("sdpa", ffn_align=8), "classification", batch) - changed_eager).abs().max() < 1e-5
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    model.save_pretrained(tmp_path / "m")
+    assert load_compact(tmp_path / "m").config.intermediate_sizes == arch.ffn_widths
+    # With autograd on, the parameters themselves are used: gradients reach them.
+    model.set_backend("sdpa", ffn_align=8)
+    model.bert(**batch).last_hidden_state.sum().backward()
+    assert layer.up.weight.grad is not None and layer.up.weight.grad.abs().sum() > 0
+    with pytest.raises(PrunekitError, match="ffn_align must be a positive int"):
+        model.set_backend("sdpa", ffn_align=0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter on spare rows' uninitialised values
+def test_aligned_widths_and_token_capacity_triton_interpreted(tiny_models):
+    _triton_cpu_or_skip()
+    teacher = scrambled_teacher(tiny_models, "tinybert4", "classification", seed=23)
+    arch = edge_architecture(teacher.shape, seed=24)
+    model = compact(teacher, arch)
+    batch = random_batch(teacher.config.vocab_size, 3, 7, seed=25)
+    ref = run_output(model.set_backend("eager"), "classification", batch)
+    n = int(batch["attention_mask"].sum())
+    with torch.no_grad():
+        eager_hidden = model.bert(**batch).last_hidden_state
+    valid = batch["attention_mask"].bool()
+    for backend in ("triton", "triton-padded"):
+        for align in (1, 8):
+            model.set_backend(backend, ffn_align=align)
+            assert (run_output(model, "classification", batch) - ref).abs().max() < 1e-5, (backend, align)
+    # Packed into more rows than real tokens (what a CUDA graph uses): same outputs, zeros at padding.
+    model.set_backend("triton", ffn_align=8)
+    for capacity in (n, n + 5, 3 * 7):
+        with torch.no_grad():
+            out = model(**batch, token_capacity=capacity, output_hidden_states=True)
+        assert (out.logits - ref).abs().max() < 1e-5, capacity
+        last = out.hidden_states[-1]
+        assert (last[valid] - eager_hidden[valid]).abs().max() < 1e-5 and (last[~valid] == 0).all()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_token_capacity_path_never_syncs(tiny_models):
+    """The packed forward with a capacity calls no op that makes the host wait for the device
+    (item, nonzero, is_nonzero, boolean indexing): it can be captured in a CUDA graph."""
+    _triton_cpu_or_skip()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::masked_select",
+               "aten::item", "aten::equal", "aten::allclose"}
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    teacher = scrambled_teacher(tiny_models, "minilm6", "classification", seed=26)
+    model = compact(teacher, edge_architecture(teacher.shape, seed=27)).set_backend("triton", ffn_align=8)
+    batch = random_batch(teacher.config.vocab_size, 2, 6, seed=28)
+    tolist = torch.Tensor.tolist  # reads CPU memory without dispatching an op: count it by hand
+
+    def run(**kw):
+        calls = []
+        with torch.no_grad(), Record() as rec:
+            torch.Tensor.tolist = lambda self: calls.append("tolist") or tolist(self)
+            try:
+                model(**batch, **kw)
+            finally:
+                torch.Tensor.tolist = tolist
+        return rec.ops + calls
+
+    with torch.no_grad():
+        model(**batch, token_capacity=12)  # warm (kernel compilation outside the recording)
+    ops = run(token_capacity=12)
+    assert ops and not (syncing | {"tolist"}) & set(ops), sorted((syncing | {"tolist"}) & set(ops))
+    ops = run()  # without a capacity: exactly one sync (the real-token count and longest length)
+    assert sum(op in syncing or op == "tolist" for op in ops) == 1
+
+
+def test_cuda_graph_runner_without_cuda(tiny_models):
+    teacher = scrambled_teacher(tiny_models, "minilm6", "classification", seed=29)
+    model = compact(teacher, edge_architecture(teacher.shape, seed=30)).eval()
+    batch = random_batch(teacher.config.vocab_size, 3, 6, seed=31)
+    with pytest.raises(PrunekitError, match="CUDA graphs need the model on a CUDA device"):
+        model.capture_cuda_graph(3, 6)
+    runner = model.set_backend("sdpa").capture_cuda_graph(3, 6, fallback=True)
+    torch.testing.assert_close(runner(**batch).logits, run_output(model, "classification", batch))
+    with pytest.raises(PrunekitError, match=r"made for inputs of shape \[3, 6\]"):
+        runner(batch["input_ids"][:2], batch["attention_mask"][:2])
+    model.set_backend("eager")
+    with pytest.raises(PrunekitError, match="backend changed"):
+        runner(**batch)
+    with pytest.raises(PrunekitError, match="inference"):
+        model.train().capture_cuda_graph(3, 6, fallback=True)
+    model.eval()
+    # Capacity buckets of the packed backend: a multiple of the granularity, at most B*T.
+    import prunekit_kernels
+
+    if prunekit_kernels.triton_available("cpu")[0]:
+        r = model.set_backend("triton").capture_cuda_graph(32, 128, fallback=True)
+        assert r.token_granularity == 256
+        assert [r.capacity_for(n) for n in (0, 1, 256, 257, 4095, 4096)] == [256, 256, 256, 512, 4096, 4096]
+        assert r.capacity_for(4096) == 32 * 128
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs in the GPU session)")
+def test_cuda_graph_runner_on_cuda(tiny_models):
+    import prunekit_kernels
+
+    teacher = scrambled_teacher(tiny_models, "tinybert4", "classification", seed=32)
+    model = compact(teacher, edge_architecture(teacher.shape, seed=33)).to("cuda").eval()
+    b, t = 4, 16
+    batches = [{k: v.cuda() for k, v in random_batch(teacher.config.vocab_size, b, t, seed=s).items()} for s in (34, 35)]
+    batches[1]["attention_mask"][1:] = 0  # far fewer real tokens: another capacity bucket
+    batches[1]["attention_mask"][1:, :2] = 1
+    backends = ["sdpa"] + (["triton", "triton-padded"] if prunekit_kernels.triton_available("cuda")[0] else [])
+    for backend in backends:
+        model.set_backend(backend)
+        runner = model.capture_cuda_graph(b, t, token_granularity=16)
+        for batch in batches + batches:  # replays, with both buckets
+            with torch.inference_mode():
+                ref = model(**batch).logits
+            out = runner(**batch).logits
+            assert (out - ref).abs().max() < 1e-4, backend
+        assert len(runner.graphs) == (2 if backend == "triton" else 1)
