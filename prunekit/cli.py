@@ -166,10 +166,100 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
     click.echo(f"wrote {r.output_dir}")
 
 
-_not_built("distill", "two-stage distillation of a compact model back to the teacher's accuracy")
 _not_built("export-onnx", "ONNX export checked against PyTorch in onnxruntime")
 _not_built("bench", "FLOPs and sentences/sec, original vs compact, CPU and CUDA")
-_not_built("eval", "the task's metrics for a teacher, compact model or ONNX file")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("student")
+@click.option("--teacher", default=None, help="The teacher to distil from. Default: the model the student was compacted from (its config).")
+@data_options
+@click.option("--dev-data", default=None, help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")
+@click.option("--dev-split", default="dev", show_default=True, help="Split of a GLUE --dev-data.")
+@click.option("--dev-fraction", type=float, default=0.1, show_default=True, help="Share of --data held out as dev data when no --dev-data is given.")
+@click.option("--dev-max-examples", type=int, default=None, help="Use only the first N dev examples.")
+@click.option("-o", "--output", "output_dir", default=None, help="Distilled model directory. Default: <STUDENT>-distilled.")
+@click.option("--stage1-epochs", type=float, default=20.0, show_default=True, help="Epochs of stage 1 (hidden states, attention maps, embeddings).")
+@click.option("--stage2-epochs", type=float, default=3.0, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
+@click.option("--stage1-lr", type=float, default=5e-5, show_default=True, help="Peak learning rate of stage 1.")
+@click.option("--stage2-lr", type=float, default=3e-5, show_default=True, help="Peak learning rate of stage 2.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step.")
+@click.option("--warmup", type=float, default=0.1, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay (weight matrices only).")
+@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the soft targets (classification).")
+@click.option("--alpha-gold", type=float, default=0.0, show_default=True, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only).")
+@click.option("--dropout", type=float, default=None, help="Student dropout while training. Default: its config's.")
+@click.option("--augment-copies", type=int, default=4, show_default=True, help="Augmented copies per example (TinyBERT word replacement; 0: none).")
+@click.option("--augment-prob", type=float, default=0.4, show_default=True, help="Probability that a word is replaced in a copy.")
+@click.option("--augment-top-k", type=int, default=15, show_default=True, help="Replacement candidates per word.")
+@click.option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), default="both", show_default=True, help="Stages that train on the augmented data.")
+@click.option("--augment-mlm", default=None, help="A masked-LM model dir to propose replacements. Default: nearest neighbours in the teacher's input embeddings.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seeds the data order, dropout, the dev hold-out and the augmentation.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> None:
+    """Distil a compact model (STUDENT, from `prunekit compact`) back towards its teacher.
+
+    Stage 1 matches each layer's hidden states, the attention maps of the kept heads and the
+    embeddings; stage 2 the teacher's predictions. Writes a compact model dir with the best
+    weights by the dev metric, plus distill_report.json and distill_log.jsonl.
+    """
+    from .distill import DistillSettings, distill as run_distill
+
+    if options["output_dir"] is None:
+        options["output_dir"] = str(student).rstrip("/\\") + "-distilled"
+    settings = DistillSettings(student=student, **options)
+    r = run_distill(settings, force=force, resume=resume, progress=not quiet)
+    m = r.metric
+    click.echo(f"dev {m}: teacher {r.teacher_dev.get(m, float('nan')):.4f}, student before {r.before.get(m, float('nan')):.4f}, "
+               f"distilled {r.best['value'] if r.best['value'] is not None else float('nan'):.4f} (step {r.best['step']}, stage {r.best['stage']})")
+    click.echo(f"wrote {r.output_dir}")
+
+
+@cli.command(name="eval", context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--data", default=None, help="GLUE task name, GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus (unlabelled).")
+@click.option("--split", "splits", multiple=True, help="Split(s) of a GLUE task; repeat for several. Default: dev (MNLI: dev_matched and dev_mismatched).")
+@click.option("--glue-dir", default=None, help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR.")
+@click.option("--task", default=None, help="Treat the file as this GLUE task (its metrics and labels).")
+@click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL.")
+@click.option("--pair-column", default=None, help="Second-text column for pair tasks.")
+@click.option("--label-column", default=None, help="Label column (default: label if present).")
+@click.option("--max-examples", type=int, default=None, help="Use only the first N examples.")
+@click.option("--compare", multiple=True, help="More models to score side by side (repeat the option).")
+@click.option("--reference", default=None, help="Model that embedding models and unlabelled data are scored against. Default: a compact model's teacher.")
+@click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default="auto", show_default=True, help="What a teacher dir outputs (compact dirs know).")
+@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per forward pass.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Sequence length the analytic FLOPs are counted at.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
+@_friendly
+def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_column, max_examples, compare, reference, kind,
+          max_length, batch_size, seq_len, device, json_out) -> None:
+    """The task's metrics for a teacher or compact MODEL (and --compare models), with params and FLOPs.
+
+    Labelled data: the task's metrics (accuracy, F1, MCC, Pearson/Spearman). Embedding models or
+    unlabelled data: fidelity to --reference (pairwise-similarity Spearman, mean cosine, agreement).
+    """
+    import json
+
+    from .evaluate import evaluate, format_table
+    from .io import atomic_write_text
+
+    report = evaluate([model, *compare], data, list(splits) or None, reference=reference, kind=kind, text_column=text_column,
+                      pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples,
+                      max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device)
+    click.echo(format_table(report))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")
+        click.echo(f"wrote {json_out}")
 
 
 def main() -> None:

@@ -1,0 +1,582 @@
+"""`prunekit distill`: train a compact model back towards its teacher, in two stages (TinyBERT style).
+
+Stage 1 (intermediate layers): the student's embeddings, each layer's hidden states (student layer
+i <-> teacher layer i; compaction keeps the layer count and hidden size) and the attention maps of
+the heads it kept, each compared with the teacher's map of the same head (``config.kept_heads``
+gives the teacher's index of every kept head):
+
+    L1 = w_emb * MSE(E_s, E_t) + w_hid * mean_i MSE(H_s^i, H_t^i) + w_att * mean_i A_i
+    A_i = sum over keys of (P_s^{i,h} - P_t^{i,kept_heads[i][h]})^2, averaged over kept heads h and real query tokens
+
+(MSEs are over real tokens only; padding is left out.) Stage 2 (prediction layer): soft
+cross-entropy with the teacher's logits at temperature T for a classifier, MSE for a regressor,
+MSE of the mean-pooled embeddings for an embedding model; ``alpha_gold`` mixes in the gold labels
+of the original (not augmented) examples.
+
+Both stages can train on TinyBERT-style augmented copies of the data (:mod:`prunekit.augment`).
+The dev metric (the task's primary metric on labelled dev data, else fidelity to the teacher) is
+measured at the end of stage 1 and after every epoch of stage 2; the best weights are what the
+output model dir holds. A run writes into ``<out>.partial`` with checkpoints every
+``checkpoint_every`` steps, resumes from there with ``--resume`` (same result as an uninterrupted
+run: data order, dropout and learning rates depend only on the step), and is published atomically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .batching import encode, iterate_batches
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, read_log, restore_optimizer, write_checkpoint
+from .errors import PrunekitError
+from .evaluate import predict, score
+from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
+from .models import Teacher, load_teacher, model_output
+
+log = logging.getLogger(__name__)
+
+AUGMENT_STAGES = ("both", "1", "2", "none")
+
+
+@dataclass
+class DistillSettings:
+    """Every option of a distillation run; saved as settings.json. Defaults follow TinyBERT's
+    task distillation (intermediate layers 20 epochs at 5e-5, prediction layer 3 epochs at 3e-5,
+    batch 32, 10% warm-up; augmentation p=0.4, K=15 — the study made 20 copies, 4 keep a CPU run
+    tractable)."""
+
+    student: str = ""  # compact model dir (what `prunekit compact` writes)
+    teacher: str | None = None  # default: the model the student was compacted from (its config)
+    data: str | None = None  # as `prunekit search --data`; None: the shipped corpus
+    split: str = "train"
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str | None = None
+    task: str | None = None
+    glue_dir: str | None = None
+    max_examples: int | None = None
+    dev_data: str | None = None  # None: hold out dev_fraction of --data
+    dev_split: str = "dev"
+    dev_fraction: float = 0.1
+    dev_max_examples: int | None = None
+    output_dir: str = "runs/distill"
+    stage1_epochs: float = 20.0
+    stage2_epochs: float = 3.0
+    stage1_lr: float = 5e-5
+    stage2_lr: float = 3e-5
+    batch_size: int = 32
+    warmup: float = 0.1  # fraction of each stage's steps with a linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    dropout: float | None = None  # the student's dropout while training; None: its config's (BERT: 0.1)
+    max_length: int = 128
+    temperature: float = 1.0
+    alpha_gold: float = 0.0  # weight of the gold-label loss in stage 2 (0: soft targets only)
+    embedding_weight: float = 1.0
+    hidden_weight: float = 1.0
+    attention_weight: float = 1.0
+    augment_copies: int = 4
+    augment_prob: float = 0.4
+    augment_top_k: int = 15
+    augment_stages: str = "both"  # both | 1 | 2 | none
+    augment_mlm: str | None = None  # a masked-LM model dir; None: teacher input-embedding neighbours
+    seed: int = 42
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 200
+    eval_batch_size: int = 64
+    max_nan_steps: int = 10
+
+    def validate(self) -> None:
+        if not self.student:
+            raise PrunekitError("give the compact model dir to distill (what `prunekit compact` wrote)")
+        if self.stage1_epochs < 0 or self.stage2_epochs < 0 or self.stage1_epochs + self.stage2_epochs <= 0:
+            raise PrunekitError("--stage1-epochs and --stage2-epochs must be >= 0, and not both 0")
+        if self.stage1_lr <= 0 or self.stage2_lr <= 0:
+            raise PrunekitError("learning rates must be > 0")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise PrunekitError("--batch-size must be >= 1 and --max-length >= 8")
+        if not 0.0 <= self.warmup < 1.0:
+            raise PrunekitError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
+        if self.temperature <= 0:
+            raise PrunekitError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha_gold <= 1.0:
+            raise PrunekitError(f"--alpha-gold must be in [0, 1], got {self.alpha_gold}")
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise PrunekitError(f"--dev-fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.augment_copies < 0 or not 0.0 <= self.augment_prob <= 1.0 or self.augment_top_k < 1:
+            raise PrunekitError("--augment-copies must be >= 0, --augment-prob in [0, 1] and --augment-top-k >= 1")
+        if self.augment_stages not in AUGMENT_STAGES:
+            raise PrunekitError(f"--augment-stages must be one of {', '.join(AUGMENT_STAGES)}, got {self.augment_stages!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise PrunekitError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.checkpoint_every < 1 or self.max_nan_steps < 1:
+            raise PrunekitError("--checkpoint-every and --max-nan-steps must be >= 1")
+
+    def augments(self, stage: int) -> bool:
+        return self.augment_copies > 0 and self.augment_stages in ("both", str(stage))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillSettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Settings that may differ between a run and its --resume (they do not change the result).
+_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "eval_batch_size"}
+
+
+@dataclass
+class DistillResult:
+    output_dir: Path
+    metric: str  # the dev metric the best checkpoint was picked by
+    teacher_dev: dict
+    before: dict  # the student's dev metrics before distillation
+    best: dict  # {"step", "stage", "value", "metrics"}
+    steps: int
+    log: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the real tokens of [B, T, H] tensors (``mask`` [B, T] is 1 on real tokens)."""
+    m = mask.to(a.dtype).unsqueeze(-1)
+    return ((a.float() - b.float()).pow(2) * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1.0)
+
+
+def attention_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor, kept: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of one layer's attention probabilities, the student's head h against the
+    teacher's head ``kept[h]``: summed over keys, averaged over heads and real query tokens."""
+    t = teacher_maps[:, kept]
+    m = mask.to(student_maps.dtype)
+    m2 = m[:, None, :, None] * m[:, None, None, :]
+    err = ((student_maps.float() - t.float()).pow(2) * m2).sum()
+    return err / (m.sum() * len(kept)).clamp_min(1.0)
+
+
+def intermediate_loss(s_out, t_out, kept_heads: list[list[int]], mask: torch.Tensor, settings: DistillSettings) -> tuple[torch.Tensor, dict]:
+    """Stage 1's loss from student and teacher outputs with hidden states and attentions."""
+    emb = masked_mse(s_out.hidden_states[0], t_out.hidden_states[0], mask)
+    hid = torch.stack([masked_mse(s, t, mask) for s, t in zip(s_out.hidden_states[1:], t_out.hidden_states[1:])]).mean()
+    att_terms = [attention_loss(s, t, kept, mask) for s, t, kept in zip(s_out.attentions, t_out.attentions, kept_heads) if kept]
+    att = torch.stack(att_terms).mean() if att_terms else emb.new_zeros(())
+    loss = settings.embedding_weight * emb + settings.hidden_weight * hid + settings.attention_weight * att
+    return loss, {"emb": emb.item(), "hidden": hid.item(), "attention": att.item()}
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    p = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return -(p * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+
+
+def prediction_loss(kind: str, s_pred: torch.Tensor, t_pred: torch.Tensor, settings: DistillSettings, labels=None, gold_mask=None) -> tuple[torch.Tensor, dict]:
+    """Stage 2's loss: soft CE (classification), MSE (regression, pooled embeddings); plus gold labels."""
+    if kind == "classification":
+        soft = soft_cross_entropy(s_pred, t_pred, settings.temperature)
+        # soft CE = KL + the teacher's entropy, a floor it cannot go below: log the KL too
+        entropy = soft_cross_entropy(t_pred, t_pred, settings.temperature)
+        parts = {"soft": soft.item(), "kl": (soft - entropy).item()}
+    else:
+        soft = F.mse_loss(s_pred.float(), t_pred.float())
+        parts = {"soft": soft.item()}
+    loss = soft
+    a = settings.alpha_gold
+    if a > 0 and labels is not None and kind != "embedding":
+        keep = gold_mask if gold_mask is not None else torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        if bool(keep.any()):
+            if kind == "classification":
+                gold = F.cross_entropy(s_pred[keep].float(), labels[keep])
+            else:
+                gold = F.mse_loss(s_pred[keep].float().squeeze(-1), labels[keep].float())
+        else:
+            gold = soft.new_zeros(())
+        parts["gold"] = gold.item()
+        loss = (1 - a) * soft + a * gold
+    return loss, parts
+
+
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of ``total`` steps, then linear decay to 0."""
+    w = int(round(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return max(0.0, (total - step) / max(1, total - w))
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and checks
+# ------------------------------------------------------------------------------------------------
+def _quiet(fn, *args, **kwargs):
+    """Call ``fn`` with transformers' progress bars ("Loading weights", "Writing model shards") off."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set every dropout of a compact model (hidden, attention, classifier) to ``p`` (not saved in its config)."""
+    from .modeling import CompactLayer
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        if isinstance(m, CompactLayer):
+            m.attn_dropout = p
+
+
+def _student_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise PrunekitError(f"cannot load the tokenizer files in {path}: {str(e).splitlines()[0][:160]}") from None
+
+
+def check_compatible(student: CompactBertPreTrainedModel, teacher: Teacher, student_tokenizer=None) -> None:
+    """The student must come from this teacher: same layers, hidden size, heads, vocabulary, task."""
+    c, s = student.config, teacher.shape
+    got = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.head_dim)
+    want = (s.num_layers, s.hidden_size, s.num_heads, s.head_dim)
+    if got != want:
+        raise PrunekitError(
+            f"the student (layers, hidden, heads, head size = {got}) was not compacted from {teacher.name_or_path} {want}: "
+            "pass the teacher it was compacted from with --teacher"
+        )
+    if any(j >= s.num_heads for heads in c.kept_heads for j in heads):
+        raise PrunekitError("the student's kept_heads name heads the teacher does not have: its config.json is corrupt")
+    tv = getattr(teacher.config, "vocab_size", None)
+    if c.vocab_size != tv:
+        raise PrunekitError(
+            f"teacher/student vocabulary mismatch: the student has {c.vocab_size} token embeddings, {teacher.name_or_path} has {tv}; "
+            "distil from the teacher the student was compacted from"
+        )
+    if student_tokenizer is not None and student_tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        a, b = student_tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
+        diff = len(set(a.items()) ^ set(b.items()))
+        raise PrunekitError(
+            f"teacher/student vocabulary mismatch: their tokenizers differ in {diff} token ids; "
+            "distil from the teacher the student was compacted from (or copy its tokenizer files into the student dir)"
+        )
+    if c.task_kind != teacher.kind:
+        raise PrunekitError(f"the student is a {c.task_kind} model but {teacher.name_or_path} is loaded as {teacher.kind}")
+    if teacher.kind != "embedding" and c.num_labels != teacher.config.num_labels:
+        raise PrunekitError(f"the student has {c.num_labels} labels, the teacher {teacher.config.num_labels}: not the same task")
+
+
+def _check_task(dataset, kind: str, num_labels: int, what: str) -> None:
+    task = dataset.task
+    if dataset.labels is None or task.kind == "unlabelled" or kind == "embedding":
+        return
+    if kind == "classification" and task.kind == "classification" and task.num_labels != num_labels:
+        raise PrunekitError(f"{what} has {task.num_labels} classes but the teacher predicts {num_labels}: not the teacher's task")
+    if (kind == "regression") != (task.kind == "regression"):
+        raise PrunekitError(f"{what} is a {task.kind} task but the teacher is a {kind} model")
+
+
+def _load(settings: DistillSettings, source, split, max_examples, **cols):
+    from .data import load_data
+
+    return load_data(source, split, task=settings.task, glue_dir=settings.glue_dir, max_examples=max_examples, **cols)
+
+
+# ------------------------------------------------------------------------------------------------
+# Dev metric
+# ------------------------------------------------------------------------------------------------
+def dev_metrics(kind: str, outputs: torch.Tensor, teacher_outputs: torch.Tensor, dev) -> tuple[str, dict]:
+    """(primary metric name, metrics): the task's metrics on labelled dev data, else fidelity to the teacher."""
+    primary, metrics, _ = score(kind, outputs, dev, teacher_outputs)
+    return primary, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def _augmented(settings: DistillSettings, train, teacher: Teacher, work: Path, device, progress: bool):
+    """The augmented training set (cached in the work dir, so a resumed run reuses it)."""
+    from .augment import AugmentedData, augment_dataset, build_replacer
+    from .data import TextDataset
+
+    cache = work / "augmented.jsonl"
+    if cache.is_file():
+        rows = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(rows) >= len(train) and all("text" in r for r in rows):
+            pairs = [r["pair"] for r in rows] if train.pairs is not None else None
+            labels = [r["label"] for r in rows] if train.labels is not None else None
+            ds = TextDataset([r["text"] for r in rows], pairs, labels, train.task, train.source + " (augmented)")
+            return AugmentedData(ds, [r["origin"] for r in rows], [r["origin"] == i for i, r in enumerate(rows)])
+    replacer = build_replacer(teacher.tokenizer, teacher.model, settings.augment_mlm, settings.augment_top_k, settings.augment_prob, device)
+    aug = augment_dataset(train, replacer, settings.augment_copies, settings.seed, progress=progress)
+    ds = aug.dataset
+    lines = []
+    for i in range(len(ds)):
+        row = {"text": ds.texts[i], "origin": aug.origin[i]}
+        if ds.pairs is not None:
+            row["pair"] = ds.pairs[i]
+        if ds.labels is not None:
+            row["label"] = ds.labels[i]
+        lines.append(json.dumps(row))
+    atomic_write_text(cache, "\n".join(lines) + "\n")
+    return aug
+
+
+def _save_best(work: Path, student, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tmp = work / ".best.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, str(tmp), metadata={"step": str(step)})
+    os.replace(tmp, work / "best.safetensors")
+
+
+def distill(
+    settings: DistillSettings,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    teacher: Teacher | None = None,
+    train_data=None,
+    dev_data=None,
+    _interrupt_after: int | None = None,
+) -> DistillResult:
+    """Distil a compact model dir into a new compact model dir (written atomically). The CLI's entry point."""
+    from tqdm.auto import tqdm
+
+    from .search import _autocast, resolve_device
+
+    settings.validate()
+    out = Path(settings.output_dir)
+    work = partial_dir(out)
+    student_dir = Path(settings.student)
+    if student_dir.resolve() == out.resolve():
+        raise PrunekitError("the output directory is the student's own directory: choose another -o")
+    if resume:
+        if not work.is_dir():
+            raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
+        saved = DistillSettings.from_dict(json.loads((work / "settings.json").read_text()))
+        diff = [f.name for f in fields(DistillSettings) if f.name not in _RESUME_FREE and getattr(saved, f.name) != getattr(settings, f.name)]
+        if diff:
+            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
+    else:
+        check_output_dir(out, force)
+        if work.exists():
+            if not force:
+                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
+            shutil.rmtree(work)
+    device = resolve_device(settings.device)
+
+    # Everything that can be wrong with the inputs fails before any work: student, data, teacher.
+    if not student_dir.is_dir():
+        raise PrunekitError(f"student model directory not found: {student_dir} (give what `prunekit compact` wrote)")
+    student = _quiet(load_compact, student_dir)
+    student_tok = _student_tokenizer(student_dir)
+    kind = student.config.task_kind
+    cols = dict(text_column=settings.text_column, pair_column=settings.pair_column, label_column=settings.label_column)
+    train = train_data if train_data is not None else _load(settings, settings.data, settings.split, settings.max_examples, **cols)
+    if dev_data is not None:
+        dev = dev_data
+    elif settings.dev_data is not None:
+        dev = _load(settings, settings.dev_data, settings.dev_split, settings.dev_max_examples, **cols)
+    else:
+        train, dev = train.split(1.0 - settings.dev_fraction, settings.seed)
+    if teacher is None:
+        name = settings.teacher or student.config.base_model_name_or_path
+        if not name:
+            raise PrunekitError(f"{student_dir}/config.json names no teacher: pass --teacher")
+        teacher = load_teacher(name, kind)
+    check_compatible(student, teacher, student_tok)
+    num_labels = teacher.config.num_labels if kind != "embedding" else 0
+    _check_task(train, kind, num_labels, "the training data")
+    _check_task(dev, kind, num_labels, "the dev data")
+    if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
+        raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
+
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "settings.json", settings.to_json())
+    teacher.model.to(device).eval()
+    student.to(device)
+    if settings.dropout is not None:
+        set_dropout(student, settings.dropout)
+    tokenizer = teacher.tokenizer
+    backend = student.config.backend
+    fast_backend = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
+
+    plain = encode(train, tokenizer, settings.max_length)
+    plain_orig = torch.ones(len(plain), dtype=torch.bool)
+    aug_enc, aug_orig = plain, plain_orig
+    if settings.augments(1) or settings.augments(2):
+        aug = _augmented(settings, train, teacher, work, device, progress)
+        aug_enc = encode(aug.dataset, tokenizer, settings.max_length)
+        aug_orig = torch.tensor(aug.is_original, dtype=torch.bool)
+    stage_data = {1: (aug_enc, aug_orig) if settings.augments(1) else (plain, plain_orig),
+                  2: (aug_enc, aug_orig) if settings.augments(2) else (plain, plain_orig)}
+    bs = settings.batch_size
+    stage_steps = {st: (int(math.ceil(ep * math.ceil(len(stage_data[st][0]) / bs))) if ep > 0 else 0)
+                   for st, ep in ((1, settings.stage1_epochs), (2, settings.stage2_epochs))}
+    s1, total = stage_steps[1], stage_steps[1] + stage_steps[2]
+    per_epoch2 = max(1, math.ceil(len(stage_data[2][0]) / bs))
+    eval_points = ({s1} if s1 else set()) | {s1 + k for k in range(per_epoch2, stage_steps[2], per_epoch2)} | {total}
+
+    dev_enc = encode(dev, tokenizer, settings.max_length)
+    teacher_dev_out = predict(teacher.model, kind, dev_enc, device, settings.eval_batch_size)
+    metric, teacher_dev = dev_metrics(kind, teacher_dev_out, teacher_dev_out, dev)
+    student.config.backend = fast_backend
+    _, before = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
+
+    ckpt_root, log_path = work / "checkpoints", work / "distill_log.jsonl"
+    start, history = 0, []
+    best = {"step": None, "stage": None, "value": None, "metrics": None}
+    opt_state = None
+    if resume:
+        found = load_latest_checkpoint(ckpt_root)
+        if found is not None:
+            start, tensors, meta = found
+            student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+            best = meta["best"]
+            opt_state = (tensors, meta)
+            if log_path.exists():
+                history = [h for h in read_log(log_path) if h["step"] <= start]
+            log.info("resuming from step %d", start)
+    atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+
+    stage_now, opt, batches, bar = None, None, None, None
+    nan_streak = 0
+    kept_heads = [list(h) for h in student.config.kept_heads]
+    with open(log_path, "a") as log_file:
+        for step in range(start, total):
+            stage = 1 if step < s1 else 2
+            if stage != stage_now:  # set up the stage: optimizer (restored if resuming inside it), data, bar
+                if bar is not None:
+                    bar.close()
+                stage_now, base = stage, (0 if stage == 1 else s1)
+                lr = settings.stage1_lr if stage == 1 else settings.stage2_lr
+                # Weight decay on matrices only (not biases, LayerNorms), as BERT fine-tuning does.
+                params = [p for p in student.parameters() if p.requires_grad]
+                groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+                          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+                opt = torch.optim.AdamW(groups, lr=lr)
+                prefix = f"opt{stage}"
+                if opt_state is not None and prefix in opt_state[1]:
+                    restore_optimizer(prefix, opt, *opt_state)
+                opt_state = None
+                data, orig = stage_data[stage]
+                batches = iterate_batches(data, bs, settings.seed + stage, start_step=step - base, shuffle=True)
+                desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
+                bar = tqdm(total=stage_steps[stage], initial=step - base, disable=not progress, desc=desc, unit="step", dynamic_ncols=True)
+                student.config.backend = "eager" if stage == 1 else fast_backend
+            local = step - base
+            factor = lr_factor(local, stage_steps[stage], settings.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr * factor
+            torch.manual_seed(settings.seed * 1_000_003 + step)  # dropout depends on the step only: resumable
+            student.train()
+            idx, batch = next(batches)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            with _autocast(device, settings.mixed_precision):
+                if stage == 1:
+                    with torch.no_grad():
+                        t_out = teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
+                    s_out = student(**inputs, output_hidden_states=True, output_attentions=True)
+                    loss, parts = intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], settings)
+                else:
+                    with torch.no_grad():
+                        t_pred = model_output(teacher.model, kind, inputs)
+                    s_pred = model_output(student, kind, inputs)
+                    loss, parts = prediction_loss(kind, s_pred, t_pred, settings, batch.get("labels"), orig[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if not torch.isfinite(loss):
+                nan_streak += 1
+                log_file.write(json.dumps({"step": done, "stage": stage, "skipped": "non-finite loss"}) + "\n")
+                if nan_streak >= settings.max_nan_steps:
+                    raise PrunekitError(
+                        f"the loss was NaN/inf for {nan_streak} steps in a row (last at step {done}): "
+                        "lower the learning rate or use --mixed-precision no"
+                    )
+            else:
+                nan_streak = 0
+                loss.backward()
+                if settings.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
+                opt.step()
+                record = {"step": done, "stage": stage, "loss": round(loss.item(), 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            bar.update(1)
+            if done in eval_points:
+                student.config.backend = fast_backend
+                _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
+                student.config.backend = "eager" if stage == 1 else fast_backend
+                value = m.get(metric, float("nan"))
+                rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
+                history.append(rec)
+                log_file.write(json.dumps(rec) + "\n")
+                if not math.isnan(value) and (best["value"] is None or value > best["value"]):
+                    _save_best(work, student, done)
+                    best = {"step": done, "stage": stage, "value": value, "metrics": m}
+                log_file.flush()
+            if done % settings.checkpoint_every == 0 or done == s1 or done == total:
+                log_file.flush()
+                tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+                meta = {"best": best}
+                flatten_optimizer(f"opt{stage}", opt, tensors, meta)
+                write_checkpoint(ckpt_root, done, tensors, meta)
+            if _interrupt_after is not None and done >= _interrupt_after:
+                raise KeyboardInterrupt  # tests: simulate a kill after this step
+    if bar is not None:
+        bar.close()
+
+    # The output: the best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record.
+    from safetensors.torch import load_file
+
+    if best["step"] is not None and (work / "best.safetensors").is_file():
+        student.load_state_dict(load_file(str(work / "best.safetensors")))
+    else:
+        log.warning("no dev evaluation gave a number; keeping the last weights")
+    if best["value"] is not None and before.get(metric) is not None and best["value"] < before[metric]:
+        log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"], before[metric])
+    student.config.backend = backend
+    student.eval().to("cpu")
+    teacher.model.to("cpu")
+    _quiet(student.save_pretrained, work, safe_serialization=True)
+    (student_tok or tokenizer).save_pretrained(work)
+    for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
+        if (student_dir / name).is_file():
+            shutil.copyfile(student_dir / name, work / name)
+    report = {
+        "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
+        "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
+        "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
+        "dev_source": dev.source,
+    }
+    atomic_write_text(work / "distill_report.json", json.dumps(report, indent=1) + "\n")
+    for leftover in ("checkpoints", "best.safetensors", "augmented.jsonl"):
+        p = work / leftover
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if out.exists():
+        check_output_dir(out, force or resume)
+    publish_dir(work, out)
+    return DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history)

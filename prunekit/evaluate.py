@@ -1,0 +1,235 @@
+"""`prunekit eval`: the task's metrics for a teacher or a compact model, alone or side by side.
+
+On labelled data a classifier or regressor is scored with the task's metrics
+(:func:`prunekit.metrics.compute_metrics`: accuracy, F1, MCC, Pearson/Spearman; MNLI's matched
+and mismatched dev sets are two splits). An embedding model, or any model on unlabelled data, is
+scored by its fidelity to a reference model (``--reference``; for a compact model, by default the
+teacher its config names): the Spearman correlation of pairwise cosine similarities and the mean
+cosine for embeddings (:func:`prunekit.metrics.embedding_fidelity`), the agreement with the
+reference's predictions for a classifier, the Pearson correlation for a regressor.
+
+Every model also gets its parameter count and its analytic FLOPs per sequence
+(:func:`prunekit.flops.model_flops` with the compact config's per-layer sizes), so ``--compare``
+shows what each model costs beside what it scores.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .batching import EncodedData, encode, sequential_batches
+from .errors import PrunekitError
+from .flops import ModelShape, format_flops, model_flops
+from .models import load_teacher, model_output
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQ_LEN = 128
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    model: nn.Module
+    tokenizer: object
+    kind: str  # classification | regression | embedding
+    shape: ModelShape  # the (original) shape the FLOPs model counts from
+    heads_per_layer: list[int] | None  # None: every head (not compacted)
+    ffn_per_layer: list[int] | None
+    compact: bool
+    reference: str | None  # the teacher a compact model was cut from
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def flops(self, seq_len: int) -> int:
+        return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer).total
+
+
+def _quiet(fn, *args, **kwargs):
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(path: str, kind: str = "auto", device: str = "cpu") -> LoadedModel:
+    """A teacher (any BERT-family HF dir) or a compact model dir; an ONNX file is refused for now."""
+    from .modeling import MODEL_TYPE, load_compact
+
+    p = Path(path)
+    if p.suffix == ".onnx" or (p.is_dir() and (p / "model.onnx").is_file() and not (p / "config.json").is_file()):
+        raise PrunekitError(
+            f"{path}: evaluating ONNX models is not supported yet (prunekit export-onnx is not built); "
+            "evaluate the PyTorch model dir it was exported from"
+        )
+    cfg = p / "config.json"
+    model_type = None
+    if cfg.is_file():
+        try:
+            model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise PrunekitError(f"{cfg} is not valid JSON ({e})") from None
+    if model_type != MODEL_TYPE:
+        t = load_teacher(path, kind, device=device)
+        return LoadedModel(str(path), t.model, t.tokenizer, t.kind, t.shape, None, None, False, None)
+
+    from transformers import AutoTokenizer
+
+    model = _quiet(load_compact, p, device=device)
+    c = model.config
+    if kind not in ("auto", c.task_kind):
+        raise PrunekitError(f"{path} is a compact {c.task_kind} model, not {kind}")
+    tok_dir = p if any((p / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")) else c.base_model_name_or_path
+    if tok_dir is None:
+        raise PrunekitError(f"{path} has no tokenizer files and names no teacher to take them from; copy the teacher's tokenizer files into it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    except Exception as e:  # noqa: BLE001
+        raise PrunekitError(f"cannot load a tokenizer for {path} from {tok_dir}: {str(e).splitlines()[0][:160]}") from None
+    shape = ModelShape(
+        num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
+        intermediate_size=c.intermediate_size, num_labels=0 if c.task_kind == "embedding" else c.num_labels,
+    )
+    return LoadedModel(str(path), model, tokenizer, c.task_kind, shape, list(c.num_heads_per_layer), list(c.intermediate_sizes),
+                       True, c.base_model_name_or_path)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, kind: str, data: EncodedData, device="cpu", batch_size: int = 64) -> torch.Tensor:
+    """``model_output`` (logits or mean-pooled embeddings) for every example of ``data``, in its order."""
+    was_training = model.training
+    model.eval()
+    outs: list = [None] * len(data)
+    try:
+        for idx, batch in sequential_batches(data, batch_size):
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            out = model_output(model, kind, batch).float().cpu()
+            for row, i in enumerate(idx.tolist()):
+                outs[i] = out[row]
+    finally:
+        model.train(was_training)
+    return torch.stack(outs)
+
+
+FIDELITY_PRIMARY = {"embedding": "similarity_spearman", "regression": "teacher_pearson", "classification": "teacher_agreement"}
+
+
+def score(kind: str, outputs: torch.Tensor, dataset, reference_outputs: torch.Tensor | None = None) -> tuple[str, dict, str]:
+    """(primary metric, metrics, what was scored against): the task's metrics on labels, else fidelity."""
+    from .fidelity import compare_outputs
+    from .metrics import compute_metrics, primary_metric
+
+    if kind != "embedding" and dataset.labels is not None and dataset.task.kind != "unlabelled":
+        preds = outputs.flatten() if kind == "regression" else outputs
+        return primary_metric(dataset.task), compute_metrics(dataset.task, preds, dataset.labels), "labels"
+    if reference_outputs is None:
+        raise ValueError("unlabelled data: pass reference_outputs")
+    return FIDELITY_PRIMARY[kind], compare_outputs(kind, outputs, reference_outputs), "reference"
+
+
+def _needs_reference(m: LoadedModel, dataset) -> bool:
+    return m.kind == "embedding" or dataset.labels is None or dataset.task.kind == "unlabelled"
+
+
+def evaluate(
+    models: list[str],
+    data: str | None = None,
+    splits: list[str] | None = None,
+    *,
+    reference: str | None = None,
+    kind: str = "auto",
+    text_column: str | None = None,
+    pair_column: str | None = None,
+    label_column: str | None = None,
+    task: str | None = None,
+    glue_dir: str | None = None,
+    max_examples: int | None = None,
+    max_length: int = 128,
+    batch_size: int = 64,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    device: str = "cpu",
+) -> dict:
+    """Score every model on every split; the report holds metrics, parameters and FLOPs per model."""
+    from .data import load_data
+
+    if not models:
+        raise PrunekitError("give at least one model to evaluate")
+    cols = dict(text_column=text_column, pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples)
+    given = list(splits) if splits else None
+    datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
+    first = next(iter(datasets.values()))
+    if given is None and first.task.name == "mnli":  # MNLI is reported on both dev sets
+        datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
+
+    loaded = [load_model(m, kind, device) for m in models]
+    refs: dict[str, LoadedModel] = {}
+    rows = []
+    base_flops = loaded[0].flops(seq_len)
+    for m in loaded:
+        results = {}
+        for split, ds in datasets.items():
+            out = predict(m.model, m.kind, encode(ds, m.tokenizer, max_length), device, batch_size)
+            ref_out, ref_path = None, None
+            if _needs_reference(m, ds):
+                ref_path = reference or m.reference
+                if ref_path is None:
+                    why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
+                    raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
+                if ref_path not in refs:
+                    refs[ref_path] = load_model(ref_path, m.kind if m.kind == "embedding" else "auto", device)
+                r = refs[ref_path]
+                if r.kind != m.kind:
+                    raise PrunekitError(f"the reference {ref_path} is a {r.kind} model but {m.path} is {m.kind}: compare like with like")
+                ref_out = predict(r.model, r.kind, encode(ds, r.tokenizer, max_length), device, batch_size)
+            primary, metrics, against = score(m.kind, out, ds, ref_out)
+            results[split] = {"primary": primary, "metrics": metrics, "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
+        flops = m.flops(seq_len)
+        rows.append({
+            "model": m.path, "type": "compact" if m.compact else "teacher", "kind": m.kind, "params": m.params,
+            "flops": flops, "flops_ratio": flops / base_flops, "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer,
+            "results": results,
+        })
+    return {"data": first.source, "task": first.task.name, "splits": list(datasets), "seq_len": seq_len, "models": rows}
+
+
+def _short(path: str, width: int = 28) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3):]
+
+
+def format_table(report: dict) -> str:
+    """The report as a fixed-width table: one row per model, its cost, then each split's metrics."""
+    cols = []  # (split, metric)
+    for row in report["models"]:
+        for split, r in row["results"].items():
+            for k in r["metrics"]:
+                if (split, k) not in cols:
+                    cols.append((split, k))
+    multi = len(report["splits"]) > 1
+    heads = ["model", "type", "params", f"FLOPs (T={report['seq_len']})", "ratio"] + [f"{s}:{k}" if multi else k for s, k in cols]
+    lines = []
+    for row in report["models"]:
+        cells = [_short(row["model"]), row["type"], f"{row['params'] / 1e6:.2f}M", format_flops(row["flops"]), f"{row['flops_ratio']:.3f}"]
+        for s, k in cols:
+            v = row["results"].get(s, {}).get("metrics", {}).get(k)
+            cells.append("-" if v is None else f"{v:.4f}")
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(heads)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [f"data: {report['data']} ({', '.join(report['splits'])})", fmt(heads), fmt(["-" * w for w in widths])]
+    out += [fmt(c) for c in lines]
+    against = sorted({r["scored_against"] for row in report["models"] for r in row["results"].values() if r["scored_against"] != "labels"})
+    if against:
+        out.append(f"scored by fidelity to: {', '.join(against)} (no labels, or an embedding model)")
+    return "\n".join(out)

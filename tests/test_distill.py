@@ -1,0 +1,350 @@
+"""Distillation on tiny random BERTs: losses, the kept-head mapping, augmentation, resume, best checkpoint, bad input."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from factory import WORDS, make_sentences, make_tiny_model
+from prunekit.architecture import Architecture
+from prunekit.augment import WordReplacer, augment_dataset, build_replacer
+from prunekit.cli import cli
+from prunekit.compact import compact, compact_to_dir
+from prunekit.data import CORPUS_TASK, TextDataset, load_data
+from prunekit.distill import DistillSettings, attention_loss, distill, intermediate_loss
+from prunekit.errors import PrunekitError
+from prunekit.modeling import load_compact
+from prunekit.models import load_teacher
+
+SEQ = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and the shared 2-core machine makes them contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def real_tokenizer(path: Path) -> Path:
+    """Re-save the tiny model's tokenizer with its whole vocabulary. (factory.make_tiny_model passes
+    ``vocab_file=``, which transformers 5 ignores: its tokenizer knows only the 5 special tokens and
+    maps every word to [UNK]; augmentation and vocabulary checks need the real words.)"""
+    from transformers import BertTokenizerFast
+
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (path / f).unlink(missing_ok=True)
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)  # positional: `vocab` in 5.x, `vocab_file` in 4.x
+    return path
+
+
+def scrambled_teacher_dir(path: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny teacher with weights well away from the init (outputs of size ~1, peaked attention)."""
+    make_tiny_model(path, "minilm6", kind, seed=seed)
+    real_tokenizer(path)
+    t = load_teacher(path)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in t.model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
+    t.model.save_pretrained(path)
+    return path
+
+
+def kept_arch(layers: int = 6) -> Architecture:
+    """Heads 1 and 3 of 4 everywhere (never 0, 1: a wrong mapping cannot pass by accident), half the FFN."""
+    g = torch.Generator().manual_seed(1)
+    heads = torch.zeros(layers, 4)
+    heads[:, [1, 3]] = 1.0
+    ffn = (torch.rand(layers, 64, generator=g) < 0.5).float()
+    return Architecture.from_masks(heads, ffn)
+
+
+def make_compact_dir(root: Path, teacher_dir: Path, arch: Architecture, name: str = "compact") -> Path:
+    t = load_teacher(teacher_dir)
+    arch.save(root / f"{name}-arch.json", t.shape, SEQ)
+    out = root / name
+    compact_to_dir(None, root / f"{name}-arch.json", out, model=str(teacher_dir), measure_fvcore=False)
+    return out
+
+
+def labelled_csv(path: Path, n: int = 48, seed: int = 1) -> Path:
+    sents = make_sentences(n, seed=seed)
+    path.write_text("text,label\n" + "\n".join(f"{s},{int('river' in s or 'tree' in s)}" for s in sents) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = scrambled_teacher_dir(root / "teacher", "classification")
+    return {"root": root, "teacher": teacher, "compact": make_compact_dir(root, teacher, kept_arch()), "data": labelled_csv(root / "data.csv")}
+
+
+def settings(world, out: Path, **kw) -> DistillSettings:
+    base = dict(student=str(world["compact"]), data=str(world["data"]), output_dir=str(out), stage1_epochs=2, stage2_epochs=2,
+                batch_size=16, max_length=SEQ, augment_copies=0, dropout=0.0, checkpoint_every=3)
+    base.update(kw)
+    return DistillSettings(**base)
+
+
+def first_last(log: list[dict], stage: int, key: str = "loss", k: int = 3) -> tuple[float, float]:
+    vals = [r[key] for r in log if r.get("stage") == stage and key in r]
+    return sum(vals[:k]) / k, sum(vals[-k:]) / k
+
+
+# ------------------------------------------------------------------------------------------------
+def test_stage_losses_decrease(world, tmp_path):
+    s = settings(world, tmp_path / "out", stage1_epochs=6, stage2_epochs=6, stage1_lr=2e-3, stage2_lr=2e-3, warmup=0.0)
+    r = distill(s, progress=False)
+    a, b = first_last(r.log, 1)
+    assert b < 0.7 * a, (a, b)
+    a, b = first_last(r.log, 2, "kl")
+    assert b < 0.7 * a, (a, b)
+    stage1 = [x for x in r.log if x.get("stage") == 1 and "hidden" in x]
+    assert {"emb", "hidden", "attention"} <= set(stage1[0]) and stage1[0]["attention"] > 0
+    out = r.output_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "settings.json", "distill_log.jsonl", "distill_report.json", "architecture.json"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "out.partial").exists() and not (out / "checkpoints").exists()
+    model = load_compact(out)  # the same format as `prunekit compact` writes
+    assert model.config.kept_heads == [[1, 3]] * 6
+    assert json.loads((out / "settings.json").read_text())["stage1_lr"] == 2e-3
+
+
+def test_attention_loss_maps_kept_heads_to_teacher_indices(world):
+    teacher = load_teacher(world["teacher"])
+    arch = kept_arch()
+    student = compact(teacher, arch)
+    ids = torch.randint(5, teacher.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    batch = {"input_ids": ids * mask, "attention_mask": mask}
+    with torch.no_grad():
+        t = teacher.model(**batch, output_attentions=True, output_hidden_states=True)
+        s = student(**batch, output_attentions=True, output_hidden_states=True)
+    # Layer 0 sees the same input in both models, so its kept heads' maps are the teacher's heads 1 and 3.
+    assert attention_loss(s.attentions[0], t.attentions[0], [1, 3], mask) < 1e-10
+    wrong = attention_loss(s.attentions[0], t.attentions[0], [0, 1], mask)
+    assert wrong > 1e-3
+    # The full stage-1 loss reads the mapping from the config, and a student that keeps everything matches exactly.
+    cfg = DistillSettings(student="x")
+    _, parts = intermediate_loss(s, t, student.config.kept_heads, mask, cfg)
+    assert parts["emb"] < 1e-10 and parts["attention"] > 0
+    full = compact(teacher, Architecture.from_masks(torch.ones(6, 4), torch.ones(6, 64)))
+    with torch.no_grad():
+        f = full(**batch, output_attentions=True, output_hidden_states=True)
+    loss, parts = intermediate_loss(f, t, full.config.kept_heads, mask, cfg)
+    assert float(loss) < 1e-9
+    # and a permuted mapping is honoured: student heads (2, 0) against teacher maps
+    perm = t.attentions[2][:, [2, 0]]
+    assert attention_loss(perm, t.attentions[2], [2, 0], mask) == 0
+    assert attention_loss(perm, t.attentions[2], [0, 2], mask) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+def _special_safe(replacer: WordReplacer, tokenizer):
+    special = set(tokenizer.all_special_tokens)
+    for w in ("river", "stone", "happy"):
+        cands = replacer.neighbours(w) if replacer.mlm is None else replacer.mlm_candidates(f"the {w} runs", [(4, 4 + len(w))])[0]
+        assert cands, w
+        assert w not in cands
+        assert not any(c in special or c.startswith("##") or c.startswith("[") for c in cands)
+        assert all(c in WORDS for c in cands)
+
+
+def test_augmentation_embedding_neighbours(world):
+    teacher = load_teacher(world["teacher"])
+    replacer = build_replacer(teacher.tokenizer, teacher.model, top_k=5, prob=0.5)
+    _special_safe(replacer, teacher.tokenizer)
+    texts = ["The river runs [SEP] over the stone [MASK] quickly.", "a green bird sleeps near the old tree [CLS]"] + make_sentences(10, seed=4)
+    ds = TextDataset(texts, None, None, CORPUS_TASK, "test")
+    aug = augment_dataset(ds, replacer, copies=3, seed=0)
+    assert aug.dataset.texts[: len(texts)] == texts and aug.is_original[: len(texts)] == [True] * len(texts)
+    copies = aug.dataset.texts[len(texts):]
+    assert len(copies) >= len(texts)  # with p = 0.5 nearly every copy changes something
+    for text, origin in zip(copies, aug.origin[len(texts):]):
+        orig = texts[origin]
+        assert text != orig
+        assert len(text.split()) == len(orig.split())  # whole words for whole words
+        for tok in ("[SEP]", "[MASK]", "[CLS]"):
+            assert text.count(tok) == orig.count(tok)  # special tokens are never touched
+        assert text[0].isupper() == orig[0].isupper()
+    again = augment_dataset(ds, replacer, copies=3, seed=0)
+    assert again.dataset.texts == aug.dataset.texts  # deterministic from the seed
+    assert augment_dataset(ds, replacer, copies=3, seed=1).dataset.texts != aug.dataset.texts
+
+
+def test_augmentation_masked_lm(world, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    teacher = load_teacher(world["teacher"])
+    mlm_dir = tmp_path / "mlm"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=teacher.config.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64)).save_pretrained(mlm_dir)
+    teacher.tokenizer.save_pretrained(mlm_dir)
+    replacer = build_replacer(teacher.tokenizer, mlm_dir=str(mlm_dir), top_k=4, prob=1.0)
+    _special_safe(replacer, teacher.tokenizer)
+    text = "the [MASK] river runs over the stone [SEP] near a tree"
+    (copy,) = replacer.copies(text, 1, random.Random(0))
+    assert copy != text and len(copy.split()) == len(text.split())
+    assert copy.count("[MASK]") == 1 and copy.count("[SEP]") == 1
+    with pytest.raises(PrunekitError, match="augment-mlm"):
+        build_replacer(teacher.tokenizer, mlm_dir=str(tmp_path / "nope"))
+
+
+def test_distill_with_augmentation_per_stage(world, tmp_path):
+    r = distill(settings(world, tmp_path / "out", stage1_epochs=1, stage2_epochs=1, augment_copies=2, augment_stages="1"), progress=False)
+    report = json.loads((r.output_dir / "distill_report.json").read_text())
+    n = report["train_examples"]
+    assert n < report["augmented_examples"] <= 3 * n
+    per_stage = {st: sum(1 for x in r.log if x.get("stage") == st and "loss" in x) for st in (1, 2)}
+    assert per_stage[1] == -(-report["augmented_examples"] // 16) and per_stage[2] == -(-n // 16)
+    assert not (r.output_dir / "augmented.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+def test_resume_gives_same_weights(world, tmp_path):
+    kw = dict(stage1_epochs=3, stage2_epochs=2, augment_copies=1, dropout=0.1)  # dropout on: its RNG must resume too
+    full = distill(settings(world, tmp_path / "full" / "out", **kw), progress=False)
+    s = settings(world, tmp_path / "cut" / "out", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        distill(s, progress=False, _interrupt_after=8)  # killed in stage 1 after step 8: last checkpoint at 6
+    partial = tmp_path / "cut" / "out.partial"
+    assert partial.is_dir() and not (tmp_path / "cut" / "out").exists()
+    assert sorted(p.name for p in (partial / "checkpoints").glob("step-*"))[-1] == "step-0000006"
+    with pytest.raises(PrunekitError, match="different settings"):
+        distill(settings(world, tmp_path / "cut" / "out", **{**kw, "stage2_lr": 1e-3}), progress=False, resume=True)
+    resumed = distill(s, progress=False, resume=True)
+    a, b = load_file(str(full.output_dir / "model.safetensors")), load_file(str(resumed.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert resumed.best == full.best
+    steps = [r["step"] for r in resumed.log if "loss" in r]
+    assert steps == list(range(1, full.steps + 1))
+
+
+def test_best_checkpoint_is_kept(world, tmp_path, monkeypatch):
+    """Dev values scripted 0.5 (end of stage 1), 0.9 (stage 2, epoch 1), 0.3 (end): the 0.9 weights are written."""
+    import prunekit.distill as D
+
+    real = D.dev_metrics
+    seen: list[torch.Tensor] = []
+    values = iter([1.0, 0.1, 0.5, 0.9, 0.3])  # teacher, before, then the three evaluations
+
+    def scripted(kind, outputs, teacher_outputs, dev):
+        name, m = real(kind, outputs, teacher_outputs, dev)
+        seen.append(outputs.clone())
+        return name, {**m, name: next(values)}
+
+    monkeypatch.setattr(D, "dev_metrics", scripted)
+    r = distill(settings(world, tmp_path / "out", stage1_epochs=1, stage2_epochs=2, stage2_lr=5e-3), progress=False)
+    assert r.best["value"] == 0.9 and r.best["stage"] == 2
+    evals = [x for x in r.log if "dev" in x]
+    assert [x["stage"] for x in evals] == [1, 2, 2] and r.best["step"] == evals[1]["step"]
+    monkeypatch.setattr(D, "dev_metrics", real)
+    from prunekit.batching import encode
+    from prunekit.evaluate import predict
+
+    model = load_compact(r.output_dir)
+    dev = load_data(str(world["data"])).split(0.9, 42)[1]
+    out = predict(model, "classification", encode(dev, load_teacher(world["teacher"]).tokenizer, SEQ))
+    torch.testing.assert_close(out, seen[3], rtol=0, atol=1e-5)
+    assert not torch.allclose(out, seen[4], atol=1e-4)  # the last weights differ from the best
+    assert json.loads((r.output_dir / "distill_report.json").read_text())["best"]["step"] == r.best["step"]
+
+
+# ------------------------------------------------------------------------------------------------
+def _cli(args):
+    return CliRunner().invoke(cli, args)
+
+
+def _one_line_error(result, needle):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert needle.lower() in lines[0].lower(), lines[0]
+
+
+def _args(world, student, out, *extra):
+    return ["distill", str(student), "--data", str(world["data"]), "-o", str(out), "--stage1-epochs", "1", "--stage2-epochs", "1",
+            "--batch-size", "16", "--max-length", str(SEQ), "--augment-copies", "0", "--quiet", *extra]
+
+
+def test_bad_inputs_one_line_each(world, tmp_path):
+    root = world["root"]
+    _one_line_error(_cli(_args(world, tmp_path / "nope", tmp_path / "o1")), "not found")
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(world["compact"], corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
+    _one_line_error(_cli(_args(world, corrupt, tmp_path / "o2")), "corrupt")
+    (corrupt / "model.safetensors").unlink()
+    _one_line_error(_cli(_args(world, corrupt, tmp_path / "o3")), "missing")
+
+    # a teacher of another vocabulary (same shape), and one whose tokenizer maps tokens differently
+    other = real_tokenizer(make_tiny_model(tmp_path / "other-vocab", "minilm6", "classification"))
+    cfg = json.loads((other / "config.json").read_text())
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg["vocab_size"] += 7
+    BertForSequenceClassification(BertConfig(**cfg)).save_pretrained(other)
+    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o4", "--teacher", str(other))), "vocabulary mismatch")
+    swapped = tmp_path / "swapped"
+    shutil.copytree(world["teacher"], swapped)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (swapped / f).unlink(missing_ok=True)
+    vocab = (swapped / "vocab.txt").read_text().splitlines()
+    vocab[10], vocab[11] = vocab[11], vocab[10]
+    (swapped / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o5", "--teacher", str(swapped))), "vocabulary mismatch")
+
+    other_shape = make_tiny_model(tmp_path / "other-shape", "tinybert4", "classification")
+    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o6", "--teacher", str(other_shape))), "not compacted from")
+
+    unlabelled = tmp_path / "u.txt"
+    unlabelled.write_text("\n".join(make_sentences(20)) + "\n")
+    args = _args(world, world["compact"], tmp_path / "o7", "--alpha-gold", "0.5")
+    args[args.index("--data") + 1] = str(unlabelled)
+    _one_line_error(_cli(args), "alpha-gold")
+
+    (tmp_path / "o8").mkdir()
+    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o8")), "--force")
+    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o9", "--resume")), "nothing to resume")
+    for out in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o9"):
+        assert not (tmp_path / out).exists(), out
+    assert root.exists()
+
+
+def test_nan_loss_skips_then_stops(world, tmp_path):
+    nan_dir = tmp_path / "nan-student"
+    shutil.copytree(world["compact"], nan_dir)
+    model = load_compact(nan_dir)
+    with torch.no_grad():
+        model.bert.layers[0].qkv.weight[0, 0] = float("nan")
+    model.save_pretrained(nan_dir)
+    result = _cli(_args(world, nan_dir, tmp_path / "out", "--stage1-epochs", "4"))
+    _one_line_error(result, "NaN")
+    assert not (tmp_path / "out").exists()
+    log = [json.loads(x) for x in (tmp_path / "out.partial" / "distill_log.jsonl").read_text().splitlines()]
+    assert len(log) == 10 and all(r.get("skipped") for r in log)
+
+
+def test_cli_distill_default_output_and_message(world, tmp_path):
+    student = tmp_path / "student"
+    shutil.copytree(world["compact"], student)
+    result = _cli(["distill", str(student), "--data", str(world["data"]), "--stage1-epochs", "1", "--stage2-epochs", "1",
+                   "--batch-size", "16", "--max-length", str(SEQ), "--augment-copies", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "dev accuracy: teacher" in result.output and (tmp_path / "student-distilled" / "model.safetensors").is_file()
