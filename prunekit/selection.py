@@ -23,6 +23,7 @@ def select_to_budget(
     full = model_flops(shape, seq_len).total
     budget = target * full - shape.top_cost()
     head_cost, neuron_cost = shape.head_cost(seq_len), shape.neuron_cost(seq_len)
+    head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()  # scores may come from a GPU
     prio = torch.cat([head_priority.flatten().double(), ffn_priority.flatten().double()])
     costs = torch.cat(
         [torch.full((head_priority.numel(),), float(head_cost)), torch.full((ffn_priority.numel(),), float(neuron_cost))]
