@@ -29,6 +29,16 @@ from prunekit.search import SearchSettings, search
 METHODS = ("search", "search-frozen", "head-importance", "magnitude", "random")
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3, 0.2])
@@ -77,7 +87,7 @@ def main() -> None:
 
     meta = {
         "model": "all-MiniLM-L6-v2 (packaged)", "train_sentences": len(train), "held_out_sentences": len(held),
-        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "cpu": _cpu_name(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "search_epochs": args.epochs, "search_steps": args.steps,
     }
     out = Path(args.out)
