@@ -102,8 +102,26 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     arch = result.architecture
     click.echo(f"architecture: {result.output_dir / 'architecture.json'}")
     click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
+    _echo_flops_breakdown(result.output_dir / "architecture.json")
     click.echo(f"heads per layer: {arch.head_counts}")
     click.echo(f"FFN width per layer: {arch.ffn_widths}")
+
+
+def _echo_flops_breakdown(arch_json) -> None:
+    """Original vs pruned FLOPs per sequence, by component, from an architecture.json."""
+    import json
+
+    from .flops import format_flops
+
+    flops = json.loads(arch_json.read_text())["flops"]
+    orig, pruned = flops["original_by_component"], flops["by_component"]
+    click.echo(f"FLOPs per sequence at {flops['seq_len']} tokens: {format_flops(flops['original'])} -> {format_flops(flops['pruned'])}")
+    for name in orig:
+        if orig[name]:
+            click.echo(
+                f"  {name:<18} {format_flops(orig[name]):>13} ({orig[name] / flops['original']:5.1%})"
+                f" -> {format_flops(pruned[name]):>13} ({pruned[name] / orig[name]:5.1%} kept)"
+            )
 
 
 def _not_built(verb: str, issue: str):
