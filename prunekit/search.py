@@ -23,6 +23,7 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, encode, iterate_batches, teacher_outputs
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, read_log, restore_optimizer, write_checkpoint
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -159,9 +160,6 @@ def topk_mask(grads: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
 # ---------------------------------------------------------------- checkpoints (safetensors + JSON)
 
 
-from .checkpoint import flatten_optimizer as _flatten_optimizer, load_latest_checkpoint, read_log as _read_log, restore_optimizer as _restore_optimizer, write_checkpoint  # noqa: E402,F401
-
-
 def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.Module | None, opts: dict, keep: int = 2) -> None:
     tensors = {"alpha.head": alphas.head.detach().cpu(), "alpha.ffn": alphas.ffn.detach().cpu()}
     if student is not None:
@@ -169,7 +167,7 @@ def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.
             tensors[f"student.{name}"] = p
     meta: dict = {}
     for prefix, opt in opts.items():
-        _flatten_optimizer(prefix, opt, tensors, meta)
+        flatten_optimizer(prefix, opt, tensors, meta)
     write_checkpoint(ckpt_root, step, tensors, meta, keep)
 
 
@@ -241,9 +239,9 @@ def run_gate_search(
             if train_weights:
                 student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
             for prefix, opt in opts.items():
-                _restore_optimizer(prefix, opt, tensors, meta)
+                restore_optimizer(prefix, opt, tensors, meta)
             if log_path.exists():
-                history = [h for h in _read_log(log_path) if h["step"] <= start_step]
+                history = [h for h in read_log(log_path) if h["step"] <= start_step]
             log.info("resuming from step %d", start_step)
     atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
 
