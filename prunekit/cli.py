@@ -184,7 +184,39 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
     click.echo(f"wrote {r.output_dir}")
 
 
-_not_built("export-onnx", "ONNX export checked against PyTorch in onnxruntime")
+@cli.command(name="export-onnx", context_settings=CONTEXT)
+@click.argument("model_dir")
+@click.option("-o", "--output", required=True, help="The .onnx file to write (atomically; with a <output>.json report beside it).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--fp16", is_flag=True, help="Convert to fp16 (for GPUs; inputs and outputs stay int64/fp32).")
+@click.option("--optimize", is_flag=True, help="onnxruntime's transformer fusions, attention fused per layer with that layer's head count.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Dynamic int8 quantization (CPU); check the task metric with `prunekit eval`.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max abs difference to PyTorch allowed for fp32 graphs.")
+@click.option("--int8-rtol", type=float, default=0.25, show_default=True, help="Max abs difference / max |output| allowed for the int8 graph.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@_friendly
+def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, atol, int8_rtol, force) -> None:
+    """Export MODEL_DIR (a compact model or an original Hugging Face BERT) to ONNX and check it
+    against PyTorch in onnxruntime on random padded inputs (dynamic batch and sequence axes)."""
+    from .export import ExportSettings, export_onnx
+
+    settings = ExportSettings(opset=opset, fp16=fp16, optimize=optimize, quantize=quantize, atol=atol,
+                              int8_rtol=int8_rtol, force=force)
+    r = export_onnx(model_dir, output, settings)
+    click.echo(f"{'compact' if r.is_compact else 'original'} {r.kind} model, heads per layer {r.heads_per_layer}, "
+               f"FFN widths {r.ffn_per_layer}; output '{r.output_name}'")
+    for c in r.checks:
+        limit = f"rel {c.rel_diff:.2e} <= {c.tolerance:g}" if c.relative else f"<= {c.tolerance:g}"
+        click.echo(f"  {c.stage:<9} max abs diff {c.max_abs_diff:.2e} ({limit}) on {', '.join(c.providers)}, inputs {c.shapes}")
+    if r.fused:
+        heads = r.fused["attention_heads"]
+        click.echo(f"  fused: {r.fused['ops']}; attention fused in {len(heads)} of {r.fused['layers_with_heads']} "
+                   f"layers with heads (heads {heads})")
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {r.output} ({r.size_bytes / 1e6:.1f} MB)")
+
+
 _not_built("bench", "FLOPs and sentences/sec, original vs compact, CPU and CUDA")
 
 

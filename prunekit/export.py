@@ -1,0 +1,471 @@
+"""ONNX export of a compact (or original) model, validated in onnxruntime when it is made.
+
+``export_onnx(model_dir, output)`` writes one ``.onnx`` file with inputs ``input_ids``,
+``attention_mask``, ``token_type_ids`` (int64, dynamic batch and sequence axes) and one output:
+``logits`` (classification/regression) or ``embeddings`` (mean-pooled over the attention mask).
+
+The graph is traced from :class:`OnnxGraph`, an export-only view of the model that computes what the
+model computes but is laid out for onnxruntime:
+
+* Q, K and V are separate projections, and every layer reshapes to ``[*, *, h_i, d]`` with its
+  **own head count as a constant**. onnxruntime's transformer optimizer (model type ``bert``,
+  ``num_heads=0, hidden_size=0``) reads the head count from that constant, so it can fuse each layer
+  into an ``Attention`` node with that layer's head count. A transformers BERT reshapes with ``-1``
+  and gets no fused attention at all without one global ``num_heads`` — wrong for uneven layers.
+* An original Hugging Face model is exported through the same view (all heads and neurons kept,
+  sliced by :func:`prunekit.compact.compact`), so the original and the compact model get the same
+  graph optimizations; parity is still checked against the transformers model itself.
+* A layer with no heads is ``LayerNorm(x + attn_out_bias)``, one with no FFN ``LayerNorm(x + down_bias)``.
+
+Every stage is validated (huggingface/optimum's ``validate_model_outputs`` habit): random padded
+inputs of a batch size and length other than the traced ones, onnxruntime against PyTorch (fp32),
+max abs difference printed; over tolerance the export fails and nothing is left at ``output``
+(all stages run in a temp dir beside it; the final file is moved into place at the end).
+
+Optional stages, in this order: ``optimize`` (transformer fusions; the fused ``Attention`` nodes'
+head counts are checked against the layers' — a fusion that got a layer's head count wrong is never
+kept: the graph is re-optimized with attention fusion off), then ``fp16`` (for GPU) or
+``quantize="int8"`` (dynamic, for CPU; checked against a looser relative tolerance).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import PrunekitError
+from .io import atomic_write_text
+from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact, mean_pool
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+QUANTIZE = ("int8",)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading either kind of model dir
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """What export and bench need of a model dir: the PyTorch reference, its compact view, its kind."""
+
+    path: Path
+    kind: str  # classification | regression | embedding
+    is_compact: bool
+    reference: nn.Module  # what parity is checked against (the transformers model for an original)
+    compact: CompactBertPreTrainedModel  # the same function as a compact model (exported through OnnxGraph)
+    tokenizer: object = None
+
+    @property
+    def config(self):
+        return self.compact.config
+
+
+def load_model_dir(path: str | os.PathLike) -> LoadedModel:
+    """Load a compact model dir or an original Hugging Face BERT-family dir (one-line errors)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise PrunekitError(f"{path} is not a directory: give a model directory (with config.json)")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise PrunekitError(f"{path} has no config.json: it is not a model directory")
+    try:
+        model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise PrunekitError(f"{cfg} is not valid JSON ({e})") from None
+    tokenizer = _maybe_tokenizer(p)
+    if model_type == MODEL_TYPE:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise here
+        try:
+            model = load_compact(p, backend="eager")
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return LoadedModel(p, model.config.task_kind, True, model, model, tokenizer)
+
+    from .architecture import Architecture
+    from .compact import compact
+    from .models import load_teacher
+
+    teacher = load_teacher(str(p))
+    s = teacher.shape
+    full = Architecture(heads=[list(range(s.num_heads))] * s.num_layers,
+                        neurons=[list(range(s.intermediate_size))] * s.num_layers)
+    return LoadedModel(p, teacher.kind, False, teacher.model, compact(teacher, full), teacher.tokenizer)
+
+
+def _maybe_tokenizer(p: Path):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(p))
+    except Exception:  # a model dir without tokenizer files still exports and benchmarks
+        return None
+
+
+def reference_output(loaded: LoadedModel, batch: dict) -> torch.Tensor:
+    """The PyTorch output the ONNX graph must reproduce (fp32, eval mode)."""
+    from .models import model_output
+
+    with torch.no_grad():
+        if loaded.is_compact:
+            out = loaded.reference(**batch)
+            if loaded.kind == "embedding":
+                return mean_pool(out.last_hidden_state, batch["attention_mask"])
+            return out.logits
+        return model_output(loaded.reference, loaded.kind, batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# The export-only view
+# ------------------------------------------------------------------------------------------------
+class _OnnxLayer(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.heads, self.head_dim = layer.num_heads, layer.head_dim
+        inner = self.heads * self.head_dim
+        if inner:
+            w, b = layer.qkv.weight.detach(), layer.qkv.bias.detach()
+            self.q, self.k, self.v = (_linear(w[i * inner:(i + 1) * inner], b[i * inner:(i + 1) * inner]) for i in range(3))
+            self.attn_out = _linear(layer.attn_out.weight.detach(), layer.attn_out_bias.detach())
+        self.attn_out_bias = layer.attn_out_bias  # used alone when the layer has no heads
+        self.attn_norm, self.ffn_norm = layer.attn_norm, layer.ffn_norm
+        self.up = layer.up
+        if layer.up is not None:
+            self.down = _linear(layer.down.weight.detach(), layer.down_bias.detach())
+        self.down_bias = layer.down_bias
+        self.act = layer.act
+
+    def forward(self, x: torch.Tensor, add_mask: torch.Tensor) -> torch.Tensor:
+        if self.heads:
+            b, t = x.shape[0], x.shape[1]
+            h, d = self.heads, self.head_dim  # python ints: constants in the graph's Reshape shapes
+
+            def split(y):
+                return y.view(b, t, h, d).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + add_mask
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, t, h * d)
+            x = self.attn_norm(self.attn_out(ctx) + x)
+        else:
+            x = self.attn_norm(x + self.attn_out_bias)
+        if self.up is not None:
+            x = self.ffn_norm(self.down(self.act(self.up(x))) + x)
+        else:
+            x = self.ffn_norm(x + self.down_bias)
+        return x
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+    return lin
+
+
+class OnnxGraph(nn.Module):
+    """(input_ids, attention_mask, token_type_ids) -> logits or mean-pooled embeddings, laid out
+    for onnxruntime (see the module docstring). Same function as ``model`` in eval mode."""
+
+    def __init__(self, model: CompactBertPreTrainedModel):
+        super().__init__()
+        enc = model if isinstance(model, CompactBertModel) else model.bert
+        self.embeddings = enc.embeddings
+        self.layers = nn.ModuleList(_OnnxLayer(layer) for layer in enc.layers)
+        self.classify = not isinstance(model, CompactBertModel)
+        if self.classify:
+            self.pooler, self.classifier = model.pooler, model.classifier
+        self.eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        emb = self.embeddings
+        x = emb(input_ids, token_type_ids, emb.position_ids(input_ids))
+        add_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.layers:
+            x = layer(x, add_mask)
+        if self.classify:
+            return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+        m = attention_mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+def random_inputs(config, batch: int, length: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random padded inputs: row 0 full length, the others random lengths >= 1; pads are pad ids."""
+    g = torch.Generator().manual_seed(seed)
+    length = max(1, min(length, config.max_position_embeddings - 2))
+    pad = config.pad_token_id or 0
+    lo = 5 if config.vocab_size > 10 else 0
+    ids = torch.randint(lo, config.vocab_size, (batch, length), generator=g)
+    ids[ids == pad] = (pad + 1) % config.vocab_size
+    lens = torch.randint(1, length + 1, (batch,), generator=g)
+    lens[0] = length
+    mask = (torch.arange(length)[None, :] < lens[:, None]).long()
+    types = (torch.rand(batch, length, generator=g) < 0.5).long() if config.type_vocab_size > 1 else torch.zeros_like(ids)
+    return {"input_ids": torch.where(mask.bool(), ids, torch.full_like(ids, pad)), "attention_mask": mask,
+            "token_type_ids": types * mask}
+
+
+def session(path: str | os.PathLike, providers: Optional[list] = None, threads: Optional[int] = None):
+    """An onnxruntime session; threads do not spin while idle (so they do not steal another runtime's cores)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+@dataclass
+class Check:
+    stage: str  # export | optimize | fp16 | int8
+    max_abs_diff: float
+    rel_diff: float  # max abs diff / max |reference|
+    tolerance: float
+    relative: bool  # tolerance applies to rel_diff (fp16, int8) or to max_abs_diff (fp32)
+    providers: list
+    shapes: list
+
+    @property
+    def ok(self) -> bool:
+        return (self.rel_diff if self.relative else self.max_abs_diff) <= self.tolerance
+
+
+def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, relative: bool = False,
+             providers: Optional[list] = None, seed: int = 0) -> Check:
+    """Run the ONNX file and the PyTorch model on random padded inputs of two shapes other than
+    the traced one; the largest difference over both."""
+    sess = session(path, providers)
+    worst_abs, worst_rel, shapes = 0.0, 0.0, []
+    for i, (b, t) in enumerate(((3, 17), (1, 5))):
+        batch = random_inputs(loaded.config, b, t, seed + 1 + i)
+        ref = reference_output(loaded, batch).float().numpy()
+        got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0].astype(np.float32)
+        if got.shape != ref.shape:
+            raise PrunekitError(f"{stage}: ONNX output shape {got.shape} != PyTorch {ref.shape} for inputs {b}x{t}")
+        diff = float(np.abs(got - ref).max()) if ref.size else 0.0
+        if not math.isfinite(diff):
+            diff = float("inf")
+        worst_abs = max(worst_abs, diff)
+        worst_rel = max(worst_rel, diff / max(float(np.abs(ref).max()), 1e-12))
+        shapes.append([b, batch["input_ids"].shape[1]])
+    return Check(stage, worst_abs, worst_rel, tolerance, relative, list(sess.get_providers()), shapes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class ExportSettings:
+    """``prunekit export-onnx`` options (saved beside the model as ``<output>.json``)."""
+
+    opset: int = 17
+    fp16: bool = False  # for GPU: weights and compute in fp16, inputs/outputs stay as they are
+    optimize: bool = False  # onnxruntime.transformers optimizer, per-layer head counts detected
+    quantize: Optional[str] = None  # "int8": dynamic quantization of the MatMuls (CPU)
+    atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
+    fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
+    int8_rtol: float = 0.25  # int8: max abs difference / max |output| (dynamic int8 is lossy; eval gives the metric)
+    force: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ExportReport:
+    output: str
+    kind: str
+    source: str
+    is_compact: bool
+    heads_per_layer: list
+    ffn_per_layer: list
+    output_name: str
+    checks: list = field(default_factory=list)
+    fused: dict = field(default_factory=dict)  # optimize: op counts, attention per layer
+    notes: list = field(default_factory=list)
+    size_bytes: int = 0
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["checks"] = [dict(asdict(c), ok=c.ok) for c in self.checks]
+        return d
+
+
+def _check_settings(s: ExportSettings) -> None:
+    if s.quantize is not None and s.quantize not in QUANTIZE:
+        raise PrunekitError(f"--quantize {s.quantize!r}: only {', '.join(QUANTIZE)} is supported")
+    if s.fp16 and s.quantize:
+        raise PrunekitError("--fp16 and --quantize int8 exclude each other: fp16 is for GPUs, int8 for CPUs")
+    if not 9 <= s.opset <= 21:
+        raise PrunekitError(f"--opset {s.opset}: use an opset between 9 and 21 (17 is tested)")
+    for name in ("atol", "fp16_rtol", "int8_rtol"):
+        if not getattr(s, name) > 0:
+            raise PrunekitError(f"{name} must be > 0, got {getattr(s, name)}")
+
+
+def trace_to_onnx(model: CompactBertPreTrainedModel, path: Path, opset: int, output_name: str) -> None:
+    """torch.onnx (TorchScript exporter: the graph onnxruntime's fusions recognise) of OnnxGraph(model)."""
+    was_training = model.training
+    graph = OnnxGraph(model).eval()  # export a wrapper in eval mode: torch.onnx.export restores the given module's mode
+    example = random_inputs(model.config, 2, 8, seed=0)
+    axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
+    axes[output_name] = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, tuple(example[n] for n in INPUT_NAMES), str(path), input_names=list(INPUT_NAMES),
+                              output_names=[output_name], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                              do_constant_folding=True)
+    finally:
+        model.train(was_training)
+
+
+def optimize_graph(src: Path, dst: Path, heads_per_layer: list, attention: bool = True, fp16: bool = False) -> dict:
+    """onnxruntime.transformers optimizer with per-layer head detection; returns fusion statistics.
+
+    The fused Attention nodes' ``num_heads`` are compared, in graph order, with the layers' head
+    counts; a mismatch means a fusion assumed a wrong head count, and the caller re-runs with
+    ``attention=False``."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opts = FusionOptions("bert")
+    opts.enable_attention = attention
+    # onnxruntime's fusion modules log through loggers of their own module names; "input hidden size
+    # is not the same as the q,k,v weights" is expected for a layer with fewer heads than hidden/d.
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            om = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, optimization_options=opts, opt_level=0)
+            if fp16:
+                om.convert_float_to_float16(keep_io_types=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    fused_heads = [next((a.i for a in n.attribute if a.name == "num_heads"), None)
+                   for n in om.model.graph.node if n.op_type in ("Attention", "MultiHeadAttention")]
+    expected = [h for h in heads_per_layer if h > 0]
+    stats = {k: v for k, v in om.get_fused_operator_statistics().items() if v}
+    om.save_model_to_file(str(dst))
+    return {"ops": stats, "attention_heads": fused_heads, "layers_with_heads": len(expected),
+            "heads_match": _heads_match(fused_heads, expected)}
+
+
+def _heads_match(fused: list, expected: list) -> bool:
+    """Fused head counts must be those of the layers, in order (a subset if some layers did not fuse)."""
+    it = iter(expected)
+    return all(any(f == e for e in it) for f in fused)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # DefaultTensorType: shape inference gives no types past fused com.microsoft ops (Attention, ...)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, settings: Optional[ExportSettings] = None,
+                loaded: Optional[LoadedModel] = None, write_report: bool = True) -> ExportReport:
+    """Export, (optimize), (fp16 | int8), validate every stage, and move the result to ``output``."""
+    s = settings or ExportSettings()
+    _check_settings(s)
+    out = Path(output)
+    if out.exists() and not s.force:
+        raise PrunekitError(f"{out} already exists: pass --force to overwrite it or choose another -o")
+    if out.exists() and out.is_dir():
+        raise PrunekitError(f"{out} is a directory: give a file name such as model.onnx")
+    loaded = loaded or load_model_dir(model_dir)
+    cfg = loaded.config
+    output_name = "embeddings" if loaded.kind == "embedding" else "logits"
+    report = ExportReport(output=str(out), kind=loaded.kind, source=str(model_dir), is_compact=loaded.is_compact,
+                          heads_per_layer=list(cfg.num_heads_per_layer), ffn_per_layer=list(cfg.intermediate_sizes),
+                          output_name=output_name, settings=asdict(s))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
+    try:
+        current = work / "model.onnx"
+        trace_to_onnx(loaded.compact, current, s.opset, output_name)
+        _require(report, validate(current, loaded, "export", s.atol, seed=s.seed))
+        if s.optimize:
+            opt = work / "optimized.onnx"
+            fused = optimize_graph(current, opt, report.heads_per_layer)
+            if not fused["heads_match"]:
+                msg = (f"the optimizer fused attention with head counts {fused['attention_heads']} that do not match "
+                       f"the layers' {[h for h in report.heads_per_layer if h]}: attention fusion left off")
+                report.notes.append(msg)
+                log.warning(msg)
+                fused = optimize_graph(current, opt, report.heads_per_layer, attention=False)
+            report.fused = fused
+            _require(report, validate(opt, loaded, "optimize", s.atol, seed=s.seed))
+            current = opt
+        if s.fp16:
+            half = work / "fp16.onnx"
+            _to_fp16(current, half)
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else None
+            _require(report, validate(half, loaded, "fp16", s.fp16_rtol, relative=True, providers=providers, seed=s.seed))
+            current = half
+        if s.quantize == "int8":
+            q = work / "int8.onnx"
+            quantize_int8(current, q)
+            _require(report, validate(q, loaded, "int8", s.int8_rtol, relative=True, seed=s.seed))
+            current = q
+        report.size_bytes = current.stat().st_size
+        if write_report:
+            atomic_write_text(out.with_name(out.name + ".json"), json.dumps(report.to_dict(), indent=2) + "\n")
+        os.replace(current, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    om = OnnxModel(onnx.load(str(src)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        om.convert_float_to_float16(keep_io_types=True)
+    om.save_model_to_file(str(dst))
+
+
+def _require(report: ExportReport, check: Check) -> None:
+    report.checks.append(check)
+    log.info("%s: max abs diff %.2e (rel %.2e) on %s", check.stage, check.max_abs_diff, check.rel_diff, check.providers)
+    if not check.ok:
+        what = f"relative difference {check.rel_diff:.2e}" if check.relative else f"max abs difference {check.max_abs_diff:.2e}"
+        raise PrunekitError(
+            f"ONNX {check.stage} graph differs from PyTorch: {what} > tolerance {check.tolerance:g} "
+            f"(inputs {check.shapes}, {check.providers[0]}); nothing was written"
+        )
