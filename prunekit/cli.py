@@ -217,7 +217,39 @@ def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, atol, in
     click.echo(f"wrote {r.output} ({r.size_bytes / 1e6:.1f} MB)")
 
 
-_not_built("bench", "FLOPs and sentences/sec, original vs compact, CPU and CUDA")
+@cli.command(context_settings=CONTEXT)
+@click.argument("models", nargs=-1, required=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--backend", "backends", multiple=True, help="Backend(s) to time (repeatable). cpu: torch-eager, torch-sdpa, ort-fp32, ort-opt, ort-int8; cuda: torch-eager, torch-sdpa, triton, ort-cuda. Default: cpu torch-eager/sdpa, ort-fp32, ort-int8; cuda torch-sdpa, triton, ort-cuda.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Sentences per batch.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sentence (fixed mode), or the cut-off length (real-length mode).")
+@click.option("--real-lengths", default=None, help="Data file or GLUE task whose sentences' token lengths are timed (padded per batch) instead of fixed lengths.")
+@click.option("--num-batches", type=int, default=4, show_default=True, help="Real-length mode: batches of the data per timed repeat.")
+@click.option("--repeats", type=int, default=10, show_default=True, help="Timed repeats (interleaved across models and backends).")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed repeats first.")
+@click.option("--threads", type=int, default=None, help="Threads for torch and onnxruntime (default: torch's default, the cores).")
+@click.option("--no-fvcore", is_flag=True, help="Skip fvcore's measured FLOPs.")
+@click.option("-o", "--output", "output_dir", default=None, help="Results dir: bench.json, bench.md, bench.png (default: print the table only).")
+@click.option("--force", is_flag=True, help="Overwrite an existing results dir.")
+@_friendly
+def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, repeats, warmup, threads, no_fvcore, output_dir, force) -> None:
+    """Time MODELS side by side (the original first, then compact ones): FLOPs, parameters, size,
+    latency median/p90, sentences/sec, speedup over the first model and over its FLOPs speedup."""
+    from pathlib import Path
+
+    from .bench import BenchSettings, bench as run_bench, format_table, write_results
+    from .io import check_output_dir
+
+    if output_dir:
+        check_output_dir(Path(output_dir), force)  # fail before minutes of timing
+    s = BenchSettings(models=list(models), device=device, backends=list(backends) or None, batch=batch, seq_len=seq_len,
+                      real_lengths=real_lengths, num_batches=num_batches, repeats=repeats, warmup=warmup, threads=threads,
+                      fvcore=not no_fvcore)
+    res = run_bench(s)
+    click.echo(format_table(res))
+    if output_dir:
+        write_results(res, output_dir, force=force)
+        click.echo(f"wrote {output_dir}/bench.json, bench.md, bench.png")
 
 
 @cli.command(context_settings=CONTEXT)

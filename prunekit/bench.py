@@ -1,0 +1,393 @@
+"""Side-by-side speed of the original and compact models: FLOPs, size, latency, sentences/sec.
+
+``bench(settings)`` loads every model (the first is the reference, normally the original), builds
+each backend that runs on the device, and times them **interleaved**: after warm-up, each repeat
+runs every (model, backend) once in turn, so a load change on a shared machine hits all of them
+alike. Per row: FLOPs per sequence (analytic, and fvcore's count of the matrix products doubled),
+parameters, size on disk of what runs, latency median and p90 per batch, sentences/sec, speedup
+over the first model on the same backend, and that speedup divided by the FLOPs speedup.
+
+Backends: ``torch-eager`` / ``torch-sdpa`` (transformers attention for an original, the compact
+model's own for a compact one), ``triton`` (compact only, CUDA), ``ort-fp32``, ``ort-opt`` (fused
+per-layer Attention), ``ort-int8`` (dynamic, CPU) and ``ort-cuda``; the ONNX files are exported on
+the fly into a temp dir (and validated, see :mod:`prunekit.export`).
+
+Modes: fixed length (``batch`` x ``seq_len`` tokens, what the study reports) or real lengths: the
+sentences of a data file, tokenized, cut to ``seq_len``, batched in order and padded to each
+batch's longest (one timed repeat = all batches).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .errors import PrunekitError
+from .export import ExportSettings, LoadedModel, export_onnx, load_model_dir, session
+from .flops import ModelShape, model_flops
+from .io import atomic_output_dir, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CPU_BACKENDS = ("torch-eager", "torch-sdpa", "ort-fp32", "ort-opt", "ort-int8")
+CUDA_BACKENDS = ("torch-eager", "torch-sdpa", "triton", "ort-cuda")
+DEFAULT_BACKENDS = {"cpu": ("torch-eager", "torch-sdpa", "ort-fp32", "ort-int8"),
+                    "cuda": ("torch-sdpa", "triton", "ort-cuda")}
+
+
+@dataclass
+class BenchSettings:
+    """``prunekit bench`` options (saved in the results JSON)."""
+
+    models: list = field(default_factory=list)  # model dirs; the first is the reference (the original)
+    device: str = "cpu"
+    backends: Optional[list] = None  # None: DEFAULT_BACKENDS[device]
+    batch: int = 16
+    seq_len: int = 128
+    real_lengths: Optional[str] = None  # a data file (or GLUE task): time its sentences' real lengths
+    num_batches: int = 4  # real-length mode: batches of the data timed per repeat
+    repeats: int = 10
+    warmup: int = 2
+    threads: Optional[int] = None  # None: torch's default (the cores)
+    fvcore: bool = True
+    seed: int = 0
+
+
+def cpu_info() -> dict:
+    """CPU model, ISA flags that decide the fast kernels, core count (Linux /proc/cpuinfo)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")}
+    return {"model": name, "isa": isa, "logical_cpus": os.cpu_count()}
+
+
+def system_info(device: str) -> dict:
+    import onnxruntime as ort
+    import transformers
+
+    info = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(), "ort_providers": ort.get_available_providers()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# Runners
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Runner:
+    model: str
+    backend: str
+    run: Callable[[dict], object]  # one batch -> anything (synchronised)
+    size_bytes: int
+    times: list = field(default_factory=list)  # seconds per repeat
+
+
+def _weights_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".onnx"))
+
+
+def _check_backends(s: BenchSettings) -> list:
+    if s.device not in ("cpu", "cuda"):
+        raise PrunekitError(f"--device {s.device!r}: use cpu or cuda")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda, but torch sees no CUDA device on this machine: use --device cpu")
+    known = CPU_BACKENDS if s.device == "cpu" else CUDA_BACKENDS
+    backends = list(s.backends or DEFAULT_BACKENDS[s.device])
+    for b in backends:
+        if b not in known:
+            raise PrunekitError(f"unknown backend {b!r} for --device {s.device}: use {', '.join(known)}")
+    return backends
+
+
+def _torch_runner(loaded: LoadedModel, name: str, backend: str, device: str, notes: list) -> Optional[Runner]:
+    impl = backend.split("-", 1)[-1] if backend.startswith("torch-") else backend  # eager | sdpa | triton
+    # Each runner owns a copy with its backend set once: runners are timed interleaved, so one shared
+    # model would have to switch backends before every call.
+    if loaded.is_compact:
+        model = copy.deepcopy(loaded.compact)
+        try:
+            model.set_backend(impl)
+        except PrunekitError as e:
+            notes.append(f"{name} {backend}: skipped ({e})")
+            return None
+    else:
+        if impl == "triton":
+            return None  # the compact model's kernels; the original has its transformers backends
+        model = copy.deepcopy(loaded.reference)
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(impl)
+        else:
+            model.config._attn_implementation = impl
+    model = model.to(device).eval()
+    kind = loaded.kind
+    from .models import model_output
+
+    def run(batch):
+        with torch.inference_mode():
+            if loaded.is_compact:
+                out = model(**batch)
+                y = out.last_hidden_state if kind == "embedding" else out.logits
+            else:
+                y = model_output(model, kind, batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return y
+
+    return Runner(name, backend, run, _weights_size(loaded.path))
+
+
+def _ort_runner(loaded: LoadedModel, name: str, backend: str, workdir: Path, threads: Optional[int],
+                notes: list) -> Optional[Runner]:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if backend == "ort-cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            notes.append(f"{name} ort-cuda: skipped (this onnxruntime has no CUDAExecutionProvider)")
+            return None
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8"), quantize="int8" if backend == "ort-int8" else None,
+                        fp16=False)
+    path = workdir / f"{len(list(workdir.iterdir()))}-{backend}.onnx"
+    report = export_onnx(loaded.path, path, es, loaded=loaded, write_report=False)
+    sess = session(path, providers, threads)
+    if backend == "ort-cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        notes.append(f"{name} ort-cuda: skipped (onnxruntime fell back to {sess.get_providers()[0]})")
+        return None
+    if report.fused:
+        notes.append(f"{name} {backend}: attention fused in {len(report.fused['attention_heads'])} of "
+                     f"{report.fused['layers_with_heads']} layers with heads")
+    if backend == "ort-int8":
+        c = report.checks[-1]
+        notes.append(f"{name} ort-int8: output differs from fp32 PyTorch by {c.max_abs_diff:.2e} max abs "
+                     f"({c.rel_diff:.1%} of max |output|); check the task metric with `prunekit eval`")
+
+    def run(batch):
+        return sess.run(None, {k: v.cpu().numpy() for k, v in batch.items()})[0]
+
+    return Runner(name, backend, run, path.stat().st_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+def _batches(s: BenchSettings, first: LoadedModel, device: str) -> list[dict]:
+    cfg = first.config
+    max_len = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.position_style == "roberta" else 0)
+    if s.seq_len < 1 or s.seq_len > max_len:
+        raise PrunekitError(f"--seq-len {s.seq_len}: the model takes 1..{max_len} tokens")
+    g = torch.Generator().manual_seed(s.seed)
+    lo = 5 if cfg.vocab_size > 10 else 0
+
+    def make(lengths):
+        t = max(lengths)
+        ids = torch.randint(lo, cfg.vocab_size, (len(lengths), t), generator=g)
+        ids[ids == cfg.pad_token_id] = lo + 1
+        mask = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).long()
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, cfg.pad_token_id))
+        return {k: v.to(device) for k, v in
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}.items()}
+
+    if s.real_lengths is None:
+        return [make([s.seq_len] * s.batch)]
+    from .data import load_data
+
+    if first.tokenizer is None:
+        raise PrunekitError(f"--real-lengths needs a tokenizer, and {first.path} has none")
+    data = load_data(s.real_lengths, max_examples=s.batch * s.num_batches)
+    enc = first.tokenizer(data.texts, data.pairs, truncation=True, max_length=s.seq_len) if data.pairs else \
+        first.tokenizer(data.texts, truncation=True, max_length=s.seq_len)
+    lengths = [len(x) for x in enc["input_ids"]]
+    return [make(lengths[i:i + s.batch]) for i in range(0, len(lengths), s.batch)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------------
+def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, name: str) -> dict:
+    cfg = loaded.config
+    shape = ModelShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim,
+                       cfg.intermediate_size, 0 if loaded.kind == "embedding" else cfg.num_labels)
+    heads, ffn = cfg.num_heads_per_layer, cfg.intermediate_sizes
+    # Per sequence at the padded length actually run (the work every backend here does).
+    lens = [b["input_ids"].shape[1] for b in batches for _ in range(b["input_ids"].shape[0])]
+    analytic = sum(model_flops(shape, t, heads, ffn).total for t in lens) / len(lens)
+    out = {"analytic": analytic, "fvcore": None}
+    if fvcore:
+        from .compact import fvcore_flops
+
+        t = batches[0]["input_ids"].shape[1]
+        try:
+            out["fvcore"] = fvcore_flops(loaded.compact, loaded.kind, t, cfg.vocab_size)["matmul"]
+            out["fvcore_seq_len"] = t
+        except Exception as e:  # fvcore's tracer is not ours to fix; the analytic count stands
+            notes.append(f"{name}: fvcore could not count ({str(e).splitlines()[0][:120]})")
+    return out
+
+
+def bench(s: BenchSettings) -> dict:
+    """Run the benchmark; returns the results dict (see :func:`format_table` for the rows)."""
+    if not s.models:
+        raise PrunekitError("give at least one model dir (the original first, then compact ones)")
+    for name in ("batch", "repeats", "num_batches"):
+        if getattr(s, name) < 1:
+            raise PrunekitError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
+    if s.warmup < 0:
+        raise PrunekitError(f"--warmup must be >= 0, got {s.warmup}")
+    if s.threads is not None and s.threads < 1:
+        raise PrunekitError(f"--threads must be >= 1, got {s.threads}")
+    backends = _check_backends(s)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = s.device
+    names = _unique_names(s.models)
+    loaded = [load_model_dir(m) for m in s.models]
+    vocab = {lm.config.vocab_size for lm in loaded}
+    if len(vocab) > 1:
+        raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
+    notes: list = []
+    batches = _batches(s, loaded[0], device)
+    sentences = sum(b["input_ids"].shape[0] for b in batches)
+    models_info = []
+    for name, lm in zip(names, loaded):
+        models_info.append({"name": name, "path": str(lm.path), "compact": lm.is_compact, "kind": lm.kind,
+                            "params": sum(p.numel() for p in lm.compact.parameters()),
+                            "heads_per_layer": list(lm.config.num_heads_per_layer),
+                            "ffn_per_layer": list(lm.config.intermediate_sizes),
+                            "flops": _flops(lm, batches, s.fvcore, notes, name)})
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as tmp:
+        runners = []
+        for backend in backends:
+            for name, lm in zip(names, loaded):
+                if backend.startswith("ort-"):
+                    r = _ort_runner(lm, name, backend, Path(tmp), s.threads, notes)
+                else:
+                    r = _torch_runner(lm, name, backend, device, notes)
+                if r is not None:
+                    runners.append(r)
+        for _ in range(s.warmup):
+            for r in runners:
+                for b in batches:
+                    r.run(b)
+        for _ in range(s.repeats):  # interleaved: every runner once per repeat
+            for r in runners:
+                t0 = time.perf_counter()
+                for b in batches:
+                    r.run(b)
+                r.times.append(time.perf_counter() - t0)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    rows = []
+    by_name = {m["name"]: m for m in models_info}
+    for r in runners:
+        med = statistics.median(r.times)
+        m = by_name[r.model]
+        rows.append({"model": r.model, "backend": r.backend, "latency_median_ms": 1e3 * med / len(batches),
+                     "latency_p90_ms": 1e3 * float(np.percentile(r.times, 90)) / len(batches),
+                     "sentences_per_s": sentences / med, "size_bytes": r.size_bytes, "params": m["params"],
+                     "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
+    first = names[0]
+    for row in rows:
+        base = next((x for x in rows if x["model"] == first and x["backend"] == row["backend"]), None)
+        row["speedup"] = row["sentences_per_s"] / base["sentences_per_s"] if base else None
+        row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"]
+        row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] else None
+    return {"settings": asdict(s), "system": system_info(device), "threads": torch.get_num_threads(),
+            "load_average": {"start": load_start, "end": load_end}, "mode": "real-lengths" if s.real_lengths else "fixed",
+            "batches": [list(b["input_ids"].shape) for b in batches], "sentences_per_repeat": sentences,
+            "models": models_info, "rows": rows, "notes": notes}
+
+
+def _unique_names(paths: list) -> list[str]:
+    names = []
+    for p in paths:
+        n = Path(p).name or str(p)
+        while n in names:
+            n = n + "'"
+        names.append(n)
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+def format_table(res: dict) -> str:
+    cpu = res["system"]["cpu"]
+    isa = ", ".join(k for k, v in cpu["isa"].items() if v) or "-"
+    s = res["settings"]
+    head = (f"{res['mode']} lengths, batches {res['batches'][0]}{' ...' if len(res['batches']) > 1 else ''}, "
+            f"{res['threads']} threads, {s['device']}; {cpu['model']} [{isa}]; torch {res['system']['torch']}, "
+            f"onnxruntime {res['system']['onnxruntime']}; load average {res['load_average']['start']} -> "
+            f"{res['load_average']['end']}")
+    cols = ("model", "backend", "GFLOPs/seq", "params", "size MB", "median ms", "p90 ms", "sent/s", "speedup", "FLOPs x", "meas/FLOPs")
+    lines = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in res["rows"]:
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        lines.append("| " + " | ".join([
+            r["model"], r["backend"], f(r["flops_analytic"] / 1e9, ".3f"), f"{r['params']:,}", f(r["size_bytes"] / 1e6, ".1f"),
+            f(r["latency_median_ms"], ".2f"), f(r["latency_p90_ms"], ".2f"), f(r["sentences_per_s"], ".1f"),
+            f(r["speedup"], ".2f"), f(r["flops_speedup"], ".2f"), f(r["speedup_over_flops_speedup"], ".2f")]) + " |")
+    for m in res["models"]:
+        fv = m["flops"]["fvcore"]
+        lines.append(f"- {m['name']}: FLOPs/seq analytic {m['flops']['analytic'] / 1e9:.3f} G, fvcore (matmuls, x2) "
+                     f"{'-' if fv is None else f'{fv / 1e9:.3f} G'}; heads {m['heads_per_layer']}")
+    lines += [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = list(dict.fromkeys(r["backend"] for r in res["rows"]))
+    models = [m["name"] for m in res["models"]]
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(backends), 3.4))
+    for i, m in enumerate(models):
+        vals = [next((r["sentences_per_s"] for r in res["rows"] if r["model"] == m and r["backend"] == b), 0) for b in backends]
+        ax.bar([j + i * width for j in range(len(backends))], vals, width, label=m)
+    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(backends))], backends)
+    ax.set(ylabel="sentences / s", title=f"{res['system']['cpu']['model'][:48]}, {res['threads']} threads, "
+           f"{res['mode']} lengths")
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_results(res: dict, out: Path, force: bool = False) -> None:
+    """bench.json, bench.md and bench.png in ``out`` (written atomically as a directory)."""
+    with atomic_output_dir(Path(out), force) as work:
+        (work / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
+        (work / "bench.md").write_text(format_table(res) + "\n")
+        plot(res, work / "bench.png")
