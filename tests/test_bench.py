@@ -1,0 +1,72 @@
+"""bench: a tiny original vs its compact model, tiny repeats; table/JSON/PNG fields; bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prunekit.bench import BenchSettings, bench, cpu_info
+from prunekit.cli import cli
+from prunekit.errors import PrunekitError
+from test_export import compact_dir
+
+
+def test_bench_cli_writes_table_json_png(tiny_models, tmp_path):
+    orig = tiny_models("minilm6", "embedding")
+    comp, _ = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["bench", str(orig), str(comp), "--batch", "2", "--seq-len", "8", "--repeats", "2",
+                                 "--warmup", "1", "--threads", "1", "--backend", "torch-sdpa", "--backend", "ort-fp32",
+                                 "--backend", "ort-int8", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "sent/s" in r.output and "meas/FLOPs" in r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG" and "| model |" in (out / "bench.md").read_text()
+    assert {(row["model"], row["backend"]) for row in res["rows"]} == {
+        (m, b) for m in (orig.name, comp.name) for b in ("torch-sdpa", "ort-fp32", "ort-int8")}
+    for row in res["rows"]:
+        for key in ("latency_median_ms", "latency_p90_ms", "sentences_per_s", "size_bytes", "params", "flops_analytic",
+                    "flops_fvcore", "speedup", "flops_speedup", "speedup_over_flops_speedup"):
+            assert row[key] is not None and row[key] > 0, (key, row)
+        if row["model"] == orig.name:
+            assert row["speedup"] == pytest.approx(1.0)
+        else:
+            assert row["flops_speedup"] > 1.5 and row["params"] < res["models"][0]["params"]
+    assert res["threads"] == 1 and res["system"]["torch"] and res["system"]["onnxruntime"]
+    assert "avx2" in res["system"]["cpu"]["isa"] and res["mode"] == "fixed" and res["batches"] == [[2, 8]]
+    assert any("ort-int8" in n and "prunekit eval" in n for n in res["notes"])
+
+
+def test_bench_real_lengths(tiny_models, tmp_path, text_file):
+    orig = tiny_models("tinybert4", "classification")
+    comp, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    res = bench(BenchSettings(models=[str(orig), str(comp)], batch=4, seq_len=32, real_lengths=str(text_file), num_batches=3,
+                              repeats=1, warmup=0, threads=1, fvcore=False, backends=["torch-eager", "ort-fp32"]))
+    assert res["mode"] == "real-lengths" and len(res["batches"]) == 3 and res["sentences_per_repeat"] == 12
+    assert max(b[1] for b in res["batches"]) <= 32 and len({b[1] for b in res["batches"]}) >= 1
+    assert len(res["rows"]) == 4
+
+
+def test_cpu_info_is_sensible():
+    info = cpu_info()
+    assert info["model"] and info["logical_cpus"] >= 1 and set(info["isa"]) >= {"avx2", "avx512f", "amx_bf16"}
+
+
+def test_bad_input(tiny_models, tmp_path):
+    orig = str(tiny_models("tinybert4", "embedding"))
+    runner = CliRunner()
+    (tmp_path / "notmodel").mkdir()
+    cases = ((["bench", str(tmp_path / "notmodel")], "not a model directory"),
+             (["bench", orig, "--backend", "triton"], "unknown backend 'triton' for --device cpu"),
+             (["bench", orig, "--backend", "ort-cuda"], "unknown backend"),
+             (["bench", orig, "--seq-len", "1000"], "--seq-len"))
+    import torch
+
+    if not torch.cuda.is_available():
+        cases += ((["bench", orig, "--device", "cuda"], "no CUDA device"),)
+    for args, msg in cases:
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+    with pytest.raises(PrunekitError, match="at least one model"):
+        bench(BenchSettings(models=[]))

@@ -1,0 +1,106 @@
+"""ONNX export: parity for every tiny shape (original and compact, layers with no heads / no FFN),
+dynamic axes, per-layer attention fusion, int8, atomic output, CLI and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from prunekit.cli import cli
+from prunekit.compact import compact
+from prunekit.errors import PrunekitError
+from prunekit.export import ExportSettings, export_onnx, load_model_dir, random_inputs, reference_output, session
+from prunekit.models import load_teacher
+from test_compact import edge_architecture, scramble
+
+SHAPES = ("tinybert4", "minilm6", "bert12")
+
+
+def compact_dir(tiny_models, tmp_path, shape: str, kind: str, seed: int = 3):
+    """A compact model with uneven heads: full layer, no heads, no FFN, nothing, single head."""
+    teacher = load_teacher(str(tiny_models(shape, kind)))
+    scramble(teacher.model, seed)
+    model = compact(teacher, edge_architecture(teacher.shape, seed))
+    out = tmp_path / f"{shape}-{kind}-compact"
+    model.save_pretrained(out)
+    return out, model.config
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ("embedding", "classification"))
+def test_parity_compact_and_original(tiny_models, tmp_path, shape, kind):
+    src, cfg = compact_dir(tiny_models, tmp_path, shape, kind)
+    assert 0 in cfg.num_heads_per_layer and 0 in cfg.intermediate_sizes
+    for model_dir in (src, tiny_models(shape, kind)):
+        out = tmp_path / f"{model_dir.name}.onnx"
+        r = export_onnx(model_dir, out, ExportSettings(optimize=True))
+        assert out.is_file() and [c.stage for c in r.checks] == ["export", "optimize"]
+        assert all(c.ok and c.max_abs_diff < 1e-4 for c in r.checks), r.checks
+        assert r.checks[0].providers[0] == "CPUExecutionProvider"
+        # one fused Attention per layer with heads, each with that layer's own head count
+        assert r.fused["attention_heads"] == [h for h in r.heads_per_layer if h], r.fused
+        assert r.fused["heads_match"]
+        names = [o.name for o in onnx.load(str(out)).graph.output]
+        assert names == ["embeddings" if kind == "embedding" else "logits"]
+
+
+def test_dynamic_axes_and_padding(tiny_models, tmp_path):
+    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "classification")
+    out = tmp_path / "m.onnx"
+    export_onnx(src, out)
+    loaded = load_model_dir(src)
+    sess = session(out)
+    for b, t in ((5, 23), (1, 1), (7, 40)):  # traced at 2 x 8
+        batch = random_inputs(cfg, b, t, seed=b * 100 + t)
+        got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+        ref = reference_output(loaded, batch).numpy()
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_int8_within_loose_tolerance(tiny_models, tmp_path):
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    out = tmp_path / "q.onnx"
+    r = export_onnx(src, out, ExportSettings(optimize=True, quantize="int8"))
+    q = r.checks[-1]
+    assert q.stage == "int8" and q.relative and q.ok and q.rel_diff < 0.25
+    model = onnx.load(str(out))
+    assert any(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear") for n in model.graph.node)
+    report = json.loads((tmp_path / "q.onnx.json").read_text())
+    assert report["checks"][-1]["stage"] == "int8" and report["fused"]["heads_match"]
+
+
+def test_failed_check_leaves_nothing(tiny_models, tmp_path):
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(PrunekitError, match="differs from PyTorch"):
+        export_onnx(src, out, ExportSettings(quantize="int8", int8_rtol=1e-9))
+    assert list(tmp_path.glob("bad.onnx*")) == [] and list(tmp_path.glob(".bad.onnx*")) == []
+
+
+def test_model_left_in_eval_mode(tiny_models, tmp_path):
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    loaded = load_model_dir(src)
+    export_onnx(src, tmp_path / "e.onnx", loaded=loaded)
+    assert not any(m.training for m in loaded.compact.modules())
+
+
+def test_cli_and_bad_input(tiny_models, tmp_path):
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    runner = CliRunner()
+    out = tmp_path / "c.onnx"
+    r = runner.invoke(cli, ["export-onnx", str(src), "-o", str(out), "--optimize"])
+    assert r.exit_code == 0, r.output
+    assert "max abs diff" in r.output and "CPUExecutionProvider" in r.output and "attention fused in 2 of 2" in r.output
+    r = runner.invoke(cli, ["export-onnx", str(src), "-o", str(out)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    (tmp_path / "empty").mkdir()
+    for args, msg in ((["export-onnx", str(tmp_path / "empty"), "-o", str(tmp_path / "x.onnx")], "not a model directory"),
+                      (["export-onnx", str(out), "-o", str(tmp_path / "x.onnx")], "not a directory"),
+                      (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--fp16", "--quantize", "int8"], "exclude")):
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
