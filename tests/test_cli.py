@@ -123,7 +123,6 @@ def test_cuda_requested_without_gpu(tiny_models, text_file, tmp_path):
     _one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--device", "cuda")), "cuda")
 
 
-@pytest.mark.parametrize("verb", ["export-onnx", "bench"])
-def test_unbuilt_verbs_say_so(verb):
-    result = run([verb, "x"])
-    _one_line_error(result, "not built yet")
+@pytest.mark.parametrize("args", [["export-onnx", "x", "-o", "x.onnx"], ["bench", "x"]])
+def test_export_and_bench_reject_a_missing_model_dir(args):
+    _one_line_error(run(args), "not a directory")
