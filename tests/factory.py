@@ -31,7 +31,8 @@ def make_tiny_model(path: Path, shape: str = "tinybert4", kind: str = "embedding
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    # positional: transformers 5 ignores vocab_file= here and builds a 5-token vocabulary
+    tok = BertTokenizerFast(str(path / "vocab.txt"))
     config = BertConfig(vocab_size=len(vocab), max_position_embeddings=64, **TINY_SHAPES[shape])
     torch.manual_seed(seed)
     if kind == "embedding":

@@ -65,3 +65,10 @@ def test_gate_shape_mismatch_is_an_error(tiny_models):
     with pytest.raises(ValueError, match="head gates"):
         with gates.active(torch.ones(2, 2), None):
             pass
+
+
+def test_tiny_tokenizer_knows_the_words(tiny_models):
+    """The test models' tokenizer must map the test sentences to real ids, not [UNK]."""
+    t = load_teacher(tiny_models("tinybert4"))
+    ids = t.tokenizer("the river stone")["input_ids"]
+    assert t.tokenizer.unk_token_id not in ids and len(ids) == 5
