@@ -87,3 +87,35 @@ def read_log(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return [r for r in records if isinstance(r, dict) and "step" in r]
+
+
+def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: set[str]) -> Path:
+    """The ``<out>.partial`` dir a run writes into until it is published as ``out``.
+
+    With ``resume`` it must exist and hold the same settings (except ``resume_free``); without,
+    an existing output needs ``force`` and a leftover interrupted run is cleared only with ``force``.
+    """
+    from dataclasses import asdict
+
+    from .errors import PrunekitError
+    from .io import check_output_dir, partial_dir
+
+    work = partial_dir(out)
+    if resume:
+        if not work.is_dir():
+            raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
+        try:
+            saved = json.loads((work / "settings.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise PrunekitError(f"{work}/settings.json is missing or corrupt: start over with --force instead of --resume") from None
+        current = json.loads(json.dumps(asdict(settings)))
+        diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
+        if diff:
+            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
+    else:
+        check_output_dir(out, force)
+        if work.exists():
+            if not force:
+                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
+            shutil.rmtree(work)
+    return work

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .batching import encode, iterate_batches
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, read_log, restore_optimizer, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, write_checkpoint
 from .errors import PrunekitError
 from .evaluate import predict, score
-from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .io import atomic_write_text, check_output_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
 from .models import Teacher, load_teacher, model_output
 
@@ -367,23 +367,10 @@ def distill(
 
     settings.validate()
     out = Path(settings.output_dir)
-    work = partial_dir(out)
     student_dir = Path(settings.student)
     if student_dir.resolve() == out.resolve():
         raise PrunekitError("the output directory is the student's own directory: choose another -o")
-    if resume:
-        if not work.is_dir():
-            raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
-        saved = DistillSettings.from_dict(json.loads((work / "settings.json").read_text()))
-        diff = [f.name for f in fields(DistillSettings) if f.name not in _RESUME_FREE and getattr(saved, f.name) != getattr(settings, f.name)]
-        if diff:
-            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
-    else:
-        check_output_dir(out, force)
-        if work.exists():
-            if not force:
-                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
-            shutil.rmtree(work)
+    work = prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE)
     device = resolve_device(settings.device)
 
     # Everything that can be wrong with the inputs fails before any work: student, data, teacher.

@@ -23,11 +23,11 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, encode, iterate_batches, teacher_outputs
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, read_log, restore_optimizer, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, write_checkpoint
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
-from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .io import atomic_write_text, check_output_dir, publish_dir
 from .models import Teacher, load_teacher, model_output
 from .selection import select_to_budget
 
@@ -363,20 +363,7 @@ def search(
 
     settings.validate()
     out = Path(settings.output_dir)
-    work = partial_dir(out)
-    if resume:
-        if not work.is_dir():
-            raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
-        saved = SearchSettings.from_dict(json.loads((work / "settings.json").read_text()))
-        diff = [f.name for f in fields(SearchSettings) if f.name not in _RESUME_FREE and getattr(saved, f.name) != getattr(settings, f.name)]
-        if diff:
-            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
-    else:
-        check_output_dir(out, force)
-        if work.exists():
-            if not force:
-                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
-            shutil.rmtree(work)
+    work = prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE)
     device = resolve_device(settings.device)
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
