@@ -40,6 +40,7 @@ from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
 from .models import Teacher, load_teacher, model_output
+from .models import quiet as _quiet
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +220,6 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 # ------------------------------------------------------------------------------------------------
 # Loading and checks
 # ------------------------------------------------------------------------------------------------
-def _quiet(fn, *args, **kwargs):
-    """Call ``fn`` with transformers' progress bars ("Loading weights", "Writing model shards") off."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def set_dropout(model: torch.nn.Module, p: float) -> None:
     """Set every dropout of a compact model (hidden, attention, classifier) to ``p`` (not saved in its config)."""
     from .modeling import CompactLayer

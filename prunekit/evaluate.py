@@ -26,6 +26,7 @@ from .batching import EncodedData, encode, sequential_batches
 from .errors import PrunekitError
 from .flops import ModelShape, format_flops, model_flops
 from .models import load_teacher, model_output
+from .models import quiet as _quiet
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,6 @@ class LoadedModel:
 
     def flops(self, seq_len: int) -> int:
         return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer).total
-
-
-def _quiet(fn, *args, **kwargs):
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def load_model(path: str, kind: str = "auto", device: str = "cpu") -> LoadedModel:

@@ -1,10 +1,12 @@
 """Loading a BERT-family teacher (local dir or hub id) and computing the output it is judged by."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -19,6 +21,29 @@ log = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 KINDS = ("classification", "regression", "embedding")
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (packaged)"
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' per-tensor progress bars ("Loading weights") and load reports (e.g. "pooler
+    weights unused" for an encoder loaded without its pooler) off: noise for a CLI user."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def quiet(fn, *args, **kwargs):
+    """Call ``fn`` inside :func:`quiet_transformers`."""
+    with quiet_transformers():
+        return fn(*args, **kwargs)
 
 
 def default_model_path() -> Path:
@@ -92,29 +117,20 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
         raise PrunekitError(f"unknown model kind {kind!r}: use auto, {', '.join(KINDS)}")
     kind = infer_kind(config) if kind == "auto" else kind
     config._attn_implementation = "eager"  # the gates hook per-head outputs; eager is also fvcore-countable
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # e.g. "pooler weights unused" when loading an encoder without its pooler
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise for a CLI user
-    try:
-        if kind == "embedding":
-            model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
-        else:
-            if kind == "regression":
-                config.num_labels = 1
-                config.problem_type = "regression"
-            model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as e:
-        raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
-    except Exception as e:  # safetensors header errors and the like: a corrupt file
-        raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_transformers():
+        try:
+            if kind == "embedding":
+                model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
+            else:
+                if kind == "regression":
+                    config.num_labels = 1
+                    config.problem_type = "regression"
+                model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except OSError as e:
+            raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
+        except Exception as e:  # safetensors header errors and the like: a corrupt file
+            raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
