@@ -33,14 +33,11 @@ the "timings" are single wall-clock calls (a smoke test of this script only).
 from __future__ import annotations
 
 import argparse
-import atexit
 import copy
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -59,18 +56,9 @@ def log(msg: str) -> None:
 
 def import_prunekit(quick: bool):
     """Make ``prunekit`` and ``prunekit_kernels`` importable from this checkout, nothing installed."""
-    if not torch.cuda.is_available():
-        if not quick:
-            sys.exit("No CUDA device: run with --quick to smoke-test on CPU (Triton interpreted).")
-        os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
-    tmp = Path(tempfile.mkdtemp(prefix="prunekit_e2e_"))
-    atexit.register(shutil.rmtree, tmp, True)  # removes the links, never what they point to
-    for name, target in (("prunekit", REPO / "prunekit"), ("prunekit_kernels", REPO / "kernels")):
-        try:
-            (tmp / name).symlink_to(target, target_is_directory=True)
-        except OSError:
-            shutil.copytree(target, tmp / name)
-    sys.path.insert(0, str(tmp))
+    from checkout_imports import link_checkout
+
+    link_checkout(("prunekit", "prunekit_kernels"), quick)
     import prunekit
     import prunekit_kernels
 

@@ -30,9 +30,7 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 import zlib
@@ -50,17 +48,9 @@ def log(msg: str) -> None:
 
 def import_kernels(quick: bool):
     """Import <repo>/kernels as prunekit_kernels without installing anything."""
-    if not torch.cuda.is_available():
-        if not quick:
-            sys.exit("No CUDA device: run with --quick to smoke-test under the Triton interpreter.")
-        # Must be set before the @triton.jit decorators run.
-        os.environ["TRITON_INTERPRET"] = "1"
-    tmp = Path(tempfile.mkdtemp(prefix="prunekit_kernels_"))
-    try:
-        (tmp / "prunekit_kernels").symlink_to(REPO / "kernels", target_is_directory=True)
-    except OSError:
-        shutil.copytree(REPO / "kernels", tmp / "prunekit_kernels")
-    sys.path.insert(0, str(tmp))
+    from checkout_imports import link_checkout
+
+    link_checkout(("prunekit_kernels",), quick)
     import prunekit_kernels as pk
 
     return pk
