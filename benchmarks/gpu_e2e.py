@@ -281,14 +281,14 @@ def time_model(name: str, original16, compact16, cfg: dict, dev: str, deadline: 
     return rows, batches
 
 
-def graph_original(model, feed: dict, fixed: bool):
+def graph_original(model, feed: dict, with_mask: bool):
     """The original model replayed from a CUDA graph (what a user could do to it too). Inputs as
-    transformers would use them without syncing: no mask when nothing is padded (its own eager
-    choice), else the key-padding mask already 4-D ([B, 1, 1, T], True = attend), which its mask
+    transformers would use them without syncing: no mask (its own eager choice when nothing is
+    padded), or the key-padding mask already 4-D ([B, 1, 1, T], True = attend), which its mask
     code returns as is (no data-dependent check inside the capture)."""
     mask = feed["attention_mask"]
     static = {"input_ids": feed["input_ids"].clone(), "token_type_ids": feed["token_type_ids"].clone()}
-    if not fixed:
+    if with_mask:
         static["attention_mask"] = mask[:, None, None, :].bool().clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -327,12 +327,23 @@ def time_original_graphs(name: str, original16, kind: str, batches: list, cfg: d
         else:
             try:
                 feed = inputs(batch)
-                run, out = graph_original(original16, feed, regime == "fixed")
                 with torch.inference_mode():
                     ref = model_output(original16, kind, feed).float()
-                    got = model_output(lambda **kw: run(**kw), kind, feed).float()
-                row["graph_rel_err"] = rel_err(got, ref)
-                ms = bench(lambda: run(**feed), cfg)
+                # A fixed-length batch needs no mask; H200 run 1 measured that unmasked capture at
+                # 2.5x the plain SDPA time at B=128 (unexplained), so time both captures there and
+                # keep the faster: the baseline gets its best form.
+                best = None
+                for with_mask in ((False, True) if regime == "fixed" else (True,)):
+                    run, out = graph_original(original16, feed, with_mask)
+                    with torch.inference_mode():
+                        got = model_output(lambda **kw: run(**kw), kind, feed).float()
+                    ms = bench(lambda: run(**feed), cfg)
+                    row[f"ms_{'masked' if with_mask else 'unmasked'}"] = ms
+                    if best is None or ms < best[0]:
+                        best = (ms, rel_err(got, ref), with_mask)
+                    del run, out
+                    torch.cuda.empty_cache()
+                ms, row["graph_rel_err"], row["graph_masked"] = best
                 row.update(ms=ms, sentences_per_s=batch_size / (ms / 1e3), status="OK")
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(limit=3)

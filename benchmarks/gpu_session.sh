@@ -14,9 +14,10 @@ timeout 260 python benchmarks/gpu_e2e.py > "$OUT/e2e.log" 2>&1; echo "gpu_e2e rc
 # prunekit importable without installing it and without the repo root on sys.path (its kernels/
 # would shadow the PyPI package `kernels` that transformers probes): link both into a temp dir.
 A=$(mktemp -d); ln -s "$R/prunekit" "$A/prunekit"; ln -s "$R/kernels" "$A/prunekit_kernels"
-(cd /tmp && PYTHONPATH="$A" timeout 130 python -m pytest -q -p no:cacheprovider -x \
+# test_distill needs click (absent on some GPU images): collection errors must not stop the rest.
+(cd /tmp && PYTHONPATH="$A" timeout 150 python -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
     "$R/tests/test_search_units.py" "$R/tests/test_gates.py" "$R/tests/test_search.py" "$R/tests/test_compact.py" \
-    -k "not kill and not fvcore" > "$OUT/pytest_cuda.log" 2>&1); echo "pytest on CUDA rc=$?"
+    "$R/tests/test_distill.py" -k "not kill and not fvcore" > "$OUT/pytest_cuda.log" 2>&1); echo "pytest on CUDA rc=$?"
 
 timeout 170 python benchmarks/gpu_kernels.py > "$OUT/kernels.log" 2>&1; echo "gpu_kernels rc=$?"
 
