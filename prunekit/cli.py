@@ -83,6 +83,7 @@ def data_options(fn):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -105,6 +106,12 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     _echo_flops_breakdown(result.output_dir / "architecture.json")
     click.echo(f"heads per layer: {arch.head_counts}")
     click.echo(f"FFN width per layer: {arch.ffn_widths}")
+    _echo_skipped(result.skipped_steps, "search_log.jsonl")
+
+
+def _echo_skipped(n: int, log_name: str) -> None:
+    if n:
+        click.echo(f"note: {n} step(s) were skipped for a NaN/inf loss or gradients (see {log_name})", err=True)
 
 
 def _echo_flops_breakdown(arch_json) -> None:
@@ -281,6 +288,7 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
+@click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -301,6 +309,7 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
     m = r.metric
     click.echo(f"dev {m}: teacher {r.teacher_dev.get(m, float('nan')):.4f}, student before {r.before.get(m, float('nan')):.4f}, "
                f"distilled {r.best['value'] if r.best['value'] is not None else float('nan'):.4f} (step {r.best['step']}, stage {r.best['stage']})")
+    _echo_skipped(r.skipped_steps, "distill_log.jsonl")
     click.echo(f"wrote {r.output_dir}")
 
 

@@ -41,6 +41,7 @@ from .io import atomic_write_text, check_output_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
 from .models import Teacher, load_teacher, model_output
 from .models import quiet as _quiet
+from .training import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ class DistillSettings:
     def validate(self) -> None:
         if not self.student:
             raise PrunekitError("give the compact model dir to distill (what `prunekit compact` wrote)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PrunekitError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.stage1_epochs < 0 or self.stage2_epochs < 0 or self.stage1_epochs + self.stage2_epochs <= 0:
             raise PrunekitError("--stage1-epochs and --stage2-epochs must be >= 0, and not both 0")
         if self.stage1_lr <= 0 or self.stage2_lr <= 0:
@@ -147,6 +152,7 @@ class DistillResult:
     best: dict  # {"step", "stage", "value", "metrics"}
     steps: int
     log: list[dict] = field(default_factory=list)
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,7 +442,7 @@ def distill(
     atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
 
     stage_now, opt, batches, bar = None, None, None, None
-    nan_streak = 0
+    guard = NonFiniteGuard(settings.max_nan_steps, "lower the learning rate, or use --mixed-precision no")
     kept_heads = [list(h) for h in student.config.kept_heads]
     with open(log_path, "a") as log_file:
         for step in range(start, total):
@@ -482,19 +488,17 @@ def distill(
                     loss, parts = prediction_loss(kind, s_pred, t_pred, settings, batch.get("labels"), orig[idx].to(device))
             opt.zero_grad(set_to_none=True)
             done = step + 1
-            if not torch.isfinite(loss):
-                nan_streak += 1
-                log_file.write(json.dumps({"step": done, "stage": stage, "skipped": "non-finite loss"}) + "\n")
-                if nan_streak >= settings.max_nan_steps:
-                    raise PrunekitError(
-                        f"the loss was NaN/inf for {nan_streak} steps in a row (last at step {done}): "
-                        "lower the learning rate or use --mixed-precision no"
-                    )
+            loss.backward()
+            # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
+            norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf)
+            why = "non-finite loss" if not torch.isfinite(loss) else ("non-finite gradients" if not torch.isfinite(norm) else None)
+            if why is not None:  # nothing is applied: weights and optimizer moments stay as they were
+                record = guard.skip(done, why)
+                history.append({**record, "stage": stage})
+                log_file.write(json.dumps({**record, "stage": stage}) + "\n")
+                guard.stop_if_persistent(done)
             else:
-                nan_streak = 0
-                loss.backward()
-                if settings.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
+                guard.applied()
                 opt.step()
                 record = {"step": done, "stage": stage, "loss": round(loss.item(), 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor}
                 history.append(record)
@@ -513,7 +517,7 @@ def distill(
                     _save_best(work, student, done)
                     best = {"step": done, "stage": stage, "value": value, "metrics": m}
                 log_file.flush()
-            if done % settings.checkpoint_every == 0 or done == s1 or done == total:
+            if guard.streak == 0 and (done % settings.checkpoint_every == 0 or done == s1 or done == total):
                 log_file.flush()
                 tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
                 meta = {"best": best}
@@ -545,7 +549,7 @@ def distill(
         "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
         "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
         "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
-        "dev_source": dev.source,
+        "dev_source": dev.source, "skipped_steps": sum(1 for h in history if "skipped" in h),
     }
     atomic_write_text(work / "distill_report.json", json.dumps(report, indent=1) + "\n")
     for leftover in ("checkpoints", "best.safetensors", "augmented.jsonl"):
@@ -554,4 +558,5 @@ def distill(
     if out.exists():
         check_output_dir(out, force or resume)
     publish_dir(work, out)
-    return DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history)
+    return DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
+                         skipped_steps=report["skipped_steps"])

@@ -30,6 +30,7 @@ from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, publish_dir
 from .models import Teacher, load_teacher, model_output
 from .selection import select_to_budget
+from .training import NonFiniteGuard
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,17 @@ class SearchSettings:
             raise PrunekitError(f"--ramp-fraction must be in [0, 1], got {self.ramp_fraction}")
         if self.batch_size < 1 or self.max_length < 8:
             raise PrunekitError("--batch-size must be >= 1 and --max-length >= 8")
-        if self.epochs <= 0 and not self.max_steps:
+        if not math.isfinite(self.epochs) or (self.epochs <= 0 and not self.max_steps):
             raise PrunekitError("--epochs must be > 0 (or give --max-steps)")
+        for name, low in (("lambda_cost", 0.0), ("lr", None), ("alpha_lr", None), ("alpha_init", -math.inf)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < (low or 0.0) or (low is None and value == 0):
+                bound = "" if low == -math.inf else (" >= 0" if low == 0.0 else " > 0")
+                raise PrunekitError(f"--{name.replace('_', '-')} must be a finite number{bound}, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise PrunekitError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
+            raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -112,6 +122,7 @@ class SearchResult:
     target: float
     steps: int
     log: list[dict] = field(default_factory=list)
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
 
 
 def resolve_device(device: str) -> torch.device:
@@ -249,7 +260,8 @@ def run_gate_search(
     full_flops = model_flops(shape, seq_len).total
     head_share, neuron_share = shape.head_cost(seq_len) / full_flops, shape.neuron_cost(seq_len) / full_flops
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="search", unit="step", dynamic_ncols=True)
-    nan_streak = 0
+    trained = [alphas.head, alphas.ffn] + [p for p in student.parameters() if p.requires_grad]
+    guard = NonFiniteGuard(settings.max_nan_steps, "lower --lr/--alpha-lr, or use --mixed-precision no")
     batches = iterate_batches(data, settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
     with open(log_path, "a") as log_file:
         for step in range(start_step, total_steps):
@@ -268,18 +280,16 @@ def run_gate_search(
             loss = mse + settings.lambda_cost * cost
             for opt in opts.values():
                 opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                nan_streak += 1
-                record = {"step": step + 1, "skipped": "non-finite loss", "loss": float("nan")}
-                log_file.write(json.dumps(record) + "\n")
-                if nan_streak >= settings.max_nan_steps:
-                    raise PrunekitError(
-                        f"the loss was NaN/inf for {nan_streak} steps in a row (last at step {step + 1}): "
-                        "lower --lr/--alpha-lr or use --mixed-precision no"
-                    )
-                continue
-            nan_streak = 0
             loss.backward()
+            why = guard.reason(bool(torch.isfinite(loss)), trained)
+            if why is not None:  # nothing is applied: alphas, weights and optimizer moments stay as they were
+                record = guard.skip(step + 1, why)
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                bar.update(1)
+                guard.stop_if_persistent(step + 1)
+                continue
+            guard.applied()
             # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
             # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
             alphas.head.grad.div_(head_share)
@@ -319,8 +329,7 @@ def run_gate_search(
     gates.remove()
 
     hard_h, hard_f = alphas.hard()
-    meta = {"projected": False}
-    arch = Architecture.from_masks(hard_h, hard_f, meta)
+    arch = Architecture.from_masks(hard_h, hard_f, {"projected": False})
     ratio = arch.flops_ratio(shape, seq_len)
     lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
     if not lo <= ratio <= hi:
@@ -328,6 +337,7 @@ def run_gate_search(
         # until the budget is met (a threshold on alpha instead of 0).
         log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
         arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
+    arch.meta["skipped_steps"] = sum(1 for h in history if "skipped" in h)  # non-finite loss or gradients
     from safetensors.torch import save_file
 
     save_file({"head": alphas.head.detach().cpu().contiguous(), "ffn": alphas.ffn.detach().cpu().contiguous()}, str(work / "alpha.safetensors"))
@@ -424,4 +434,5 @@ def search(
     if out.exists():
         check_output_dir(out, force or resume)
     publish_dir(work, out)
-    return SearchResult(architecture=arch, output_dir=out, achieved_ratio=ratio, target=settings.target, steps=steps, log=history)
+    return SearchResult(architecture=arch, output_dir=out, achieved_ratio=ratio, target=settings.target, steps=steps, log=history,
+                        skipped_steps=arch.meta.get("skipped_steps", 0))

@@ -40,3 +40,14 @@ def text_file(tmp_path) -> Path:
     p = tmp_path / "texts.txt"
     p.write_text("\n".join(make_sentences(48)) + "\n")
     return p
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from threads, and the shared 2-core machine makes them contend."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -46,3 +46,67 @@ def make_tiny_model(path: Path, shape: str = "tinybert4", kind: str = "embedding
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# Distillation worlds: a teacher with weights away from the init, and a student compacted from it.
+SEQ = 32
+
+
+def real_tokenizer(path: Path) -> Path:
+    """Re-save a model dir's tokenizer from its vocab.txt, so that it knows every word (transformers 5
+    ignores ``vocab_file=``, and a tokenizer built that way maps every word to [UNK]; augmentation and
+    vocabulary checks need the real words)."""
+    from transformers import BertTokenizerFast
+
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (path / f).unlink(missing_ok=True)
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)  # positional: `vocab` in 5.x, `vocab_file` in 4.x
+    return path
+
+
+def scrambled_teacher_dir(path: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny teacher with weights well away from the init (outputs of size ~1, peaked attention)."""
+    make_tiny_model(path, "minilm6", kind, seed=seed)
+    real_tokenizer(path)
+    import torch
+
+    from prunekit.models import load_teacher
+
+    t = load_teacher(path)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in t.model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
+    t.model.save_pretrained(path)
+    return path
+
+
+def kept_arch(layers: int = 6):
+    """Heads 1 and 3 of 4 everywhere (never 0, 1: a wrong mapping cannot pass by accident), half the FFN."""
+    import torch
+
+    from prunekit.architecture import Architecture
+
+    g = torch.Generator().manual_seed(1)
+    heads = torch.zeros(layers, 4)
+    heads[:, [1, 3]] = 1.0
+    ffn = (torch.rand(layers, 64, generator=g) < 0.5).float()
+    return Architecture.from_masks(heads, ffn)
+
+
+def make_compact_dir(root: Path, teacher_dir: Path, arch, name: str = "compact") -> Path:
+    from prunekit.compact import compact_to_dir
+    from prunekit.models import load_teacher
+
+    t = load_teacher(teacher_dir)
+    arch.save(root / f"{name}-arch.json", t.shape, SEQ)
+    out = root / name
+    compact_to_dir(None, root / f"{name}-arch.json", out, model=str(teacher_dir), measure_fvcore=False)
+    return out
+
+
+def labelled_csv(path: Path, n: int = 48, seed: int = 1) -> Path:
+    sents = make_sentences(n, seed=seed)
+    path.write_text("text,label\n" + "\n".join(f"{s},{int('river' in s or 'tree' in s)}" for s in sents) + "\n")
+    return path

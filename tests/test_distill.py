@@ -11,76 +11,19 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from factory import WORDS, make_sentences, make_tiny_model
+from factory import SEQ, WORDS, kept_arch, labelled_csv, make_compact_dir, make_sentences, make_tiny_model, real_tokenizer, scrambled_teacher_dir
 from prunekit.architecture import Architecture
 from prunekit.augment import WordReplacer, augment_dataset, build_replacer
 from prunekit.cli import cli
-from prunekit.compact import compact, compact_to_dir
+from prunekit.compact import compact
 from prunekit.data import CORPUS_TASK, TextDataset, load_data
 from prunekit.distill import DistillSettings, attention_loss, distill, intermediate_loss
 from prunekit.errors import PrunekitError
 from prunekit.modeling import load_compact
 from prunekit.models import load_teacher
 
-SEQ = 32
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and the shared 2-core machine makes them contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def real_tokenizer(path: Path) -> Path:
-    """Re-save the tiny model's tokenizer with its whole vocabulary. (factory.make_tiny_model passes
-    ``vocab_file=``, which transformers 5 ignores: its tokenizer knows only the 5 special tokens and
-    maps every word to [UNK]; augmentation and vocabulary checks need the real words.)"""
-    from transformers import BertTokenizerFast
-
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (path / f).unlink(missing_ok=True)
-    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)  # positional: `vocab` in 5.x, `vocab_file` in 4.x
-    return path
-
-
-def scrambled_teacher_dir(path: Path, kind: str, seed: int = 0) -> Path:
-    """A tiny teacher with weights well away from the init (outputs of size ~1, peaked attention)."""
-    make_tiny_model(path, "minilm6", kind, seed=seed)
-    real_tokenizer(path)
-    t = load_teacher(path)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in t.model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if "LayerNorm.weight" in name else 0.15 * noise)
-    t.model.save_pretrained(path)
-    return path
-
-
-def kept_arch(layers: int = 6) -> Architecture:
-    """Heads 1 and 3 of 4 everywhere (never 0, 1: a wrong mapping cannot pass by accident), half the FFN."""
-    g = torch.Generator().manual_seed(1)
-    heads = torch.zeros(layers, 4)
-    heads[:, [1, 3]] = 1.0
-    ffn = (torch.rand(layers, 64, generator=g) < 0.5).float()
-    return Architecture.from_masks(heads, ffn)
-
-
-def make_compact_dir(root: Path, teacher_dir: Path, arch: Architecture, name: str = "compact") -> Path:
-    t = load_teacher(teacher_dir)
-    arch.save(root / f"{name}-arch.json", t.shape, SEQ)
-    out = root / name
-    compact_to_dir(None, root / f"{name}-arch.json", out, model=str(teacher_dir), measure_fvcore=False)
-    return out
-
-
-def labelled_csv(path: Path, n: int = 48, seed: int = 1) -> Path:
-    sents = make_sentences(n, seed=seed)
-    path.write_text("text,label\n" + "\n".join(f"{s},{int('river' in s or 'tree' in s)}" for s in sents) + "\n")
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,137 @@
+"""Long runs: NaN/inf steps are skipped and counted, and a run that keeps failing stops cleanly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import prunekit.search as S
+from prunekit.cli import cli
+from prunekit.errors import PrunekitError
+from prunekit.search import SearchSettings, search
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+
+
+class _NanGrad(torch.autograd.Function):
+    """The identity forward; a NaN gradient backward (an overflow that shows only in backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def _poison_mse(monkeypatch, bad_steps, how: str = "loss"):
+    """Make the search's MSE non-finite (its value, or only its gradient) at the given 1-based steps."""
+    real, calls = S._normalised_mse, {"n": 0}
+
+    def poisoned(student_out, teacher_out):
+        calls["n"] += 1
+        mse = real(student_out, teacher_out)
+        if calls["n"] in bad_steps:
+            return mse * float("nan") if how == "loss" else _NanGrad.apply(mse)
+        return mse
+
+    monkeypatch.setattr(S, "_normalised_mse", poisoned)
+
+
+def _settings(tmp_path, model, data, **kw):
+    base = dict(model=str(model), data=str(data), output_dir=str(tmp_path / "run"), max_steps=8, batch_size=8, max_length=32,
+                checkpoint_every=2, target=0.5)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+@pytest.mark.parametrize("how", ["loss", "grad"])
+def test_search_skips_a_non_finite_step_and_counts_it(tiny_models, text_file, tmp_path, monkeypatch, how):
+    _poison_mse(monkeypatch, {3}, how)
+    r = search(_settings(tmp_path, tiny_models("minilm6"), text_file), progress=False)
+    log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == list(range(1, 9))
+    why = "non-finite loss" if how == "loss" else "non-finite gradients"
+    assert log[2] == {"step": 3, "skipped": why}
+    assert all("loss" in x and x["loss"] == x["loss"] for i, x in enumerate(log) if i != 2)  # finite, not NaN
+    # nothing of the bad step reached the gates: they are finite, and the run ends in the band
+    alphas = load_file(str(r.output_dir / "alpha.safetensors"))
+    assert torch.isfinite(alphas["head"]).all() and torch.isfinite(alphas["ffn"]).all()
+    assert 0.475 <= r.achieved_ratio <= 0.525
+    assert r.skipped_steps == 1
+    assert json.loads((r.output_dir / "architecture.json").read_text())["skipped_steps"] == 1
+
+
+def test_search_stops_when_nan_persists_and_keeps_the_good_checkpoint(tiny_models, text_file, tmp_path, monkeypatch):
+    _poison_mse(monkeypatch, set(range(5, 100)))
+    args = ["search", "--model", str(tiny_models("minilm6")), "--data", str(text_file), "-o", str(tmp_path / "run"), "--max-steps", "12",
+            "--batch-size", "8", "--max-length", "32", "--checkpoint-every", "2", "--max-nan-steps", "3", "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "NaN/inf for 3 steps in a row (last at step 7)" in lines[0], result.output
+    assert not (tmp_path / "run").exists()
+    partial = tmp_path / "run.partial"
+    ckpts = sorted(p.name for p in (partial / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-0000002", "step-0000004"]  # none written during the streak (steps 5-7)
+    state = load_file(str(partial / "checkpoints" / "step-0000004" / "state.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+    log = [json.loads(x) for x in (partial / "search_log.jsonl").read_text().splitlines()]
+    assert [x.get("skipped") for x in log] == [None] * 4 + ["non-finite loss"] * 3
+
+
+def test_settings_reject_non_finite_and_out_of_range_values(tmp_path):
+    for bad in (dict(lr=float("nan")), dict(alpha_lr=0.0), dict(lambda_cost=-1.0), dict(epochs=float("inf")), dict(max_steps=0),
+                dict(checkpoint_every=0), dict(max_nan_steps=0)):
+        with pytest.raises(PrunekitError):
+            SearchSettings(output_dir=str(tmp_path / "x"), **bad).validate()
+
+
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def distill_world(tmp_path_factory):
+    from factory import kept_arch, labelled_csv, make_compact_dir, scrambled_teacher_dir
+
+    root = tmp_path_factory.mktemp("distill-world")
+    teacher = scrambled_teacher_dir(root / "teacher", "classification")
+    return {"teacher": teacher, "compact": make_compact_dir(root, teacher, kept_arch()), "data": labelled_csv(root / "data.csv")}
+
+
+def _distill_settings(world, out, **kw):
+    from factory import SEQ
+    from prunekit.distill import DistillSettings
+
+    base = dict(student=str(world["compact"]), data=str(world["data"]), output_dir=str(out), stage1_epochs=2, stage2_epochs=2,
+                batch_size=16, max_length=SEQ, augment_copies=0, dropout=0.0, checkpoint_every=2)
+    base.update(kw)
+    return DistillSettings(**base)
+
+
+@pytest.mark.parametrize("how", ["loss", "grad"])
+def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, how):
+    import prunekit.distill as D
+
+    real, calls = D.intermediate_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            loss = loss * float("nan") if how == "loss" else _NanGrad.apply(loss)
+        return loss, parts
+
+    monkeypatch.setattr(D, "intermediate_loss", poisoned)
+    r = D.distill(_distill_settings(distill_world, tmp_path / "out"), progress=False)
+    train = [x for x in r.log if "dev" not in x]
+    assert [x["step"] for x in train] == list(range(1, r.steps + 1))
+    assert train[1] == {"step": 2, "skipped": "non-finite loss" if how == "loss" else "non-finite gradients", "stage": 1}
+    assert all(x["loss"] == x["loss"] for x in train if x["step"] != 2)
+    weights = load_file(str(r.output_dir / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert r.skipped_steps == 1 and json.loads((r.output_dir / "distill_report.json").read_text())["skipped_steps"] == 1
