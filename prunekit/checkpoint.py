@@ -3,16 +3,20 @@
 A checkpoint is a directory ``<root>/step-NNNNNNN`` with ``state.safetensors`` (every tensor:
 weights and optimizer moments) and ``state.json`` (the step, optimizer param groups and scalar
 state, and whatever the stage adds). It is written into a temp dir and renamed into place, so a
-kill leaves either the old or the new one; the last ``keep`` are kept. Loading takes the newest
-readable one, skipping one cut short.
+kill leaves either the old or the new one; the last ``keep`` are kept. ``state.json`` holds the
+SHA-256 of ``state.safetensors``: loading takes the newest checkpoint that reads back intact and
+matches its checksum, falling back to the one before.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -45,37 +49,96 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, me
     opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 23), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
-    """Write ``tensors`` and ``meta`` (``step`` is added) as checkpoint ``step``, atomically."""
+    """Write ``tensors`` and ``meta`` (``step`` and the tensors' checksum are added) as checkpoint ``step``.
+
+    Atomic and durable: written into a temp dir, synced, renamed into place; the ``keep`` newest
+    are kept, so when the newest turns out unreadable the one before it is still there.
+    """
     from safetensors.torch import save_file
 
-    meta = {**meta, "step": step}
     ckpt_root = Path(ckpt_root)
     tmp = ckpt_root / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+    meta = {**meta, "step": step, "sha256": _sha256(tmp / "state.safetensors")}
     (tmp / "state.json").write_text(json.dumps(meta))
+    for f in ("state.safetensors", "state.json"):
+        _fsync(tmp / f)
     final = ckpt_root / f"step-{step:07d}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync(ckpt_root)
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
-    """The newest readable checkpoint as (step, tensors, meta) (a corrupt one is skipped with a warning), or None."""
+def read_checkpoint(path: Path) -> tuple[int, dict, dict]:
+    """One checkpoint as (step, tensors, meta); raises ValueError (or OSError) when it is corrupt."""
     from safetensors.torch import load_file
 
+    path = Path(path)
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"state.json is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] != int(path.name.split("-")[-1]):
+        raise ValueError("state.json does not name this checkpoint's step")
+    digest = meta.get("sha256")
+    if digest is not None and _sha256(path / "state.safetensors") != digest:  # checkpoints from before checksums have none
+        raise ValueError("state.safetensors does not match its checksum")
+    try:
+        tensors = load_file(str(path / "state.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad header
+        raise ValueError(f"state.safetensors is unreadable ({str(e).splitlines()[0][:120]})") from None
+    return meta["step"], tensors, meta
+
+
+def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
+    """The newest intact checkpoint as (step, tensors, meta), or None when there is none.
+
+    A corrupt one (cut short, garbled: bad JSON, a safetensors header it cannot read, or tensors
+    that no longer match the checksum written with them) is skipped with a warning, and the one
+    before it is used.
+    """
     for d in sorted(Path(ckpt_root).glob("step-*"), reverse=True):
         try:
-            meta = json.loads((d / "state.json").read_text())
-            tensors = load_file(str(d / "state.safetensors"))
-            return int(meta["step"]), tensors, meta
-        except Exception as e:  # a checkpoint cut short by a kill: fall back to the previous one
-            log.warning("checkpoint %s is unreadable (%s); trying the previous one", d, e)
+            return read_checkpoint(d)
+        except (OSError, ValueError) as e:
+            log.warning("checkpoint %s is corrupt (%s); using the one before it", d, e)
     return None
+
+
+@contextlib.contextmanager
+def restoring(ckpt_root: Path) -> Iterator[None]:
+    """Around putting a checkpoint's state back: a checkpoint that does not fit the model is a one-line error."""
+    from .errors import PrunekitError
+
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PrunekitError(
+            f"the checkpoint in {ckpt_root} does not fit this model ({first}); was the model changed? start over with --force"
+        ) from None
 
 
 def read_log(path: Path) -> list[dict]:

@@ -275,29 +275,24 @@ def _check_base_model(arch: Architecture, teacher: Teacher, arch_path: Path) -> 
 
 
 def _load_searched_weights(run_dir: Path | None, teacher: Teacher) -> Teacher:
-    """The teacher with the weights the search trained jointly with the gates (its last checkpoint)."""
-    from safetensors.torch import load_file
+    """The teacher with the weights the search trained jointly with the gates (its last intact checkpoint)."""
+    from .checkpoint import load_latest_checkpoint
 
     if run_dir is None:
         raise PrunekitError("--weights search needs the search run dir (its checkpoints hold the trained weights)")
-    for ckpt in sorted((run_dir / "checkpoints").glob("step-*"), reverse=True):
-        try:
-            tensors = load_file(str(ckpt / "state.safetensors"))
-        except Exception as e:  # noqa: BLE001 - a checkpoint cut short: try the previous one
-            log.warning("checkpoint %s is unreadable (%s)", ckpt, e)
-            continue
-        state = {k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")}
-        if not state:
-            break
-        model = copy.deepcopy(teacher.model)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise PrunekitError(f"{ckpt} holds weights of another model: {str(e).splitlines()[0][:160]}") from None
-        return Teacher(model=model.eval(), tokenizer=teacher.tokenizer, kind=teacher.kind, name_or_path=teacher.name_or_path, shape=teacher.shape)
-    raise PrunekitError(
-        f"{run_dir} has no trained weights (searched with --freeze-weights, or a baseline): use --weights teacher"
-    )
+    found = load_latest_checkpoint(run_dir / "checkpoints")
+    state = {k[len("student."):]: v for k, v in found[1].items() if k.startswith("student.")} if found else {}
+    if not state:
+        raise PrunekitError(
+            f"{run_dir} has no trained weights (searched with --freeze-weights, or a baseline, or its checkpoints are corrupt): "
+            "use --weights teacher"
+        )
+    model = copy.deepcopy(teacher.model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PrunekitError(f"{run_dir}/checkpoints hold weights of another model: {str(e).splitlines()[0][:160]}") from None
+    return Teacher(model=model.eval(), tokenizer=teacher.tokenizer, kind=teacher.kind, name_or_path=teacher.name_or_path, shape=teacher.shape)
 
 
 def compact_to_dir(

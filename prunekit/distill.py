@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import encode, iterate_batches
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, write_checkpoint
 from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, publish_dir
@@ -335,12 +335,32 @@ def _augmented(settings: DistillSettings, train, teacher: Teacher, work: Path, d
     return aug
 
 
+def _best_path(work: Path, step: int) -> Path:
+    return work / f"best-{step:07d}.safetensors"
+
+
 def _save_best(work: Path, student, step: int) -> None:
+    """The best weights so far, named by their step (a checkpoint names the best it knew, so a resumed
+    run never mistakes a later run's best file for its own)."""
     from safetensors.torch import save_file
 
     tmp = work / ".best.safetensors.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, str(tmp), metadata={"step": str(step)})
-    os.replace(tmp, work / "best.safetensors")
+    os.replace(tmp, _best_path(work, step))
+
+
+def _drop_unneeded_best(work: Path, ckpt_root: Path, best: dict) -> None:
+    """Delete best-weight files that neither the run nor any kept checkpoint refers to."""
+    wanted = {best["step"]}
+    for d in ckpt_root.glob("step-*"):
+        try:
+            wanted.add(json.loads((d / "state.json").read_text())["best"]["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    keep = {_best_path(work, s).name for s in wanted if isinstance(s, int)}
+    for f in work.glob("best-*.safetensors"):
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
 
 
 def distill(
@@ -433,8 +453,9 @@ def distill(
         found = load_latest_checkpoint(ckpt_root)
         if found is not None:
             start, tensors, meta = found
-            student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-            best = meta["best"]
+            with restoring(ckpt_root):
+                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+                best = meta["best"]
             opt_state = (tensors, meta)
             if log_path.exists():
                 history = [h for h in read_log(log_path) if h["step"] <= start]
@@ -459,7 +480,8 @@ def distill(
                 opt = torch.optim.AdamW(groups, lr=lr)
                 prefix = f"opt{stage}"
                 if opt_state is not None and prefix in opt_state[1]:
-                    restore_optimizer(prefix, opt, *opt_state)
+                    with restoring(ckpt_root):
+                        restore_optimizer(prefix, opt, *opt_state)
                 opt_state = None
                 data, orig = stage_data[stage]
                 batches = iterate_batches(data, bs, settings.seed + stage, start_step=step - base, shuffle=True)
@@ -523,6 +545,7 @@ def distill(
                 meta = {"best": best}
                 flatten_optimizer(f"opt{stage}", opt, tensors, meta)
                 write_checkpoint(ckpt_root, done, tensors, meta)
+                _drop_unneeded_best(work, ckpt_root, best)
             if _interrupt_after is not None and done >= _interrupt_after:
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
     if bar is not None:
@@ -531,8 +554,14 @@ def distill(
     # The output: the best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record.
     from safetensors.torch import load_file
 
-    if best["step"] is not None and (work / "best.safetensors").is_file():
-        student.load_state_dict(load_file(str(work / "best.safetensors")))
+    if best["step"] is not None:
+        try:
+            student.load_state_dict(load_file(str(_best_path(work, best["step"]))))
+        except Exception as e:  # noqa: BLE001 - deleted or damaged by hand: the run cannot say what its best was
+            raise PrunekitError(
+                f"the best weights of this run ({_best_path(work, best['step'])}) are missing or corrupt "
+                f"({str(e).splitlines()[0][:120]}): start over with --force"
+            ) from None
     else:
         log.warning("no dev evaluation gave a number; keeping the last weights")
     if best["value"] is not None and before.get(metric) is not None and best["value"] < before[metric]:
@@ -540,23 +569,28 @@ def distill(
     student.config.backend = backend
     student.eval().to("cpu")
     teacher.model.to("cpu")
-    _quiet(student.save_pretrained, work, safe_serialization=True)
-    (student_tok or tokenizer).save_pretrained(work)
+    # The output is assembled in a folder of its own inside the work dir, then renamed into place: a
+    # kill before the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
+    final = work / "output"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    _quiet(student.save_pretrained, final, safe_serialization=True)
+    (student_tok or tokenizer).save_pretrained(final)
     for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
         if (student_dir / name).is_file():
-            shutil.copyfile(student_dir / name, work / name)
+            shutil.copyfile(student_dir / name, final / name)
+    for name in ("settings.json", "distill_log.jsonl"):
+        shutil.copyfile(work / name, final / name)
     report = {
         "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
         "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
         "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
         "dev_source": dev.source, "skipped_steps": sum(1 for h in history if "skipped" in h),
     }
-    atomic_write_text(work / "distill_report.json", json.dumps(report, indent=1) + "\n")
-    for leftover in ("checkpoints", "best.safetensors", "augmented.jsonl"):
-        p = work / leftover
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
     if out.exists():
         check_output_dir(out, force or resume)
-    publish_dir(work, out)
+    publish_dir(final, out)
+    shutil.rmtree(work, ignore_errors=True)
     return DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
                          skipped_steps=report["skipped_steps"])

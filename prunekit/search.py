@@ -23,7 +23,7 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, encode, iterate_batches, teacher_outputs
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, write_checkpoint
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -244,13 +244,13 @@ def run_gate_search(
         found = load_latest_checkpoint(ckpt_root)
         if found is not None:
             start_step, tensors, meta = found
-            with torch.no_grad():
+            with restoring(ckpt_root), torch.no_grad():
                 alphas.head.copy_(tensors["alpha.head"])
                 alphas.ffn.copy_(tensors["alpha.ffn"])
-            if train_weights:
-                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-            for prefix, opt in opts.items():
-                restore_optimizer(prefix, opt, tensors, meta)
+                if train_weights:
+                    student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+                for prefix, opt in opts.items():
+                    restore_optimizer(prefix, opt, tensors, meta)
             if log_path.exists():
                 history = [h for h in read_log(log_path) if h["step"] <= start_step]
             log.info("resuming from step %d", start_step)

@@ -302,7 +302,7 @@ def test_embedding_model_round_trip(tiny_models, tmp_path):
 
 
 def test_weights_from_search_checkpoint(tiny_models, tmp_path):
-    from safetensors.torch import save_file
+    from prunekit.checkpoint import write_checkpoint
 
     teacher = load_teacher(str(tiny_models("minilm6", "embedding")))
     arch = edge_architecture(teacher.shape, seed=51)
@@ -310,8 +310,7 @@ def test_weights_from_search_checkpoint(tiny_models, tmp_path):
     with pytest.raises(PrunekitError, match="no trained weights"):
         compact_to_dir(run, out_dir=tmp_path / "a", weights="search", measure_fvcore=False)
     trained = {f"student.{k}": v.clone() + 0.5 for k, v in teacher.model.state_dict().items()}
-    (run / "checkpoints" / "step-0000010").mkdir(parents=True)
-    save_file(trained, str(run / "checkpoints" / "step-0000010" / "state.safetensors"))
+    write_checkpoint(run / "checkpoints", 10, trained, {})
     compact_to_dir(run, out_dir=tmp_path / "b", weights="search", measure_fvcore=False)
     model = load_compact(tmp_path / "b")
     want = trained["student.embeddings.word_embeddings.weight"]

@@ -135,3 +135,73 @@ def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, h
     weights = load_file(str(r.output_dir / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert r.skipped_steps == 1 and json.loads((r.output_dir / "distill_report.json").read_text())["skipped_steps"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# A corrupt checkpoint is detected, and the one before it is used.
+def _corrupt(ckpt, how: str) -> None:
+    st, js = ckpt / "state.safetensors", ckpt / "state.json"
+    if how == "truncated":
+        st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    elif how == "garbled":  # same size, header intact: only the checksum can tell
+        data = bytearray(st.read_bytes())
+        for i in range(len(data) - 64, len(data), 7):
+            data[i] ^= 0x5A
+        st.write_bytes(bytes(data))
+    elif how == "bad-json":
+        js.write_bytes(b'{"step": 6, "opt_alpha": {"param_gr')
+    elif how == "non-utf8":
+        js.write_bytes(b"\xff\xfe\x00garbage")
+    elif how == "no-json":
+        js.unlink()
+    elif how == "wrong-step":
+        meta = json.loads(js.read_text())
+        js.write_text(json.dumps({**meta, "step": 3}))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_search(tiny_models, tmp_path_factory):
+    from factory import make_sentences
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    data = root / "texts.txt"
+    data.write_text("\n".join(make_sentences(48)) + "\n")
+    s = _settings(root, tiny_models("minilm6"), data, max_steps=10, checkpoint_every=3)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return s, search(s, progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled", "bad-json", "non-utf8", "no-json", "wrong-step"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(uninterrupted_search, tmp_path, caplog, how):
+    full_settings, full = uninterrupted_search
+    s = SearchSettings(**{**full_settings.__dict__, "output_dir": str(tmp_path / "run")})
+    with pytest.raises(KeyboardInterrupt):
+        search(s, progress=False, _interrupt_after=7)  # checkpoints at steps 3 and 6
+    ckpts = tmp_path / "run.partial" / "checkpoints"
+    _corrupt(ckpts / "step-0000006", how)
+    resumed = search(s, progress=False, resume=True)
+    assert any("step-0000006 is corrupt" in r.getMessage() for r in caplog.records), caplog.text
+    a, b = load_file(str(full.output_dir / "alpha.safetensors")), load_file(str(resumed.output_dir / "alpha.safetensors"))
+    for k in a:  # resumed from step 3, the result is the uninterrupted run's
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [r["step"] for r in resumed.log] == list(range(1, 11))
+
+
+def test_distill_corrupt_checkpoint_falls_back(distill_world, tmp_path, caplog):
+    import prunekit.distill as D
+
+    full = D.distill(_distill_settings(distill_world, tmp_path / "full"), progress=False)
+    s = _distill_settings(distill_world, tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        D.distill(s, progress=False, _interrupt_after=5)  # checkpoints at steps 2 and 4
+    _corrupt(tmp_path / "cut.partial" / "checkpoints" / "step-0000004", "garbled")
+    resumed = D.distill(s, progress=False, resume=True)
+    assert any("step-0000004 is corrupt" in r.getMessage() for r in caplog.records), caplog.text
+    a, b = load_file(str(full.output_dir / "model.safetensors")), load_file(str(resumed.output_dir / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed.best == full.best and not (tmp_path / "cut.partial").exists()

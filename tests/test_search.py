@@ -104,16 +104,6 @@ def test_resume_gives_same_architecture(tiny_models, text_file, tmp_path, freeze
     assert log == list(range(1, 15))
 
 
-def test_corrupt_latest_checkpoint_falls_back(tiny_models, text_file, tmp_path):
-    s = _settings(tmp_path, model=str(tiny_models("minilm6")), data=str(text_file), max_steps=10, checkpoint_every=3)
-    with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=7)
-    latest = sorted((tmp_path / "run.partial" / "checkpoints").glob("step-*"))[-1]
-    (latest / "state.safetensors").write_bytes(b"garbage")
-    result = search(s, progress=False, resume=True)
-    assert result.steps == 10 and (result.output_dir / "architecture.json").is_file()
-
-
 def test_labelled_classifier_teacher_and_pairs(tiny_models, tmp_path):
     data = tmp_path / "pairs.jsonl"
     sents = make_sentences(30, seed=3)
