@@ -409,8 +409,10 @@ class CompactBertModel(CompactBertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         add_mask = None
         # SDPA takes its fastest path with no mask at all, so a batch without padding gets none
-        # (a host sync, so not while a CUDA graph is being captured).
-        if attention_mask is not None and not (backend == "sdpa" and not _capturing(x) and bool(attention_mask.all())):
+        # (a host sync and a data-dependent branch: not while a CUDA graph is captured, nor under
+        # torch.compile, where it would break the graph).
+        if attention_mask is not None and not (backend == "sdpa" and not _capturing(x) and not torch.compiler.is_compiling()
+                                               and bool(attention_mask.all())):
             add_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         # Aligned weight copies only where no gradient can be asked of the parameters.
         align = 1 if torch.is_grad_enabled() else self._align_for(x.device, backend)
