@@ -7,10 +7,15 @@ alike. Per row: FLOPs per sequence (analytic, and fvcore's count of the matrix p
 parameters, size on disk of what runs, latency median and p90 per batch, sentences/sec, speedup
 over the first model on the same backend, and that speedup divided by the FLOPs speedup.
 
-Backends: ``torch-eager`` / ``torch-sdpa`` (transformers attention for an original, the compact
-model's own for a compact one), ``triton`` (compact only, CUDA), ``ort-fp32``, ``ort-opt`` (fused
-per-layer Attention), ``ort-int8`` (dynamic, CPU) and ``ort-cuda``; the ONNX files are exported on
-the fly into a temp dir (and validated, see :mod:`prunekit.export`).
+Backends (:mod:`prunekit.backends`, shared with ``prunekit eval``): by default every one that runs
+on the device — on the CPU torch fp32 (eager, SDPA) and bf16, ``torch.compile`` fp32 and bf16,
+onnxruntime fp32, fused (per-layer Attention), dynamic int8 and static int8 (calibrated on
+``calibration``, the ``real_lengths`` data or the shipped corpus); on CUDA also the compact model's
+Triton kernels and onnxruntime's CUDA provider. ONNX files are exported on the fly into a temp dir
+(and validated, see :mod:`prunekit.export`); onnxruntime gets the same thread count as torch and
+its idle threads do not spin, so they leave the cores to torch between interleaved runs. The last
+lines compare each compact model's fastest backend with the original's fastest ("best compact vs
+best original"): the comparison a user makes.
 
 Modes: fixed length (``batch`` x ``seq_len`` tokens, what the study reports) or real lengths: the
 sentences of a data file, tokenized, cut to ``seq_len``, batched in order and padded to each
@@ -18,7 +23,6 @@ batch's longest (one timed repeat = all batches).
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -28,22 +32,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .errors import PrunekitError
-from .export import ExportSettings, LoadedModel, export_onnx, load_model_dir, session
+from .backends import CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
+from .export import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-CPU_BACKENDS = ("torch-eager", "torch-sdpa", "ort-fp32", "ort-opt", "ort-int8")
-CUDA_BACKENDS = ("torch-eager", "torch-sdpa", "triton", "ort-cuda")
-DEFAULT_BACKENDS = {"cpu": ("torch-eager", "torch-sdpa", "ort-fp32", "ort-int8"),
-                    "cuda": ("torch-sdpa", "triton", "ort-cuda")}
+# Every backend that can run on the device (prunekit.backends: torch fp32/bf16, torch.compile fp32/bf16,
+# onnxruntime fp32 / fused / dynamic and static int8); the timing is best-against-best.
+DEFAULT_BACKENDS = {"cpu": CPU_BACKENDS, "cuda": ("torch-sdpa", "torch-bf16", "compile-bf16", "triton", "ort-cuda")}
 
 
 @dataclass
@@ -60,6 +64,7 @@ class BenchSettings:
     repeats: int = 10
     warmup: int = 2
     threads: Optional[int] = None  # None: torch's default (the cores)
+    calibration: Optional[str] = None  # ort-int8-static's data; None: real_lengths' data, else the shipped corpus
     fvcore: bool = True
     seed: int = 0
 
@@ -81,113 +86,56 @@ def cpu_info() -> dict:
 
 
 def system_info(device: str) -> dict:
-    import onnxruntime as ort
     import transformers
 
-    info = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+    try:
+        import onnxruntime as ort
+    except ImportError:  # the torch backends still run
+        ort = None
+    info = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": ort.__version__ if ort else None,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "ort_providers": ort.get_available_providers()}
+            "torch_threads": torch.get_num_threads(), "ort_providers": ort.get_available_providers() if ort else []}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
 # ------------------------------------------------------------------------------------------------
-# Runners
+# Backends (the runners themselves are prunekit.backends', shared with eval)
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class Runner:
-    model: str
-    backend: str
-    run: Callable[[dict], object]  # one batch -> anything (synchronised)
-    size_bytes: int
-    times: list = field(default_factory=list)  # seconds per repeat
-
-
-def _weights_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".onnx"))
-
-
-def _check_backends(s: BenchSettings) -> list:
+def _check_backends(s: BenchSettings, notes: list) -> list:
+    """The backends to time: those asked for (names checked), or every one this machine has.
+    One that cannot run here is left out with a one-line note."""
     if s.device not in ("cpu", "cuda"):
         raise PrunekitError(f"--device {s.device!r}: use cpu or cuda")
     if s.device == "cuda" and not torch.cuda.is_available():
         raise PrunekitError("--device cuda, but torch sees no CUDA device on this machine: use --device cpu")
-    known = CPU_BACKENDS if s.device == "cpu" else CUDA_BACKENDS
-    backends = list(s.backends or DEFAULT_BACKENDS[s.device])
-    for b in backends:
-        if b not in known:
-            raise PrunekitError(f"unknown backend {b!r} for --device {s.device}: use {', '.join(known)}")
-    return backends
-
-
-def _torch_runner(loaded: LoadedModel, name: str, backend: str, device: str, notes: list) -> Optional[Runner]:
-    impl = backend.split("-", 1)[-1] if backend.startswith("torch-") else backend  # eager | sdpa | triton
-    # Each runner owns a copy with its backend set once: runners are timed interleaved, so one shared
-    # model would have to switch backends before every call.
-    if loaded.is_compact:
-        model = copy.deepcopy(loaded.compact)
-        try:
-            model.set_backend(impl)
-        except PrunekitError as e:
-            notes.append(f"{name} {backend}: skipped ({e})")
-            return None
-    else:
-        if impl == "triton":
-            return None  # the compact model's kernels; the original has its transformers backends
-        model = copy.deepcopy(loaded.reference)
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(impl)
+    asked = list(s.backends or DEFAULT_BACKENDS[s.device])
+    for b in asked:
+        check_backend(b, s.device)
+    out = []
+    for b in asked:
+        why = unavailable(b, s.device)
+        if why:
+            notes.append(f"{b}: skipped ({why})")
         else:
-            model.config._attn_implementation = impl
-    model = model.to(device).eval()
-    kind = loaded.kind
-    from .models import model_output
-
-    def run(batch):
-        with torch.inference_mode():
-            if loaded.is_compact:
-                out = model(**batch)
-                y = out.last_hidden_state if kind == "embedding" else out.logits
-            else:
-                y = model_output(model, kind, batch)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return y
-
-    return Runner(name, backend, run, _weights_size(loaded.path))
+            out.append(b)
+    return out
 
 
-def _ort_runner(loaded: LoadedModel, name: str, backend: str, workdir: Path, threads: Optional[int],
-                notes: list) -> Optional[Runner]:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if backend == "ort-cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            notes.append(f"{name} ort-cuda: skipped (this onnxruntime has no CUDAExecutionProvider)")
-            return None
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8"), quantize="int8" if backend == "ort-int8" else None,
-                        fp16=False)
-    path = workdir / f"{len(list(workdir.iterdir()))}-{backend}.onnx"
-    report = export_onnx(loaded.path, path, es, loaded=loaded, write_report=False)
-    sess = session(path, providers, threads)
-    if backend == "ort-cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        notes.append(f"{name} ort-cuda: skipped (onnxruntime fell back to {sess.get_providers()[0]})")
+def _build(lm: LoadedModel, name: str, backend: str, s: BenchSettings, workdir: Path, batch: dict,
+           notes: list) -> Optional[Runner]:
+    r = build_runner(lm, name, backend, s.device, s.threads, workdir, s.calibration or s.real_lengths)
+    if r is None:
         return None
-    if report.fused:
-        notes.append(f"{name} {backend}: attention fused in {len(report.fused['attention_heads'])} of "
-                     f"{report.fused['layers_with_heads']} layers with heads")
-    if backend == "ort-int8":
-        c = report.checks[-1]
-        notes.append(f"{name} ort-int8: output differs from fp32 PyTorch by {c.max_abs_diff:.2e} max abs "
-                     f"({c.rel_diff:.1%} of max |output|); check the task metric with `prunekit eval`")
-
-    def run(batch):
-        return sess.run(None, {k: v.cpu().numpy() for k, v in batch.items()})[0]
-
-    return Runner(name, backend, run, path.stat().st_size)
+    notes.extend(r.notes)
+    if backend.startswith("compile-"):  # compile now, untimed, whatever --warmup says
+        try:
+            r.run(batch)
+        except Exception as e:  # inductor's failure is not the user's; report it and time the rest
+            notes.append(f"{name} {backend}: skipped (torch.compile failed: {str(e).strip().splitlines()[0][:160]})")
+            return None
+    return r
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,7 +206,8 @@ def bench(s: BenchSettings) -> dict:
         raise PrunekitError(f"--warmup must be >= 0, got {s.warmup}")
     if s.threads is not None and s.threads < 1:
         raise PrunekitError(f"--threads must be >= 1, got {s.threads}")
-    backends = _check_backends(s)
+    notes: list = []
+    backends = _check_backends(s, notes)
     if s.threads:
         torch.set_num_threads(s.threads)
     device = s.device
@@ -267,7 +216,6 @@ def bench(s: BenchSettings) -> dict:
     vocab = {lm.config.vocab_size for lm in loaded}
     if len(vocab) > 1:
         raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
-    notes: list = []
     batches = _batches(s, loaded[0], device)
     sentences = sum(b["input_ids"].shape[0] for b in batches)
     models_info = []
@@ -282,10 +230,7 @@ def bench(s: BenchSettings) -> dict:
         runners = []
         for backend in backends:
             for name, lm in zip(names, loaded):
-                if backend.startswith("ort-"):
-                    r = _ort_runner(lm, name, backend, Path(tmp), s.threads, notes)
-                else:
-                    r = _torch_runner(lm, name, backend, device, notes)
+                r = _build(lm, name, backend, s, Path(tmp), batches[0], notes)
                 if r is not None:
                     runners.append(r)
         for _ in range(s.warmup):
@@ -305,7 +250,7 @@ def bench(s: BenchSettings) -> dict:
     for r in runners:
         med = statistics.median(r.times)
         m = by_name[r.model]
-        rows.append({"model": r.model, "backend": r.backend, "latency_median_ms": 1e3 * med / len(batches),
+        rows.append({"model": r.model, "backend": r.backend, "dtype": r.dtype, "latency_median_ms": 1e3 * med / len(batches),
                      "latency_p90_ms": 1e3 * float(np.percentile(r.times, 90)) / len(batches),
                      "sentences_per_s": sentences / med, "size_bytes": r.size_bytes, "params": m["params"],
                      "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
@@ -318,7 +263,33 @@ def bench(s: BenchSettings) -> dict:
     return {"settings": asdict(s), "system": system_info(device), "threads": torch.get_num_threads(),
             "load_average": {"start": load_start, "end": load_end}, "mode": "real-lengths" if s.real_lengths else "fixed",
             "batches": [list(b["input_ids"].shape) for b in batches], "sentences_per_repeat": sentences,
-            "models": models_info, "rows": rows, "notes": notes}
+            "models": models_info, "rows": rows, "best": best_vs_best(rows, names), "notes": notes}
+
+
+def best_vs_best(rows: list, names: list) -> list:
+    """Per model after the first: its fastest backend against the first model's fastest backend
+    (what a user compares: the best they get from the original on this machine)."""
+    def best(name):
+        mine = [r for r in rows if r["model"] == name]
+        return max(mine, key=lambda r: r["sentences_per_s"]) if mine else None
+
+    ref = best(names[0]) if names else None
+    out = []
+    for name in names[1:]:
+        b = best(name)
+        if ref is None or b is None:
+            continue
+        out.append({"model": name, "backend": b["backend"], "sentences_per_s": b["sentences_per_s"],
+                    "reference": names[0], "reference_backend": ref["backend"],
+                    "reference_sentences_per_s": ref["sentences_per_s"],
+                    "speedup": b["sentences_per_s"] / ref["sentences_per_s"]})
+    return out
+
+
+def format_best(best: dict) -> str:
+    return (f"best compact vs best original: {best['sentences_per_s']:.1f} sent/s ({best['model']}, {best['backend']}) vs "
+            f"{best['reference_sentences_per_s']:.1f} sent/s ({best['reference']}, {best['reference_backend']}) "
+            f"= {best['speedup']:.2f}x")
 
 
 def _unique_names(paths: list) -> list[str]:
@@ -342,18 +313,19 @@ def format_table(res: dict) -> str:
             f"{res['threads']} threads, {s['device']}; {cpu['model']} [{isa}]; torch {res['system']['torch']}, "
             f"onnxruntime {res['system']['onnxruntime']}; load average {res['load_average']['start']} -> "
             f"{res['load_average']['end']}")
-    cols = ("model", "backend", "GFLOPs/seq", "params", "size MB", "median ms", "p90 ms", "sent/s", "speedup", "FLOPs x", "meas/FLOPs")
+    cols = ("model", "backend", "dtype", "GFLOPs/seq", "params", "size MB", "median ms", "p90 ms", "sent/s", "speedup", "FLOPs x", "meas/FLOPs")
     lines = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in res["rows"]:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
         lines.append("| " + " | ".join([
-            r["model"], r["backend"], f(r["flops_analytic"] / 1e9, ".3f"), f"{r['params']:,}", f(r["size_bytes"] / 1e6, ".1f"),
+            r["model"], r["backend"], r.get("dtype", "-"), f(r["flops_analytic"] / 1e9, ".3f"), f"{r['params']:,}", f(r["size_bytes"] / 1e6, ".1f"),
             f(r["latency_median_ms"], ".2f"), f(r["latency_p90_ms"], ".2f"), f(r["sentences_per_s"], ".1f"),
             f(r["speedup"], ".2f"), f(r["flops_speedup"], ".2f"), f(r["speedup_over_flops_speedup"], ".2f")]) + " |")
     for m in res["models"]:
         fv = m["flops"]["fvcore"]
         lines.append(f"- {m['name']}: FLOPs/seq analytic {m['flops']['analytic'] / 1e9:.3f} G, fvcore (matmuls, x2) "
                      f"{'-' if fv is None else f'{fv / 1e9:.3f} G'}; heads {m['heads_per_layer']}")
+    lines += [format_best(b) for b in res.get("best", [])]
     lines += [f"- {n}" for n in res["notes"]]
     return "\n".join(lines)
 

@@ -197,18 +197,26 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--fp16", is_flag=True, help="Convert to fp16 (for GPUs; inputs and outputs stay int64/fp32).")
 @click.option("--optimize", is_flag=True, help="onnxruntime's transformer fusions, attention fused per layer with that layer's head count.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Dynamic int8 quantization (CPU); check the task metric with `prunekit eval`.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="int8 MatMuls for the CPU: dynamic, or static with --calibration; check the task metric with `prunekit eval`.")
+@click.option("--calibration", default=None, help="Static int8: data (file or GLUE task) whose sentences calibrate the activation ranges; 'corpus' for the shipped corpus.")
+@click.option("--calibration-examples", type=int, default=128, show_default=True, help="Sentences of --calibration to run.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Max abs difference to PyTorch allowed for fp32 graphs.")
 @click.option("--int8-rtol", type=float, default=0.25, show_default=True, help="Max abs difference / max |output| allowed for the int8 graph.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @_friendly
-def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, atol, int8_rtol, force) -> None:
+def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, calibration, calibration_examples, atol, int8_rtol,
+                    force) -> None:
     """Export MODEL_DIR (a compact model or an original Hugging Face BERT) to ONNX and check it
     against PyTorch in onnxruntime on random padded inputs (dynamic batch and sequence axes)."""
     from .export import ExportSettings, export_onnx
 
-    settings = ExportSettings(opset=opset, fp16=fp16, optimize=optimize, quantize=quantize, atol=atol,
-                              int8_rtol=int8_rtol, force=force)
+    if calibration is not None and quantize != "int8":
+        raise PrunekitError("--calibration is the data static int8 calibrates on: use it with --quantize int8")
+    if calibration is not None:
+        quantize = "int8-static"
+    settings = ExportSettings(opset=opset, fp16=fp16, optimize=optimize, quantize=quantize, atol=atol, int8_rtol=int8_rtol,
+                              force=force, calibration=None if calibration == "corpus" else calibration,
+                              calibration_examples=calibration_examples)
     r = export_onnx(model_dir, output, settings)
     click.echo(f"{'compact' if r.is_compact else 'original'} {r.kind} model, heads per layer {r.heads_per_layer}, "
                f"FFN widths {r.ffn_per_layer}; output '{r.output_name}'")
@@ -217,17 +225,22 @@ def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, atol, in
         click.echo(f"  {c.stage:<9} max abs diff {c.max_abs_diff:.2e} ({limit}) on {', '.join(c.providers)}, inputs {c.shapes}")
     if r.fused:
         heads = r.fused["attention_heads"]
-        click.echo(f"  fused: {r.fused['ops']}; attention fused in {len(heads)} of {r.fused['layers_with_heads']} "
-                   f"layers with heads (heads {heads})")
+        click.echo(f"  fused: {r.fused['ops']}")
+        click.echo(f"  attention fused in {len(heads)} of {r.fused['layers_with_heads']} layers with heads (heads {heads})")
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {r.output} ({r.size_bytes / 1e6:.1f} MB)")
 
 
+def _names(values) -> list[str]:
+    """Repeatable options that also take comma-separated lists: ("a,b", "c") -> ["a", "b", "c"]."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("models", nargs=-1, required=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--backend", "backends", multiple=True, help="Backend(s) to time (repeatable). cpu: torch-eager, torch-sdpa, ort-fp32, ort-opt, ort-int8; cuda: torch-eager, torch-sdpa, triton, ort-cuda. Default: cpu torch-eager/sdpa, ort-fp32, ort-int8; cuda torch-sdpa, triton, ort-cuda.")
+@click.option("--backend", "backends", multiple=True, help="Backend(s) to time (repeatable or comma-separated). cpu: torch-eager, torch-sdpa, torch-bf16, compile-fp32, compile-bf16, ort-fp32, ort-opt, ort-int8, ort-int8-static; cuda: also triton, ort-cuda. Default: every one that runs on the device.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Sentences per batch.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sentence (fixed mode), or the cut-off length (real-length mode).")
 @click.option("--real-lengths", default=None, help="Data file or GLUE task whose sentences' token lengths are timed (padded per batch) instead of fixed lengths.")
@@ -235,11 +248,13 @@ def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, atol, in
 @click.option("--repeats", type=int, default=10, show_default=True, help="Timed repeats (interleaved across models and backends).")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed repeats first.")
 @click.option("--threads", type=int, default=None, help="Threads for torch and onnxruntime (default: torch's default, the cores).")
+@click.option("--calibration", default=None, help="Data ort-int8-static calibrates on (default: the --real-lengths data, else the shipped corpus).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's measured FLOPs.")
 @click.option("-o", "--output", "output_dir", default=None, help="Results dir: bench.json, bench.md, bench.png (default: print the table only).")
 @click.option("--force", is_flag=True, help="Overwrite an existing results dir.")
 @_friendly
-def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, repeats, warmup, threads, no_fvcore, output_dir, force) -> None:
+def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, repeats, warmup, threads, calibration, no_fvcore,
+          output_dir, force) -> None:
     """Time MODELS side by side (the original first, then compact ones): FLOPs, parameters, size,
     latency median/p90, sentences/sec, speedup over the first model and over its FLOPs speedup."""
     from pathlib import Path
@@ -249,9 +264,9 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 
     if output_dir:
         check_output_dir(Path(output_dir), force)  # fail before minutes of timing
-    s = BenchSettings(models=list(models), device=device, backends=list(backends) or None, batch=batch, seq_len=seq_len,
+    s = BenchSettings(models=list(models), device=device, backends=_names(backends) or None, batch=batch, seq_len=seq_len,
                       real_lengths=real_lengths, num_batches=num_batches, repeats=repeats, warmup=warmup, threads=threads,
-                      fvcore=not no_fvcore)
+                      calibration=calibration, fvcore=not no_fvcore)
     res = run_bench(s)
     click.echo(format_table(res))
     if output_dir:
@@ -323,7 +338,10 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 @click.option("--pair-column", default=None, help="Second-text column for pair tasks.")
 @click.option("--label-column", default=None, help="Label column (default: label if present).")
 @click.option("--max-examples", type=int, default=None, help="Use only the first N examples.")
-@click.option("--compare", multiple=True, help="More models to score side by side (repeat the option).")
+@click.option("--compare", multiple=True, help="More models to score side by side (repeat the option); model dirs or .onnx files.")
+@click.option("--backend", "backends", multiple=True, help="Score each model through these backends too (repeatable or comma-separated; the rows sit side by side): torch-eager, torch-sdpa, torch-bf16, compile-fp32, compile-bf16, ort-fp32, ort-opt, ort-int8, ort-int8-static (cuda: triton, ort-cuda). Default: the model in PyTorch fp32 (an .onnx file: as exported).")
+@click.option("--calibration", default=None, help="Data ort-int8-static calibrates on (default: the shipped corpus).")
+@click.option("--tokenizer", default=None, help="Tokenizer dir for an .onnx file (default: beside the file, else the model dir its export report names).")
 @click.option("--reference", default=None, help="Model that embedding models and unlabelled data are scored against. Default: a compact model's teacher.")
 @click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default="auto", show_default=True, help="What a teacher dir outputs (compact dirs know).")
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
@@ -332,12 +350,14 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
 @_friendly
-def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_column, max_examples, compare, reference, kind,
-          max_length, batch_size, seq_len, device, json_out) -> None:
+def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_column, max_examples, compare, backends, calibration,
+          tokenizer, reference, kind, max_length, batch_size, seq_len, device, json_out) -> None:
     """The task's metrics for a teacher or compact MODEL (and --compare models), with params and FLOPs.
 
     Labelled data: the task's metrics (accuracy, F1, MCC, Pearson/Spearman). Embedding models or
     unlabelled data: fidelity to --reference (pairwise-similarity Spearman, mean cosine, agreement).
+    MODEL may be an .onnx file from `prunekit export-onnx`; --backend scores a model dir in other
+    precisions and runtimes (bf16, int8, compiled), each a row, so accuracy stands next to speed.
     """
     import json
 
@@ -346,7 +366,8 @@ def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_c
 
     report = evaluate([model, *compare], data, list(splits) or None, reference=reference, kind=kind, text_column=text_column,
                       pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples,
-                      max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device)
+                      max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device,
+                      backends=_names(backends) or None, calibration=calibration, tokenizer=tokenizer)
     click.echo(format_table(report))
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")

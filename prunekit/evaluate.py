@@ -11,13 +11,22 @@ reference's predictions for a classifier, the Pearson correlation for a regresso
 Every model also gets its parameter count and its analytic FLOPs per sequence
 (:func:`prunekit.flops.model_flops` with the compact config's per-layer sizes), so ``--compare``
 shows what each model costs beside what it scores.
+
+Precisions and runtimes: ``backends`` scores each model dir through those of
+:mod:`prunekit.backends` (the very runners ``prunekit bench`` times: torch bf16, torch.compile,
+onnxruntime fp32 / fused / dynamic and static int8), one row each, with the change of the primary
+metric against the model's own fp32 row. An ``.onnx`` file from ``prunekit export-onnx`` is
+scored as it was exported (backend ``ort``); its tokenizer, kind, shape and reference come from
+the export report beside it (``model.onnx.json``), the tokenizer also from files beside the model.
 """
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -44,25 +53,57 @@ class LoadedModel:
     ffn_per_layer: list[int] | None
     compact: bool
     reference: str | None  # the teacher a compact model was cut from
+    onnx: object = None  # prunekit.backends.OnnxFile when the model is an exported .onnx file
+    num_params: int | None = None  # an ONNX file's, from its export report
 
     @property
-    def params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    def params(self) -> int | None:
+        return self.num_params if self.model is None else sum(p.numel() for p in self.model.parameters())
 
-    def flops(self, seq_len: int) -> int:
+    def flops(self, seq_len: int) -> int | None:
+        if self.shape is None:
+            return None
         return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer).total
 
 
-def load_model(path: str, kind: str = "auto", device: str = "cpu") -> LoadedModel:
-    """A teacher (any BERT-family HF dir) or a compact model dir; an ONNX file is refused for now."""
+def _tokenizer(path: str, where) -> object:
+    from transformers import AutoTokenizer
+
+    try:
+        return _quiet(AutoTokenizer.from_pretrained, str(where))
+    except Exception as e:  # noqa: BLE001
+        raise PrunekitError(f"cannot load a tokenizer for {path} from {where}: {str(e).splitlines()[0][:160]}") from None
+
+
+def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedModel:
+    """An exported .onnx file: its kind, shape and reference from its report, its tokenizer from
+    --tokenizer, the files beside it, or the model dir it was exported from."""
+    from .backends import load_onnx_file, onnx_output_kind
+    from .export import TOKENIZER_FILES
+
+    f = load_onnx_file(p)
+    info = f.info
+    file_kind = info.get("kind") or (onnx_output_kind(f) if kind == "auto" else None)
+    if kind != "auto" and file_kind not in (None, kind):
+        raise PrunekitError(f"{path} is a {file_kind} model, not {kind}")
+    tok_dir = tokenizer or (p.parent if any((p.parent / n).is_file() for n in TOKENIZER_FILES) else info.get("tokenizer"))
+    if tok_dir is None:
+        raise PrunekitError(f"{path}: no tokenizer beside it and none named in its export report: pass --tokenizer DIR")
+    shape = ModelShape(**info["shape"]) if info.get("shape") else None
+    return LoadedModel(str(path), None, _tokenizer(path, tok_dir), file_kind or kind, shape, info.get("heads_per_layer"),
+                       info.get("ffn_per_layer"), bool(info.get("is_compact")), info.get("reference"), f,
+                       info.get("params"))
+
+
+def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: str | None = None) -> LoadedModel:
+    """A teacher (any BERT-family HF dir), a compact model dir, or an .onnx file from export-onnx."""
     from .modeling import MODEL_TYPE, load_compact
 
     p = Path(path)
-    if p.suffix == ".onnx" or (p.is_dir() and (p / "model.onnx").is_file() and not (p / "config.json").is_file()):
-        raise PrunekitError(
-            f"{path}: evaluating ONNX models is not supported yet (prunekit export-onnx is not built); "
-            "evaluate the PyTorch model dir it was exported from"
-        )
+    if p.is_dir() and (p / "model.onnx").is_file() and not (p / "config.json").is_file():
+        p = p / "model.onnx"
+    if p.suffix == ".onnx":
+        return _load_onnx(path, p, kind, tokenizer)
     cfg = p / "config.json"
     model_type = None
     if cfg.is_file():
@@ -74,8 +115,6 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu") -> LoadedMode
         t = load_teacher(path, kind, device=device)
         return LoadedModel(str(path), t.model, t.tokenizer, t.kind, t.shape, None, None, False, None)
 
-    from transformers import AutoTokenizer
-
     model = _quiet(load_compact, p, device=device)
     c = model.config
     if kind not in ("auto", c.task_kind):
@@ -83,10 +122,7 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu") -> LoadedMode
     tok_dir = p if any((p / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")) else c.base_model_name_or_path
     if tok_dir is None:
         raise PrunekitError(f"{path} has no tokenizer files and names no teacher to take them from; copy the teacher's tokenizer files into it")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    except Exception as e:  # noqa: BLE001
-        raise PrunekitError(f"cannot load a tokenizer for {path} from {tok_dir}: {str(e).splitlines()[0][:160]}") from None
+    tokenizer = _tokenizer(path, tok_dir)
     shape = ModelShape(
         num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
         intermediate_size=c.intermediate_size, num_labels=0 if c.task_kind == "embedding" else c.num_labels,
@@ -100,15 +136,21 @@ def predict(model: nn.Module, kind: str, data: EncodedData, device="cpu", batch_
     """``model_output`` (logits or mean-pooled embeddings) for every example of ``data``, in its order."""
     was_training = model.training
     model.eval()
-    outs: list = [None] * len(data)
     try:
-        for idx, batch in sequential_batches(data, batch_size):
-            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            out = model_output(model, kind, batch).float().cpu()
-            for row, i in enumerate(idx.tolist()):
-                outs[i] = out[row]
+        return predict_with(lambda batch: model_output(model, kind, batch), data, device, batch_size)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def predict_with(run: Callable[[dict], torch.Tensor], data: EncodedData, device="cpu", batch_size: int = 64) -> torch.Tensor:
+    """``run(batch)`` (a backend runner's task output) for every example of ``data``, in its order."""
+    outs: list = [None] * len(data)
+    for idx, batch in sequential_batches(data, batch_size):
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        out = run(batch).float().cpu()
+        for row, i in enumerate(idx.tolist()):
+            outs[i] = out[row]
     return torch.stack(outs)
 
 
@@ -149,8 +191,12 @@ def evaluate(
     batch_size: int = 64,
     seq_len: int = DEFAULT_SEQ_LEN,
     device: str = "cpu",
+    backends: list[str] | None = None,
+    calibration: str | None = None,
+    tokenizer: str | None = None,
 ) -> dict:
-    """Score every model on every split; the report holds metrics, parameters and FLOPs per model."""
+    """Score every model (through every backend given) on every split; the report holds metrics,
+    parameters and FLOPs per model and backend. ``tokenizer``: for .onnx files."""
     from .data import load_data
 
     if not models:
@@ -162,35 +208,78 @@ def evaluate(
     if given is None and first.task.name == "mnli":  # MNLI is reported on both dev sets
         datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
 
-    loaded = [load_model(m, kind, device) for m in models]
+    from .backends import OnnxFile, build_runner, check_backend, onnx_file_runner
+
+    for b in backends or ():
+        check_backend(b, device)
+    loaded = [load_model(m, kind, device, tokenizer) for m in models]
     refs: dict[str, LoadedModel] = {}
+    ref_outputs: dict = {}
     rows = []
     base_flops = loaded[0].flops(seq_len)
-    for m in loaded:
-        results = {}
-        for split, ds in datasets.items():
-            out = predict(m.model, m.kind, encode(ds, m.tokenizer, max_length), device, batch_size)
-            ref_out, ref_path = None, None
-            if _needs_reference(m, ds):
-                ref_path = reference or m.reference
-                if ref_path is None:
-                    why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
-                    raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
-                if ref_path not in refs:
-                    refs[ref_path] = load_model(ref_path, m.kind if m.kind == "embedding" else "auto", device)
-                r = refs[ref_path]
-                if r.kind != m.kind:
-                    raise PrunekitError(f"the reference {ref_path} is a {r.kind} model but {m.path} is {m.kind}: compare like with like")
-                ref_out = predict(r.model, r.kind, encode(ds, r.tokenizer, max_length), device, batch_size)
-            primary, metrics, against = score(m.kind, out, ds, ref_out)
-            results[split] = {"primary": primary, "metrics": metrics, "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
-        flops = m.flops(seq_len)
-        rows.append({
-            "model": m.path, "type": "compact" if m.compact else "teacher", "kind": m.kind, "params": m.params,
-            "flops": flops, "flops_ratio": flops / base_flops, "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer,
-            "results": results,
-        })
+    with tempfile.TemporaryDirectory(prefix="prunekit-eval-") as tmp:
+
+        def runner_for(m: LoadedModel, backend: Optional[str]):
+            """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
+            if isinstance(m.onnx, OnnxFile):
+                r = onnx_file_runner(m.onnx, m.path, device)
+                return "ort", r.dtype, r.run
+            if backend is None:
+                return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
+            from .export import load_model_dir
+
+            r = build_runner(load_model_dir(m.path, m.kind), m.path, backend, device, workdir=Path(tmp), calibration=calibration)
+            if r is None:
+                raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
+            return backend, r.dtype, r.run
+
+        def outputs(m: LoadedModel, run, ds) -> torch.Tensor:
+            data = encode(ds, m.tokenizer, max_length)
+            if m.model is not None and run is None:
+                return predict(m.model, m.kind, data, device, batch_size)
+            return predict_with(run, data, device, batch_size)
+
+        for m in loaded:
+            todo = [None] if m.onnx is not None or not backends else list(backends)
+            for backend in todo:
+                name, dtype, run = runner_for(m, backend)
+                results = {}
+                for split, ds in datasets.items():
+                    out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
+                    ref_out, ref_path = None, None
+                    if _needs_reference(m, ds):
+                        ref_path = reference or m.reference
+                        if ref_path is None:
+                            why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
+                            raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
+                        if ref_path not in refs:
+                            refs[ref_path] = load_model(ref_path, m.kind if m.kind == "embedding" else "auto", device)
+                        r = refs[ref_path]
+                        if r.kind != m.kind:
+                            raise PrunekitError(f"the reference {ref_path} is a {r.kind} model but {m.path} is {m.kind}: compare like with like")
+                        if (ref_path, split) not in ref_outputs:
+                            ref_outputs[ref_path, split] = outputs(r, None if r.onnx is None else runner_for(r, None)[2], ds)
+                        ref_out = ref_outputs[ref_path, split]
+                    primary, metrics, against = score(m.kind, out, ds, ref_out)
+                    results[split] = {"primary": primary, "metrics": metrics, "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
+                flops = m.flops(seq_len)
+                rows.append({
+                    "model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.compact else "teacher", "kind": m.kind,
+                    "params": m.params, "flops": flops, "flops_ratio": flops / base_flops if flops and base_flops else None,
+                    "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer, "results": results,
+                })
+    _deltas(rows)
     return {"data": first.source, "task": first.task.name, "splits": list(datasets), "seq_len": seq_len, "models": rows}
+
+
+def _deltas(rows: list) -> None:
+    """Per row and split, the change of the primary metric against the same model's first fp32 row
+    (bf16 and int8 against fp32: the accuracy that goes with their speed)."""
+    for row in rows:
+        base = next((r for r in rows if r["model"] == row["model"] and r["dtype"] == "fp32"), None)
+        for split, res in row["results"].items():
+            b = base["results"].get(split) if base is not None and base is not row else None
+            res["primary_delta"] = None if b is None else res["metrics"][res["primary"]] - b["metrics"][b["primary"]]
 
 
 def _short(path: str, width: int = 28) -> str:
@@ -198,7 +287,8 @@ def _short(path: str, width: int = 28) -> str:
 
 
 def format_table(report: dict) -> str:
-    """The report as a fixed-width table: one row per model, its cost, then each split's metrics."""
+    """The report as a fixed-width table: one row per model and backend, its cost, each split's
+    metrics and (with several backends) the primary metric's change against the model's fp32 row."""
     cols = []  # (split, metric)
     for row in report["models"]:
         for split, r in row["results"].items():
@@ -206,16 +296,25 @@ def format_table(report: dict) -> str:
                 if (split, k) not in cols:
                     cols.append((split, k))
     multi = len(report["splits"]) > 1
-    heads = ["model", "type", "params", f"FLOPs (T={report['seq_len']})", "ratio"] + [f"{s}:{k}" if multi else k for s, k in cols]
+    deltas = [s for s in report["splits"] if any(row["results"].get(s, {}).get("primary_delta") is not None for row in report["models"])]
+    heads = ["model", "backend", "type", "params", f"FLOPs (T={report['seq_len']})", "ratio"] + \
+        [f"{s}:{k}" if multi else k for s, k in cols] + [f"{s}:vs fp32" if multi else "vs fp32" for s in deltas]
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     lines = []
     for row in report["models"]:
-        cells = [_short(row["model"]), row["type"], f"{row['params'] / 1e6:.2f}M", format_flops(row["flops"]), f"{row['flops_ratio']:.3f}"]
+        cells = [_short(row["model"]), f"{row.get('backend', 'torch')} ({row.get('dtype', 'fp32')})", row["type"],
+                 "-" if row["params"] is None else f"{row['params'] / 1e6:.2f}M",
+                 "-" if row["flops"] is None else format_flops(row["flops"]), num(row["flops_ratio"], ".3f")]
         for s, k in cols:
-            v = row["results"].get(s, {}).get("metrics", {}).get(k)
-            cells.append("-" if v is None else f"{v:.4f}")
+            cells.append(num(row["results"].get(s, {}).get("metrics", {}).get(k), ".4f"))
+        for s in deltas:
+            cells.append(num(row["results"].get(s, {}).get("primary_delta"), "+.4f"))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(heads)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [f"data: {report['data']} ({', '.join(report['splits'])})", fmt(heads), fmt(["-" * w for w in widths])]
     out += [fmt(c) for c in lines]
     against = sorted({r["scored_against"] for row in report["models"] for r in row["results"].values() if r["scored_against"] != "labels"})

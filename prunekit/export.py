@@ -25,7 +25,12 @@ max abs difference printed; over tolerance the export fails and nothing is left 
 Optional stages, in this order: ``optimize`` (transformer fusions; the fused ``Attention`` nodes'
 head counts are checked against the layers' — a fusion that got a layer's head count wrong is never
 kept: the graph is re-optimized with attention fusion off), then ``fp16`` (for GPU) or
-``quantize="int8"`` (dynamic, for CPU; checked against a looser relative tolerance).
+``quantize="int8"`` (dynamic, for CPU) / ``"int8-static"`` (activation ranges calibrated on real
+sentences, ``calibration``); both int8 stages are checked against a looser relative tolerance, and
+``prunekit eval`` gives the task metric.
+
+Beside ``model.onnx`` the report ``model.onnx.json`` records what ``prunekit eval model.onnx``
+needs: the kind, the tokenizer's directory, the model's shape (for FLOPs) and the reference model.
 """
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, 
 log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-QUANTIZE = ("int8",)
+QUANTIZE = ("int8", "int8-static")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,8 +80,9 @@ class LoadedModel:
         return self.compact.config
 
 
-def load_model_dir(path: str | os.PathLike) -> LoadedModel:
-    """Load a compact model dir or an original Hugging Face BERT-family dir (one-line errors)."""
+def load_model_dir(path: str | os.PathLike, kind: str = "auto") -> LoadedModel:
+    """Load a compact model dir or an original Hugging Face BERT-family dir (one-line errors);
+    ``kind`` overrides what an original's config says (a compact config knows its kind)."""
     p = Path(path)
     if not p.is_dir():
         raise PrunekitError(f"{path} is not a directory: give a model directory (with config.json)")
@@ -97,13 +104,18 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        if kind not in ("auto", model.config.task_kind):
+            raise PrunekitError(f"{path} is a compact {model.config.task_kind} model, not {kind}")
+        base = model.config.base_model_name_or_path
+        if tokenizer is None and base and Path(base).is_dir():  # no tokenizer files: the teacher's
+            tokenizer = _maybe_tokenizer(Path(base))
         return LoadedModel(p, model.config.task_kind, True, model, model, tokenizer)
 
     from .architecture import Architecture
     from .compact import compact
     from .models import load_teacher
 
-    teacher = load_teacher(str(p))
+    teacher = load_teacher(str(p), kind)
     s = teacher.shape
     full = Architecture(heads=[list(range(s.num_heads))] * s.num_layers,
                         neurons=[list(range(s.intermediate_size))] * s.num_layers)
@@ -285,7 +297,9 @@ class ExportSettings:
     opset: int = 17
     fp16: bool = False  # for GPU: weights and compute in fp16, inputs/outputs stay as they are
     optimize: bool = False  # onnxruntime.transformers optimizer, per-layer head counts detected
-    quantize: Optional[str] = None  # "int8": dynamic quantization of the MatMuls (CPU)
+    quantize: Optional[str] = None  # "int8": dynamic int8 MatMuls (CPU); "int8-static": calibrated on `calibration`
+    calibration: Optional[str] = None  # int8-static: data (file or GLUE task) to calibrate on; None: the shipped corpus
+    calibration_examples: int = 128  # sentences run for calibration
     atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
     fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
     int8_rtol: float = 0.25  # int8: max abs difference / max |output| (dynamic int8 is lossy; eval gives the metric)
@@ -307,6 +321,11 @@ class ExportReport:
     notes: list = field(default_factory=list)
     size_bytes: int = 0
     settings: dict = field(default_factory=dict)
+    source_abs: str = ""  # what eval reads from: the model dir, its tokenizer, its reference
+    tokenizer: Optional[str] = None
+    reference: Optional[str] = None  # the teacher a compact model was cut from; an original itself
+    shape: dict = field(default_factory=dict)  # prunekit.flops.ModelShape of the original
+    params: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -324,6 +343,10 @@ def _check_settings(s: ExportSettings) -> None:
     for name in ("atol", "fp16_rtol", "int8_rtol"):
         if not getattr(s, name) > 0:
             raise PrunekitError(f"{name} must be > 0, got {getattr(s, name)}")
+    if s.calibration is not None and s.quantize != "int8-static":
+        raise PrunekitError("--calibration is the data static int8 calibrates on: use it with --quantize int8")
+    if s.calibration_examples < 1:
+        raise PrunekitError(f"calibration_examples must be >= 1, got {s.calibration_examples}")
 
 
 def trace_to_onnx(model: CompactBertPreTrainedModel, path: Path, opset: int, output_name: str) -> None:
@@ -395,6 +418,75 @@ def quantize_int8(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
+def calibration_batches(loaded: LoadedModel, data: Optional[str], examples: int, batch: int = 16,
+                        max_length: int = 128) -> list[dict]:
+    """Real sentences (``data``: a file or GLUE task; None: the shipped corpus), tokenized with the
+    model's tokenizer and padded per batch: what static int8 measures activation ranges on."""
+    from .data import load_data
+
+    if loaded.tokenizer is None:
+        raise PrunekitError(f"static int8 calibration tokenizes sentences, and {loaded.path} has no tokenizer files")
+    ds = load_data(data, max_examples=examples)
+    enc = loaded.tokenizer(ds.texts, ds.pairs, truncation=True, max_length=max_length) if ds.pairs else \
+        loaded.tokenizer(ds.texts, truncation=True, max_length=max_length)
+    pad = loaded.config.pad_token_id or 0
+    out = []
+    for i in range(0, len(enc["input_ids"]), batch):
+        rows = enc["input_ids"][i:i + batch]
+        types = (enc.get("token_type_ids") or [[0] * len(r) for r in enc["input_ids"]])[i:i + batch]
+        t = max(len(r) for r in rows)
+        ids = np.full((len(rows), t), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), t), dtype=np.int64)
+        tt = np.zeros((len(rows), t), dtype=np.int64)
+        for j, (r, ty) in enumerate(zip(rows, types)):
+            ids[j, :len(r)], mask[j, :len(r)], tt[j, :len(r)] = r, 1, ty
+        out.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt})
+    return out
+
+
+def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
+    """Static int8 (QDQ) of the weight MatMuls, activation ranges from ``batches`` (MinMax).
+
+    Only MatMuls with a constant weight are quantized (``MatMulConstBOnly``): the attention score
+    and context products, LayerNorm, Softmax and GELU stay fp32, which keeps BERT's accuracy; the
+    weights are per-channel int8, the activations uint8 (what VNNI multiplies)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    ort.set_default_logger_severity(3)  # the calibrator's session warns about initializers it drops
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.disable(logging.NOTSET)
+        for f in src.parent.glob("*augmented*.onnx"):  # the calibrator's own copy of the model
+            f.unlink(missing_ok=True)
+
+
+def _abs_if_dir(path: Optional[str]) -> Optional[str]:
+    """A local dir as an absolute path (the report is read from elsewhere); a hub id as it is."""
+    return str(Path(path).resolve()) if path and Path(path).is_dir() else path
+
+
+def _tokenizer_dir(loaded: LoadedModel) -> Optional[str]:
+    if any((loaded.path / f).is_file() for f in TOKENIZER_FILES):
+        return str(loaded.path.resolve())
+    return _abs_if_dir(loaded.config.base_model_name_or_path) if loaded.is_compact else None
+
+
 def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, settings: Optional[ExportSettings] = None,
                 loaded: Optional[LoadedModel] = None, write_report: bool = True) -> ExportReport:
     """Export, (optimize), (fp16 | int8), validate every stage, and move the result to ``output``."""
@@ -410,7 +502,14 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
     output_name = "embeddings" if loaded.kind == "embedding" else "logits"
     report = ExportReport(output=str(out), kind=loaded.kind, source=str(model_dir), is_compact=loaded.is_compact,
                           heads_per_layer=list(cfg.num_heads_per_layer), ffn_per_layer=list(cfg.intermediate_sizes),
-                          output_name=output_name, settings=asdict(s))
+                          output_name=output_name, settings=asdict(s), source_abs=str(loaded.path.resolve()),
+                          tokenizer=_tokenizer_dir(loaded),
+                          reference=_abs_if_dir(cfg.base_model_name_or_path) if loaded.is_compact else str(loaded.path.resolve()),
+                          shape=dict(num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
+                                     num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
+                                     intermediate_size=cfg.intermediate_size,
+                                     num_labels=0 if loaded.kind == "embedding" else cfg.num_labels),
+                          params=sum(p.numel() for p in loaded.compact.parameters()))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
@@ -439,6 +538,11 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
             q = work / "int8.onnx"
             quantize_int8(current, q)
             _require(report, validate(q, loaded, "int8", s.int8_rtol, relative=True, seed=s.seed))
+            current = q
+        elif s.quantize == "int8-static":
+            q = work / "int8-static.onnx"
+            quantize_int8_static(current, q, calibration_batches(loaded, s.calibration, s.calibration_examples))
+            _require(report, validate(q, loaded, "int8-static", s.int8_rtol, relative=True, seed=s.seed))
             current = q
         report.size_bytes = current.stat().st_size
         if write_report:

@@ -36,6 +36,13 @@ def test_bench_cli_writes_table_json_png(tiny_models, tmp_path):
     assert res["threads"] == 1 and res["system"]["torch"] and res["system"]["onnxruntime"]
     assert "avx2" in res["system"]["cpu"]["isa"] and res["mode"] == "fixed" and res["batches"] == [[2, 8]]
     assert any("ort-int8" in n and "prunekit eval" in n for n in res["notes"])
+    # the comparison a user makes: the compact model's fastest backend against the original's
+    (best,) = res["best"]
+    fastest = max((row for row in res["rows"] if row["model"] == orig.name), key=lambda row: row["sentences_per_s"])
+    assert best["reference_backend"] == fastest["backend"] and best["reference_sentences_per_s"] == fastest["sentences_per_s"]
+    assert best["speedup"] == pytest.approx(best["sentences_per_s"] / fastest["sentences_per_s"])
+    assert "best compact vs best original:" in r.output and f"({orig.name}, {fastest['backend']})" in r.output
+    assert "dtype" in r.output and "| int8 |" in r.output
 
 
 def test_bench_real_lengths(tiny_models, tmp_path, text_file):

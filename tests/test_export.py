@@ -44,8 +44,11 @@ def test_parity_compact_and_original(tiny_models, tmp_path, shape, kind):
         # one fused Attention per layer with heads, each with that layer's own head count
         assert r.fused["attention_heads"] == [h for h in r.heads_per_layer if h], r.fused
         assert r.fused["heads_match"]
-        names = [o.name for o in onnx.load(str(out)).graph.output]
-        assert names == ["embeddings" if kind == "embedding" else "logits"]
+        graph = onnx.load(str(out)).graph
+        assert [o.name for o in graph.output] == ["embeddings" if kind == "embedding" else "logits"]
+        # in the file itself: one fused Attention node per layer with heads, each with its own head count
+        fused = [next(a.i for a in n.attribute if a.name == "num_heads") for n in graph.node if n.op_type == "Attention"]
+        assert fused == [h for h in r.heads_per_layer if h]
 
 
 def test_dynamic_axes_and_padding(tiny_models, tmp_path):

@@ -1,0 +1,320 @@
+"""One model, one backend: the runners that `prunekit bench` times and `prunekit eval` scores.
+
+``build_runner(source, backend, ...)`` returns a :class:`Runner` whose ``run(batch)`` maps a batch
+(``input_ids``, ``attention_mask``, ``token_type_ids``) to the model's task output, fp32 on the
+CPU: logits (classification/regression) or embeddings mean-pooled over the attention mask. Bench
+and eval share these builders, so the model eval scores in a precision is the one bench timed.
+
+``source`` is a model dir loaded by :func:`prunekit.export.load_model_dir` (original or compact)
+or an :class:`OnnxFile` (an exported ``.onnx``, run as it is by the ``ort`` backend).
+
+Backends (``BACKENDS``; the dtype decides the tolerance a test holds each one to):
+
+=================== ======= ==============================================================
+torch-eager         fp32    matmul + softmax attention (transformers' eager for an original)
+torch-sdpa          fp32    ``scaled_dot_product_attention``
+torch-bf16          bf16    SDPA with the weights in bf16 (AMX / AVX512-BF16 matrix units)
+compile-fp32        fp32    ``torch.compile`` (inductor, weights frozen) of the SDPA model
+compile-bf16        bf16    the same with the weights in bf16
+triton              fp32    the compact model's Triton kernels, padding-free (CUDA)
+ort-fp32            fp32    onnxruntime, the graph as exported
+ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention)
+ort-int8            int8    ort-opt with dynamic int8 MatMuls
+ort-int8-static     int8    ort-opt with static int8 MatMuls, calibrated on real sentences
+ort-cuda            fp32    onnxruntime's CUDA provider
+ort                 as-is   an ``.onnx`` file as it was exported (CPU, or CUDA with device cuda)
+=================== ======= ==============================================================
+
+A backend that cannot run here (no onnxruntime, no C++ compiler for inductor, no CUDA) is
+reported by :func:`unavailable` as one line, never a traceback.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PrunekitError
+
+# name -> (dtype, devices)
+BACKENDS: dict[str, tuple[str, tuple]] = {
+    "torch-eager": ("fp32", ("cpu", "cuda")),
+    "torch-sdpa": ("fp32", ("cpu", "cuda")),
+    "torch-bf16": ("bf16", ("cpu", "cuda")),
+    "compile-fp32": ("fp32", ("cpu", "cuda")),
+    "compile-bf16": ("bf16", ("cpu", "cuda")),
+    "triton": ("fp32", ("cuda",)),
+    "ort-fp32": ("fp32", ("cpu",)),
+    "ort-opt": ("fp32", ("cpu",)),
+    "ort-int8": ("int8", ("cpu",)),
+    "ort-int8-static": ("int8", ("cpu",)),
+    "ort-cuda": ("fp32", ("cuda",)),
+    "ort": ("as exported", ("cpu", "cuda")),
+}
+CPU_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cpu" in dev and b != "ort")
+CUDA_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cuda" in dev and b != "ort")
+ONNX_FILE_BACKENDS = ("ort",)
+
+
+def dtype_of(backend: str) -> str:
+    return BACKENDS[backend][0]
+
+
+def check_backend(backend: str, device: str, onnx_file: bool = False) -> None:
+    """A one-line error for a backend name that does not exist, or not for this device or source."""
+    if onnx_file:
+        if backend not in ONNX_FILE_BACKENDS:
+            raise PrunekitError(f"an .onnx file runs as it was exported (backend 'ort'), not {backend!r}: give the model dir "
+                                "it was exported from to try other backends, or export it with --optimize / --quantize")
+        return
+    known = CPU_BACKENDS if device == "cpu" else CUDA_BACKENDS
+    if backend not in known:
+        raise PrunekitError(f"unknown backend {backend!r} for --device {device}: use {', '.join(known)}")
+
+
+def _cxx_compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def native_bf16(isa: Optional[dict] = None) -> bool:
+    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without, bf16 is emulated."""
+    if isa is None:
+        from .bench import cpu_info
+
+        isa = cpu_info()["isa"]
+    return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
+
+
+def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
+    """Why ``backend`` cannot run on this machine (one line), or None when it can."""
+    if backend.startswith("ort"):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        if (backend == "ort-cuda" or (backend == "ort" and device == "cuda")) and \
+                "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    if backend.startswith("compile-"):
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return f"torch.compile is not supported on this Python ({torch.__version__})"
+        if device == "cpu" and _cxx_compiler() is None:
+            return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) for inductor, and none is on PATH"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if backend == "triton":
+        try:
+            import prunekit_kernels as pk
+        except ImportError:
+            return "the prunekit_kernels package is not installed"
+        ok, why = pk.triton_available(torch.device(device))
+        if not ok:
+            return why
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Runners
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Runner:
+    model: str
+    backend: str
+    run: Callable[[dict], torch.Tensor]  # batch -> task output, fp32 on the CPU (synchronised)
+    size_bytes: int
+    dtype: str = "fp32"
+    notes: list = field(default_factory=list)
+    times: list = field(default_factory=list)  # seconds per repeat (bench)
+
+
+@dataclass
+class OnnxFile:
+    """An exported ``.onnx`` file and what its ``<file>.json`` report (written by export-onnx) says."""
+
+    path: Path
+    info: dict
+
+    @property
+    def kind(self) -> Optional[str]:
+        return self.info.get("kind")
+
+
+def load_onnx_file(path: str | os.PathLike) -> OnnxFile:
+    p = Path(path)
+    if not p.is_file():
+        raise PrunekitError(f"{path} is not a file: give an .onnx file written by `prunekit export-onnx`")
+    side = p.with_name(p.name + ".json")
+    info = {}
+    if side.is_file():
+        try:
+            info = json.loads(side.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            info = {}
+    return OnnxFile(p, info if isinstance(info, dict) else {})
+
+
+def _ort_session(f: OnnxFile, device: str = "cpu", threads: Optional[int] = None):
+    from .export import session
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
+    try:
+        return session(f.path, providers, threads)
+    except Exception as e:  # not an ONNX model, or one this onnxruntime cannot run
+        raise PrunekitError(f"onnxruntime cannot load {f.path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def onnx_output_kind(f: OnnxFile) -> str:
+    """What a graph without an export report outputs, from its first output: hidden states [B, T, H]
+    or ``embeddings`` -> embedding (mean-pooled), ``[B, 1]`` -> regression, else classification."""
+    out = _ort_session(f).get_outputs()[0]
+    if out.name == "embeddings" or len(out.shape) == 3:
+        return "embedding"
+    return "regression" if out.shape and out.shape[-1] == 1 else "classification"
+
+
+def _weights_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".onnx"))
+
+
+class TaskOutput(nn.Module):
+    """model -> logits, or embeddings mean-pooled in fp32 (what eval scores and the ONNX graph returns)."""
+
+    def __init__(self, model: nn.Module, kind: str):
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.kind == "embedding":
+            hidden = out.last_hidden_state.float()
+            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return out.logits.float()
+
+
+def _torch_model(loaded, backend: str) -> Optional[nn.Module]:
+    """A private copy of the model with its attention implementation set once (runners are timed
+    interleaved, so a shared model would switch implementation before every call)."""
+    impl = {"torch-eager": "eager", "triton": "triton"}.get(backend, "sdpa")
+    if loaded.is_compact:
+        return copy.deepcopy(loaded.compact).set_backend(impl)
+    if impl == "triton":
+        return None  # the compact model's kernels; an original has its transformers backends
+    model = copy.deepcopy(loaded.reference)
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+    return model
+
+
+def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runner]:
+    model = _torch_model(loaded, backend)
+    if model is None:
+        return None
+    dtype = dtype_of(backend)
+    model = model.to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    fn = TaskOutput(model, loaded.kind).eval()
+    notes = []
+    if backend.startswith("compile-"):
+        # Frozen weights: inductor folds them into the graph and prepacks them for oneDNN (AMX on
+        # CPUs that have it). Shapes are marked dynamic only if they change (eval's batches do).
+        # The compact model compiles as one graph (fullgraph); a transformers model may break.
+        fn = torch.compile(fn, fullgraph=loaded.is_compact, options={"freezing": True})
+    if dtype == "bf16" and device == "cpu" and not native_bf16():
+        notes.append(f"{name} {backend}: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX): bf16 is emulated, slowly")
+
+    def run(batch):
+        with torch.inference_mode():
+            y = fn(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return y.float().cpu()  # a copy to the host synchronises a CUDA device
+
+    return Runner(name, backend, run, _weights_size(loaded.path) // (2 if dtype == "bf16" else 1), dtype, notes)
+
+
+def _ort_inputs(sess) -> list[str]:
+    return [i.name for i in sess.get_inputs()]
+
+
+def _onnx_run(sess, pool: bool) -> Callable[[dict], torch.Tensor]:
+    names = _ort_inputs(sess)
+
+    def run(batch):
+        feed = {k: batch[k].cpu().numpy() for k in names}
+        y = torch.from_numpy(np.asarray(sess.run(None, feed)[0], dtype=np.float32))
+        if pool and y.dim() == 3:  # a graph that returns hidden states: mean-pool them as eval does
+            m = batch["attention_mask"].cpu().unsqueeze(-1).float()
+            y = (y * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return y
+
+    return run
+
+
+def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optional[int],
+                calibration: Optional[str]) -> Optional[Runner]:
+    from .export import ExportSettings, export_onnx, session
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else None
+    static = backend == "ort-int8-static"
+    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8", "ort-int8-static"),
+                        quantize="int8-static" if static else "int8" if backend == "ort-int8" else None,
+                        calibration=calibration if static else None)  # None: the shipped corpus
+    path = workdir / f"{len(list(workdir.iterdir()))}-{backend}.onnx"
+    report = export_onnx(loaded.path, path, es, loaded=loaded, write_report=False)
+    sess = session(path, providers, threads)
+    notes = []
+    if backend == "ort-cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise PrunekitError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of CUDA")
+    if report.fused:
+        notes.append(f"{name} {backend}: attention fused in {len(report.fused['attention_heads'])} of "
+                     f"{report.fused['layers_with_heads']} layers with heads")
+    if backend.startswith("ort-int8"):
+        c = report.checks[-1]
+        notes.append(f"{name} {backend}: output differs from fp32 PyTorch by {c.max_abs_diff:.2e} max abs "
+                     f"({c.rel_diff:.1%} of max |output|); check the task metric with `prunekit eval --backend {backend}`")
+    notes += [f"{name} {backend}: {n}" for n in report.notes]
+    return Runner(name, backend, _onnx_run(sess, False), path.stat().st_size, dtype_of(backend), notes)
+
+
+def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
+    """The ``ort`` backend: an exported file as it is."""
+    sess = _ort_session(f, device, threads)
+    missing = [n for n in _ort_inputs(sess) if n not in ("input_ids", "attention_mask", "token_type_ids")]
+    if missing:
+        raise PrunekitError(f"{f.path} takes inputs {missing} besides input_ids/attention_mask/token_type_ids: not a BERT-style graph")
+    stage = (f.info.get("checks") or [{}])[-1].get("stage", "")
+    dtype = {"int8": "int8", "int8-static": "int8", "fp16": "fp16"}.get(stage, "fp32" if stage else "as exported")
+    return Runner(name, "ort", _onnx_run(sess, True), f.path.stat().st_size, dtype)
+
+
+def build_runner(source, name: str, backend: str, device: str = "cpu", threads: Optional[int] = None,
+                 workdir: Optional[Path] = None, calibration: Optional[str] = None) -> Optional[Runner]:
+    """A runner of ``source`` (a loaded model dir or an :class:`OnnxFile`) on ``backend``; None when
+    the backend does not apply to this model (triton for an original). ``workdir`` holds the ONNX
+    files an ``ort-*`` backend exports; ``calibration`` is the data ``ort-int8-static`` calibrates
+    on (default: the shipped corpus)."""
+    if isinstance(source, OnnxFile):
+        check_backend(backend, device, onnx_file=True)
+        return onnx_file_runner(source, name, device, threads)
+    check_backend(backend, device)
+    why = unavailable(backend, device)
+    if why:
+        raise PrunekitError(f"backend {backend} cannot run here: {why}")
+    if backend.startswith("ort-"):
+        if workdir is None:
+            raise ValueError("ort backends need a workdir for their ONNX files")
+        return _ort_runner(source, name, backend, workdir, threads, calibration)
+    return _torch_runner(source, name, backend, device)

@@ -1,0 +1,151 @@
+"""prunekit.backends: every CPU backend's output against fp32 eager within its dtype's tolerance,
+torch.compile of the compact model as one graph, clean degradation where a backend is missing,
+and `prunekit eval` through backends and on exported .onnx files."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from factory import make_sentences
+from prunekit import backends as B
+from prunekit.bench import BenchSettings, bench, cpu_info
+from prunekit.cli import cli
+from prunekit.errors import PrunekitError
+from prunekit.export import load_model_dir, random_inputs, reference_output
+from test_export import compact_dir
+
+# max |backend - fp32 eager| / max |fp32 eager| per dtype: fp32 differs by summation order only
+# (measured <= 7e-7); bf16 keeps 8 bits of mantissa (2^-8 = 0.4% per rounding; measured <= 1.5e-2
+# through 6 layers); int8 rounds weights and activations to 1/255 of their range (measured <= 3.4e-2).
+REL_TOL = {"fp32": 1e-5, "bf16": 0.04, "int8": 0.1}
+CPU_FAST = ("torch-eager", "torch-sdpa", "torch-bf16", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static")
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _worst_rel(runner, loaded, seeds=(1, 2)) -> tuple[float, tuple]:
+    worst, where = 0.0, None
+    for seed in seeds:
+        batch = random_inputs(loaded.config, 3, 12, seed)
+        ref = reference_output(loaded, batch).float()
+        got = runner.run(batch)
+        assert got.shape == ref.shape and got.dtype == torch.float32
+        diff = (got - ref).abs()
+        rel = float(diff.max() / ref.abs().max())
+        if rel > worst:
+            worst, where = rel, (seed, tuple(int(i) for i in torch.nonzero(diff == diff.max())[0]))
+    return worst, where
+
+
+@pytest.mark.parametrize("kind", ("embedding", "classification"))
+def test_cpu_backends_match_fp32_eager(tiny_models, tmp_path, kind):
+    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", kind)
+    assert 0 in cfg.num_heads_per_layer and len(set(cfg.num_heads_per_layer)) > 2  # uneven, with no-head layers
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(make_sentences(24, seed=7)) + "\n")
+    for model_dir in (src, tiny_models("minilm6", kind)):
+        loaded = load_model_dir(model_dir)
+        for backend in CPU_FAST:
+            work = tmp_path / f"w-{model_dir.name}-{backend}"
+            work.mkdir()
+            r = B.build_runner(loaded, model_dir.name, backend, "cpu", 1, work, str(calib))
+            assert r.dtype == B.dtype_of(backend)
+            rel, where = _worst_rel(r, loaded)
+            assert rel <= REL_TOL[r.dtype], f"{model_dir.name} {backend}: rel diff {rel:.2e} at (seed, row, col) {where}"
+        assert not any(m.training for m in loaded.compact.modules())
+
+
+def test_compile_compact_is_one_graph(tiny_models, tmp_path):
+    """fullgraph=True: a graph break in the compact model fails here; fp32 and bf16 against eager."""
+    why = B.unavailable("compile-fp32")
+    if why:
+        pytest.skip(why)
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    loaded = load_model_dir(src)
+    torch._dynamo.reset()
+    for backend in ("compile-fp32", "compile-bf16"):
+        r = B.build_runner(loaded, "c", backend)
+        rel, where = _worst_rel(r, loaded, seeds=(1,))
+        assert rel <= REL_TOL[r.dtype], f"{backend}: rel diff {rel:.2e} at {where}"
+
+
+def test_isa_detection_and_missing_backends(tiny_models, tmp_path, monkeypatch):
+    info = cpu_info()
+    assert info["model"] and info["logical_cpus"] >= 1
+    assert all(isinstance(v, bool) for v in info["isa"].values())
+    if info["isa"]["avx512f"] or info["isa"]["amx_bf16"]:  # these imply AVX2 on every x86 CPU that has them
+        assert info["isa"]["avx2"]
+    assert B.native_bf16(info["isa"]) == (info["isa"]["avx512_bf16"] or info["isa"]["amx_bf16"])
+    # no C++ compiler: inductor cannot compile on the CPU
+    monkeypatch.setattr(B.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert "C++ compiler" in B.unavailable("compile-bf16")
+    # no onnxruntime
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert "onnxruntime is not installed" in B.unavailable("ort-int8")
+    orig = str(tiny_models("tinybert4", "embedding"))
+    res = bench(BenchSettings(models=[orig], backends=["torch-sdpa", "compile-fp32", "ort-fp32"], batch=2, seq_len=8,
+                              repeats=1, warmup=0, threads=1, fvcore=False))
+    assert [r["backend"] for r in res["rows"]] == ["torch-sdpa"]
+    assert any(n.startswith("compile-fp32: skipped (") for n in res["notes"])
+    assert any(n.startswith("ort-fp32: skipped (onnxruntime is not installed") for n in res["notes"])
+    data = tmp_path / "t.txt"
+    data.write_text("\n".join(make_sentences(6)) + "\n")
+    r = CliRunner().invoke(cli, ["eval", orig, "--data", str(data), "--reference", orig, "--backend", "ort-fp32"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: backend ort-fp32 cannot run here: onnxruntime is not installed (pip install onnxruntime)"], r.output
+    with pytest.raises(PrunekitError, match="unknown backend 'torch-fp8'"):
+        B.check_backend("torch-fp8", "cpu")
+
+
+def _labelled(path, n=24):
+    sents = make_sentences(n, seed=11)
+    path.write_text("text,label\n" + "\n".join(f"{s},{i % 2}" for i, s in enumerate(sents)) + "\n")
+    return path
+
+
+def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
+    teacher = tiny_models("tinybert4", "classification")
+    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    data = _labelled(tmp_path / "d.csv")
+    run = CliRunner().invoke
+    onnx_fp32, onnx_int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
+    r = run(cli, ["export-onnx", str(src), "-o", str(onnx_fp32), "--optimize"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["export-onnx", str(src), "-o", str(onnx_int8), "--optimize", "--quantize", "int8", "--calibration", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "int8-static" in r.output and "attention fused in 2 of 2 layers with heads" in r.output
+    out = tmp_path / "r.json"
+    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-eager,torch-bf16", "--backend", "ort-int8",
+                  "--compare", str(onnx_fp32), "--compare", str(onnx_int8), "--json", str(out), "--seq-len", "32"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["models"]
+    assert [(x["backend"], x["dtype"]) for x in rows] == [("torch-eager", "fp32"), ("torch-bf16", "bf16"), ("ort-int8", "int8"),
+                                                         ("ort", "fp32"), ("ort", "int8")]
+    acc = [x["results"]["dev"]["metrics"]["accuracy"] for x in rows]
+    assert acc[3] == acc[0]  # the fp32 ONNX file predicts what PyTorch does
+    assert rows[0]["results"]["dev"]["primary_delta"] is None
+    assert rows[1]["results"]["dev"]["primary_delta"] == pytest.approx(acc[1] - acc[0])
+    # the ONNX rows know their model from the export report: compact, its FLOPs and params
+    assert rows[3]["type"] == "compact" and rows[3]["flops"] == rows[0]["flops"] and rows[3]["params"] == rows[0]["params"]
+    assert "vs fp32" in r.output and "ort (int8)" in r.output
+    # an embedding model's ONNX file is scored against the teacher its report names
+    emb, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    f = tmp_path / "e.onnx"
+    assert run(cli, ["export-onnx", str(emb), "-o", str(f)]).exit_code == 0
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(make_sentences(10, seed=3)) + "\n")
+    r = run(cli, ["eval", str(f), "--data", str(text)])
+    assert r.exit_code == 0 and "similarity_spearman" in r.output, r.output
+    assert "scored by fidelity to" in r.output and str(tiny_models("tinybert4", "embedding")) in r.output
+    # bad input: one line each
+    for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification"], "is a embedding model"),
+                      (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),
+                      (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "unknown backend 'triton'")):
+        r = run(cli, args)
+        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
