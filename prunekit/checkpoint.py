@@ -182,3 +182,22 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
                 raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
             shutil.rmtree(work)
     return work
+
+
+def start_work_dir(work: Path, settings_json: str) -> None:
+    """Create the work dir with its settings.json in one rename (or update the settings of a resumed one).
+
+    A run killed at any moment thus leaves either no work dir or one that ``--resume`` can read.
+    """
+    from .io import atomic_write_text
+
+    work = Path(work)
+    if work.is_dir():
+        atomic_write_text(work / "settings.json", settings_json)
+        return
+    tmp = work.with_name(f".{work.name}.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_write_text(tmp / "settings.json", settings_json)
+    os.replace(tmp, work)
+

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import encode, iterate_batches
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
 from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, publish_dir
@@ -413,8 +413,7 @@ def distill(
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
 
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "settings.json", settings.to_json())
+    start_work_dir(work, settings.to_json())
     teacher.model.to(device).eval()
     student.to(device)
     if settings.dropout is not None:

@@ -23,7 +23,7 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, encode, iterate_batches, teacher_outputs
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, write_checkpoint
+from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -396,8 +396,7 @@ def search(
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
     encoded.teacher_out = teacher_outputs(teacher, encoded, device, batch_size=max(settings.batch_size, 64))
 
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "settings.json", settings.to_json())
+    start_work_dir(work, settings.to_json())
     history: list[dict] = []
     steps = 0
     if settings.method == "search":

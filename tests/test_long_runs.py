@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +206,120 @@ def test_distill_corrupt_checkpoint_falls_back(distill_world, tmp_path, caplog):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert resumed.best == full.best and not (tmp_path / "cut.partial").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# kill -9 at random points, several times, then --resume: the result of an uninterrupted run.
+SEARCH_FILES = ("architecture.json", "alpha.safetensors", "search_log.jsonl", "settings.json", "architecture.png")
+DISTILL_FILES = ("config.json", "model.safetensors", "distill_report.json", "settings.json", "distill_log.jsonl")
+
+
+def _last_logged_step(log: Path) -> int:
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return -1
+    for line in reversed(lines):
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError):
+            continue
+    return 0
+
+
+def _run_killing(cmd: list[str], out: Path, log_name: str, files: tuple[str, ...], total_steps: int, kills: int, seed: int) -> list[str]:
+    """Run ``cmd`` (resuming after each kill) and SIGKILL it ``kills`` times at random points drawn from
+    a seeded RNG: while it starts and loads, or just after a random step was logged (often in the middle
+    of writing a checkpoint, as they are written every step or two). The output dir must never be seen
+    half-written. Returns where each kill landed."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(seed)
+    partial = out.with_name(out.name + ".partial")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    landed: list[str] = []
+
+    def check_complete() -> None:
+        if out.exists():  # it appears by a rename, so it is whole from its first moment
+            missing = [f for f in files if not (out / f).is_file()]
+            assert not missing, f"{out} is half-written: {missing} missing"
+
+    for attempt in range(kills + 1):
+        if out.exists():  # killed after the output was renamed into place: the run is complete
+            break
+        args = [sys.executable, "-m", "prunekit", *cmd] + (["--resume"] if partial.exists() else [])
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        if attempt == kills:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()
+            break
+        if rng.random() < 0.25:  # during start-up: imports, loading the models and data
+            kill_at, deadline = ("startup", time.time() + rng.uniform(0.5, 4.0)), None
+        else:
+            kill_at, deadline = ("step", rng.randint(1, max(1, total_steps * 9 // 10))), time.time() + 300
+        extra = rng.uniform(0.0, 0.03)
+        while proc.poll() is None:
+            check_complete()
+            if kill_at[0] == "startup" and time.time() >= kill_at[1]:
+                break
+            if kill_at[0] == "step" and (_last_logged_step(partial / log_name) >= kill_at[1] or time.time() > deadline):
+                time.sleep(extra)
+                break
+            time.sleep(0.005)
+        if proc.poll() is not None:  # finished before the kill point: nothing left to kill
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            landed.append("finished")
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+        landed.append(f"{kill_at[0]} {kill_at[1] if kill_at[0] == 'step' else ''} (log at {_last_logged_step(partial / log_name)})")
+        check_complete()
+    check_complete()
+    assert out.is_dir()
+    return landed
+
+
+def test_search_killed_at_random_points_resumes_to_the_uninterrupted_result(tiny_models, text_file, tmp_path):
+    model = tiny_models("minilm6")
+    steps = 40
+    common = ["--model", str(model), "--data", str(text_file), "--max-steps", str(steps), "--batch-size", "8", "--max-length", "32",
+              "--checkpoint-every", "2", "--target", "0.5", "--quiet"]
+    ref = CliRunner().invoke(cli, ["search", *common, "-o", str(tmp_path / "full")])
+    assert ref.exit_code == 0, ref.output
+    landed = _run_killing(["search", *common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "search_log.jsonl", SEARCH_FILES, steps, kills=4, seed=6)
+    assert sum(x.startswith("step") for x in landed) >= 2, landed  # the seeded draws kill mid-run at least twice
+
+    a, b = tmp_path / "full", tmp_path / "cut"
+    assert json.loads((a / "architecture.json").read_text())["layers"] == json.loads((b / "architecture.json").read_text())["layers"]
+    fa, fb = load_file(str(a / "alpha.safetensors")), load_file(str(b / "alpha.safetensors"))
+    for k in fa:  # bitwise: same data order, restored optimizer moments, no randomness in the search
+        torch.testing.assert_close(fa[k], fb[k], rtol=0, atol=0)
+    assert (a / "search_log.jsonl").read_text() == (b / "search_log.jsonl").read_text()
+
+
+def test_distill_killed_at_random_points_resumes_to_the_uninterrupted_result(distill_world, tmp_path):
+    from factory import SEQ
+
+    common = [str(distill_world["compact"]), "--data", str(distill_world["data"]), "--stage1-epochs", "3", "--stage2-epochs", "3",
+              "--batch-size", "8", "--max-length", str(SEQ), "--augment-copies", "1", "--dropout", "0.1", "--checkpoint-every", "2", "--quiet"]
+    ref = CliRunner().invoke(cli, ["distill", *common, "-o", str(tmp_path / "full")])
+    assert ref.exit_code == 0, ref.output
+    report = json.loads((tmp_path / "full" / "distill_report.json").read_text())
+    steps = report["steps"]["stage1"] + report["steps"]["stage2"]
+    landed = _run_killing(["distill", *common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "distill_log.jsonl", DISTILL_FILES, steps,
+                          kills=4, seed=3)
+    assert sum(x.startswith("step") for x in landed) >= 2, landed
+
+    a, b = tmp_path / "full", tmp_path / "cut"
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    for k in wa:  # bitwise: data order, dropout and learning rate depend on the step only
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    ra, rb = (json.loads((d / "distill_report.json").read_text()) for d in (a, b))
+    assert ra["best"] == rb["best"] and ra["before"] == rb["before"]
+    assert (a / "distill_log.jsonl").read_text() == (b / "distill_log.jsonl").read_text()

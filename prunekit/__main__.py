@@ -1,0 +1,4 @@
+"""`python -m prunekit ...` (and `torchrun ... -m prunekit ...`): the command line."""
+from .cli import main
+
+main()
