@@ -11,7 +11,7 @@ import torch
 
 from .errors import PrunekitError
 from .flops import FlopsReport, ModelShape, model_flops
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 FORMAT = "prunekit-architecture"
 VERSION = 1
@@ -108,12 +108,11 @@ class Architecture:
             path = path / "architecture.json"
         if not path.is_file():
             raise PrunekitError(f"architecture file not found: {path} (give a search run dir or its architecture.json)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PrunekitError(f"{path} is not valid JSON ({e}); re-run `prunekit search` to regenerate it") from None
+        data = read_json(path, "architecture file", "re-run `prunekit search` to regenerate it")
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("layers"), list):
             raise PrunekitError(f"{path} is not a prunekit architecture file (missing format/layers)")
+        if not isinstance(data.get("base_model", {}), dict) or not isinstance(data.get("flops", {}), dict):
+            raise PrunekitError(f"{path}: base_model and flops must be JSON objects; the file is corrupt")
         heads, neurons = [], []
         for i, layer in enumerate(data["layers"]):
             if not isinstance(layer, dict):

@@ -29,7 +29,7 @@ from torch import nn
 from .architecture import Architecture, config_hash
 from .errors import PrunekitError
 from .flops import model_flops
-from .io import atomic_output_dir, atomic_write_text, check_output_dir
+from .io import atomic_output_dir, atomic_write_text, check_output_dir, read_json
 from .modeling import (
     CompactBertConfig,
     CompactBertForSequenceClassification,
@@ -257,10 +257,14 @@ def _resolve_inputs(source, architecture) -> tuple[Path, Path | None]:
 
 
 def _saved_seq_len(arch_path: Path) -> int:
-    try:
-        return int(json.loads(arch_path.read_text(encoding="utf-8"))["flops"]["seq_len"])
-    except (KeyError, TypeError, ValueError):
+    """The sequence length the search counted FLOPs at (its --max-length), as architecture.json says."""
+    flops = read_json(arch_path).get("flops", {})  # Architecture.load has checked it is a JSON object
+    value = flops.get("seq_len") if isinstance(flops, dict) else None
+    if value is None:
         return DEFAULT_SEQ_LEN
+    if type(value) is not int or not 1 <= value <= 1 << 20:
+        raise PrunekitError(f"{arch_path}: flops.seq_len must be a whole number of tokens in 1..{1 << 20}, got {value!r}; the file is corrupt")
+    return value
 
 
 def _check_base_model(arch: Architecture, teacher: Teacher, arch_path: Path) -> None:

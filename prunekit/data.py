@@ -511,6 +511,10 @@ def _read_jsonl(path: Path, text: str) -> _Table:
             obj = json.loads(ln)
         except json.JSONDecodeError as e:
             raise PrunekitError(f"{path}: malformed JSONL at line {no}: {e.msg}; each line must be one JSON object") from None
+        except RecursionError:
+            raise PrunekitError(f"{path}: malformed JSONL at line {no}: nested too deeply; each line must be one flat JSON object") from None
+        except ValueError as e:  # Python's limit on the digits of an integer
+            raise PrunekitError(f"{path}: malformed JSONL at line {no}: {str(e).split(';')[0]}") from None
         if not isinstance(obj, dict):
             raise PrunekitError(
                 f"{path}: malformed JSONL at line {no}: a {type(obj).__name__}, not an object; "

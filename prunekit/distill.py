@@ -39,7 +39,7 @@ from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
-from .models import Teacher, load_teacher, model_output
+from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 from .training import NonFiniteGuard
 
@@ -407,6 +407,8 @@ def distill(
             raise PrunekitError(f"{student_dir}/config.json names no teacher: pass --teacher")
         teacher = load_teacher(name, kind)
     check_compatible(student, teacher, student_tok)
+    check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
+    check_max_length(settings.max_length, student.config, str(student_dir))
     num_labels = teacher.config.num_labels if kind != "embedding" else 0
     _check_task(train, kind, num_labels, "the training data")
     _check_task(dev, kind, num_labels, "the dev data")

@@ -21,7 +21,6 @@ the export report beside it (``model.onnx.json``), the tokenizer also from files
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -107,10 +106,9 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: st
     cfg = p / "config.json"
     model_type = None
     if cfg.is_file():
-        try:
-            model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise PrunekitError(f"{cfg} is not valid JSON ({e})") from None
+        from .configs import model_type_of
+
+        model_type = model_type_of(cfg)  # the whole config checked (sizes, against the weights) before any use
     if model_type != MODEL_TYPE:
         t = load_teacher(path, kind, device=device)
         return LoadedModel(str(path), t.model, t.tokenizer, t.kind, t.shape, None, None, False, None)

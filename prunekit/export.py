@@ -89,10 +89,9 @@ def load_model_dir(path: str | os.PathLike, kind: str = "auto") -> LoadedModel:
     cfg = p / "config.json"
     if not cfg.is_file():
         raise PrunekitError(f"{path} has no config.json: it is not a model directory")
-    try:
-        model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise PrunekitError(f"{cfg} is not valid JSON ({e})") from None
+    from .configs import model_type_of
+
+    model_type = model_type_of(cfg)  # the whole config checked (sizes, against the weights) before any use
     tokenizer = _maybe_tokenizer(p)
     if model_type == MODEL_TYPE:
         from transformers.utils import logging as hf_logging

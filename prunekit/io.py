@@ -2,13 +2,35 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import PrunekitError
+
+
+def read_json(path: str | os.PathLike, what: str = "", fix: str = "") -> Any:
+    """A JSON file's content; anything wrong with it (missing, not UTF-8, not JSON, nested too deep,
+    a number too long to convert) is one :class:`PrunekitError` naming the file and ``fix``."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise PrunekitError(f"{what or 'file'} not found: {path}" + (f"; {fix}" if fix else "")) from None
+    except IsADirectoryError:
+        raise PrunekitError(f"{path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise PrunekitError(f"{path} is not UTF-8 text (bad byte at offset {e.start})" + (f"; {fix}" if fix else "")) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        reason = "nested too deeply"
+    except ValueError as e:  # JSONDecodeError, and Python's limit on the digits of an integer
+        reason = str(e).split(";")[0][:120] or "empty"
+    raise PrunekitError(f"{path} is not valid JSON ({reason})" + (f"; {fix}" if fix else ""))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -662,17 +662,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> CompactBertPreTrainedModel:
     """Load a compact model dir (classification or bare encoder from its config); one-line errors."""
-    import json
     from pathlib import Path
+
+    from .configs import model_type_of
 
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise PrunekitError(f"{path} is not a compact model dir (no config.json); make one with `prunekit compact`")
-    try:
-        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise PrunekitError(f"{cfg_file} is not valid JSON ({e})") from None
+    model_type = model_type_of(cfg_file)  # the whole config checked (sizes, against the weights) before any use
     if model_type != MODEL_TYPE:
         raise PrunekitError(f"{path} holds a {model_type!r} model, not a prunekit compact model ({MODEL_TYPE})")
     weights = path / "model.safetensors"

@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .configs import check_model_config
 from .errors import PrunekitError
 from .flops import ModelShape
 
@@ -82,6 +83,8 @@ def _load_config(name_or_path: str):
     looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if looks_local and not p.exists():
         raise PrunekitError(f"model directory not found: {name_or_path}")
+    if p.is_dir():
+        check_model_config(p)  # sizes sane and matching the weights, before transformers builds anything
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except OSError as e:
@@ -89,8 +92,9 @@ def _load_config(name_or_path: str):
             f"cannot load a model config from {name_or_path!r}: not a local model dir, and the hub is "
             f"unreachable or has no such model ({str(e).splitlines()[0][:160]})"
         ) from None
-    except (ValueError, KeyError) as e:
-        raise PrunekitError(f"{name_or_path}/config.json is not a valid model config: {str(e).splitlines()[0][:160]}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PrunekitError(f"{name_or_path}/config.json is not a valid model config: {first}") from None
 
 
 def infer_kind(config) -> str:
@@ -137,6 +141,15 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
     num_labels = 0 if kind == "embedding" else config.num_labels
     shape = ModelShape.from_config(config, num_labels=num_labels)
     return Teacher(model=model, tokenizer=tokenizer, kind=kind, name_or_path=name, shape=shape)
+
+
+def check_max_length(max_length: int, config, name: str) -> None:
+    """--max-length must fit the model's position embeddings (RoBERTa's start after the padding id)."""
+    positions = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta", "camembert") or getattr(config, "position_style", None) == "roberta":
+        positions -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+    if max_length > positions:
+        raise PrunekitError(f"--max-length {max_length} is longer than {name} can read ({positions} positions): use --max-length {positions} or less")
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:

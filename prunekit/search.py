@@ -28,7 +28,7 @@ from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, publish_dir
-from .models import Teacher, load_teacher, model_output
+from .models import Teacher, check_max_length, load_teacher, model_output
 from .selection import select_to_budget
 from .training import NonFiniteGuard
 
@@ -392,6 +392,7 @@ def search(
         teacher = load_teacher(settings.model, settings.kind, device="cpu")
     if len(dataset) == 0:
         raise PrunekitError("the data has no examples: give a file with at least one text")
+    check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
     teacher.model.to(device)
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
     encoded.teacher_out = teacher_outputs(teacher, encoded, device, batch_size=max(settings.batch_size, 64))

@@ -1,0 +1,309 @@
+"""Hostile inputs: malformed architecture.json, config.json and data files, fed to every verb.
+
+Each must end in one clear `error: ...` line and exit status 2: never a traceback, never a hang,
+never a huge allocation (sizes are checked before anything is built: the address space is capped
+while the cases run, so an attempt shows up as a failure, and every case has a time limit).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from factory import SEQ, kept_arch, make_compact_dir, make_sentences, make_tiny_model
+from prunekit.architecture import Architecture
+from prunekit.cli import cli
+from prunekit.models import load_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HUGE = 10**12
+TIME_LIMIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    teacher = make_tiny_model(root / "teacher", "minilm6", "classification")
+    student = make_compact_dir(root, teacher, kept_arch())
+    t = load_teacher(teacher)
+    run = root / "run"
+    run.mkdir()
+    arch = kept_arch()
+    arch.meta = {"base_model": {"name_or_path": str(teacher), "kind": "classification"}}
+    arch.save(run / "architecture.json", t.shape, SEQ)
+    data = root / "data.csv"
+    data.write_text("text,label\n" + "\n".join(f"{s},{i % 2}" for i, s in enumerate(make_sentences(24))) + "\n")
+    return {"root": root, "teacher": teacher, "student": student, "run": run, "data": data}
+
+
+@contextlib.contextmanager
+def guarded(seconds: int = TIME_LIMIT_S, extra_bytes: int = 3 << 30):
+    """Cap this process's address space at what it uses now plus ``extra_bytes``, and interrupt it
+    after ``seconds``: a case that tries to build a model of 10**12 neurons, or loops, fails here."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * resource.getpagesize()
+    cap = used + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+
+    def alarm(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def assert_one_line_error(args: list[str]) -> str:
+    with guarded():
+        result = CliRunner().invoke(cli, args)
+    text = result.output
+    assert not isinstance(result.exception, (TimeoutError, MemoryError)), f"{args}: {result.exception!r}"
+    assert result.exit_code == 2, f"{args}\nexit {result.exit_code}: {text}\n{result.exception!r}"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: ") and sum(ln.startswith("error: ") for ln in lines) == 1, text
+    assert "Traceback" not in text and "allocate" not in text, text
+    return lines[-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# config.json of a teacher (a Hugging Face BERT) and of a compact model
+def _json_edit(**fields):
+    def edit(cfg: dict) -> dict:
+        return {**cfg, **fields}
+
+    return edit
+
+
+RAW = {  # the whole file replaced
+    "empty": b"",
+    "non-utf8": b"\xff\xfe\xfa{\x00\x9c",
+    "truncated": b'{"model_type": "bert", "hidden_size": 3',
+    "a-list": b"[1, 2, 3]",
+    "a-string": b'"bert"',
+    "deep-nesting": b"[" * 100_000 + b"]" * 100_000,
+    "huge-number": b'{"model_type": "bert", "hidden_size": ' + b"9" * 5000 + b"}",
+}
+TEACHER_EDITS = {
+    "hidden-size-string": _json_edit(hidden_size="large"),
+    "layers-float": _json_edit(num_hidden_layers=2.5),
+    "heads-null": _json_edit(num_attention_heads=None),
+    "negative-hidden": _json_edit(hidden_size=-32),
+    "negative-layers": _json_edit(num_hidden_layers=-1),
+    "zero-heads": _json_edit(num_attention_heads=0),
+    "heads-do-not-divide": _json_edit(num_attention_heads=5),
+    "huge-heads": _json_edit(num_attention_heads=HUGE),
+    "huge-hidden": _json_edit(hidden_size=HUGE),
+    "huge-ffn": _json_edit(intermediate_size=HUGE),
+    "huge-vocab": _json_edit(vocab_size=HUGE),
+    "huge-layers": _json_edit(num_hidden_layers=10**6),
+    "huge-positions": _json_edit(max_position_embeddings=HUGE),
+    "huge-labels": _json_edit(num_labels=HUGE, id2label=None, label2id=None),
+    "model-type-number": _json_edit(model_type=123),
+    "larger-ffn-than-weights": _json_edit(intermediate_size=640),
+}
+COMPACT_EDITS = {
+    "negative-head-count": _json_edit(num_heads_per_layer=[-1, 2, 2, 2, 2, 2]),
+    "huge-ffn-width": _json_edit(intermediate_sizes=[HUGE] * 6),
+    "negative-ffn-width": _json_edit(intermediate_sizes=[-4] * 6),
+    "kept-heads-not-lists": _json_edit(kept_heads=[1, 3, 1, 3, 1, 3]),
+    "kept-head-out-of-range": _json_edit(kept_heads=[[1, HUGE]] * 6),
+    "huge-head-dim": _json_edit(head_dim=HUGE),
+    "huge-hidden": _json_edit(hidden_size=HUGE),
+    "huge-vocab": _json_edit(vocab_size=HUGE),
+    "widths-a-string": _json_edit(intermediate_sizes="wide"),
+    "unknown-task-kind": _json_edit(task_kind="poetry"),
+    "huge-labels": _json_edit(num_labels=HUGE, id2label=None, label2id=None),
+    "layers-mismatch": _json_edit(num_hidden_layers=7),
+}
+
+
+def _mutated_model(world, tmp_path: Path, which: str, case: str) -> Path:
+    src = world["teacher"] if which == "teacher" else world["student"]
+    d = tmp_path / f"{which}-{case}"
+    shutil.copytree(src, d)
+    cfg = d / "config.json"
+    if case in RAW:
+        cfg.write_bytes(RAW[case])
+    else:
+        edits = TEACHER_EDITS if which == "teacher" else COMPACT_EDITS
+        cfg.write_text(json.dumps(edits[case](json.loads(cfg.read_text()))))
+    return d
+
+
+def _verb_args(verb: str, world, tmp_path: Path, model: Path) -> list[str]:
+    out = str(tmp_path / "out")
+    small = ["--batch-size", "8", "--max-length", "16", "--quiet"]
+    return {
+        "search": ["search", "--model", str(model), "--data", str(world["data"]), "-o", out, "--max-steps", "1", *small],
+        "compact": ["compact", "--architecture", str(world["run"] / "architecture.json"), "--model", str(model), "-o", out, "--no-fvcore"],
+        "distill": ["distill", str(model), "--data", str(world["data"]), "-o", out, "--stage1-epochs", "1", "--stage2-epochs", "0",
+                    "--augment-copies", "0", *small],
+        "eval": ["eval", str(model), "--data", str(world["data"]), "--max-length", "16"],
+        "export-onnx": ["export-onnx", str(model), "-o", str(tmp_path / "m.onnx")],
+        "bench": ["bench", str(model), "--backend", "torch-eager", "--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0",
+                  "--no-fvcore"],
+    }[verb]
+
+
+@pytest.mark.parametrize("case", [*RAW, *TEACHER_EDITS])
+@pytest.mark.parametrize("verb", ["search", "compact", "eval", "export-onnx", "bench"])
+def test_malformed_teacher_config(world, tmp_path, verb, case):
+    model = _mutated_model(world, tmp_path, "teacher", case)
+    assert_one_line_error(_verb_args(verb, world, tmp_path, model))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("case", [*RAW, *COMPACT_EDITS])
+@pytest.mark.parametrize("verb", ["distill", "eval", "export-onnx", "bench"])
+def test_malformed_compact_config(world, tmp_path, verb, case):
+    model = _mutated_model(world, tmp_path, "student", case)
+    assert_one_line_error(_verb_args(verb, world, tmp_path, model))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# architecture.json
+ARCH_RAW = {**RAW, "deep-nesting": b'{"format": "prunekit-architecture", "layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}
+
+
+def _arch_edit(fn):
+    def edit(doc: dict) -> dict:
+        doc = json.loads(json.dumps(doc))
+        fn(doc)
+        return doc
+
+    return edit
+
+
+ARCH_EDITS = {
+    "no-format": _arch_edit(lambda d: d.pop("format")),
+    "layers-a-dict": _arch_edit(lambda d: d.update(layers={"0": d["layers"][0]})),
+    "layer-a-list": _arch_edit(lambda d: d["layers"].__setitem__(0, [1, 2])),
+    "heads-a-number": _arch_edit(lambda d: d["layers"][0].update(heads=3)),
+    "head-index-huge": _arch_edit(lambda d: d["layers"][0].update(heads=[1, HUGE])),
+    "head-index-negative": _arch_edit(lambda d: d["layers"][0].update(heads=[-1, 1])),
+    "neuron-index-float": _arch_edit(lambda d: d["layers"][0].update(ffn_neurons=[0.5, 1])),
+    "neuron-index-bool": _arch_edit(lambda d: d["layers"][0].update(ffn_neurons=[True])),
+    "repeated-heads": _arch_edit(lambda d: d["layers"][0].update(heads=[1, 1])),
+    "too-many-layers": _arch_edit(lambda d: d["layers"].extend(d["layers"] * 10**4)),
+    "too-few-layers": _arch_edit(lambda d: d.update(layers=d["layers"][:2])),
+    "huge-neuron-list": _arch_edit(lambda d: d["layers"][0].update(ffn_neurons=list(range(200_000)))),
+    "other-hidden-size": _arch_edit(lambda d: d["shape"].update(hidden_size=HUGE)),
+    "base-model-a-list": _arch_edit(lambda d: d.update(base_model=["x"])),
+    "seq-len-huge": _arch_edit(lambda d: d["flops"].update(seq_len=HUGE)),
+}
+
+
+@pytest.mark.parametrize("case", [*ARCH_RAW, *ARCH_EDITS])
+@pytest.mark.parametrize("form", ["run-dir", "--architecture"])
+def test_malformed_architecture(world, tmp_path, case, form):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    path = run / "architecture.json"
+    if case in ARCH_RAW:
+        path.write_bytes(ARCH_RAW[case])
+    else:
+        path.write_text(json.dumps(ARCH_EDITS[case](json.loads(path.read_text()))))
+    out = str(tmp_path / "out")
+    if form == "run-dir":
+        args = ["compact", str(run), "-o", out, "--no-fvcore"]
+    else:
+        args = ["compact", "--architecture", str(path), "--model", str(world["teacher"]), "-o", out, "--no-fvcore"]
+    assert_one_line_error(args)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# data files
+DATA = {
+    "empty.txt": b"",
+    "blank-lines.txt": b"\n \n\t\n",
+    "non-utf8.txt": b"a fine line\n\xff\xfe bad bytes \x81\n",
+    "non-utf8.csv": b"text,label\n\xe9t\xe9,1\n",
+    "binary.jsonl": bytes(range(256)) * 4,
+    "header-only.csv": b"text,label\n",
+    "ragged.csv": b"text,label\nok,1\ntoo,many,fields,0\n",
+    "unclosed-quote.csv": b'text,label\n"never closed,1\nnext,0\n',
+    "label-missing.csv": b"text,label\nok,1\nno label,\n",
+    "not-objects.jsonl": b'["text", "label"]\n',
+    "truncated.jsonl": b'{"text": "fine", "label": 1}\n{"text": "cut',
+    "text-null.jsonl": b'{"text": null, "label": 1}\n',
+    "text-a-dict.jsonl": b'{"text": {"nested": "x"}, "label": 1}\n',
+    "huge-number.jsonl": b'{"text": "x", "label": ' + b"9" * 5000 + b"}\n",
+    "deep-nesting.jsonl": b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    "one-class.csv": b"text,label\na,yes\nb,yes\n",
+    "labels-objects.jsonl": b'{"text": "a", "label": [1]}\n{"text": "b", "label": 0}\n',
+    "unknown.bin": b"text\n",
+}
+
+
+@pytest.mark.parametrize("name", list(DATA))
+@pytest.mark.parametrize("verb", ["search", "distill", "eval", "bench"])
+def test_malformed_data(world, tmp_path, verb, name):
+    data = tmp_path / name
+    data.write_bytes(DATA[name])
+    out = str(tmp_path / "out")
+    small = ["--batch-size", "8", "--max-length", "16", "--quiet"]
+    args = {
+        "search": ["search", "--model", str(world["teacher"]), "--data", str(data), "-o", out, "--max-steps", "1", *small],
+        "distill": ["distill", str(world["student"]), "--data", str(data), "-o", out, "--stage1-epochs", "1", "--stage2-epochs", "0",
+                    "--augment-copies", "0", *small],
+        "eval": ["eval", str(world["student"]), "--data", str(data), "--max-length", "16"],
+        "bench": ["bench", str(world["student"]), "--real-lengths", str(data), "--backend", "torch-eager", "--batch", "2", "--seq-len", "16",
+                  "--repeats", "1", "--warmup", "0", "--no-fvcore"],
+    }[verb]
+    assert_one_line_error(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_unmutated_inputs_work(world, tmp_path):
+    """The fuzz cases fail because of what was mutated: the same commands on the valid files succeed."""
+    with guarded():
+        for verb, model in (("compact", world["teacher"]), ("eval", world["student"]), ("bench", world["student"])):
+            result = CliRunner().invoke(cli, _verb_args(verb, world, tmp_path / verb, model))
+            assert result.exit_code == 0, (verb, result.output)
+    assert Architecture.load(world["run"]).head_counts == [2] * 6
+
+
+@pytest.mark.parametrize("verb", ["search", "distill"])
+def test_max_length_beyond_the_position_embeddings(world, tmp_path, verb):
+    long = tmp_path / "long.txt"
+    long.write_text("\n".join(" ".join(make_sentences(15, seed=i)) for i in range(12)) + "\n")  # ~100 tokens a line; the model has 64 positions
+    model = world["teacher"] if verb == "search" else world["student"]
+    args = _verb_args(verb, world, tmp_path, model)
+    args[args.index("--data") + 1] = str(long)
+    args[args.index("--max-length") + 1] = "100"
+    assert "--max-length 100 is longer than" in assert_one_line_error(args)
+
+
+WEIGHTS = {
+    "cut-short": lambda b: b[: len(b) // 2],
+    "header-length-huge": lambda b: (2**60).to_bytes(8, "little") + b[8:],
+    "header-not-json": lambda b: b[:8] + b"\xff" * (len(b) - 8),
+    "empty": lambda b: b"",
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHTS))
+@pytest.mark.parametrize("which,verb", [("teacher", "search"), ("teacher", "export-onnx"), ("student", "distill"), ("student", "eval")])
+def test_malformed_weights_file(world, tmp_path, which, verb, case):
+    d = tmp_path / which
+    shutil.copytree(world[which], d)
+    weights = d / "model.safetensors"
+    weights.write_bytes(WEIGHTS[case](weights.read_bytes()))
+    assert "corrupt" in assert_one_line_error(_verb_args(verb, world, tmp_path, d))
