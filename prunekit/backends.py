@@ -14,6 +14,7 @@ Backends (``BACKENDS``; the dtype decides the tolerance a test holds each one to
 torch-eager         fp32    matmul + softmax attention (transformers' eager for an original)
 torch-sdpa          fp32    ``scaled_dot_product_attention``
 torch-bf16          bf16    SDPA with the weights in bf16 (AMX / AVX512-BF16 matrix units)
+torch-bf16-packed   bf16    the same, padding-free (compact only: real tokens packed, attention padded)
 compile-fp32        fp32    ``torch.compile`` (inductor, weights frozen) of the SDPA model
 compile-bf16        bf16    the same with the weights in bf16
 triton              fp32    the compact model's Triton kernels, padding-free (CUDA)
@@ -49,6 +50,7 @@ BACKENDS: dict[str, tuple[str, tuple]] = {
     "torch-eager": ("fp32", ("cpu", "cuda")),
     "torch-sdpa": ("fp32", ("cpu", "cuda")),
     "torch-bf16": ("bf16", ("cpu", "cuda")),
+    "torch-bf16-packed": ("bf16", ("cpu", "cuda")),
     "compile-fp32": ("fp32", ("cpu", "cuda")),
     "compile-bf16": ("bf16", ("cpu", "cuda")),
     "triton": ("fp32", ("cuda",)),
@@ -59,6 +61,8 @@ BACKENDS: dict[str, tuple[str, tuple]] = {
     "ort-cuda": ("fp32", ("cuda",)),
     "ort": ("as exported", ("cpu", "cuda")),
 }
+# A compact-only backend's speedup is taken over the original on its padded counterpart.
+COUNTERPART = {"torch-bf16-packed": "torch-bf16"}
 CPU_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cpu" in dev and b != "ort")
 CUDA_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cuda" in dev and b != "ort")
 ONNX_FILE_BACKENDS = ("ort",)
@@ -138,6 +142,7 @@ class Runner:
     dtype: str = "fp32"
     notes: list = field(default_factory=list)
     times: list = field(default_factory=list)  # seconds per repeat (bench)
+    onnx_path: Optional[Path] = None  # the file an onnxruntime runner runs (to profile it)
 
 
 @dataclass
@@ -208,11 +213,11 @@ class TaskOutput(nn.Module):
 def _torch_model(loaded, backend: str) -> Optional[nn.Module]:
     """A private copy of the model with its attention implementation set once (runners are timed
     interleaved, so a shared model would switch implementation before every call)."""
-    impl = {"torch-eager": "eager", "triton": "triton"}.get(backend, "sdpa")
+    impl = {"torch-eager": "eager", "triton": "triton", "torch-bf16-packed": "sdpa-packed"}.get(backend, "sdpa")
     if loaded.is_compact:
         return copy.deepcopy(loaded.compact).set_backend(impl)
-    if impl == "triton":
-        return None  # the compact model's kernels; an original has its transformers backends
+    if impl in ("triton", "sdpa-packed"):
+        return None  # the compact model's own paths; an original has its transformers backends
     model = copy.deepcopy(loaded.reference)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(impl)
@@ -286,7 +291,7 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
         notes.append(f"{name} {backend}: output differs from fp32 PyTorch by {c.max_abs_diff:.2e} max abs "
                      f"({c.rel_diff:.1%} of max |output|); check the task metric with `prunekit eval --backend {backend}`")
     notes += [f"{name} {backend}: {n}" for n in report.notes]
-    return Runner(name, backend, _onnx_run(sess, False), path.stat().st_size, dtype_of(backend), notes)
+    return Runner(name, backend, _onnx_run(sess, False), path.stat().st_size, dtype_of(backend), notes, onnx_path=path)
 
 
 def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
@@ -297,7 +302,7 @@ def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optio
         raise PrunekitError(f"{f.path} takes inputs {missing} besides input_ids/attention_mask/token_type_ids: not a BERT-style graph")
     stage = (f.info.get("checks") or [{}])[-1].get("stage", "")
     dtype = {"int8": "int8", "int8-static": "int8", "fp16": "fp16"}.get(stage, "fp32" if stage else "as exported")
-    return Runner(name, "ort", _onnx_run(sess, True), f.path.stat().st_size, dtype)
+    return Runner(name, "ort", _onnx_run(sess, True), f.path.stat().st_size, dtype, onnx_path=f.path)
 
 
 def build_runner(source, name: str, backend: str, device: str = "cpu", threads: Optional[int] = None,

@@ -5,7 +5,9 @@ each backend that runs on the device, and times them **interleaved**: after warm
 runs every (model, backend) once in turn, so a load change on a shared machine hits all of them
 alike. Per row: FLOPs per sequence (analytic, and fvcore's count of the matrix products doubled),
 parameters, size on disk of what runs, latency median and p90 per batch, sentences/sec, speedup
-over the first model on the same backend, and that speedup divided by the FLOPs speedup.
+over the first model on the same backend (a compact-only backend such as the padding-free
+``torch-bf16-packed``: over the original's padded counterpart), and that speedup divided by the
+FLOPs speedup.
 
 Backends (:mod:`prunekit.backends`, shared with ``prunekit eval``): by default every one that runs
 on the device — on the CPU torch fp32 (eager, SDPA) and bf16, ``torch.compile`` fp32 and bf16,
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 from .errors import PrunekitError
-from .backends import CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
+from .backends import COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
 from .export import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes
@@ -256,7 +258,8 @@ def bench(s: BenchSettings) -> dict:
                      "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
     first = names[0]
     for row in rows:
-        base = next((x for x in rows if x["model"] == first and x["backend"] == row["backend"]), None)
+        like = COUNTERPART.get(row["backend"], row["backend"])
+        base = next((x for x in rows if x["model"] == first and x["backend"] == like), None)
         row["speedup"] = row["sentences_per_s"] / base["sentences_per_s"] if base else None
         row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"]
         row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] else None

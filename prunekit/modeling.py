@@ -23,6 +23,10 @@ Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
   padded back once at the end (padding positions of ``last_hidden_state`` are zeros);
 * ``triton-padded`` — the same kernels on the padded batch (``fused_attention`` with the key
   padding mask, every position computed): what the padding-free path is measured against.
+* ``sdpa-packed`` — inference only, any device, plain PyTorch: the padding-free path of ``triton``
+  for the CPU. The real tokens are packed once; every GEMM, GELU and LayerNorm runs on them alone,
+  and only attention sees the padded batch (its Q/K/V scattered back, SDPA with the mask, the
+  context gathered again). What it saves is the padding share of a real-length batch.
 
 Speed on a GPU, without changing any output:
 
@@ -58,7 +62,7 @@ from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOut
 from .errors import PrunekitError
 
 MODEL_TYPE = "prunekit-compact-bert"
-BACKENDS = ("eager", "sdpa", "triton", "triton-padded")
+BACKENDS = ("eager", "sdpa", "sdpa-packed", "triton", "triton-padded")
 POSITION_STYLES = ("absolute", "roberta")  # roberta: positions count real tokens from pad_token_id + 1
 
 
@@ -280,6 +284,20 @@ class CompactLayer(nn.Module):
         return x
 
 
+class _TorchEpilogues:
+    """The two epilogues ``forward_rows`` calls, in plain PyTorch in the model's dtype (what the
+    padded ``sdpa`` path computes), for the ``sdpa-packed`` backend."""
+
+    @staticmethod
+    def bias_gelu(x, bias):
+        return F.gelu(x + bias)
+
+    @staticmethod
+    def bias_residual_layernorm(x, bias, residual, weight, ln_bias, eps):
+        h = x + residual if bias is None else x + bias + residual
+        return F.layer_norm(h, h.shape[-1:], weight, ln_bias, eps)
+
+
 def _pad_dim(t: torch.Tensor, dim: int, align: int) -> torch.Tensor:
     """A copy of ``t`` with dim ``dim`` zero-padded up to a multiple of ``align``."""
     shape = list(t.shape)
@@ -402,6 +420,8 @@ class CompactBertModel(CompactBertPreTrainedModel):
         if position_ids is None:
             position_ids = self.embeddings.position_ids(input_ids)
         backend = "eager" if output_attentions else self.config.backend
+        if backend == "sdpa-packed":
+            return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
         if backend.startswith("triton"):
             return self._forward_triton(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                                         backend == "triton", token_capacity)
@@ -426,6 +446,31 @@ class CompactBertModel(CompactBertPreTrainedModel):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(maps) if output_attentions else None,
         )
+
+    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states):
+        """``sdpa-packed``: the rows of the real tokens through every layer, attention padded."""
+        if self.training:
+            raise PrunekitError("the sdpa-packed backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
+        b, t = input_ids.shape
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        indices = torch.nonzero(mask.flatten()).flatten()  # one host sync, as the triton path's
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        add_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        x = x.reshape(b * t, -1).index_select(0, indices)
+
+        def unpack(rows):
+            return rows.new_zeros(b * t, rows.shape[-1]).index_copy_(0, indices, rows).view(b, t, -1)
+
+        def attend(qkv, heads, head_dim):
+            ctx, _ = _attention(unpack(qkv), heads, head_dim, add_mask, "sdpa", 0.0, False)
+            return ctx.reshape(b * t, -1).index_select(0, indices)
+
+        hidden = [x]
+        for layer in self.layers:
+            x = layer.forward_rows(x, attend, _TorchEpilogues, 1)
+            hidden.append(x)
+        return BaseModelOutput(last_hidden_state=unpack(x),
+                               hidden_states=tuple(unpack(h) for h in hidden) if output_hidden_states else None)
 
     def _forward_triton(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, packed: bool,
                         token_capacity: Optional[int] = None):

@@ -22,7 +22,7 @@ from test_export import compact_dir
 # (measured <= 7e-7); bf16 keeps 8 bits of mantissa (2^-8 = 0.4% per rounding; measured <= 1.5e-2
 # through 6 layers); int8 rounds weights and activations to 1/255 of their range (measured <= 3.4e-2).
 REL_TOL = {"fp32": 1e-5, "bf16": 0.04, "int8": 0.1}
-CPU_FAST = ("torch-eager", "torch-sdpa", "torch-bf16", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static")
+CPU_FAST = ("torch-eager", "torch-sdpa", "torch-bf16", "torch-bf16-packed", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,10 +54,34 @@ def test_cpu_backends_match_fp32_eager(tiny_models, tmp_path, kind):
             work = tmp_path / f"w-{model_dir.name}-{backend}"
             work.mkdir()
             r = B.build_runner(loaded, model_dir.name, backend, "cpu", 1, work, str(calib))
+            if r is None:  # the compact model's own padding-free path
+                assert backend == "torch-bf16-packed" and model_dir != src
+                continue
             assert r.dtype == B.dtype_of(backend)
             rel, where = _worst_rel(r, loaded)
             assert rel <= REL_TOL[r.dtype], f"{model_dir.name} {backend}: rel diff {rel:.2e} at (seed, row, col) {where}"
         assert not any(m.training for m in loaded.compact.modules())
+
+
+def test_packed_path_equals_padded(tiny_models, tmp_path):
+    """sdpa-packed (fp32): every real token's hidden states as the padded path's, zeros at padding."""
+    src, cfg = compact_dir(tiny_models, tmp_path, "bert12", "classification")
+    loaded = load_model_dir(src)
+    model = loaded.compact
+    batch = random_inputs(cfg, 4, 20, seed=5)
+    assert not bool(batch["attention_mask"].all())
+    with torch.no_grad():
+        ref = model.set_backend("sdpa")(**batch, output_hidden_states=True)
+        got = model.set_backend("sdpa-packed")(**batch, output_hidden_states=True)
+    real = batch["attention_mask"].bool()
+    for r, g in zip(ref.hidden_states, got.hidden_states):
+        torch.testing.assert_close(g[real], r[real], atol=1e-5, rtol=0)
+        assert not g[~real].any()
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=0)
+    model.train()
+    with pytest.raises(PrunekitError, match="inference-only"):
+        model(**batch)
+    model.eval().set_backend("eager")
 
 
 def test_compile_compact_is_one_graph(tiny_models, tmp_path):
