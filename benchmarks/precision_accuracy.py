@@ -1,0 +1,73 @@
+"""Accuracy in every precision: the word-order teacher and its distilled 30% student in fp32, bf16
+and int8 (dynamic and static), through the same runners `prunekit bench` times.
+
+It reuses the model dirs ``benchmarks/distill_recovery.py`` leaves in ``--runs`` (default
+``runs/bench-distill``: ``teacher/``, ``search-distilled/``, ``data/{train,dev,test}.jsonl``); run
+that first on a fresh checkout (~25 min on 2 cores). Then ``prunekit eval`` scores both models on
+the 1,000 test sentences through each backend; static int8 calibrates on 128 training sentences
+(never the test ones). Writes ``benchmarks/results/precision_accuracy.{json,md}``.
+
+    python benchmarks/precision_accuracy.py          # ~5 min on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prunekit.bench import system_info  # noqa: E402
+from prunekit.evaluate import evaluate, format_table  # noqa: E402
+from prunekit.io import atomic_write_text  # noqa: E402
+
+BACKENDS = ("torch-sdpa", "torch-bf16", "compile-bf16", "ort-fp32", "ort-int8", "ort-int8-static")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="runs/bench-distill", help="where distill_recovery.py left its models and data")
+    ap.add_argument("--backends", nargs="*", default=list(BACKENDS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-o", "--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    runs = Path(a.runs)
+    need = [runs / "teacher", runs / "search-distilled", runs / "data" / "test.jsonl", runs / "data" / "train.jsonl"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: run `python benchmarks/distill_recovery.py --runs {runs}` first")
+    torch.set_num_threads(a.threads)
+    t0 = time.time()
+    report = evaluate([str(runs / "teacher"), str(runs / "search-distilled")], str(runs / "data" / "test.jsonl"),
+                      backends=a.backends, calibration=str(runs / "data" / "train.jsonl"), max_length=128)
+    print(format_table(report), flush=True)
+    sysinfo = system_info("cpu")
+    cpu = sysinfo["cpu"]
+    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "system": sysinfo, "threads": torch.get_num_threads(),
+           "seconds": round(time.time() - t0, 1), "report": report}
+    rows = ["| model | backend | dtype | test accuracy | change vs its fp32 | F1 |", "|---|---|---|---|---|---|"]
+    for row in report["models"]:
+        r = row["results"]["dev"]
+        who = "teacher (MiniLM-L6, fine-tuned)" if row["type"] == "teacher" else f"compact 30% FLOPs, distilled"
+        d = r.get("primary_delta")
+        rows.append(f"| {who} | {row['backend']} | {row['dtype']} | {r['metrics']['accuracy']:.4f} | "
+                    f"{'-' if d is None else f'{100 * d:+.1f} pt'} | {r['metrics'].get('f1', float('nan')):.4f} |")
+    md = "\n".join([
+        "# Accuracy by precision (word-order task, 1,000 test sentences)", "",
+        f"`python benchmarks/precision_accuracy.py`: the models of `benchmarks/distill_recovery.py`, scored by "
+        f"`prunekit eval --backend ...`; static int8 calibrated on 128 training sentences. CPU: {cpu['model']} "
+        f"[{', '.join(k for k, v in cpu['isa'].items() if v)}], {res['threads']} threads; torch {sysinfo['torch']}, "
+        f"onnxruntime {sysinfo['onnxruntime']}; {res['date']}.", "", *rows, ""])
+    out = Path(a.out_dir)
+    atomic_write_text(out / "precision_accuracy.json", json.dumps(res, indent=1) + "\n")
+    atomic_write_text(out / "precision_accuracy.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
