@@ -24,6 +24,11 @@ class EncodedData:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
+    def subset(self, idx: list[int]) -> "EncodedData":
+        """The examples at ``idx`` (teacher outputs are left out)."""
+        return EncodedData([self.input_ids[i] for i in idx], None if self.token_type_ids is None else [self.token_type_ids[i] for i in idx],
+                           self.pad_id, None if self.labels is None else self.labels[idx])
+
 
 def encode(dataset, tokenizer, max_length: int) -> EncodedData:
     """Tokenise texts (and text pairs) with truncation, without padding."""
@@ -62,19 +67,25 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def batch_order(n: int, batch_size: int, seed: int, start_step: int = 0, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """Endless global batches of example indices; batch ``s`` depends only on (seed, s), so a resumed
+    run (on any number of processes) sees the same data."""
+    per_epoch = max(1, math.ceil(n / batch_size))
+    step, cached = start_step, (None, None)
+    while True:
+        epoch, pos = divmod(step, per_epoch)
+        if cached[0] != epoch:
+            cached = (epoch, epoch_order(n, seed, epoch, shuffle))
+        yield cached[1][pos * batch_size : (pos + 1) * batch_size]
+        step += 1
+
+
 def iterate_batches(
     data: EncodedData, batch_size: int, seed: int, start_step: int = 0, shuffle: bool = True
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-    """Endless batches; batch ``s`` depends only on (seed, s), so a resumed run sees the same data."""
-    n = len(data)
-    per_epoch = max(1, math.ceil(n / batch_size))
-    step = start_step
-    while True:
-        epoch, pos = divmod(step, per_epoch)
-        order = epoch_order(n, seed, epoch, shuffle)
-        idx = order[pos * batch_size : (pos + 1) * batch_size]
+    """Endless (indices, collated batch) pairs in :func:`batch_order`."""
+    for idx in batch_order(len(data), batch_size, seed, start_step, shuffle):
         yield idx, collate(data, idx.tolist())
-        step += 1
 
 
 def sequential_batches(data: EncodedData, batch_size: int) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:

@@ -152,6 +152,15 @@ def read_log(path: Path) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "step" in r]
 
 
+def restart_log(path: Path, step: int) -> list[dict]:
+    """A run log cut back to the records up to ``step`` (the steps after it are redone), rewritten atomically."""
+    from .io import atomic_write_text
+
+    history = [h for h in read_log(path) if h["step"] <= step] if step and Path(path).exists() else []
+    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+    return history
+
+
 def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: set[str]) -> Path:
     """The ``<out>.partial`` dir a run writes into until it is published as ``out``.
 

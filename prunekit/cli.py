@@ -5,9 +5,11 @@ import functools
 import logging
 import os
 import sys
+import time
 
 import click
 
+from .distributed import is_main_process
 from .errors import PrunekitError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,10 +23,14 @@ def _friendly(fn):
         try:
             return fn(*args, **kwargs)
         except PrunekitError as e:
-            click.echo(f"error: {e}", err=True)
+            if is_main_process():  # under torchrun every process meets the error; one says it
+                click.echo(f"error: {e}", err=True)
+            else:
+                time.sleep(2)  # torchrun stops the others when one exits: give rank 0 the time to say it
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: run the same command with --resume to continue from the last checkpoint", err=True)
+            if is_main_process():
+                click.echo("interrupted: run the same command with --resume to continue from the last checkpoint", err=True)
             sys.exit(130)
 
     return wrapper
@@ -71,7 +77,7 @@ def data_options(fn):
 @click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data.")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (overrides --epochs).")
 @click.option("--ramp-fraction", type=float, default=0.7, show_default=True, help="Fraction of the steps over which the target moves from 1.0 to --target.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation, and the sequence length the FLOPs are counted at.")
 @click.option("--lr", type=float, default=2e-5, show_default=True, help="Learning rate of the weights (trained jointly).")
 @click.option("--alpha-lr", type=float, default=1.0, show_default=True, help="Learning rate of the gate logits (on gradients per FLOP share).")
@@ -92,7 +98,8 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     """Learn which attention heads and FFN neurons to keep under a FLOPs target.
 
     Writes a run directory with architecture.json, alpha.safetensors, search_log.jsonl,
-    settings.json and architecture.png.
+    settings.json and architecture.png. Data-parallel on several GPUs or CPU processes:
+    `torchrun --nproc_per_node N -m prunekit search ...` (or `accelerate launch`).
     """
     from .search import SearchSettings, search as run_search
 
@@ -100,6 +107,8 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
         options["output_dir"] = os.path.join("runs", f"{options['method']}-{options['target']:g}")
     settings = SearchSettings(**options)
     result = run_search(settings, force=force, resume=resume, progress=not quiet)
+    if not is_main_process():  # data-parallel: rank 0 reports
+        return
     arch = result.architecture
     click.echo(f"architecture: {result.output_dir / 'architecture.json'}")
     click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
@@ -287,7 +296,7 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @click.option("--stage2-epochs", type=float, default=3.0, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
 @click.option("--stage1-lr", type=float, default=5e-5, show_default=True, help="Peak learning rate of stage 1.")
 @click.option("--stage2-lr", type=float, default=3e-5, show_default=True, help="Peak learning rate of stage 2.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
 @click.option("--warmup", type=float, default=0.1, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay (weight matrices only).")
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
@@ -313,7 +322,8 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 
     Stage 1 matches each layer's hidden states, the attention maps of the kept heads and the
     embeddings; stage 2 the teacher's predictions. Writes a compact model dir with the best
-    weights by the dev metric, plus distill_report.json and distill_log.jsonl.
+    weights by the dev metric, plus distill_report.json and distill_log.jsonl. Data-parallel:
+    `torchrun --nproc_per_node N -m prunekit distill ...` (or `accelerate launch`).
     """
     from .distill import DistillSettings, distill as run_distill
 
@@ -321,6 +331,8 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
         options["output_dir"] = str(student).rstrip("/\\") + "-distilled"
     settings = DistillSettings(student=student, **options)
     r = run_distill(settings, force=force, resume=resume, progress=not quiet)
+    if not is_main_process():  # data-parallel: rank 0 evaluated and reports
+        return
     m = r.metric
     click.echo(f"dev {m}: teacher {r.teacher_dev.get(m, float('nan')):.4f}, student before {r.before.get(m, float('nan')):.4f}, "
                f"distilled {r.best['value'] if r.best['value'] is not None else float('nan'):.4f} (step {r.best['step']}, stage {r.best['stage']})")

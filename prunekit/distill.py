@@ -33,12 +33,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .batching import encode, iterate_batches
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .batching import batch_order, collate, encode
+from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .evaluate import predict, score
-from .io import atomic_write_text, check_output_dir, publish_dir
-from .modeling import CompactBertPreTrainedModel, load_compact, mean_pool
+from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .modeling import CompactBertPreTrainedModel, load_compact
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 from .training import NonFiniteGuard
@@ -158,59 +159,72 @@ class DistillResult:
 # ------------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------------
-def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE over the real tokens of [B, T, H] tensors (``mask`` [B, T] is 1 on real tokens)."""
+def _count(given: float | None, local: torch.Tensor) -> torch.Tensor:
+    """What a mean divides by: this batch's own count, or (data parallel) the global batch's."""
+    return local if given is None else local.new_tensor(float(given))
+
+
+def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, tokens: float | None = None) -> torch.Tensor:
+    """MSE over the real tokens of [B, T, H] tensors (``mask`` [B, T] is 1 on real tokens); divided by
+    ``tokens`` real tokens when given (the global batch's, under data parallelism)."""
     m = mask.to(a.dtype).unsqueeze(-1)
-    return ((a.float() - b.float()).pow(2) * m).sum() / (m.sum() * a.shape[-1]).clamp_min(1.0)
+    return ((a.float() - b.float()).pow(2) * m).sum() / (_count(tokens, m.sum()) * a.shape[-1]).clamp_min(1.0)
 
 
-def attention_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor, kept: list[int], mask: torch.Tensor) -> torch.Tensor:
+def attention_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor, kept: list[int], mask: torch.Tensor,
+                   tokens: float | None = None) -> torch.Tensor:
     """Squared error of one layer's attention probabilities, the student's head h against the
     teacher's head ``kept[h]``: summed over keys, averaged over heads and real query tokens."""
     t = teacher_maps[:, kept]
     m = mask.to(student_maps.dtype)
     m2 = m[:, None, :, None] * m[:, None, None, :]
     err = ((student_maps.float() - t.float()).pow(2) * m2).sum()
-    return err / (m.sum() * len(kept)).clamp_min(1.0)
+    return err / (_count(tokens, m.sum()) * len(kept)).clamp_min(1.0)
 
 
-def intermediate_loss(s_out, t_out, kept_heads: list[list[int]], mask: torch.Tensor, settings: DistillSettings) -> tuple[torch.Tensor, dict]:
-    """Stage 1's loss from student and teacher outputs with hidden states and attentions."""
-    emb = masked_mse(s_out.hidden_states[0], t_out.hidden_states[0], mask)
-    hid = torch.stack([masked_mse(s, t, mask) for s, t in zip(s_out.hidden_states[1:], t_out.hidden_states[1:])]).mean()
-    att_terms = [attention_loss(s, t, kept, mask) for s, t, kept in zip(s_out.attentions, t_out.attentions, kept_heads) if kept]
+def intermediate_loss(s_out, t_out, kept_heads: list[list[int]], mask: torch.Tensor, settings: DistillSettings,
+                      tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Stage 1's loss from student and teacher outputs with hidden states and attentions (``tokens``: see masked_mse)."""
+    emb = masked_mse(s_out.hidden_states[0], t_out.hidden_states[0], mask, tokens)
+    hid = torch.stack([masked_mse(s, t, mask, tokens) for s, t in zip(s_out.hidden_states[1:], t_out.hidden_states[1:])]).mean()
+    att_terms = [attention_loss(s, t, kept, mask, tokens) for s, t, kept in zip(s_out.attentions, t_out.attentions, kept_heads) if kept]
     att = torch.stack(att_terms).mean() if att_terms else emb.new_zeros(())
     loss = settings.embedding_weight * emb + settings.hidden_weight * hid + settings.attention_weight * att
-    return loss, {"emb": emb.item(), "hidden": hid.item(), "attention": att.item()}
+    return loss, {"emb": emb.detach(), "hidden": hid.detach(), "attention": att.detach()}
 
 
-def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, examples: float | None = None) -> torch.Tensor:
     p = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    return -(p * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+    total = -(p * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum()
+    return total / (examples if examples is not None else len(student_logits))
 
 
-def prediction_loss(kind: str, s_pred: torch.Tensor, t_pred: torch.Tensor, settings: DistillSettings, labels=None, gold_mask=None) -> tuple[torch.Tensor, dict]:
-    """Stage 2's loss: soft CE (classification), MSE (regression, pooled embeddings); plus gold labels."""
+def prediction_loss(kind: str, s_pred: torch.Tensor, t_pred: torch.Tensor, settings: DistillSettings, labels=None, gold_mask=None,
+                    examples: float | None = None, gold_examples: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Stage 2's loss: soft CE (classification), MSE (regression, pooled embeddings); plus gold labels.
+    ``examples`` / ``gold_examples``: what the means divide by (the global batch's, under data parallelism)."""
+    n = examples if examples is not None else len(s_pred)
     if kind == "classification":
-        soft = soft_cross_entropy(s_pred, t_pred, settings.temperature)
+        soft = soft_cross_entropy(s_pred, t_pred, settings.temperature, n)
         # soft CE = KL + the teacher's entropy, a floor it cannot go below: log the KL too
-        entropy = soft_cross_entropy(t_pred, t_pred, settings.temperature)
-        parts = {"soft": soft.item(), "kl": (soft - entropy).item()}
+        entropy = soft_cross_entropy(t_pred, t_pred, settings.temperature, n)
+        parts = {"soft": soft.detach(), "kl": (soft - entropy).detach()}
     else:
-        soft = F.mse_loss(s_pred.float(), t_pred.float())
-        parts = {"soft": soft.item()}
+        soft = (s_pred.float() - t_pred.float()).pow(2).sum() / (n * s_pred[0].numel())
+        parts = {"soft": soft.detach()}
     loss = soft
     a = settings.alpha_gold
     if a > 0 and labels is not None and kind != "embedding":
         keep = gold_mask if gold_mask is not None else torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-        if bool(keep.any()):
+        n_gold = gold_examples if gold_examples is not None else int(keep.sum())
+        if n_gold > 0 and bool(keep.any()):
             if kind == "classification":
-                gold = F.cross_entropy(s_pred[keep].float(), labels[keep])
+                gold = F.cross_entropy(s_pred[keep].float(), labels[keep], reduction="sum") / n_gold
             else:
-                gold = F.mse_loss(s_pred[keep].float().squeeze(-1), labels[keep].float())
+                gold = F.mse_loss(s_pred[keep].float().squeeze(-1), labels[keep].float(), reduction="sum") / n_gold
         else:
             gold = soft.new_zeros(())
-        parts["gold"] = gold.item()
+        parts["gold"] = gold.detach()
         loss = (1 - a) * soft + a * gold
     return loss, parts
 
@@ -374,18 +388,30 @@ def distill(
     dev_data=None,
     _interrupt_after: int | None = None,
 ) -> DistillResult:
-    """Distil a compact model dir into a new compact model dir (written atomically). The CLI's entry point."""
+    """Distil a compact model dir into a new compact model dir (written atomically). The CLI's entry point.
+
+    Under torchrun / accelerate launch with N processes it runs data-parallel (:mod:`prunekit.distributed`):
+    ``batch_size`` is the global batch, each process takes 1/N of it; rank 0 evaluates on the dev data
+    and writes the run dir (the result on the other ranks has no dev metrics)."""
+    settings.validate()
+    with launched(settings.device) as (world, device):
+        if settings.batch_size < world.size:
+            raise PrunekitError(f"--batch-size {settings.batch_size} is the global batch, shared by {world.size} processes: give at least {world.size}")
+        return _distill(settings, world, device, force, resume, progress, teacher, train_data, dev_data, _interrupt_after)
+
+
+def _distill(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
+             teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None) -> DistillResult:
     from tqdm.auto import tqdm
 
-    from .search import _autocast, resolve_device
+    from .search import _autocast
 
-    settings.validate()
     out = Path(settings.output_dir)
     student_dir = Path(settings.student)
     if student_dir.resolve() == out.resolve():
         raise PrunekitError("the output directory is the student's own directory: choose another -o")
-    work = prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE)
-    device = resolve_device(settings.device)
+    work = partial_dir(out)
+    on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
 
     # Everything that can be wrong with the inputs fails before any work: student, data, teacher.
     if not student_dir.is_dir():
@@ -415,7 +441,7 @@ def distill(
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
 
-    start_work_dir(work, settings.to_json())
+    on_main(world, lambda: start_work_dir(work, settings.to_json()))
     teacher.model.to(device).eval()
     student.to(device)
     if settings.dropout is not None:
@@ -427,8 +453,8 @@ def distill(
     plain = encode(train, tokenizer, settings.max_length)
     plain_orig = torch.ones(len(plain), dtype=torch.bool)
     aug_enc, aug_orig = plain, plain_orig
-    if settings.augments(1) or settings.augments(2):
-        aug = _augmented(settings, train, teacher, work, device, progress)
+    if settings.augments(1) or settings.augments(2):  # made (or read from its cache) on rank 0, sent to the others
+        aug = broadcast_object(on_main(world, lambda: _augmented(settings, train, teacher, work, device, progress)), world)
         aug_enc = encode(aug.dataset, tokenizer, settings.max_length)
         aug_orig = torch.tensor(aug.is_original, dtype=torch.bool)
     stage_data = {1: (aug_enc, aug_orig) if settings.augments(1) else (plain, plain_orig),
@@ -441,32 +467,36 @@ def distill(
     eval_points = ({s1} if s1 else set()) | {s1 + k for k in range(per_epoch2, stage_steps[2], per_epoch2)} | {total}
 
     dev_enc = encode(dev, tokenizer, settings.max_length)
-    teacher_dev_out = predict(teacher.model, kind, dev_enc, device, settings.eval_batch_size)
-    metric, teacher_dev = dev_metrics(kind, teacher_dev_out, teacher_dev_out, dev)
     student.config.backend = fast_backend
-    _, before = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
+    metric, teacher_dev, before, teacher_dev_out = "", {}, {}, None
+    if world.main:  # the dev metric picks the best checkpoint, which rank 0 keeps
+        teacher_dev_out = predict(teacher.model, kind, dev_enc, device, settings.eval_batch_size)
+        metric, teacher_dev = dev_metrics(kind, teacher_dev_out, teacher_dev_out, dev)
+        _, before = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
 
     ckpt_root, log_path = work / "checkpoints", work / "distill_log.jsonl"
     start, history = 0, []
     best = {"step": None, "stage": None, "value": None, "metrics": None}
     opt_state = None
-    if resume:
-        found = load_latest_checkpoint(ckpt_root)
-        if found is not None:
-            start, tensors, meta = found
-            with restoring(ckpt_root):
-                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-                best = meta["best"]
-            opt_state = (tensors, meta)
-            if log_path.exists():
-                history = [h for h in read_log(log_path) if h["step"] <= start]
-            log.info("resuming from step %d", start)
-    atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+    found = latest_checkpoint(ckpt_root, world) if resume else None
+    if found is not None:
+        start, tensors, meta = found
+        with restoring(ckpt_root):
+            student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+            best = meta["best"]
+        opt_state = (tensors, meta)
+        log.info("resuming from step %d", start)
+    if world.main:
+        history = restart_log(log_path, start)
+    # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
+    train_model = student
+    if world.distributed:
+        train_model = data_parallel(student, device, find_unused_parameters=True)
 
-    stage_now, opt, batches, bar = None, None, None, None
-    guard = NonFiniteGuard(settings.max_nan_steps, "lower the learning rate, or use --mixed-precision no")
+    stage_now, opt, order, bar = None, None, None, None
+    guard = NonFiniteGuard(settings.max_nan_steps, "lower the learning rate, or use --mixed-precision no", announce=world.main)
     kept_heads = [list(h) for h in student.config.kept_heads]
-    with open(log_path, "a") as log_file:
+    with open_log(log_path, world) as log_file:
         for step in range(start, total):
             stage = 1 if step < s1 else 2
             if stage != stage_now:  # set up the stage: optimizer (restored if resuming inside it), data, bar
@@ -485,36 +515,43 @@ def distill(
                         restore_optimizer(prefix, opt, *opt_state)
                 opt_state = None
                 data, orig = stage_data[stage]
-                batches = iterate_batches(data, bs, settings.seed + stage, start_step=step - base, shuffle=True)
+                order = batch_order(len(data), bs, settings.seed + stage, start_step=step - base, shuffle=True)
                 desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
-                bar = tqdm(total=stage_steps[stage], initial=step - base, disable=not progress, desc=desc, unit="step", dynamic_ncols=True)
+                bar = tqdm(total=stage_steps[stage], initial=step - base, disable=not (progress and world.main), desc=desc, unit="step",
+                           dynamic_ncols=True)
                 student.config.backend = "eager" if stage == 1 else fast_backend
-            local = step - base
-            factor = lr_factor(local, stage_steps[stage], settings.warmup)
+            factor = lr_factor(step - base, stage_steps[stage], settings.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr * factor
-            torch.manual_seed(settings.seed * 1_000_003 + step)  # dropout depends on the step only: resumable
+            # Dropout depends on the step (and the process) only: resumable.
+            torch.manual_seed(settings.seed * 1_000_003 + step + 1_000_000_007 * world.rank)
             student.train()
-            idx, batch = next(batches)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            idx = next(order)  # the global batch; this process takes its share
+            mine, real = shard(idx, world)
+            batch = {k: v.to(device) for k, v in collate(data, mine.tolist()).items()}
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            # Means over the global batch (its real tokens, examples, original examples), so the shares add up.
+            glob = idx.tolist() if world.distributed else None
             with _autocast(device, settings.mixed_precision):
                 if stage == 1:
                     with torch.no_grad():
                         t_out = teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
-                    s_out = student(**inputs, output_hidden_states=True, output_attentions=True)
-                    loss, parts = intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], settings)
+                    s_out = train_model(**inputs, output_hidden_states=True, output_attentions=True)
+                    tokens = sum(len(data.input_ids[i]) for i in glob) if glob else None
+                    loss, parts = intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], settings, tokens)
                 else:
                     with torch.no_grad():
                         t_pred = model_output(teacher.model, kind, inputs)
-                    s_pred = model_output(student, kind, inputs)
-                    loss, parts = prediction_loss(kind, s_pred, t_pred, settings, batch.get("labels"), orig[idx].to(device))
+                    s_pred = model_output(train_model, kind, inputs)
+                    loss, parts = prediction_loss(kind, s_pred, t_pred, settings, batch.get("labels"), orig[mine].to(device),
+                                                  len(glob) if glob else None, int(orig[idx].sum()) if glob else None)
             opt.zero_grad(set_to_none=True)
             done = step + 1
-            loss.backward()
+            (loss * (world.size * float(real))).backward()  # DDP averages: the sum of the shares
+            loss, parts, loss_finite = _reduce_shares(loss * float(real), parts, real, world)
             # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
             norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf)
-            why = "non-finite loss" if not torch.isfinite(loss) else ("non-finite gradients" if not torch.isfinite(norm) else None)
+            why = "non-finite loss" if not loss_finite else ("non-finite gradients" if not torch.isfinite(norm) else None)
             if why is not None:  # nothing is applied: weights and optimizer moments stay as they were
                 record = guard.skip(done, why)
                 history.append({**record, "stage": stage})
@@ -523,12 +560,12 @@ def distill(
             else:
                 guard.applied()
                 opt.step()
-                record = {"step": done, "stage": stage, "loss": round(loss.item(), 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor}
+                record = {"step": done, "stage": stage, "loss": round(loss, 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor}
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
-            if done in eval_points:
+            if done in eval_points and world.main:
                 student.config.backend = fast_backend
                 _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
                 student.config.backend = "eager" if stage == 1 else fast_backend
@@ -540,7 +577,7 @@ def distill(
                     _save_best(work, student, done)
                     best = {"step": done, "stage": stage, "value": value, "metrics": m}
                 log_file.flush()
-            if guard.streak == 0 and (done % settings.checkpoint_every == 0 or done == s1 or done == total):
+            if world.main and guard.streak == 0 and (done % settings.checkpoint_every == 0 or done == s1 or done == total):
                 log_file.flush()
                 tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
                 meta = {"best": best}
@@ -551,47 +588,61 @@ def distill(
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
     if bar is not None:
         bar.close()
-
-    # The output: the best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record.
-    from safetensors.torch import load_file
-
-    if best["step"] is not None:
-        try:
-            student.load_state_dict(load_file(str(_best_path(work, best["step"]))))
-        except Exception as e:  # noqa: BLE001 - deleted or damaged by hand: the run cannot say what its best was
-            raise PrunekitError(
-                f"the best weights of this run ({_best_path(work, best['step'])}) are missing or corrupt "
-                f"({str(e).splitlines()[0][:120]}): start over with --force"
-            ) from None
-    else:
-        log.warning("no dev evaluation gave a number; keeping the last weights")
-    if best["value"] is not None and before.get(metric) is not None and best["value"] < before[metric]:
-        log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"], before[metric])
     student.config.backend = backend
     student.eval().to("cpu")
     teacher.model.to("cpu")
-    # The output is assembled in a folder of its own inside the work dir, then renamed into place: a
-    # kill before the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
-    final = work / "output"
-    shutil.rmtree(final, ignore_errors=True)
-    final.mkdir()
-    _quiet(student.save_pretrained, final, safe_serialization=True)
-    (student_tok or tokenizer).save_pretrained(final)
-    for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
-        if (student_dir / name).is_file():
-            shutil.copyfile(student_dir / name, final / name)
-    for name in ("settings.json", "distill_log.jsonl"):
-        shutil.copyfile(work / name, final / name)
-    report = {
-        "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
-        "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
-        "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
-        "dev_source": dev.source, "skipped_steps": sum(1 for h in history if "skipped" in h),
-    }
-    atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
-    if out.exists():
-        check_output_dir(out, force or resume)
-    publish_dir(final, out)
-    shutil.rmtree(work, ignore_errors=True)
-    return DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
-                         skipped_steps=report["skipped_steps"])
+    skipped = sum(1 for h in history if "skipped" in h)
+    result = DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
+                           skipped_steps=skipped)
+
+    def write_output() -> None:
+        """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record."""
+        from safetensors.torch import load_file
+
+        if best["step"] is not None:
+            try:
+                student.load_state_dict(load_file(str(_best_path(work, best["step"]))))
+            except Exception as e:  # noqa: BLE001 - deleted or damaged by hand: the run cannot say what its best was
+                raise PrunekitError(
+                    f"the best weights of this run ({_best_path(work, best['step'])}) are missing or corrupt "
+                    f"({str(e).splitlines()[0][:120]}): start over with --force"
+                ) from None
+        else:
+            log.warning("no dev evaluation gave a number; keeping the last weights")
+        if best["value"] is not None and before.get(metric) is not None and best["value"] < before[metric]:
+            log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"], before[metric])
+        # Assembled in a folder of its own inside the work dir, then renamed into place: a kill before
+        # the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
+        final = work / "output"
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir()
+        _quiet(student.save_pretrained, final, safe_serialization=True)
+        (student_tok or tokenizer).save_pretrained(final)
+        for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
+            if (student_dir / name).is_file():
+                shutil.copyfile(student_dir / name, final / name)
+        for name in ("settings.json", "distill_log.jsonl"):
+            shutil.copyfile(work / name, final / name)
+        report = {
+            "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
+            "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
+            "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
+            "dev_source": dev.source, "skipped_steps": skipped,
+        }
+        atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
+        if out.exists():
+            check_output_dir(out, force or resume)
+        publish_dir(final, out)
+        shutil.rmtree(work, ignore_errors=True)
+
+    on_main(world, write_output)
+    return result
+
+
+def _reduce_shares(loss: torch.Tensor, parts: dict, real: bool, world: World) -> tuple[float, dict, bool]:
+    """The global batch's loss and its parts (the sum of every process's shares), and whether the loss
+    was finite on every process, in one all-reduce; plain numbers in a single process."""
+    values = torch.stack([loss.detach().float(), *(v.float() * float(real) for v in parts.values()),
+                          loss.new_tensor(0.0 if bool(torch.isfinite(loss)) else 1.0)])
+    values = all_reduce_sum(values, world).tolist()
+    return values[0], dict(zip(parts, values[1:-1])), values[-1] == 0 and math.isfinite(values[0])

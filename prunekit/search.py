@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,12 +21,13 @@ import torch
 from torch import nn
 
 from .architecture import Architecture, config_hash
-from .batching import EncodedData, encode, iterate_batches, teacher_outputs
-from .checkpoint import flatten_optimizer, load_latest_checkpoint, prepare_work_dir, read_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
+from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .distributed import World, all_reduce_sum, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
-from .io import atomic_write_text, check_output_dir, publish_dir
+from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .selection import select_to_budget
 from .training import NonFiniteGuard
@@ -125,17 +125,6 @@ class SearchResult:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda was asked for but this machine has no CUDA GPU: use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise PrunekitError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
-
-
 def target_at(step: int, total_steps: int, goal: float, ramp_fraction: float) -> float:
     """The scheduled FLOPs target: linear from 1.0 to ``goal`` over the first ramp_fraction of steps."""
     ramp = max(1, int(round(ramp_fraction * total_steps)))
@@ -197,11 +186,14 @@ def _autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _normalised_mse(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torch.Tensor:
-    """MSE divided by the teacher output's mean square, so that lambda means the same for any head."""
-    teacher_out = teacher_out.float()
-    scale = teacher_out.pow(2).mean().clamp_min(1e-8)
-    return (student_out.float() - teacher_out).pow(2).mean() / scale
+def _normalised_mse(student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_batch: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE divided by the teacher output's mean square, so that lambda means the same for any head.
+
+    Under data parallelism ``teacher_out`` holds this process's rows and ``teacher_batch`` the whole
+    global batch's: the result is this process's share, and the shares sum to the global value."""
+    teacher_batch = teacher_out if teacher_batch is None else teacher_batch
+    scale = teacher_batch.float().pow(2).mean().clamp_min(1e-8)
+    return (student_out.float() - teacher_out.float()).pow(2).sum() / (teacher_batch.numel() * scale)
 
 
 def run_gate_search(
@@ -213,8 +205,10 @@ def run_gate_search(
     resume: bool,
     progress: bool = True,
     _interrupt_after: int | None = None,
-) -> tuple[Architecture, list[dict], int]:
-    """The differentiable search itself; writes checkpoints and search_log.jsonl into ``work``."""
+    world: World = World(),
+) -> tuple[Architecture, list[dict], int, torch.Tensor, torch.Tensor]:
+    """The differentiable search itself; rank 0 writes checkpoints and search_log.jsonl into ``work``.
+    Returns the architecture, the log, the step count and the final gate logits (head, FFN)."""
     from tqdm.auto import tqdm
 
     shape, seq_len = teacher.shape, settings.max_length
@@ -240,48 +234,55 @@ def run_gate_search(
     ckpt_root = work / "checkpoints"
     log_path = work / "search_log.jsonl"
     start_step, history = 0, []
-    if resume:
-        found = load_latest_checkpoint(ckpt_root)
-        if found is not None:
-            start_step, tensors, meta = found
-            with restoring(ckpt_root), torch.no_grad():
-                alphas.head.copy_(tensors["alpha.head"])
-                alphas.ffn.copy_(tensors["alpha.ffn"])
-                if train_weights:
-                    student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-                for prefix, opt in opts.items():
-                    restore_optimizer(prefix, opt, tensors, meta)
-            if log_path.exists():
-                history = [h for h in read_log(log_path) if h["step"] <= start_step]
-            log.info("resuming from step %d", start_step)
-    atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+    found = latest_checkpoint(ckpt_root, world) if resume else None
+    if found is not None:
+        start_step, tensors, meta = found
+        with restoring(ckpt_root), torch.no_grad():
+            alphas.head.copy_(tensors["alpha.head"])
+            alphas.ffn.copy_(tensors["alpha.ffn"])
+            if train_weights:
+                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+            for prefix, opt in opts.items():
+                restore_optimizer(prefix, opt, tensors, meta)
+        log.info("resuming from step %d", start_step)
+    if world.main:
+        history = restart_log(log_path, start_step)
+    # Data parallel: DDP averages the weight gradients; the gate logits' are all-reduced below.
+    forward_model = student
+    if world.distributed and train_weights:
+        forward_model = data_parallel(student, device)
 
     teacher_out = data.teacher_out
     full_flops = model_flops(shape, seq_len).total
     head_share, neuron_share = shape.head_cost(seq_len) / full_flops, shape.neuron_cost(seq_len) / full_flops
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="search", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and world.main), desc="search", unit="step", dynamic_ncols=True)
     trained = [alphas.head, alphas.ffn] + [p for p in student.parameters() if p.requires_grad]
-    guard = NonFiniteGuard(settings.max_nan_steps, "lower --lr/--alpha-lr, or use --mixed-precision no")
-    batches = iterate_batches(data, settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
-    with open(log_path, "a") as log_file:
+    guard = NonFiniteGuard(settings.max_nan_steps, "lower --lr/--alpha-lr, or use --mixed-precision no", announce=world.main)
+    order = batch_order(len(data), settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
+    with open_log(log_path, world) as log_file:
         for step in range(start_step, total_steps):
-            idx, batch = next(batches)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            idx = next(order)  # the global batch; this process takes its share
+            local, real = shard(idx, world)
+            batch = {k: v.to(device) for k, v in collate(data, local.tolist()).items()}
             target = target_at(step + 1, total_steps, settings.target, settings.ramp_fraction)
             head_p, ffn_p = alphas.probs()
             with torch.no_grad():
                 hard_h, hard_f = alphas.hard()
                 discrete = float(expected_flops_ratio(shape, seq_len, hard_h, hard_f))
             with _autocast(device, settings.mixed_precision), gates.active(head_p, ffn_p):
-                out = model_output(student, teacher.kind, batch)
-            mse = _normalised_mse(out, teacher_out[idx].to(device))
+                out = model_output(forward_model, teacher.kind, batch)
+            mse = _normalised_mse(out, teacher_out[local].to(device), teacher_out[idx].to(device)) * float(real)
             expected = expected_flops_ratio(shape, seq_len, head_p, ffn_p)
             cost = flops_loss(expected, discrete, target, settings.tolerance)
-            loss = mse + settings.lambda_cost * cost
+            # Every process adds the (replicated) FLOPs loss; averaging over processes then gives the
+            # sum of the MSE shares plus the FLOPs loss once: the single-process gradient.
+            loss = world.size * mse + settings.lambda_cost * cost
             for opt in opts.values():
                 opt.zero_grad(set_to_none=True)
             loss.backward()
-            why = guard.reason(bool(torch.isfinite(loss)), trained)
+            mse, loss_finite = _reduce_gate_grads(alphas, mse, bool(torch.isfinite(loss)), world)
+            loss = mse + settings.lambda_cost * cost.detach()
+            why = guard.reason(loss_finite and bool(torch.isfinite(loss)), trained)
             if why is not None:  # nothing is applied: alphas, weights and optimizer moments stay as they were
                 record = guard.skip(step + 1, why)
                 history.append(record)
@@ -320,7 +321,7 @@ def run_gate_search(
             bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
             bar.update(1)
             done = step + 1
-            if done % settings.checkpoint_every == 0 or done == total_steps:
+            if world.main and (done % settings.checkpoint_every == 0 or done == total_steps):
                 log_file.flush()
                 save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)
             if _interrupt_after is not None and done >= _interrupt_after:
@@ -338,10 +339,20 @@ def run_gate_search(
         log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
         arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
     arch.meta["skipped_steps"] = sum(1 for h in history if "skipped" in h)  # non-finite loss or gradients
-    from safetensors.torch import save_file
+    return arch, history, total_steps, alphas.head.detach().cpu(), alphas.ffn.detach().cpu()
 
-    save_file({"head": alphas.head.detach().cpu().contiguous(), "ffn": alphas.ffn.detach().cpu().contiguous()}, str(work / "alpha.safetensors"))
-    return arch, history, total_steps
+
+def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool, world: World) -> tuple[torch.Tensor, bool]:
+    """Average the gate-logit gradients over the processes (one all-reduce, which also sums the MSE
+    shares and spreads a non-finite loss anywhere to every process, so all skip the same steps)."""
+    if not world.distributed:
+        return mse.detach(), loss_finite
+    head, ffn = alphas.head.grad, alphas.ffn.grad
+    flat = torch.cat([head.flatten(), ffn.flatten(), mse.detach().float().view(1), torch.tensor([0.0 if loss_finite else 1.0], device=head.device)])
+    flat = all_reduce_sum(flat, world)
+    head.copy_(flat[: head.numel()].view_as(head) / world.size)
+    ffn.copy_(flat[head.numel(): head.numel() + ffn.numel()].view_as(ffn) / world.size)
+    return flat[-2], bool(flat[-1] == 0)
 
 
 def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device) -> Architecture:
@@ -368,13 +379,24 @@ def search(
     dataset=None,
     _interrupt_after: int | None = None,
 ) -> SearchResult:
-    """Run one search (or baseline) and write its run dir atomically. The library entry point of the CLI."""
+    """Run one search (or baseline) and write its run dir atomically. The library entry point of the CLI.
+
+    Under torchrun / accelerate launch with N processes it runs data-parallel (:mod:`prunekit.distributed`):
+    ``batch_size`` is the global batch, each process takes 1/N of it, and rank 0 writes the run dir."""
+    settings.validate()
+    with launched(settings.device) as (world, device):
+        if settings.batch_size < world.size:
+            raise PrunekitError(f"--batch-size {settings.batch_size} is the global batch, shared by {world.size} processes: give at least {world.size}")
+        return _search(settings, world, device, force, resume, progress, teacher, dataset, _interrupt_after)
+
+
+def _search(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
+            teacher: Teacher | None, dataset, _interrupt_after: int | None) -> SearchResult:
     from .plot import plot_architecture
 
-    settings.validate()
     out = Path(settings.output_dir)
-    work = prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE)
-    device = resolve_device(settings.device)
+    work = partial_dir(out)
+    on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 
@@ -395,16 +417,19 @@ def search(
     check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
     teacher.model.to(device)
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
-    encoded.teacher_out = teacher_outputs(teacher, encoded, device, batch_size=max(settings.batch_size, 64))
+    # The teacher's outputs, cached once: each process computes every size-th example, all get all.
+    mine = list(range(world.rank, len(encoded), world.size))
+    own = teacher_outputs(teacher, encoded.subset(mine) if world.distributed else encoded, device, batch_size=max(settings.batch_size, 64))
+    encoded.teacher_out = gather_rows(own, len(encoded), world)
 
-    start_work_dir(work, settings.to_json())
+    on_main(world, lambda: start_work_dir(work, settings.to_json()))
     history: list[dict] = []
     steps = 0
+    alphas = None
     if settings.method == "search":
-        arch, history, steps = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after)
-    else:
+        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after, world)
+    else:  # the baselines are cheap and deterministic: every process computes the same architecture
         arch = run_baseline(settings, teacher, encoded, device)
-        atomic_write_text(work / "search_log.jsonl", "")
     teacher.model.to("cpu")
 
     shape, seq_len = teacher.shape, settings.max_length
@@ -426,13 +451,22 @@ def search(
     lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
     if not lo - 1e-9 <= ratio <= hi + 1e-9:  # an internal bug, not a user mistake
         raise RuntimeError(f"architecture at FLOPs ratio {ratio:.4f} outside the band [{lo:.4f}, {hi:.4f}]")
-    arch.save(work / "architecture.json", shape, seq_len)
-    plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of the FLOPs (target {settings.target})")
-    ckpts = sorted((work / "checkpoints").glob("step-*"))
-    for old in ckpts[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        check_output_dir(out, force or resume)
-    publish_dir(work, out)
+
+    def write_outputs() -> None:
+        from safetensors.torch import save_file
+
+        if alphas:
+            save_file({"head": alphas[0].contiguous(), "ffn": alphas[1].contiguous()}, str(work / "alpha.safetensors"))
+        else:
+            atomic_write_text(work / "search_log.jsonl", "")
+        arch.save(work / "architecture.json", shape, seq_len)
+        plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of the FLOPs (target {settings.target})")
+        for old in sorted((work / "checkpoints").glob("step-*"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            check_output_dir(out, force or resume)
+        publish_dir(work, out)
+
+    on_main(world, write_outputs)
     return SearchResult(architecture=arch, output_dir=out, achieved_ratio=ratio, target=settings.target, steps=steps, log=history,
                         skipped_steps=arch.meta.get("skipped_steps", 0))

@@ -11,6 +11,8 @@ from prunekit.data import load_data
 from prunekit.models import load_teacher
 from prunekit.search import SearchSettings, search
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _settings(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "run"), max_steps=8, batch_size=8, max_length=32, checkpoint_every=4)
