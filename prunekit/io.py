@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: nothing half-written is ever left where a user looks."""
+"""Atomic file and directory writes (nothing half-written is ever left where a user looks), and JSON reads that fail in one line."""
 from __future__ import annotations
 
 import contextlib
