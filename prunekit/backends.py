@@ -32,7 +32,6 @@ reported by :func:`unavailable` as one line, never a traceback.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import PrunekitError
+from .io import read_json
 
 # name -> (dtype, devices)
 BACKENDS: dict[str, tuple[str, tuple]] = {
@@ -162,13 +162,44 @@ def load_onnx_file(path: str | os.PathLike) -> OnnxFile:
     if not p.is_file():
         raise PrunekitError(f"{path} is not a file: give an .onnx file written by `prunekit export-onnx`")
     side = p.with_name(p.name + ".json")
-    info = {}
-    if side.is_file():
+    info = _check_onnx_report(side, read_json(side, fix="re-export the model or delete the report")) if side.is_file() else {}
+    return OnnxFile(p, info)
+
+
+def _check_onnx_report(side: Path, info) -> dict:
+    """The fields of an export report that eval and bench read, type-checked (a hand-edited or
+    foreign ``.onnx.json`` is one clear error, not a TypeError deep inside)."""
+    from .configs import TASK_KINDS
+    from .flops import ModelShape
+
+    def bad(field: str, want: str):
+        return PrunekitError(f"{side}: {field} must be {want}; the export report is corrupt (re-export the model or delete it)")
+
+    if not isinstance(info, dict):
+        raise bad("the report", "a JSON object")
+    if info.get("kind") is not None and info["kind"] not in TASK_KINDS:
+        raise bad("kind", " or ".join(TASK_KINDS))
+    for field in ("tokenizer", "reference"):
+        if info.get(field) is not None and not isinstance(info[field], str):
+            raise bad(field, "a path (a string)")
+    for field in ("heads_per_layer", "ffn_per_layer"):
+        v = info.get(field)
+        if v is not None and not (isinstance(v, list) and len(v) <= 1024 and all(type(x) is int and 0 <= x < 1 << 20 for x in v)):
+            raise bad(field, "a list of per-layer sizes")
+    if info.get("params") is not None and type(info["params"]) is not int:
+        raise bad("params", "a whole number")
+    if info.get("checks") is not None and not (isinstance(info["checks"], list) and all(isinstance(c, dict) for c in info["checks"])):
+        raise bad("checks", "a list of objects")
+    shape = info.get("shape")
+    if shape:
+        names = set(ModelShape.__dataclass_fields__)
+        if not (isinstance(shape, dict) and set(shape) <= names and all(type(v) is int and 0 <= v < 1 << 24 for v in shape.values())):
+            raise bad("shape", f"an object of whole numbers with the keys {', '.join(sorted(names))}")
         try:
-            info = json.loads(side.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            info = {}
-    return OnnxFile(p, info if isinstance(info, dict) else {})
+            ModelShape(**shape)
+        except TypeError:
+            raise bad("shape", f"an object with the keys {', '.join(sorted(names))}") from None
+    return info
 
 
 def _ort_session(f: OnnxFile, device: str = "cpu", threads: Optional[int] = None):

@@ -36,6 +36,9 @@ LIMITS = {
     "num_labels": (1, 1 << 16),
 }
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header (JSON); BERT-base's is ~20 KB
+# Each size above is bounded alone, but their products are what gets allocated: the parameters the
+# config implies are capped too (BERT-large 335M, XLM-R-large 560M; 2e9 fp32 parameters is 8 GB).
+MAX_PARAMS = 2_000_000_000
 
 
 def model_type_of(cfg_file: str | os.PathLike) -> str | None:
@@ -58,8 +61,27 @@ def check_model_config(model_dir: str | os.PathLike) -> dict:
     _check_sizes(cfg, path)
     if model_type == COMPACT_MODEL_TYPE:
         _check_compact_layers(cfg, path)
-    _check_against_weights(cfg, model_dir, path)
+    params = estimated_params(cfg)
+    if params > MAX_PARAMS:
+        raise PrunekitError(f"{path} describes a model of {params:.3g} parameters (over {MAX_PARAMS:.0e}, far above any "
+                            "BERT-family model): the config is corrupt")
+    _check_against_weights(cfg, model_dir, path, params)
     return cfg
+
+
+def estimated_params(cfg: dict) -> int:
+    """Parameters of the embeddings and encoder layers a (size-checked) config implies: a lower
+    bound on what building it allocates (no pooler or task head)."""
+    hidden = cfg.get("hidden_size", 768)
+    layers, heads = cfg.get("num_hidden_layers", 12), cfg.get("num_attention_heads", 12)
+    head_dim = cfg.get("head_dim") or max(1, hidden // heads)
+    if cfg.get("model_type") == COMPACT_MODEL_TYPE:
+        counts, widths = cfg["num_heads_per_layer"], cfg["intermediate_sizes"]
+    else:
+        counts, widths = [heads] * layers, [cfg.get("intermediate_size", 3072)] * layers
+    emb = (cfg.get("vocab_size", 30522) + cfg.get("max_position_embeddings", 512) + cfg.get("type_vocab_size", 2)) * hidden
+    per_layer = sum(4 * n * head_dim * hidden + 2 * w * hidden for n, w in zip(counts, widths))
+    return emb + per_layer
 
 
 def _whole(value, lo: int, hi: int) -> bool:
@@ -89,6 +111,11 @@ def _check_compact_layers(cfg: dict, path: Path) -> None:
         if not isinstance(value, list) or len(value) != layers or not all(ok(v) for v in value):
             raise PrunekitError(f"{path}: {name} must list, for each of the {layers} layers, {what}; the config is corrupt")
 
+    if cfg.get("num_heads_per_layer") is None and isinstance(cfg.get("kept_heads"), list):
+        cfg["num_heads_per_layer"] = [len(k) if isinstance(k, list) else -1 for k in cfg["kept_heads"]]
+    for name in ("num_heads_per_layer", "intermediate_sizes"):
+        if cfg.get(name) is None:
+            raise PrunekitError(f"{path}: a compact config lists its per-layer sizes, but {name} is missing; the config is corrupt")
     per_layer("num_heads_per_layer", lambda v: _whole(v, 0, heads), f"a head count in 0..{heads}")
     per_layer("intermediate_sizes", lambda v: _whole(v, 0, width), f"an FFN width in 0..{width}")
     per_layer("kept_heads", lambda v: isinstance(v, list) and all(_whole(j, 0, heads - 1) for j in v) and len(set(v)) == len(v),
@@ -134,10 +161,17 @@ def _weight_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.glob("*.safetensors") if p.name == "model.safetensors" or p.name.startswith("model-"))
 
 
-def _check_against_weights(cfg: dict, model_dir: Path, path: Path) -> None:
+def _check_against_weights(cfg: dict, model_dir: Path, path: Path, params: int) -> None:
     files = _weight_files(model_dir)
     if not files:
-        return  # .bin weights or a hub id: the sizes above are bounded, the loader compares shapes
+        # .bin weights (or a hub id): no header to read, but a file too small for the parameters the
+        # config implies (at 2 bytes each, the least a BERT checkpoint stores) cannot belong to it.
+        bins = [p for p in model_dir.glob("*.bin") if p.name == "pytorch_model.bin" or p.name.startswith("pytorch_model-")]
+        size = sum(p.stat().st_size for p in bins)
+        if bins and 2 * params > size * 1.05 + (64 << 10):
+            raise PrunekitError(f"{path} describes {params:,} parameters, but the weights in {model_dir} hold {size:,} bytes: "
+                                "the config does not belong to these weights (restore the model's own config.json)")
+        return
     shapes: dict[str, list[int]] = {}
     for f in files:
         shapes.update(safetensors_shapes(f))
