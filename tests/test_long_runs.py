@@ -258,14 +258,15 @@ def _run_killing(cmd: list[str], out: Path, log_name: str, files: tuple[str, ...
             _, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err.decode()
             break
-        if rng.random() < 0.25:  # during start-up: imports, loading the models and data
+        if rng.random() < 0.25:  # during start-up: imports, loading the models and data (at the latest, as training begins)
             kill_at, deadline = ("startup", time.time() + rng.uniform(0.5, 4.0)), None
         else:
             kill_at, deadline = ("step", rng.randint(1, max(1, total_steps * 9 // 10))), time.time() + 300
         extra = rng.uniform(0.0, 0.03)
+        logged_before = _last_logged_step(partial / log_name)
         while proc.poll() is None:
             check_complete()
-            if kill_at[0] == "startup" and time.time() >= kill_at[1]:
+            if kill_at[0] == "startup" and (time.time() >= kill_at[1] or _last_logged_step(partial / log_name) > logged_before):
                 break
             if kill_at[0] == "step" and (_last_logged_step(partial / log_name) >= kill_at[1] or time.time() > deadline):
                 time.sleep(extra)
