@@ -143,9 +143,10 @@ def _build(lm: LoadedModel, name: str, backend: str, s: BenchSettings, workdir: 
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def _batches(s: BenchSettings, first: LoadedModel, device: str) -> list[dict]:
+def _batches(s: BenchSettings, loaded: list[LoadedModel], device: str) -> list[dict]:
+    first = loaded[0]
     cfg = first.config
-    max_len = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.position_style == "roberta" else 0)
+    max_len = min(c.max_position_embeddings - (c.pad_token_id + 1 if c.position_style == "roberta" else 0) for c in (m.config for m in loaded))
     if s.seq_len < 1 or s.seq_len > max_len:
         raise PrunekitError(f"--seq-len {s.seq_len}: the model takes 1..{max_len} tokens")
     g = torch.Generator().manual_seed(s.seed)
@@ -218,7 +219,7 @@ def bench(s: BenchSettings) -> dict:
     vocab = {lm.config.vocab_size for lm in loaded}
     if len(vocab) > 1:
         raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
-    batches = _batches(s, loaded[0], device)
+    batches = _batches(s, loaded, device)
     sentences = sum(b["input_ids"].shape[0] for b in batches)
     models_info = []
     for name, lm in zip(names, loaded):

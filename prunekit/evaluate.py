@@ -33,7 +33,7 @@ from torch import nn
 from .batching import EncodedData, encode, sequential_batches
 from .errors import PrunekitError
 from .flops import ModelShape, format_flops, model_flops
-from .models import load_teacher, model_output
+from .models import check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,21 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: st
     )
     return LoadedModel(str(path), model, tokenizer, c.task_kind, shape, list(c.num_heads_per_layer), list(c.intermediate_sizes),
                        True, c.base_model_name_or_path)
+
+
+def _check_max_length(m: LoadedModel, max_length: int) -> None:
+    """--max-length must fit the model's position embeddings (else an index error deep inside the model)."""
+    from types import SimpleNamespace
+
+    config = m.model.config if m.model is not None else None
+    if config is None and m.onnx is not None:  # an exported file: the rows of its position-embedding table
+        import onnx
+
+        rows = [t.dims[0] for t in onnx.load(str(m.onnx.path), load_external_data=False).graph.initializer
+                if t.name.endswith("position_embeddings.weight") and len(t.dims) == 2]
+        config = SimpleNamespace(max_position_embeddings=int(rows[0]), model_type=None) if rows else None
+    if config is not None:
+        check_max_length(max_length, config, m.path)
 
 
 @torch.no_grad()
@@ -232,6 +247,7 @@ def evaluate(
             return backend, r.dtype, r.run
 
         def outputs(m: LoadedModel, run, ds) -> torch.Tensor:
+            _check_max_length(m, max_length)
             data = encode(ds, m.tokenizer, max_length)
             if m.model is not None and run is None:
                 return predict(m.model, m.kind, data, device, batch_size)

@@ -280,15 +280,50 @@ def test_the_unmutated_inputs_work(world, tmp_path):
     assert Architecture.load(world["run"]).head_counts == [2] * 6
 
 
-@pytest.mark.parametrize("verb", ["search", "distill"])
+@pytest.mark.parametrize("verb", ["search", "distill", "eval", "eval-teacher", "bench"])
 def test_max_length_beyond_the_position_embeddings(world, tmp_path, verb):
     long = tmp_path / "long.txt"
     long.write_text("\n".join(" ".join(make_sentences(15, seed=i)) for i in range(12)) + "\n")  # ~100 tokens a line; the model has 64 positions
-    model = world["teacher"] if verb == "search" else world["student"]
-    args = _verb_args(verb, world, tmp_path, model)
+    model = world["teacher"] if verb in ("search", "eval-teacher") else world["student"]
+    args = _verb_args(verb.split("-")[0], world, tmp_path, model)
+    if verb == "bench":
+        args[args.index("--seq-len") + 1] = "100"
+        assert "--seq-len 100: the model takes 1..64 tokens" in assert_one_line_error(args)
+        return
     args[args.index("--data") + 1] = str(long)
     args[args.index("--max-length") + 1] = "100"
     assert "--max-length 100 is longer than" in assert_one_line_error(args)
+
+
+def _fewer_positions(src: Path, dst: Path, n: int) -> Path:
+    """A copy of a model dir whose position-embedding table has ``n`` rows."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": n}))
+    weights = load_file(str(dst / "model.safetensors"))
+    for k in weights:
+        if "position_embeddings" in k:
+            weights[k] = weights[k][:n].contiguous()
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def test_length_beyond_the_positions_of_a_second_model(world, tmp_path):
+    """The limit is every model's, not only the first one's: bench's models, eval's reference, an exported file."""
+    short = _fewer_positions(world["teacher"], tmp_path / "short", 32)
+    bench = ["bench", str(world["teacher"]), str(short), *_verb_args("bench", world, tmp_path, world["teacher"])[2:]]
+    bench[bench.index("--seq-len") + 1] = "48"
+    assert "--seq-len 48: the model takes 1..32 tokens" in assert_one_line_error(bench)
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(make_sentences(8)) + "\n")
+    line = assert_one_line_error(["eval", str(world["teacher"]), "--data", str(data), "--reference", str(short), "--max-length", "48"])
+    assert "--max-length 48 is longer than" in line and "short" in line
+    onnx = tmp_path / "m.onnx"
+    assert CliRunner().invoke(cli, ["export-onnx", str(world["student"]), "-o", str(onnx)]).exit_code == 0
+    line = assert_one_line_error(["eval", str(onnx), "--data", str(data), "--reference", str(world["teacher"]), "--max-length", "100"])
+    assert "--max-length 100 is longer than" in line and "(64 positions)" in line
 
 
 WEIGHTS = {
