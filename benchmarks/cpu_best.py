@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-load", type=float, default=1.0, help="wait for the 1-min load average to drop below this")
     ap.add_argument("--wait", type=float, default=300, help="seconds to wait for it before each shape")
+    ap.add_argument("--max-foreign", type=float, default=0.1, help="time a shape again when others took more of the CPU")
+    ap.add_argument("--retries", type=int, default=1)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-real-lengths", dest="real_lengths", action="store_false")
     ap.add_argument("-o", "--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -235,12 +237,17 @@ def main() -> None:
             tokenizer.save_pretrained(orig)  # the real uncased vocabulary (the random model's has 30522 rows)
             comp = Path(tmp) / f"{name}-0.3"
             arch = make_compact(orig, comp, 0.3, seq_len, seed=100 * si + 30)
-            load0 = wait_quiet(a.max_load, a.wait)
-            print(f"{name}: load {load0:.2f}; timing original and compact on {a.backends}", flush=True)
-            c = Contention()
             t0 = time.time()
-            b = bench(BenchSettings(models=[str(orig), str(comp)], backends=a.backends, batch=batch, seq_len=seq_len,
-                                    repeats=repeats, warmup=a.warmup, threads=a.threads, fvcore=False))
+            for attempt in range(a.retries + 1):  # again, after waiting, when other processes took the cores
+                load0 = wait_quiet(a.max_load, a.wait)
+                print(f"{name}: load {load0:.2f}; timing original and compact on {a.backends}", flush=True)
+                c = Contention()
+                b = bench(BenchSettings(models=[str(orig), str(comp)], backends=a.backends, batch=batch, seq_len=seq_len,
+                                        repeats=repeats, warmup=a.warmup, threads=a.threads, fvcore=False))
+                foreign = c.foreign()
+                if foreign <= a.max_foreign:
+                    break
+                print(f"  other processes took {foreign:.0%} of the CPU: {'again' if attempt < a.retries else 'kept'}", flush=True)
             rows = b["rows"]
             best = b["best"][0]
             ort = next((r for r in rows if r["backend"] == "ort-fp32" and r["model"] == comp.name), None)
@@ -249,7 +256,7 @@ def main() -> None:
                      next(r["flops_speedup"] for r in rows if r["model"] == comp.name),
                      "rows": rows, "best": best, "ort_fp32_speedup": ort["speedup"] if ort else None,
                      "load": {"start": b["load_average"]["start"], "end": b["load_average"]["end"]},
-                     "foreign_cpu": c.foreign(), "seconds": round(time.time() - t0, 1)}
+                     "foreign_cpu": foreign, "attempts": attempt + 1, "seconds": round(time.time() - t0, 1)}
             print("\n".join([format_best(best)] + [f"  {r['model']} {r['backend']}: {r['sentences_per_s']:.1f} sent/s"
                                                    for r in rows]), flush=True)
             res["notes"] += [f"{name}: {n}" for n in b["notes"]]

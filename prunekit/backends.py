@@ -21,7 +21,7 @@ triton              fp32    the compact model's Triton kernels, padding-free (CU
 ort-fp32            fp32    onnxruntime, the graph as exported
 ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention)
 ort-int8            int8    ort-opt with dynamic int8 MatMuls
-ort-int8-static     int8    ort-opt with static int8 MatMuls, calibrated on real sentences
+ort-int8-static     int8    static int8 MatMuls (QLinearMatMul, unfused graph), calibrated on real sentences
 ort-cuda            fp32    onnxruntime's CUDA provider
 ort                 as-is   an ``.onnx`` file as it was exported (CPU, or CUDA with device cuda)
 =================== ======= ==============================================================
@@ -305,7 +305,7 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
 
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else None
     static = backend == "ort-int8-static"
-    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8", "ort-int8-static"),
+    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8"),  # static int8 quantizes the unfused graph
                         quantize="int8-static" if static else "int8" if backend == "ort-int8" else None,
                         calibration=calibration if static else None)  # None: the shipped corpus
     path = workdir / f"{len(list(workdir.iterdir()))}-{backend}.onnx"

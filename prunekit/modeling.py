@@ -26,7 +26,8 @@ Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
 * ``sdpa-packed`` — inference only, any device, plain PyTorch: the padding-free path of ``triton``
   for the CPU. The real tokens are packed once; every GEMM, GELU and LayerNorm runs on them alone,
   and only attention sees the padded batch (its Q/K/V scattered back, SDPA with the mask, the
-  context gathered again). What it saves is the padding share of a real-length batch.
+  context gathered again). What it saves is the padding share of a real-length batch; a batch
+  without padding takes the ``sdpa`` path.
 
 Speed on a GPU, without changing any output:
 
@@ -421,7 +422,11 @@ class CompactBertModel(CompactBertPreTrainedModel):
             position_ids = self.embeddings.position_ids(input_ids)
         backend = "eager" if output_attentions else self.config.backend
         if backend == "sdpa-packed":
-            return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+            if self.training:
+                raise PrunekitError("the sdpa-packed backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
+            if attention_mask is not None and not bool(attention_mask.all()):
+                return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+            backend = "sdpa"  # no padding, nothing to pack: the padded path has no copies to make
         if backend.startswith("triton"):
             return self._forward_triton(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                                         backend == "triton", token_capacity)
@@ -449,10 +454,8 @@ class CompactBertModel(CompactBertPreTrainedModel):
 
     def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states):
         """``sdpa-packed``: the rows of the real tokens through every layer, attention padded."""
-        if self.training:
-            raise PrunekitError("the sdpa-packed backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
         b, t = input_ids.shape
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = attention_mask
         indices = torch.nonzero(mask.flatten()).flatten()  # one host sync, as the triton path's
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         add_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
