@@ -129,8 +129,9 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: st
                        True, c.base_model_name_or_path)
 
 
-def _check_max_length(m: LoadedModel, max_length: int) -> None:
-    """--max-length must fit the model's position embeddings (else an index error deep inside the model)."""
+def _check_max_length(m: LoadedModel, data: EncodedData, max_length: int) -> None:
+    """The encoded texts must fit the model's position embeddings (else an index error deep inside the
+    model): a --max-length beyond them is an error when the data has texts that long."""
     from types import SimpleNamespace
 
     config = m.model.config if m.model is not None else None
@@ -140,8 +141,13 @@ def _check_max_length(m: LoadedModel, max_length: int) -> None:
         rows = [t.dims[0] for t in onnx.load(str(m.onnx.path), load_external_data=False).graph.initializer
                 if t.name.endswith("position_embeddings.weight") and len(t.dims) == 2]
         config = SimpleNamespace(max_position_embeddings=int(rows[0]), model_type=None) if rows else None
-    if config is not None:
-        check_max_length(max_length, config, m.path)
+    if config is None:
+        return
+    try:
+        check_max_length(max((len(ids) for ids in data.input_ids), default=0), config, m.path)
+    except PrunekitError:
+        check_max_length(max_length, config, m.path)  # raises (texts are cut at max_length), naming the option
+        raise
 
 
 @torch.no_grad()
@@ -247,8 +253,8 @@ def evaluate(
             return backend, r.dtype, r.run
 
         def outputs(m: LoadedModel, run, ds) -> torch.Tensor:
-            _check_max_length(m, max_length)
             data = encode(ds, m.tokenizer, max_length)
+            _check_max_length(m, data, max_length)
             if m.model is not None and run is None:
                 return predict(m.model, m.kind, data, device, batch_size)
             return predict_with(run, data, device, batch_size)
