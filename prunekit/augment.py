@@ -188,6 +188,8 @@ def build_replacer(tokenizer, teacher_model=None, mlm_dir: str | None = None, to
     try:
         mlm_tok = AutoTokenizer.from_pretrained(str(path))
         mlm = AutoModelForMaskedLM.from_pretrained(str(path)).eval().to(device)
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - a dir without an MLM head, corrupt weights, ...
         raise PrunekitError(f"--augment-mlm {mlm_dir}: cannot load a masked-LM model ({str(e).splitlines()[0][:160]})") from None
     if mlm_tok.mask_token is None:

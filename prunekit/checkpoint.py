@@ -3,9 +3,11 @@
 A checkpoint is a directory ``<root>/step-NNNNNNN`` with ``state.safetensors`` (every tensor:
 weights and optimizer moments) and ``state.json`` (the step, optimizer param groups and scalar
 state, and whatever the stage adds). It is written into a temp dir and renamed into place, so a
-kill leaves either the old or the new one; the last ``keep`` are kept. ``state.json`` holds the
-SHA-256 of ``state.safetensors``: loading takes the newest checkpoint that reads back intact and
-matches its checksum, falling back to the one before.
+kill leaves either the old or the new one; the last ``keep`` are kept. ``state.json`` holds a
+SHA-256 over ``state.safetensors`` and the rest of ``state.json`` itself (optimizer param groups and
+scalars, the best-so-far, the step): loading takes the newest checkpoint that reads back intact and
+matches its checksum, falling back to the one before. The checksum is required: a ``state.json``
+without one (edited, or written by a prunekit from before ``format`` 2) is not trusted either.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from .io import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +53,34 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, me
     opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
 
 
-def _sha256(path: Path) -> str:
+FORMAT = 2  # 2: the checksum covers state.json too, and is required
+
+
+def _canonical(meta: dict) -> bytes:
+    """``meta`` (as read back from JSON) without its checksum, in one byte form."""
+    return json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _checksum(tensor_file: Path, meta: dict) -> str:
+    """SHA-256 over the tensors file and the canonical form of the rest of state.json."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(tensor_file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 23), b""):
             h.update(chunk)
+    h.update(b"\0state.json\0")
+    h.update(_canonical(meta))
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _checkpoint_step(path: Path) -> int:
+    """The step a ``step-NNNNNNN`` dir is named by (-1 for a name that is not one)."""
+    tail = path.name.split("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
+    """The checkpoint dirs under ``ckpt_root``, oldest first (by step number: names outgrow their 7 digits)."""
+    return sorted((d for d in Path(ckpt_root).glob("step-*") if _checkpoint_step(d) >= 0), key=_checkpoint_step)
 
 
 def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
@@ -78,15 +96,16 @@ def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-    meta = {**meta, "step": step, "sha256": _sha256(tmp / "state.safetensors")}
+    meta = json.loads(json.dumps({**meta, "format": FORMAT, "step": step}))  # hashed as it will read back
+    meta["sha256"] = _checksum(tmp / "state.safetensors", meta)
     (tmp / "state.json").write_text(json.dumps(meta))
-    for f in ("state.safetensors", "state.json"):
-        _fsync(tmp / f)
+    for f in ("state.safetensors", "state.json", ""):  # the files, then the dir that lists them
+        fsync_path(tmp / f)
     final = ckpt_root / f"step-{step:07d}"
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(ckpt_root)
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+    fsync_path(ckpt_root)
+    for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -100,13 +119,16 @@ def read_checkpoint(path: Path) -> tuple[int, dict, dict]:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, RecursionError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"state.json is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] != int(path.name.split("-")[-1]):
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] != _checkpoint_step(path):
         raise ValueError("state.json does not name this checkpoint's step")
-    digest = meta.get("sha256")
-    if digest is not None and _sha256(path / "state.safetensors") != digest:  # checkpoints from before checksums have none
-        raise ValueError("state.safetensors does not match its checksum")
+    if meta.get("format") != FORMAT or not isinstance(meta.get("sha256"), str):
+        raise ValueError("state.json has no checksum (written by an older prunekit, or edited): it cannot be trusted")
+    if _checksum(path / "state.safetensors", meta) != meta["sha256"]:
+        raise ValueError("state.safetensors or state.json does not match the checksum")
     try:
         tensors = load_file(str(path / "state.safetensors"))
+    except MemoryError:  # not a corrupt checkpoint: falling back to an older one would hide it
+        raise
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a bad header
         raise ValueError(f"state.safetensors is unreadable ({str(e).splitlines()[0][:120]})") from None
     return meta["step"], tensors, meta
@@ -115,11 +137,11 @@ def read_checkpoint(path: Path) -> tuple[int, dict, dict]:
 def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
     """The newest intact checkpoint as (step, tensors, meta), or None when there is none.
 
-    A corrupt one (cut short, garbled: bad JSON, a safetensors header it cannot read, or tensors
-    that no longer match the checksum written with them) is skipped with a warning, and the one
-    before it is used.
+    A corrupt one (cut short, garbled: bad JSON, a safetensors header it cannot read, tensors or
+    state that no longer match the checksum written with them, no checksum) is skipped with a
+    warning, and the one before it is used.
     """
-    for d in sorted(Path(ckpt_root).glob("step-*"), reverse=True):
+    for d in reversed(checkpoint_dirs(ckpt_root)):
         try:
             return read_checkpoint(d)
         except (OSError, ValueError) as e:
@@ -152,45 +174,57 @@ def read_log(path: Path) -> list[dict]:
     return [r for r in records if isinstance(r, dict) and "step" in r]
 
 
-def restart_log(path: Path, step: int) -> list[dict]:
-    """A run log cut back to the records up to ``step`` (the steps after it are redone), rewritten atomically."""
+def restart_log(path: Path, step: int, changed: dict | None = None) -> list[dict]:
+    """A run log cut back to the records up to ``step`` (the steps after it are redone), rewritten
+    atomically; ``changed`` (the settings a --resume changed, see :func:`prepare_work_dir`) is
+    recorded in it as ``{"step": step, "resumed_with": changed}``."""
     from .io import atomic_write_text
 
     history = [h for h in read_log(path) if h["step"] <= step] if step and Path(path).exists() else []
+    if changed:
+        history.append({"step": step, "resumed_with": changed})
+        log.warning("resuming at step %d with changed settings: %s", step, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
     return history
 
 
-def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: set[str]) -> Path:
-    """The ``<out>.partial`` dir a run writes into until it is published as ``out``.
+def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: set[str]) -> dict:
+    """Check the ``<out>.partial`` dir a run writes into until it is published as ``out``.
 
-    With ``resume`` it must exist and hold the same settings (except ``resume_free``); without,
-    an existing output needs ``force`` and a leftover interrupted run is cleared only with ``force``.
+    With ``resume`` it must exist and hold the same settings (except ``resume_free``, which may
+    change: a lower learning rate after NaN steps, another device); returns the resume-free settings
+    that changed, as ``{name: [before, now]}``, for the run log. Without ``resume``, an existing
+    output needs ``force`` and a leftover interrupted run is cleared only with ``force``.
     """
     from dataclasses import asdict
 
     from .errors import PrunekitError
-    from .io import check_output_dir, partial_dir
+    from .io import check_output_dir, partial_dir, recover_output
 
     work = partial_dir(out)
     if resume:
+        recover_output(out)
         if not work.is_dir():
             raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
         try:
             saved = json.loads((work / "settings.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, RecursionError, ValueError):
             raise PrunekitError(f"{work}/settings.json is missing or corrupt: start over with --force instead of --resume") from None
+        if not isinstance(saved, dict):
+            raise PrunekitError(f"{work}/settings.json is missing or corrupt: start over with --force instead of --resume")
         current = json.loads(json.dumps(asdict(settings)))
         diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
         if diff:
-            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options")
-    else:
-        check_output_dir(out, force)
-        if work.exists():
-            if not force:
-                raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
-            shutil.rmtree(work)
-    return work
+            free = ", ".join("--" + k.replace("_", "-") for k in sorted(resume_free - {"output_dir"}))
+            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options "
+                                f"(only {free} may change)")
+        return {k: [saved.get(k), current[k]] for k in current if k in resume_free and k != "output_dir" and saved.get(k) != current[k]}
+    check_output_dir(out, force)
+    if work.exists():
+        if not force:
+            raise PrunekitError(f"an interrupted run is in {work}: pass --resume to continue it or --force to start over")
+        shutil.rmtree(work)
+    return {}
 
 
 def start_work_dir(work: Path, settings_json: str) -> None:
@@ -208,5 +242,7 @@ def start_work_dir(work: Path, settings_json: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     atomic_write_text(tmp / "settings.json", settings_json)
+    fsync_path(tmp)
     os.replace(tmp, work)
+    fsync_path(work.parent)
 

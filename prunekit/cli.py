@@ -90,7 +90,7 @@ def data_options(fn):
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
 @click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
@@ -313,7 +313,7 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--stage1-lr, --stage2-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly

@@ -288,7 +288,7 @@ def _load_searched_weights(run_dir: Path | None, teacher: Teacher) -> Teacher:
     state = {k[len("student."):]: v for k, v in found[1].items() if k.startswith("student.")} if found else {}
     if not state:
         raise PrunekitError(
-            f"{run_dir} has no trained weights (searched with --freeze-weights, or a baseline, or its checkpoints are corrupt): "
+            f"{run_dir} has no trained weights (searched with --freeze-weights, or a baseline, or its checkpoints are corrupt or from a prunekit older than checkpoint format 2): "
             "use --weights teacher"
         )
     model = copy.deepcopy(teacher.model)

@@ -364,6 +364,8 @@ def _load_glue_hub(task: str, mismatched: bool, split: str, max_examples: int | 
     try:
         # "nyu-mll/glue" is where the hub's "glue" now lives (plain parquet, no loading script).
         hf = datasets.load_dataset("nyu-mll/glue", task, split=hub_split)
+    except MemoryError:
+        raise
     except Exception as e:  # network, cache or hub errors: the user's environment, not our bug
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PrunekitError(

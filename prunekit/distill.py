@@ -38,11 +38,11 @@ from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restor
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .evaluate import predict, score
-from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
+from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
-from .training import NonFiniteGuard
+from .training import NonFiniteGuard, check_total_steps, skipped_in
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,9 @@ class DistillSettings:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# Settings that may differ between a run and its --resume (they do not change the result).
-_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "eval_batch_size"}
+# Settings that may differ between a run and its --resume: the first four do not change the result;
+# the others are what to change when a run stopped on NaN/inf steps (the change is logged).
+_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "eval_batch_size", "stage1_lr", "stage2_lr", "mixed_precision", "max_nan_steps"}
 
 
 @dataclass
@@ -229,6 +230,25 @@ def prediction_loss(kind: str, s_pred: torch.Tensor, t_pred: torch.Tensor, setti
     return loss, parts
 
 
+def stage_steps(settings: DistillSettings, examples: dict[int, int]) -> dict[int, int]:
+    """Each stage's steps: its epochs over its data (``examples[stage]`` examples, augmented or not)."""
+    steps = {}
+    for stage, epochs in ((1, settings.stage1_epochs), (2, settings.stage2_epochs)):
+        per_epoch = math.ceil(examples[stage] / settings.batch_size)
+        steps[stage] = int(math.ceil(epochs * per_epoch)) if epochs > 0 else 0
+    check_total_steps(steps[1] + steps[2], f"--stage1-epochs {settings.stage1_epochs:g} and --stage2-epochs {settings.stage2_epochs:g} "
+                                           f"over {examples[1]} and {examples[2]} examples in batches of {settings.batch_size}")
+    return steps
+
+
+def is_eval_point(done: int, s1: int, s2: int, per_epoch2: int) -> bool:
+    """Whether the dev data is scored after step ``done``: at the end of stage 1, after every epoch of
+    stage 2 (``per_epoch2`` steps; its last may be partial) and at the very end."""
+    if done == s1 + s2 or (s1 and done == s1):
+        return True
+    return s1 < done < s1 + s2 and (done - s1) % per_epoch2 == 0
+
+
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over the first ``warmup`` fraction of ``total`` steps, then linear decay to 0."""
     w = int(round(warmup * total))
@@ -258,6 +278,8 @@ def _student_tokenizer(path: Path):
         return None
     try:
         return AutoTokenizer.from_pretrained(str(path))
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise PrunekitError(f"cannot load the tokenizer files in {path}: {str(e).splitlines()[0][:160]}") from None
 
@@ -360,7 +382,9 @@ def _save_best(work: Path, student, step: int) -> None:
 
     tmp = work / ".best.safetensors.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}, str(tmp), metadata={"step": str(step)})
+    fsync_path(tmp)  # durable before a checkpoint names it
     os.replace(tmp, _best_path(work, step))
+    fsync_path(work)
 
 
 def _drop_unneeded_best(work: Path, ckpt_root: Path, best: dict) -> None:
@@ -411,7 +435,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     if student_dir.resolve() == out.resolve():
         raise PrunekitError("the output directory is the student's own directory: choose another -o")
     work = partial_dir(out)
-    on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
+    changed = on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
 
     # Everything that can be wrong with the inputs fails before any work: student, data, teacher.
     if not student_dir.is_dir():
@@ -441,6 +465,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
 
+    stage_steps(settings, {1: len(train), 2: len(train)})  # an absurd epoch count fails now (augmentation only adds steps)
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
     teacher.model.to(device).eval()
     student.to(device)
@@ -460,11 +485,9 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     stage_data = {1: (aug_enc, aug_orig) if settings.augments(1) else (plain, plain_orig),
                   2: (aug_enc, aug_orig) if settings.augments(2) else (plain, plain_orig)}
     bs = settings.batch_size
-    stage_steps = {st: (int(math.ceil(ep * math.ceil(len(stage_data[st][0]) / bs))) if ep > 0 else 0)
-                   for st, ep in ((1, settings.stage1_epochs), (2, settings.stage2_epochs))}
-    s1, total = stage_steps[1], stage_steps[1] + stage_steps[2]
+    steps = stage_steps(settings, {st: len(stage_data[st][0]) for st in (1, 2)})
+    s1, total = steps[1], steps[1] + steps[2]
     per_epoch2 = max(1, math.ceil(len(stage_data[2][0]) / bs))
-    eval_points = ({s1} if s1 else set()) | {s1 + k for k in range(per_epoch2, stage_steps[2], per_epoch2)} | {total}
 
     dev_enc = encode(dev, tokenizer, settings.max_length)
     student.config.backend = fast_backend
@@ -487,14 +510,15 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
         opt_state = (tensors, meta)
         log.info("resuming from step %d", start)
     if world.main:
-        history = restart_log(log_path, start)
+        history = restart_log(log_path, start, changed)
     # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
     train_model = student
     if world.distributed:
         train_model = data_parallel(student, device, find_unused_parameters=True)
 
     stage_now, opt, order, bar = None, None, None, None
-    guard = NonFiniteGuard(settings.max_nan_steps, "lower the learning rate, or use --mixed-precision no", announce=world.main)
+    guard = NonFiniteGuard(settings.max_nan_steps, "a lower --stage1-lr / --stage2-lr, or --mixed-precision no", announce=world.main,
+                           skipped=broadcast_object(skipped_in(history), world))
     kept_heads = [list(h) for h in student.config.kept_heads]
     with open_log(log_path, world) as log_file:
         for step in range(start, total):
@@ -517,10 +541,10 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
                 data, orig = stage_data[stage]
                 order = batch_order(len(data), bs, settings.seed + stage, start_step=step - base, shuffle=True)
                 desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
-                bar = tqdm(total=stage_steps[stage], initial=step - base, disable=not (progress and world.main), desc=desc, unit="step",
+                bar = tqdm(total=steps[stage], initial=step - base, disable=not (progress and world.main), desc=desc, unit="step",
                            dynamic_ncols=True)
                 student.config.backend = "eager" if stage == 1 else fast_backend
-            factor = lr_factor(step - base, stage_steps[stage], settings.warmup)
+            factor = lr_factor(step - base, steps[stage], settings.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr * factor
             # Dropout depends on the step (and the process) only: resumable.
@@ -551,7 +575,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
             loss, parts, loss_finite = _reduce_shares(loss * float(real), parts, real, world)
             # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
             norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf)
-            why = "non-finite loss" if not loss_finite else ("non-finite gradients" if not torch.isfinite(norm) else None)
+            why = guard.reason(loss_finite, grad_norm=norm)
             if why is not None:  # nothing is applied: weights and optimizer moments stay as they were
                 record = guard.skip(done, why)
                 history.append({**record, "stage": stage})
@@ -565,7 +589,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
                 log_file.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
-            if done in eval_points and world.main:
+            if world.main and is_eval_point(done, s1, steps[2], per_epoch2):
                 student.config.backend = fast_backend
                 _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
                 student.config.backend = "eager" if stage == 1 else fast_backend
@@ -591,7 +615,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     student.config.backend = backend
     student.eval().to("cpu")
     teacher.model.to("cpu")
-    skipped = sum(1 for h in history if "skipped" in h)
+    skipped = guard.skipped
     result = DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
                            skipped_steps=skipped)
 
@@ -625,7 +649,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
             shutil.copyfile(work / name, final / name)
         report = {
             "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
-            "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": stage_steps[2]},
+            "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": steps[2]},
             "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
             "dev_source": dev.source, "skipped_steps": skipped,
         }

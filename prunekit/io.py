@@ -54,7 +54,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force``."""
+    """Refuse to overwrite an existing output unless ``force`` (after finishing a replacement a crash interrupted)."""
+    recover_output(out)
     if out.exists() and not force:
         raise PrunekitError(f"output directory {out} already exists: pass --force to overwrite it or choose another --output")
     if out.exists() and not out.is_dir():
@@ -66,16 +67,52 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def publish_dir(work: Path, out: Path) -> None:
-    """Move a finished work dir into place as ``out`` (replacing an old one only at the last moment)."""
+def _replaced(out: Path) -> Path:
+    """Where :func:`publish_dir` moves an output it replaces, until the new one is in place."""
+    return out.with_name(f".{out.name}.old")
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's content, or a dir's entries (files created, renamed or removed in it), durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_output(out: Path) -> None:
+    """Undo what a crash inside :func:`publish_dir` left: the old output moved aside and the new one not
+    yet in place (the old one is put back; the new one is still in its work dir), or both in place
+    (the old one is deleted)."""
     out = Path(out)
+    old = _replaced(out)
+    if not old.exists():
+        return
     if out.exists():
-        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-        os.replace(out, trash / out.name)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(old, out)
+        fsync_path(out.parent)
+
+
+def publish_dir(work: Path, out: Path) -> None:
+    """Move a finished work dir into place as ``out``, durably.
+
+    An existing ``out`` is renamed aside, the new one renamed in, then the old one deleted; a crash
+    between the two renames is repaired by :func:`recover_output` when a command next writes ``out``
+    (every one checks its output first), so ``out`` is always either the old or the new output."""
+    out, work = Path(out), Path(work)
+    recover_output(out)
+    if out.exists():
+        old = _replaced(out)
+        os.replace(out, old)
         os.replace(work, out)
-        shutil.rmtree(trash, ignore_errors=True)
+        fsync_path(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, out)
+        fsync_path(out.parent)
 
 
 @contextlib.contextmanager

@@ -133,6 +133,8 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
             tokenizer = AutoTokenizer.from_pretrained(name)
         except OSError as e:
             raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
+        except MemoryError:  # not a corrupt file: the machine (or an allocation we failed to prevent)
+            raise
         except Exception as e:  # safetensors header errors and the like: a corrupt file
             raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
     model.eval().to(device)

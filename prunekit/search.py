@@ -22,15 +22,15 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
-from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
-from .distributed import World, all_reduce_sum, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
+from .checkpoint import checkpoint_dirs, flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .selection import select_to_budget
-from .training import NonFiniteGuard
+from .training import MAX_TOTAL_STEPS, NonFiniteGuard, check_total_steps, skipped_in
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class SearchSettings:
             if not math.isfinite(value) or value < (low or 0.0) or (low is None and value == 0):
                 bound = "" if low == -math.inf else (" >= 0" if low == 0.0 else " > 0")
                 raise PrunekitError(f"--{name.replace('_', '-')} must be a finite number{bound}, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise PrunekitError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.max_steps is not None and not 1 <= self.max_steps <= MAX_TOTAL_STEPS:
+            raise PrunekitError(f"--max-steps must be in 1..{MAX_TOTAL_STEPS}, got {self.max_steps}")
         if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
             raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
 
@@ -110,8 +110,18 @@ class SearchSettings:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# Settings that may differ between a run and its --resume (they do not change the result).
-_RESUME_FREE = {"output_dir", "device", "checkpoint_every"}
+    def total_steps(self, examples: int) -> int:
+        """The steps of a search over ``examples`` examples: --max-steps, else --epochs passes."""
+        if self.max_steps:
+            return self.max_steps
+        total = max(1, int(math.ceil(self.epochs * max(1, math.ceil(examples / self.batch_size)))))
+        check_total_steps(total, f"--epochs {self.epochs:g} over {examples} examples in batches of {self.batch_size}")
+        return total
+
+
+# Settings that may differ between a run and its --resume: the first three do not change the result;
+# the others are what to change when a run stopped on NaN/inf steps (the change is logged).
+_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "lr", "alpha_lr", "mixed_precision", "max_nan_steps"}
 
 
 @dataclass
@@ -206,9 +216,11 @@ def run_gate_search(
     progress: bool = True,
     _interrupt_after: int | None = None,
     world: World = World(),
+    changed: dict | None = None,
 ) -> tuple[Architecture, list[dict], int, torch.Tensor, torch.Tensor]:
     """The differentiable search itself; rank 0 writes checkpoints and search_log.jsonl into ``work``.
-    Returns the architecture, the log, the step count and the final gate logits (head, FFN)."""
+    ``changed``: the settings a --resume changed (logged). Returns the architecture, the log, the step
+    count and the final gate logits (head, FFN)."""
     from tqdm.auto import tqdm
 
     shape, seq_len = teacher.shape, settings.max_length
@@ -229,8 +241,7 @@ def run_gate_search(
     if train_weights:
         opts["opt_weights"] = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
 
-    steps_per_epoch = max(1, math.ceil(len(data) / settings.batch_size))
-    total_steps = settings.max_steps or max(1, int(math.ceil(settings.epochs * steps_per_epoch)))
+    total_steps = settings.total_steps(len(data))
     ckpt_root = work / "checkpoints"
     log_path = work / "search_log.jsonl"
     start_step, history = 0, []
@@ -244,9 +255,12 @@ def run_gate_search(
                 student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
             for prefix, opt in opts.items():
                 restore_optimizer(prefix, opt, tensors, meta)
+        for prefix, lr in (("opt_alpha", settings.alpha_lr), ("opt_weights", settings.lr)):  # these may change on --resume
+            for g in opts[prefix].param_groups if prefix in opts else ():
+                g["lr"] = lr
         log.info("resuming from step %d", start_step)
     if world.main:
-        history = restart_log(log_path, start_step)
+        history = restart_log(log_path, start_step, changed)
     # Data parallel: DDP averages the weight gradients; the gate logits' are all-reduced below.
     forward_model = student
     if world.distributed and train_weights:
@@ -257,7 +271,9 @@ def run_gate_search(
     head_share, neuron_share = shape.head_cost(seq_len) / full_flops, shape.neuron_cost(seq_len) / full_flops
     bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and world.main), desc="search", unit="step", dynamic_ncols=True)
     trained = [alphas.head, alphas.ffn] + [p for p in student.parameters() if p.requires_grad]
-    guard = NonFiniteGuard(settings.max_nan_steps, "lower --lr/--alpha-lr, or use --mixed-precision no", announce=world.main)
+    guard = NonFiniteGuard(settings.max_nan_steps, "a lower --lr / --alpha-lr, or --mixed-precision no", announce=world.main,
+                           skipped=broadcast_object(skipped_in(history), world))
+    saved_at = start_step if found is not None else None
     order = batch_order(len(data), settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
     with open_log(log_path, world) as log_file:
         for step in range(start_step, total_steps):
@@ -321,11 +337,17 @@ def run_gate_search(
             bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
             bar.update(1)
             done = step + 1
-            if world.main and (done % settings.checkpoint_every == 0 or done == total_steps):
+            if world.main and done % settings.checkpoint_every == 0:
                 log_file.flush()
                 save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)
+                saved_at = done
             if _interrupt_after is not None and done >= _interrupt_after:
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
+        # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
+        # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
+        if world.main and saved_at != total_steps:
+            log_file.flush()
+            save_checkpoint(ckpt_root, total_steps, alphas, student if train_weights else None, opts)
     bar.close()
     gates.remove()
 
@@ -338,7 +360,7 @@ def run_gate_search(
         # until the budget is met (a threshold on alpha instead of 0).
         log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
         arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
-    arch.meta["skipped_steps"] = sum(1 for h in history if "skipped" in h)  # non-finite loss or gradients
+    arch.meta["skipped_steps"] = guard.skipped  # non-finite loss or gradients, before a resume too
     return arch, history, total_steps, alphas.head.detach().cpu(), alphas.ffn.detach().cpu()
 
 
@@ -396,7 +418,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
 
     out = Path(settings.output_dir)
     work = partial_dir(out)
-    on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
+    changed = on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 
@@ -414,6 +436,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
         teacher = load_teacher(settings.model, settings.kind, device="cpu")
     if len(dataset) == 0:
         raise PrunekitError("the data has no examples: give a file with at least one text")
+    settings.total_steps(len(dataset))  # an absurd --epochs fails here, before the teacher's outputs are computed
     check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
     teacher.model.to(device)
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
@@ -427,7 +450,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
     steps = 0
     alphas = None
     if settings.method == "search":
-        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after, world)
+        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after, world, changed)
     else:  # the baselines are cheap and deterministic: every process computes the same architecture
         arch = run_baseline(settings, teacher, encoded, device)
     teacher.model.to("cpu")
@@ -461,7 +484,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
             atomic_write_text(work / "search_log.jsonl", "")
         arch.save(work / "architecture.json", shape, seq_len)
         plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of the FLOPs (target {settings.target})")
-        for old in sorted((work / "checkpoints").glob("step-*"))[:-1]:
+        for old in checkpoint_dirs(work / "checkpoints")[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             check_output_dir(out, force or resume)

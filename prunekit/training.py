@@ -3,7 +3,9 @@
 A NaN or inf loss (an overflow in mixed precision, a poisoned batch, a learning rate too high)
 must not reach the weights: the step is skipped (no optimizer update), logged and counted, and
 the run goes on. When it keeps happening the run stops with a clear message; the checkpoints
-written before the streak began are left as they were, so nothing good is lost.
+written before the streak began are left as they were, so nothing good is lost, and ``--resume``
+continues from them with a lower learning rate, another ``--mixed-precision`` or a larger
+``--max-nan-steps`` (settings a resumed run may change).
 """
 from __future__ import annotations
 
@@ -24,23 +26,25 @@ def grads_finite(params: Iterable[torch.Tensor]) -> bool:
 
 
 class NonFiniteGuard:
-    """Decides whether a step is applied, and stops the run after ``max_streak`` skipped steps in a row."""
+    """Decides whether a step is applied, counts the skipped ones (``skipped``: the run's total, those
+    before a resume included) and stops the run after ``max_streak`` skipped steps in a row."""
 
-    def __init__(self, max_streak: int, hint: str, announce: bool = True):
+    def __init__(self, max_streak: int, hint: str, announce: bool = True, skipped: int = 0):
         self.max_streak = max_streak
-        self.hint = hint
+        self.hint = hint  # what to change before resuming, e.g. "a lower --lr"
         self.announce = announce  # log a warning per skipped step (off on ranks other than 0)
         self.streak = 0
-        self.skipped = 0
+        self.skipped = skipped
 
     @staticmethod
-    def reason(loss_finite: bool, params: Iterable[torch.Tensor]) -> str | None:
-        """Why the step must be skipped (None: apply it). Call after backward, before the optimizer."""
+    def reason(loss_finite: bool, params: Iterable[torch.Tensor] = (), grad_norm: torch.Tensor | None = None) -> str | None:
+        """Why the step must be skipped (None: apply it). Call after backward, before the optimizer.
+        ``grad_norm``: the gradients' total norm when the caller computed it anyway (clipping), which
+        is non-finite exactly when a gradient is; else the gradients of ``params`` are checked."""
         if not loss_finite:
             return "non-finite loss"
-        if not grads_finite(params):
-            return "non-finite gradients"
-        return None
+        finite = bool(torch.isfinite(grad_norm)) if grad_norm is not None else grads_finite(params)
+        return None if finite else "non-finite gradients"
 
     def applied(self) -> None:
         self.streak = 0
@@ -57,5 +61,21 @@ class NonFiniteGuard:
         if self.streak >= self.max_streak:
             raise PrunekitError(
                 f"the loss or its gradients were NaN/inf for {self.streak} steps in a row (last at step {step}); "
-                f"the checkpoints from before are kept: {self.hint}"
+                f"the checkpoints from before are kept: continue from them with --resume and {self.hint} "
+                f"(or a larger --max-nan-steps)"
             )
+
+
+def skipped_in(history: list[dict]) -> int:
+    """How many steps a run log records as skipped."""
+    return sum(1 for h in history if "skipped" in h)
+
+
+# A run longer than this is a mistake in --epochs / --max-steps (10^9 steps: decades at BERT speed),
+# not a plan: it is refused before anything is built for it.
+MAX_TOTAL_STEPS = 10**9
+
+
+def check_total_steps(total: int, what: str) -> None:
+    if total > MAX_TOTAL_STEPS:
+        raise PrunekitError(f"{what} come to {total:.3g} steps; a run may have at most {MAX_TOTAL_STEPS:.0e}: give fewer")

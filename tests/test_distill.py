@@ -167,7 +167,7 @@ def test_resume_gives_same_weights(world, tmp_path):
     assert partial.is_dir() and not (tmp_path / "cut" / "out").exists()
     assert sorted(p.name for p in (partial / "checkpoints").glob("step-*"))[-1] == "step-0000006"
     with pytest.raises(PrunekitError, match="different settings"):
-        distill(settings(world, tmp_path / "cut" / "out", **{**kw, "stage2_lr": 1e-3}), progress=False, resume=True)
+        distill(settings(world, tmp_path / "cut" / "out", **{**kw, "temperature": 2.0}), progress=False, resume=True)
     resumed = distill(s, progress=False, resume=True)
     a, b = load_file(str(full.output_dir / "model.safetensors")), load_file(str(resumed.output_dir / "model.safetensors"))
     assert a.keys() == b.keys()

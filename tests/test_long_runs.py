@@ -87,9 +87,46 @@ def test_search_stops_when_nan_persists_and_keeps_the_good_checkpoint(tiny_model
     assert [x.get("skipped") for x in log] == [None] * 4 + ["non-finite loss"] * 3
 
 
+def test_a_skipped_final_step_leaves_the_final_state_in_the_newest_checkpoint(tiny_models, text_file, tmp_path, monkeypatch):
+    """The last step skipped: the run dir's checkpoint (what `compact --weights search` reads) is still the
+    final state, beside the final gates, not the one from the last multiple of --checkpoint-every."""
+    _poison_mse(monkeypatch, {8})
+    r = search(_settings(tmp_path, tiny_models("minilm6"), text_file, max_steps=8, checkpoint_every=3), progress=False)
+    assert r.skipped_steps == 1
+    ckpts = sorted((r.output_dir / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-0000008"]
+    state, alphas = load_file(str(ckpts[0] / "state.safetensors")), load_file(str(r.output_dir / "alpha.safetensors"))
+    for k in ("head", "ffn"):
+        torch.testing.assert_close(state[f"alpha.{k}"], alphas[k], rtol=0, atol=0)
+
+
+def test_search_resumes_after_a_nan_stop_with_a_lower_learning_rate(tiny_models, text_file, tmp_path, monkeypatch):
+    """What the NaN stop says to do works: --resume with lower learning rates, another --mixed-precision
+    and a larger --max-nan-steps; the change is logged and the new rates are the ones used."""
+    real = S._normalised_mse
+    _poison_mse(monkeypatch, set(range(5, 100)))
+    s = _settings(tmp_path, tiny_models("minilm6"), text_file, max_steps=10, checkpoint_every=2, max_nan_steps=3)
+    with pytest.raises(PrunekitError, match="continue from them with --resume and a lower --lr / --alpha-lr"):
+        search(s, progress=False)
+    monkeypatch.setattr(S, "_normalised_mse", real)  # the lower rate cures it
+    changed = dict(lr=1e-5, alpha_lr=0.5, mixed_precision="no", max_nan_steps=5)
+    r = search(SearchSettings(**{**s.__dict__, **changed}), progress=False, resume=True)
+    resumed = {"step": 4, "resumed_with": {"lr": [2e-5, 1e-5], "alpha_lr": [1.0, 0.5], "mixed_precision": ["auto", "no"], "max_nan_steps": [3, 5]}}
+    assert r.log[4] == resumed and [x["step"] for x in r.log if "loss" in x] == list(range(1, 11)) and r.skipped_steps == 0
+    assert json.loads((r.output_dir / "search_log.jsonl").read_text().splitlines()[4]) == resumed
+    meta = json.loads((r.output_dir / "checkpoints" / "step-0000010" / "state.json").read_text())
+    assert [g["lr"] for g in meta["opt_alpha"]["param_groups"]] == [0.5] and [g["lr"] for g in meta["opt_weights"]["param_groups"]] == [1e-5]
+    assert json.loads((r.output_dir / "settings.json").read_text())["lr"] == 1e-5
+    other = SearchSettings(**{**s.__dict__, "output_dir": str(tmp_path / "other")})
+    with pytest.raises(KeyboardInterrupt):
+        search(other, progress=False, _interrupt_after=2)
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(seed\).*only --alpha-lr"):
+        search(SearchSettings(**{**other.__dict__, "seed": 7}), progress=False, resume=True)  # what changes the result may not
+
+
 def test_settings_reject_non_finite_and_out_of_range_values(tmp_path):
     for bad in (dict(lr=float("nan")), dict(alpha_lr=0.0), dict(lambda_cost=-1.0), dict(epochs=float("inf")), dict(max_steps=0),
-                dict(checkpoint_every=0), dict(max_nan_steps=0)):
+                dict(checkpoint_every=0), dict(max_nan_steps=0), dict(max_steps=10**10)):
         with pytest.raises(PrunekitError):
             SearchSettings(output_dir=str(tmp_path / "x"), **bad).validate()
 
@@ -116,11 +153,24 @@ def _distill_settings(world, out, **kw):
 
 @pytest.mark.parametrize("how", ["loss", "grad"])
 def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, how):
+    """The skipped step leaves the weights and the optimizer's moments (and step count) exactly as they were."""
     import prunekit.distill as D
 
-    real, calls = D.intermediate_loss, {"n": 0}
+    real, calls, states = D.intermediate_loss, {"n": 0}, []
+    optimizers = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            optimizers.append(self)
+
+    def snapshot(opt) -> dict:
+        params = {f"p{i}": p.detach().clone() for i, p in enumerate(q for g in opt.param_groups for q in g["params"])}
+        moments = {f"{pid}.{k}": v.clone() for pid, st in opt.state_dict()["state"].items() for k, v in st.items()}
+        return {**params, **moments}
 
     def poisoned(*args, **kwargs):
+        states.append(snapshot(optimizers[-1]))  # the state this step starts from: after the step before
         loss, parts = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
@@ -128,7 +178,13 @@ def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, h
         return loss, parts
 
     monkeypatch.setattr(D, "intermediate_loss", poisoned)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
     r = D.distill(_distill_settings(distill_world, tmp_path / "out"), progress=False)
+    after_1, after_2, after_3 = states[1], states[2], states[3]  # stage 1 has 6 steps
+    assert after_1.keys() == after_2.keys() and any(".exp_avg_sq" in k for k in after_1)
+    for k in after_1:  # step 2 was skipped: nothing moved
+        torch.testing.assert_close(after_2[k], after_1[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(after_3[k], after_2[k]) for k in after_2)  # step 3 was applied
     train = [x for x in r.log if "dev" not in x]
     assert [x["step"] for x in train] == list(range(1, r.steps + 1))
     assert train[1] == {"step": 2, "skipped": "non-finite loss" if how == "loss" else "non-finite gradients", "stage": 1}
@@ -136,6 +192,20 @@ def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, h
     weights = load_file(str(r.output_dir / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert r.skipped_steps == 1 and json.loads((r.output_dir / "distill_report.json").read_text())["skipped_steps"] == 1
+
+
+def test_distill_resume_may_change_the_learning_rates(distill_world, tmp_path):
+    import prunekit.distill as D
+
+    s = _distill_settings(distill_world, tmp_path / "out", stage2_epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        D.distill(s, progress=False, _interrupt_after=3)  # checkpoint at step 2
+    changed = dict(stage1_lr=1e-5, stage2_lr=1e-5, mixed_precision="no", max_nan_steps=4)
+    r = D.distill(D.DistillSettings(**{**s.__dict__, **changed}), progress=False, resume=True)
+    assert r.log[2] == {"step": 2, "resumed_with": {"stage1_lr": [5e-5, 1e-5], "stage2_lr": [3e-5, 1e-5], "mixed_precision": ["auto", "no"],
+                                                    "max_nan_steps": [10, 4]}}
+    warm = [x for x in r.log if x.get("stage") == 1 and "lr" in x]
+    assert warm[1]["lr"] > 1e-5 > warm[2]["lr"]  # the new rate is the one used from the resumed step on
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,6 +228,24 @@ def _corrupt(ckpt, how: str) -> None:
     elif how == "wrong-step":
         meta = json.loads(js.read_text())
         js.write_text(json.dumps({**meta, "step": 3}))
+    elif how == "state-edited":  # valid JSON, the same step, tensors intact: only the checksum over state.json can tell
+        meta = json.loads(js.read_text())
+        for opt in ("opt_alpha", "opt1"):
+            if opt in meta:
+                meta[opt]["param_groups"][0]["lr"] *= 100
+        if "best" in meta:
+            meta["best"] = {**meta["best"], "value": 1.0}
+        js.write_text(json.dumps(meta))
+    elif how == "no-checksum":
+        meta = json.loads(js.read_text())
+        del meta["sha256"]
+        js.write_text(json.dumps(meta))
+    elif how == "old-format":  # as the prunekit before format 2 wrote it: the checksum of the tensors only
+        import hashlib
+
+        meta = json.loads(js.read_text())
+        del meta["format"]
+        js.write_text(json.dumps({**meta, "sha256": hashlib.sha256(st.read_bytes()).hexdigest()}))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +264,8 @@ def uninterrupted_search(tiny_models, tmp_path_factory):
         torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbled", "bad-json", "non-utf8", "no-json", "wrong-step"])
+@pytest.mark.parametrize("how", ["truncated", "garbled", "bad-json", "non-utf8", "no-json", "wrong-step", "state-edited", "no-checksum",
+                                 "old-format"])
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(uninterrupted_search, tmp_path, caplog, how):
     full_settings, full = uninterrupted_search
     s = SearchSettings(**{**full_settings.__dict__, "output_dir": str(tmp_path / "run")})
@@ -192,14 +281,27 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(uninterrupted_sear
     assert [r["step"] for r in resumed.log] == list(range(1, 11))
 
 
-def test_distill_corrupt_checkpoint_falls_back(distill_world, tmp_path, caplog):
+@pytest.fixture(scope="module")
+def uninterrupted_distill(distill_world, tmp_path_factory):
     import prunekit.distill as D
 
-    full = D.distill(_distill_settings(distill_world, tmp_path / "full"), progress=False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return D.distill(_distill_settings(distill_world, tmp_path_factory.mktemp("distill-full") / "full"), progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("how", ["garbled", "state-edited"])
+def test_distill_corrupt_checkpoint_falls_back(distill_world, uninterrupted_distill, tmp_path, caplog, how):
+    import prunekit.distill as D
+
+    full = uninterrupted_distill
     s = _distill_settings(distill_world, tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         D.distill(s, progress=False, _interrupt_after=5)  # checkpoints at steps 2 and 4
-    _corrupt(tmp_path / "cut.partial" / "checkpoints" / "step-0000004", "garbled")
+    _corrupt(tmp_path / "cut.partial" / "checkpoints" / "step-0000004", how)
     resumed = D.distill(s, progress=False, resume=True)
     assert any("step-0000004 is corrupt" in r.getMessage() for r in caplog.records), caplog.text
     a, b = load_file(str(full.output_dir / "model.safetensors")), load_file(str(resumed.output_dir / "model.safetensors"))
@@ -286,41 +388,166 @@ def _run_killing(cmd: list[str], out: Path, log_name: str, files: tuple[str, ...
     return landed
 
 
-def test_search_killed_at_random_points_resumes_to_the_uninterrupted_result(tiny_models, text_file, tmp_path):
-    model = tiny_models("minilm6")
-    steps = 40
-    common = ["--model", str(model), "--data", str(text_file), "--max-steps", str(steps), "--batch-size", "8", "--max-length", "32",
-              "--checkpoint-every", "2", "--target", "0.5", "--quiet"]
-    ref = CliRunner().invoke(cli, ["search", *common, "-o", str(tmp_path / "full")])
-    assert ref.exit_code == 0, ref.output
-    landed = _run_killing(["search", *common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "search_log.jsonl", SEARCH_FILES, steps, kills=4, seed=6)
-    assert sum(x.startswith("step") for x in landed) >= 2, landed  # the seeded draws kill mid-run at least twice
+@pytest.fixture(scope="module")
+def search_cli(tiny_models, tmp_path_factory):
+    """The command line of a 40-step search, and its uninterrupted result."""
+    from factory import make_sentences
 
-    a, b = tmp_path / "full", tmp_path / "cut"
-    assert json.loads((a / "architecture.json").read_text())["layers"] == json.loads((b / "architecture.json").read_text())["layers"]
-    fa, fb = load_file(str(a / "alpha.safetensors")), load_file(str(b / "alpha.safetensors"))
-    for k in fa:  # bitwise: same data order, restored optimizer moments, no randomness in the search
-        torch.testing.assert_close(fa[k], fb[k], rtol=0, atol=0)
-    assert (a / "search_log.jsonl").read_text() == (b / "search_log.jsonl").read_text()
+    root = tmp_path_factory.mktemp("search-cli")
+    data = root / "texts.txt"
+    data.write_text("\n".join(make_sentences(48)) + "\n")
+    common = ["search", "--model", str(tiny_models("minilm6")), "--data", str(data), "--max-steps", "40", "--batch-size", "8",
+              "--max-length", "32", "--checkpoint-every", "2", "--target", "0.5", "--quiet"]
+    return common, _reference(common, root / "full")
 
 
-def test_distill_killed_at_random_points_resumes_to_the_uninterrupted_result(distill_world, tmp_path):
+@pytest.fixture(scope="module")
+def distill_cli(distill_world, tmp_path_factory):
+    """The command line of a distillation (dropout and augmentation on), and its uninterrupted result."""
     from factory import SEQ
 
-    common = [str(distill_world["compact"]), "--data", str(distill_world["data"]), "--stage1-epochs", "3", "--stage2-epochs", "3",
+    common = ["distill", str(distill_world["compact"]), "--data", str(distill_world["data"]), "--stage1-epochs", "3", "--stage2-epochs", "3",
               "--batch-size", "8", "--max-length", str(SEQ), "--augment-copies", "1", "--dropout", "0.1", "--checkpoint-every", "2", "--quiet"]
-    ref = CliRunner().invoke(cli, ["distill", *common, "-o", str(tmp_path / "full")])
+    return common, _reference(common, tmp_path_factory.mktemp("distill-cli") / "full")
+
+
+def _reference(common: list[str], out: Path) -> Path:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = CliRunner().invoke(cli, [*common, "-o", str(out)])
+    finally:
+        torch.set_num_threads(n)
     assert ref.exit_code == 0, ref.output
-    report = json.loads((tmp_path / "full" / "distill_report.json").read_text())
+    return out
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Two run dirs hold the same result, bit for bit (same data order, restored optimizer moments and RNG)."""
+    if (a / "alpha.safetensors").exists():  # search
+        assert json.loads((a / "architecture.json").read_text())["layers"] == json.loads((b / "architecture.json").read_text())["layers"]
+        fa, fb = load_file(str(a / "alpha.safetensors")), load_file(str(b / "alpha.safetensors"))
+        log = "search_log.jsonl"
+    else:  # distill
+        fa, fb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+        ra, rb = (json.loads((d / "distill_report.json").read_text()) for d in (a, b))
+        assert ra["best"] == rb["best"] and ra["before"] == rb["before"]
+        log = "distill_log.jsonl"
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        torch.testing.assert_close(fa[k], fb[k], rtol=0, atol=0, msg=k)
+    assert (a / log).read_text() == (b / log).read_text()
+
+
+def test_search_killed_at_random_points_resumes_to_the_uninterrupted_result(search_cli, tmp_path):
+    common, full = search_cli
+    landed = _run_killing([*common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "search_log.jsonl", SEARCH_FILES, 40, kills=4, seed=6)
+    assert sum(x.startswith("step") for x in landed) >= 2, landed  # the seeded draws kill mid-run at least twice
+    _assert_same_run(full, tmp_path / "cut")
+
+
+def test_distill_killed_at_random_points_resumes_to_the_uninterrupted_result(distill_cli, tmp_path):
+    common, full = distill_cli
+    report = json.loads((full / "distill_report.json").read_text())
     steps = report["steps"]["stage1"] + report["steps"]["stage2"]
-    landed = _run_killing(["distill", *common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "distill_log.jsonl", DISTILL_FILES, steps,
+    landed = _run_killing([*common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "distill_log.jsonl", DISTILL_FILES, steps,
                           kills=4, seed=3)
     assert sum(x.startswith("step") for x in landed) >= 2, landed
+    _assert_same_run(full, tmp_path / "cut")
 
-    a, b = tmp_path / "full", tmp_path / "cut"
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    for k in wa:  # bitwise: data order, dropout and learning rate depend on the step only
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
-    ra, rb = (json.loads((d / "distill_report.json").read_text()) for d in (a, b))
-    assert ra["best"] == rb["best"] and ra["before"] == rb["before"]
-    assert (a / "distill_log.jsonl").read_text() == (b / "distill_log.jsonl").read_text()
+
+# ------------------------------------------------------------------------------------------------
+# A crash at a chosen point (tests/crash_driver.py: os._exit there, no cleanup), then --resume.
+def _crash(common: list[str], out: Path, point: str, step: int = 0, extra: tuple[str, ...] = ()) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from crash_driver import CRASHED
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    driver = Path(__file__).with_name("crash_driver.py")
+    proc = subprocess.run([sys.executable, str(driver), point, str(step), *common, "-o", str(out), *extra], env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == CRASHED, f"did not crash at {point}: exit {proc.returncode}\n{proc.stderr.decode()[-2000:]}"
+
+
+def _finish(common: list[str], out: Path, resume: bool) -> None:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(cli, [*common, "-o", str(out), *(["--resume"] if resume else [])])
+    finally:
+        torch.set_num_threads(n)
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("point,step", [("work-dir", 0), ("ckpt-tensors", 6), ("ckpt-rename", 6), ("publish", 0)])
+def test_search_crash_at_a_chosen_point_then_resume(search_cli, tmp_path, point, step):
+    common, full = search_cli
+    out, partial = tmp_path / "cut", tmp_path / "cut.partial"
+    if point == "publish":  # replacing an older output (--force): killed between moving it aside and moving the new one in
+        out.mkdir()
+        (out / "older-run").write_text("")
+        _crash(common, out, point, extra=("--force",))
+        assert not out.exists() and (tmp_path / ".cut.old" / "older-run").exists() and partial.is_dir()
+    else:
+        _crash(common, out, point, step)
+        assert not out.exists()
+    if point == "work-dir":  # nothing a --resume could read: not even the work dir
+        assert not partial.exists() and (tmp_path / ".cut.partial.new" / "settings.json").is_file()
+    elif point.startswith("ckpt"):  # the half-written checkpoint is not in place: the one before is the newest
+        assert sorted(d.name for d in (partial / "checkpoints").glob("step-*")) == ["step-0000002", "step-0000004"]
+        assert (partial / "checkpoints" / ".step-0000006.tmp" / "state.safetensors").is_file()
+    _finish(common, out, resume=partial.exists())
+    assert not (tmp_path / ".cut.old").exists()
+    _assert_same_run(full, out)
+
+
+@pytest.mark.parametrize("point,step", [("ckpt-tensors", 4), ("ckpt-rename", 8)])
+def test_distill_crash_at_a_chosen_point_then_resume(distill_cli, tmp_path, point, step):
+    common, full = distill_cli
+    out = tmp_path / "cut"
+    _crash(common, out, point, step)
+    ckpts = [d.name for d in (tmp_path / "cut.partial" / "checkpoints").glob("step-*")]
+    assert f"step-{step:07d}" not in ckpts and f"step-{step - 2:07d}" in ckpts
+    _finish(common, out, resume=True)
+    _assert_same_run(full, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Replacing an output, and the best weights a checkpoint names: durable, and repaired after a crash.
+def test_an_output_being_replaced_when_the_process_died_is_recovered(tmp_path):
+    from prunekit.io import check_output_dir, publish_dir
+
+    out, aside = tmp_path / "out", tmp_path / ".out.old"
+    aside.mkdir()  # died after moving the old output aside, before moving the new one in: the old one comes back
+    (aside / "old").write_text("")
+    with pytest.raises(PrunekitError, match="already exists"):
+        check_output_dir(out, force=False)
+    assert (out / "old").is_file() and not aside.exists()
+    aside.mkdir()  # died after moving the new one in, before deleting the old one: the old one goes
+    check_output_dir(out, force=True)
+    assert (out / "old").is_file() and not aside.exists()
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "new").write_text("")
+    publish_dir(new, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "new").is_file()
+
+
+def test_best_weights_are_synced_before_a_checkpoint_names_them(tmp_path, monkeypatch):
+    import os
+
+    import prunekit.distill as D
+
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    D._save_best(tmp_path, torch.nn.Linear(2, 2), 7)
+    assert synced == [str(tmp_path / ".best.safetensors.tmp"), str(tmp_path)]
+    assert (tmp_path / "best-0000007.safetensors").is_file()
