@@ -143,15 +143,21 @@ def to_markdown(res: dict) -> str:
            f"timing interleaved, {res['repeats']} repeats after warm-up, median.", "",
            "## Best compact vs best original", "",
            "| shape | FLOPs speedup | original: best backend | compact: best backend | best vs best (target 3.0x) | "
-           "ort-fp32 vs ort-fp32 (target 3.2x) | load avg start -> end | others' CPU share |",
-           "|---|---|---|---|---|---|---|---|"]
+           "ort-fp32 vs ort-fp32 (target 3.2x) | load avg start -> end | others' CPU share | timed |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for s in res["shapes"]:
         b = s["best"]
         ok = lambda v, t: f"**{v:.2f}x**" if v >= t else f"{v:.2f}x (missed by {t - v:.2f})"  # noqa: E731
         out.append(f"| {s['shape']} | {s['flops_speedup']:.2f}x | {b['reference_backend']} {b['reference_sentences_per_s']:.1f} sent/s | "
                    f"{b['backend']} {b['sentences_per_s']:.1f} sent/s | {ok(b['speedup'], TARGETS['best'])} | "
                    f"{ok(s['ort_fp32_speedup'], TARGETS['ort-fp32']) if s['ort_fp32_speedup'] else '-'} | "
-                   f"{s['load']['start']:.2f} -> {s['load']['end']:.2f} | {s['foreign_cpu']:.0%} |")
+                   f"{s['load']['start']:.2f} -> {s['load']['end']:.2f} | {s['foreign_cpu']:.0%} | {s.get('date', res['date'])} |")
+    noisy = [s for s in res["shapes"] if s["foreign_cpu"] > 0.1]
+    if noisy:
+        out += ["", "**Contended:** " + "; ".join(f"{s['shape']} was timed while other processes took {s['foreign_cpu']:.0%} of "
+                                                  "the CPU" for s in noisy)
+                + ". torch's OpenMP threads lose far more than onnxruntime's under contention (a core taken away stalls "
+                  "every barrier), so the torch rows of these shapes are low and their ratios are not for publication."]
     out += ["", "## Every backend (sentences/s; speedup = compact over original on the same backend)", "",
             "| shape | backend | dtype | original sent/s | original median / p90 ms | compact sent/s | compact median / p90 ms | speedup |",
             "|---|---|---|---|---|---|---|---|"]
@@ -211,6 +217,7 @@ def main() -> None:
     ap.add_argument("--max-foreign", type=float, default=0.1, help="time a shape again when others took more of the CPU")
     ap.add_argument("--retries", type=int, default=1)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="replace only the shapes timed now in an existing cpu_best.json")
     ap.add_argument("--no-real-lengths", dest="real_lengths", action="store_false")
     ap.add_argument("-o", "--out-dir", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
@@ -287,6 +294,14 @@ def main() -> None:
             res["shapes"].append(entry)
     res["seconds"] = round(time.time() - t_all, 1)
     out = Path(a.out_dir)
+    if a.merge and (out / "cpu_best.json").is_file():  # keep the other shapes of an earlier run (each row says its date)
+        old = json.loads((out / "cpu_best.json").read_text())
+        mine = {s["shape"] for s in res["shapes"]}
+        for s in res["shapes"]:
+            s["date"] = res["date"]
+        kept = [dict(s, date=s.get("date", old["date"])) for s in old["shapes"] if s["shape"] not in mine]
+        res["shapes"] = sorted(kept + res["shapes"], key=lambda s: list(SHAPES).index(s["shape"]) if s["shape"] in SHAPES else 99)
+        res["notes"] = [n for n in old.get("notes", []) if n.split(":")[0] not in mine] + res["notes"]
     atomic_write_text(out / "cpu_best.json", json.dumps(res, indent=1) + "\n")
     atomic_write_text(out / "cpu_best.md", to_markdown(res))
     print(to_markdown(res))

@@ -270,6 +270,13 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
         # CPUs that have it). Shapes are marked dynamic only if they change (eval's batches do).
         # The compact model compiles as one graph (fullgraph); a transformers model may break.
         fn = torch.compile(fn, fullgraph=loaded.is_compact, options={"freezing": True})
+        # Every runner compiles TaskOutput.forward, one code object: dynamo counts each new model (and
+        # each new input shape) as a recompile of it, and past its limit (8) it runs the rest eagerly,
+        # silently. A bench of several models, or eval's changing batch shapes, goes past 8.
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
     if dtype == "bf16" and device == "cpu" and not native_bf16():
         notes.append(f"{name} {backend}: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX): bf16 is emulated, slowly")
 
