@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -44,6 +45,7 @@ from torch import nn
 
 from .errors import PrunekitError
 from .io import read_json
+from .pooling import mean_pool
 
 # name -> (dtype, devices)
 BACKENDS: dict[str, tuple[str, tuple]] = {
@@ -235,9 +237,7 @@ class TaskOutput(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         if self.kind == "embedding":
-            hidden = out.last_hidden_state.float()
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return mean_pool(out.last_hidden_state.float(), attention_mask)
         return out.logits.float()
 
 
@@ -299,8 +299,7 @@ def _onnx_run(sess, pool: bool) -> Callable[[dict], torch.Tensor]:
         feed = {k: batch[k].cpu().numpy() for k in names}
         y = torch.from_numpy(np.asarray(sess.run(None, feed)[0], dtype=np.float32))
         if pool and y.dim() == 3:  # a graph that returns hidden states: mean-pool them as eval does
-            m = batch["attention_mask"].cpu().unsqueeze(-1).float()
-            y = (y * m).sum(1) / m.sum(1).clamp_min(1.0)
+            y = mean_pool(y, batch["attention_mask"].cpu())
         return y
 
     return run
@@ -315,7 +314,9 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
     es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8"),  # static int8 quantizes the unfused graph
                         quantize="int8-static" if static else "int8" if backend == "ort-int8" else None,
                         calibration=calibration if static else None)  # None: the shipped corpus
-    path = workdir / f"{len(list(workdir.iterdir()))}-{backend}.onnx"
+    # A directory of its own (unique, made atomically): the graph and whatever the export writes
+    # beside it never meet another runner's files in a shared workdir.
+    path = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=workdir)) / "model.onnx"
     report = export_onnx(loaded.path, path, es, loaded=loaded, write_report=False)
     sess = session(path, providers, threads)
     notes = []

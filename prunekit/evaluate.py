@@ -15,7 +15,8 @@ shows what each model costs beside what it scores.
 Precisions and runtimes: ``backends`` scores each model dir through those of
 :mod:`prunekit.backends` (the very runners ``prunekit bench`` times: torch bf16, torch.compile,
 onnxruntime fp32 / fused / dynamic and static int8), one row each, with the change of the primary
-metric against the model's own fp32 row. An ``.onnx`` file from ``prunekit export-onnx`` is
+metric against the model's own fp32 row (when no backend given is fp32, the model as loaded is
+scored too, in PyTorch fp32, to be that row). An ``.onnx`` file from ``prunekit export-onnx`` is
 scored as it was exported (backend ``ort``); its tokenizer, kind, shape and reference come from
 the export report beside it (``model.onnx.json``), the tokenizer also from files beside the model.
 """
@@ -70,6 +71,8 @@ def _tokenizer(path: str, where) -> object:
 
     try:
         return _quiet(AutoTokenizer.from_pretrained, str(where))
+    except MemoryError:  # not a bad tokenizer dir: the machine is out of memory
+        raise
     except Exception as e:  # noqa: BLE001
         raise PrunekitError(f"cannot load a tokenizer for {path} from {where}: {str(e).splitlines()[0][:160]}") from None
 
@@ -227,7 +230,7 @@ def evaluate(
     if given is None and first.task.name == "mnli":  # MNLI is reported on both dev sets
         datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
 
-    from .backends import OnnxFile, build_runner, check_backend, onnx_file_runner
+    from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
 
     for b in backends or ():
         check_backend(b, device)
@@ -236,6 +239,7 @@ def evaluate(
     ref_outputs: dict = {}
     rows = []
     base_flops = loaded[0].flops(seq_len)
+    dirs: dict = {}  # model path -> its loaded dir, shared by its backends
     with tempfile.TemporaryDirectory(prefix="prunekit-eval-") as tmp:
 
         def runner_for(m: LoadedModel, backend: Optional[str]):
@@ -247,7 +251,9 @@ def evaluate(
                 return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
             from .export import load_model_dir
 
-            r = build_runner(load_model_dir(m.path, m.kind), m.path, backend, device, workdir=Path(tmp), calibration=calibration)
+            if m.path not in dirs:  # loaded once per model: every runner deep-copies or exports it
+                dirs[m.path] = load_model_dir(m.path, m.kind)
+            r = build_runner(dirs[m.path], m.path, backend, device, workdir=Path(tmp), calibration=calibration)
             if r is None:
                 raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
             return backend, r.dtype, r.run
@@ -261,6 +267,10 @@ def evaluate(
 
         for m in loaded:
             todo = [None] if m.onnx is not None or not backends else list(backends)
+            if m.onnx is None and backends and not any(dtype_of(b) == "fp32" for b in backends):
+                # bf16/int8 rows are read against the model's own fp32 row: score it too (the
+                # model as loaded, in PyTorch), or their "vs fp32" column would be empty
+                todo.insert(0, None)
             for backend in todo:
                 name, dtype, run = runner_for(m, backend)
                 results = {}

@@ -52,7 +52,8 @@ from torch import nn
 
 from .errors import PrunekitError
 from .io import atomic_write_text
-from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact, mean_pool
+from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
+from .pooling import mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ def _maybe_tokenizer(p: Path):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(p))
+    except MemoryError:  # out of memory is not "no tokenizer files"
+        raise
     except Exception:  # a model dir without tokenizer files still exports and benchmarks
         return None
 
@@ -214,8 +217,7 @@ class OnnxGraph(nn.Module):
             x = layer(x, add_mask)
         if self.classify:
             return self.classifier(torch.tanh(self.pooler(x[:, 0])))
-        m = attention_mask.unsqueeze(-1).to(x.dtype)
-        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return mean_pool(x, attention_mask)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,7 +303,14 @@ class ExportSettings:
     calibration_examples: int = 128  # sentences run for calibration
     atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
     fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
-    int8_rtol: float = 0.25  # int8: max abs difference / max |output| (dynamic int8 is lossy; eval gives the metric)
+    # int8 (dynamic and static): max abs difference / max |output| on the random check inputs. A
+    # guard against a broken quantization (a wrong scale, a mis-fused layer: errors of order 1), not
+    # an accuracy bound (eval --backend gives the metric). Measured: 1.1-6.1% (dynamic) and 0.8-5.0%
+    # (static) on BERT-base, TinyBERT-4L, MiniLM and their students (benchmarks/results cpu_best,
+    # cpu_speedup, precision_accuracy), but 13% (dynamic) and 24% (static, calibrated on 24
+    # sentences) on the tiny random-weight classifier of test_backends, whose logits are near 0 and
+    # so large relative errors: 0.1 would refuse those, 0.25 still catches an order-1 error.
+    int8_rtol: float = 0.25
     force: bool = False
     seed: int = 0
 

@@ -61,6 +61,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 
 from .errors import PrunekitError
+from .pooling import mean_pool  # noqa: F401  (re-exported: older imports take it from here)
 
 MODEL_TYPE = "prunekit-compact-bert"
 BACKENDS = ("eager", "sdpa", "sdpa-packed", "triton", "triton-padded")
@@ -703,11 +704,6 @@ def pad_ffn_widths(model: CompactBertPreTrainedModel, multiple: int = 8) -> Comp
     return model
 
 
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-
-
 def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> CompactBertPreTrainedModel:
     """Load a compact model dir (classification or bare encoder from its config); one-line errors."""
     from pathlib import Path
@@ -728,6 +724,8 @@ def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> Co
     cls = CompactBertForSequenceClassification if config.task_kind in ("classification", "regression") else CompactBertModel
     try:
         model, info = cls.from_pretrained(str(path), config=config, use_safetensors=True, output_loading_info=True)
+    except MemoryError:  # not a corrupt file: the machine is out of memory, and should say so
+        raise
     except Exception as e:  # a truncated or corrupt safetensors file, or mismatched shapes
         raise PrunekitError(f"cannot load {weights} (corrupt or incomplete?): {str(e).splitlines()[0][:200]}") from None
     missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])

@@ -14,6 +14,7 @@ from torch import nn
 from .configs import check_model_config
 from .errors import PrunekitError
 from .flops import ModelShape
+from .pooling import mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,5 @@ def model_output(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) ->
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     out = model(**inputs)
     if kind == "embedding":
-        hidden = out.last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return mean_pool(out.last_hidden_state, inputs["attention_mask"])
     return out.logits

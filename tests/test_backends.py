@@ -160,6 +160,13 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
     # the ONNX rows know their model from the export report: compact, its FLOPs and params
     assert rows[3]["type"] == "compact" and rows[3]["flops"] == rows[0]["flops"] and rows[3]["params"] == rows[0]["params"]
     assert "vs fp32" in r.output and "ort (int8)" in r.output
+    # no fp32 backend given: the model's own fp32 row is scored too, so bf16 still has its change
+    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-bf16", "--json", str(out), "--max-length", "32"])
+    assert r.exit_code == 0, r.output
+    rows2 = json.loads(out.read_text())["models"]
+    assert [(x["backend"], x["dtype"]) for x in rows2] == [("torch", "fp32"), ("torch-bf16", "bf16")]
+    assert rows2[0]["results"]["dev"]["metrics"]["accuracy"] == acc[0]
+    assert rows2[1]["results"]["dev"]["primary_delta"] == pytest.approx(acc[1] - acc[0])
     # an embedding model's ONNX file is scored against the teacher its report names
     emb, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
     f = tmp_path / "e.onnx"
