@@ -223,6 +223,18 @@ def onnx_output_kind(f: OnnxFile) -> str:
     return "regression" if out.shape and out.shape[-1] == 1 else "classification"
 
 
+def _with_recompile_room(fn, *args):
+    """``fn(*args)`` with dynamo's recompile limits raised (named ``*cache_size_limit`` before torch 2.7)."""
+    import torch._dynamo.config as dc
+
+    names = [("recompile_limit", 64), ("accumulated_recompile_limit", 1024)]
+    if not hasattr(dc, "recompile_limit"):
+        names = [("cache_size_limit", 64), ("accumulated_cache_size_limit", 1024)]
+    patch = {k: max(getattr(dc, k), v) for k, v in names if hasattr(dc, k)}
+    with dc.patch(patch):
+        return fn(*args)
+
+
 def _weights_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".onnx"))
 
@@ -272,11 +284,11 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
         fn = torch.compile(fn, fullgraph=loaded.is_compact, options={"freezing": True})
         # Every runner compiles TaskOutput.forward, one code object: dynamo counts each new model (and
         # each new input shape) as a recompile of it, and past its limit (8) it runs the rest eagerly,
-        # silently. A bench of several models, or eval's changing batch shapes, goes past 8.
-        import torch._dynamo.config as dynamo_config
-
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
+        # silently. A bench of several models, or eval's changing batch shapes, goes past 8. The limit
+        # is raised only while a runner calls its graph (compiling is lazy: it happens there), so the
+        # caller's own torch.compile code keeps its settings.
+        call = fn
+        fn = lambda *a: _with_recompile_room(call, *a)  # noqa: E731
     if dtype == "bf16" and device == "cpu" and not native_bf16():
         notes.append(f"{name} {backend}: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX): bf16 is emulated, slowly")
 

@@ -150,19 +150,27 @@ def broadcast_tensors(tensors: dict[str, torch.Tensor] | None, world: World) -> 
 
 
 def on_main(world: World, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only, and raise its PrunekitError on every process. Returns ``fn``'s result
-    on rank 0 (None on the others)."""
+    """Run ``fn`` on rank 0 only, and raise its error on every process (a PrunekitError as one; anything
+    else — an OSError, a MemoryError — re-raised on rank 0 and a RuntimeError naming it on the others,
+    so no process is left waiting in a collective). Returns ``fn``'s result on rank 0 (None elsewhere)."""
     if not world.distributed:
         return fn()
-    result, error = None, None
+    result, error, raised = None, None, None
     if world.main:
         try:
             result = fn()
         except PrunekitError as e:
-            error = str(e)
+            error = ("PrunekitError", str(e))
+        except BaseException as e:  # noqa: BLE001 - told to the other ranks, then re-raised here
+            error, raised = (type(e).__name__, str(e)), e
     error = broadcast_object(error, world)
+    if raised is not None:
+        raise raised
     if error is not None:
-        raise PrunekitError(error)
+        kind, message = error
+        if kind == "PrunekitError":
+            raise PrunekitError(message)
+        raise RuntimeError(f"rank 0 failed ({kind}: {message})")
     return result
 
 

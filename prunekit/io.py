@@ -81,19 +81,34 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _journal(out: Path) -> Path:
+    """Written by :func:`publish_dir` before it moves anything: the inode of the new output."""
+    return out.with_name(f".{out.name}.publishing")
+
+
 def recover_output(out: Path) -> None:
     """Undo what a crash inside :func:`publish_dir` left: the old output moved aside and the new one not
     yet in place (the old one is put back; the new one is still in its work dir), or both in place
-    (the old one is deleted)."""
+    (the old one is deleted — only when ``out`` is the very dir the journal names: anything else
+    there, made after the crash, leaves both untouched and is one error naming them)."""
     out = Path(out)
-    old = _replaced(out)
+    old, journal = _replaced(out), _journal(out)
     if not old.exists():
+        journal.unlink(missing_ok=True)
         return
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    if not out.exists():
         os.replace(old, out)
         fsync_path(out.parent)
+    else:
+        try:
+            published = int(journal.read_text().strip()) == os.stat(out).st_ino
+        except (OSError, ValueError):
+            published = False
+        if not published:
+            raise PrunekitError(f"{out} and {old} both exist and a replacement of {out} was interrupted: keep the one "
+                                f"you want as {out} and delete the other")
+        shutil.rmtree(old, ignore_errors=True)
+    journal.unlink(missing_ok=True)
 
 
 def publish_dir(work: Path, out: Path) -> None:
@@ -105,11 +120,13 @@ def publish_dir(work: Path, out: Path) -> None:
     out, work = Path(out), Path(work)
     recover_output(out)
     if out.exists():
-        old = _replaced(out)
+        old, journal = _replaced(out), _journal(out)
+        atomic_write_text(journal, str(os.stat(work).st_ino))  # a rename keeps the inode
         os.replace(out, old)
         os.replace(work, out)
         fsync_path(out.parent)
         shutil.rmtree(old, ignore_errors=True)
+        journal.unlink(missing_ok=True)
     else:
         os.replace(work, out)
         fsync_path(out.parent)

@@ -182,3 +182,14 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
                       (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "unknown backend 'triton'")):
         r = run(cli, args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+
+
+def test_recompile_limit_is_raised_only_inside_a_compiled_runner():
+    import torch._dynamo.config as dc
+
+    from prunekit.backends import _with_recompile_room
+
+    before = (dc.recompile_limit, dc.accumulated_recompile_limit)
+    inside = _with_recompile_room(lambda: (dc.recompile_limit, dc.accumulated_recompile_limit))
+    assert inside[0] >= 64 and inside[1] >= 1024
+    assert (dc.recompile_limit, dc.accumulated_recompile_limit) == before  # the caller's settings are left alone

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -527,8 +528,17 @@ def test_an_output_being_replaced_when_the_process_died_is_recovered(tmp_path):
         check_output_dir(out, force=False)
     assert (out / "old").is_file() and not aside.exists()
     aside.mkdir()  # died after moving the new one in, before deleting the old one: the old one goes
+    (tmp_path / ".out.publishing").write_text(str(out.stat().st_ino))
     check_output_dir(out, force=True)
-    assert (out / "old").is_file() and not aside.exists()
+    assert (out / "old").is_file() and not aside.exists() and not (tmp_path / ".out.publishing").exists()
+    # ... but an `out` made after the crash (not the dir the journal names) is no licence to delete the
+    # old output: both stay, and the error names them.
+    aside.mkdir()
+    (tmp_path / ".out.publishing").write_text(str(out.stat().st_ino + 1))
+    with pytest.raises(PrunekitError, match="replacement of .* was interrupted"):
+        check_output_dir(out, force=True)
+    assert aside.is_dir() and (out / "old").is_file()
+    shutil.rmtree(aside)
     new = tmp_path / "new"
     new.mkdir()
     (new / "new").write_text("")
