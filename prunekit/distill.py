@@ -509,8 +509,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
             best = meta["best"]
         opt_state = (tensors, meta)
         log.info("resuming from step %d", start)
-    if world.main:
-        history = restart_log(log_path, start, changed)
+    history = on_main(world, lambda: restart_log(log_path, start, changed)) or []  # [] on the other ranks
     # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
     train_model = student
     if world.distributed:

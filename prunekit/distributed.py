@@ -194,7 +194,7 @@ def latest_checkpoint(ckpt_root, world: World) -> tuple[int, dict, dict] | None:
     :func:`prunekit.checkpoint.load_latest_checkpoint`)."""
     from .checkpoint import load_latest_checkpoint
 
-    found = load_latest_checkpoint(ckpt_root) if world.main else None
+    found = on_main(world, lambda: load_latest_checkpoint(ckpt_root))  # a failure there reaches every rank
     head = broadcast_object((found[0], found[2]) if found else None, world)
     if head is None:
         return None

@@ -259,8 +259,7 @@ def run_gate_search(
             for g in opts[prefix].param_groups if prefix in opts else ():
                 g["lr"] = lr
         log.info("resuming from step %d", start_step)
-    if world.main:
-        history = restart_log(log_path, start_step, changed)
+    history = on_main(world, lambda: restart_log(log_path, start_step, changed)) or []  # [] on the other ranks
     # Data parallel: DDP averages the weight gradients; the gate logits' are all-reduced below.
     forward_model = student
     if world.distributed and train_weights:
