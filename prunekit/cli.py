@@ -60,9 +60,30 @@ def data_options(fn):
         click.option("--label-column", default=None, help="Label column (default: label if present)."),
         click.option("--max-examples", type=int, default=None, help="Use only the first N examples."),
     ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+    return _stack(opts)(fn)
+
+
+def _stack(opts: list):
+    """One decorator applying click options in the order listed (as they show in --help)."""
+    def apply(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
+def training_run_options(checkpoint_every: int):
+    """The options search and distill share for a long training run (device, precision, checkpoints, NaN steps)."""
+    opts = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True,
+                     help="auto: bf16 autocast on CUDA, none on CPU."),
+        click.option("--checkpoint-every", type=int, default=checkpoint_every, show_default=True, help="Steps between checkpoints."),
+        click.option("--max-nan-steps", type=int, default=10, show_default=True,
+                     help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),
+    ]
+    return _stack(opts)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -86,10 +107,7 @@ def data_options(fn):
 @click.option("--topk-fraction", type=float, default=0.1, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
 @click.option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seeds the data order, the random baseline and the importance probes.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
-@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
-@click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
+@training_run_options(checkpoint_every=50)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -138,20 +156,6 @@ def _echo_flops_breakdown(arch_json) -> None:
                 f"  {name:<18} {format_flops(orig[name]):>13} ({orig[name] / flops['original']:5.1%})"
                 f" -> {format_flops(pruned[name]):>13} ({pruned[name] / orig[name]:5.1%} kept)"
             )
-
-
-def _not_built(verb: str, issue: str):
-    @cli.command(
-        name=verb,
-        help=f"(not built yet) {issue[0].upper()}{issue[1:]}.",
-        short_help=f"(not built yet) {issue}",
-        context_settings=dict(CONTEXT, ignore_unknown_options=True, allow_extra_args=True),
-    )
-    def command():
-        click.echo(f"error: `prunekit {verb}` is not built yet ({issue})", err=True)
-        sys.exit(2)
-
-    return command
 
 
 @cli.command(context_settings=CONTEXT)
@@ -309,10 +313,7 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @click.option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), default="both", show_default=True, help="Stages that train on the augmented data.")
 @click.option("--augment-mlm", default=None, help="A masked-LM model dir to propose replacements. Default: nearest neighbours in the teacher's input embeddings.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seeds the data order, dropout, the dev hold-out and the augmentation.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True, help="auto: bf16 autocast on CUDA, none on CPU.")
-@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
-@click.option("--max-nan-steps", type=int, default=10, show_default=True, help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied).")
+@training_run_options(checkpoint_every=200)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--stage1-lr, --stage2-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
