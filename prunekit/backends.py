@@ -17,12 +17,18 @@ torch-bf16          bf16    SDPA with the weights in bf16 (AMX / AVX512-BF16 mat
 torch-bf16-packed   bf16    the same, padding-free (compact only: real tokens packed, attention padded)
 compile-fp32        fp32    ``torch.compile`` (inductor, weights frozen) of the SDPA model
 compile-bf16        bf16    the same with the weights in bf16
+torch-fp16          fp16    SDPA with the weights in fp16 (CUDA)
+torch-fp16-graph    fp16    the same replayed from CUDA graphs, one per input shape (CUDA)
+compile-fp16        fp16    ``torch.compile`` of the fp16 SDPA model (CUDA)
 triton              fp32    the compact model's Triton kernels, padding-free (CUDA)
+triton-fp16         fp16    the same in fp16 (CUDA)
+triton-fp16-graph   fp16    the same replayed from CUDA graphs (:class:`prunekit.modeling.CudaGraphRunner`)
 ort-fp32            fp32    onnxruntime, the graph as exported
 ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention)
 ort-int8            int8    ort-opt with dynamic int8 MatMuls
 ort-int8-static     int8    static int8 MatMuls (QLinearMatMul, unfused graph), calibrated on real sentences
 ort-cuda            fp32    onnxruntime's CUDA provider
+ort-cuda-fp16       fp16    onnxruntime's CUDA provider on the fused graph in fp16 (``export-onnx --optimize --fp16``)
 ort                 as-is   an ``.onnx`` file as it was exported (CPU, or CUDA with device cuda)
 =================== ======= ==============================================================
 
@@ -55,16 +61,26 @@ BACKENDS: dict[str, tuple[str, tuple]] = {
     "torch-bf16-packed": ("bf16", ("cpu", "cuda")),
     "compile-fp32": ("fp32", ("cpu", "cuda")),
     "compile-bf16": ("bf16", ("cpu", "cuda")),
+    "torch-fp16": ("fp16", ("cuda",)),
+    "torch-fp16-graph": ("fp16", ("cuda",)),
+    "compile-fp16": ("fp16", ("cuda",)),
     "triton": ("fp32", ("cuda",)),
+    "triton-fp16": ("fp16", ("cuda",)),
+    "triton-fp16-graph": ("fp16", ("cuda",)),
     "ort-fp32": ("fp32", ("cpu",)),
     "ort-opt": ("fp32", ("cpu",)),
     "ort-int8": ("int8", ("cpu",)),
     "ort-int8-static": ("int8", ("cpu",)),
     "ort-cuda": ("fp32", ("cuda",)),
+    "ort-cuda-fp16": ("fp16", ("cuda",)),
     "ort": ("as exported", ("cpu", "cuda")),
 }
-# A compact-only backend's speedup is taken over the original on its padded counterpart.
-COUNTERPART = {"torch-bf16-packed": "torch-bf16"}
+# A compact-only backend's speedup is taken over the original on its counterpart: the same dtype
+# (and graph replay) in PyTorch's own attention, padded.
+COUNTERPART = {"torch-bf16-packed": "torch-bf16", "triton": "torch-sdpa", "triton-fp16": "torch-fp16",
+               "triton-fp16-graph": "torch-fp16-graph"}
+COMPACT_ONLY = ("torch-bf16-packed", "triton", "triton-fp16", "triton-fp16-graph")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cpu" in dev and b != "ort")
 CUDA_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cuda" in dev and b != "ort")
 ONNX_FILE_BACKENDS = ("ort",)
@@ -82,6 +98,9 @@ def check_backend(backend: str, device: str, onnx_file: bool = False) -> None:
                                 "it was exported from to try other backends, or export it with --optimize / --quantize")
         return
     known = CPU_BACKENDS if device == "cpu" else CUDA_BACKENDS
+    if backend in BACKENDS and backend not in known and backend != "ort":
+        where = " or ".join(BACKENDS[backend][1])
+        raise PrunekitError(f"backend {backend!r} runs on {where} only, not on --device {device}: use one of {', '.join(known)}")
     if backend not in known:
         raise PrunekitError(f"unknown backend {backend!r} for --device {device}: use {', '.join(known)}")
 
@@ -109,7 +128,7 @@ def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
             import onnxruntime as ort
         except ImportError:
             return "onnxruntime is not installed (pip install onnxruntime)"
-        if (backend == "ort-cuda" or (backend == "ort" and device == "cuda")) and \
+        if (backend.startswith("ort-cuda") or (backend == "ort" and device == "cuda")) and \
                 "CUDAExecutionProvider" not in ort.get_available_providers():
             return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
     if backend.startswith("compile-"):
@@ -121,7 +140,7 @@ def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
             return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) for inductor, and none is on PATH"
     if device == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
-    if backend == "triton":
+    if backend.startswith("triton"):
         try:
             import prunekit_kernels as pk
         except ImportError:
@@ -253,13 +272,88 @@ class TaskOutput(nn.Module):
         return out.logits.float()
 
 
+class ShapeGraphs:
+    """``fn(input_ids, attention_mask, token_type_ids, use_mask)`` replayed from CUDA graphs (the
+    ``*-graph`` backends): one graph per input shape, and for a batch without padding one captured
+    with ``use_mask=False`` (what transformers and the compact model do without a graph: attention
+    with no mask, the flash kernel). One host sync per call (is there padding?); the oldest graph
+    is dropped past ``keep``. The output is the graph's own memory: valid until the next call."""
+
+    def __init__(self, fn: Callable, keep: int = 8, warmup: int = 2):
+        self.fn, self.keep, self.warmup = fn, keep, warmup
+        self.graphs: dict = {}  # (B, T, padded) -> (graph, static inputs, output); most recent last
+
+    def _capture(self, feed: dict, use_mask: bool):
+        from .modeling import capture_graph
+
+        static = {k: v.clone() for k, v in feed.items()}
+        graph, out = capture_graph(lambda: self.fn(**static, use_mask=use_mask), feed["input_ids"].device, self.warmup)
+        return graph, static, out
+
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        padded = not bool(attention_mask.all())
+        key = (*input_ids.shape, padded)
+        entry = self.graphs.pop(key, None)
+        if entry is None:
+            while len(self.graphs) >= self.keep:
+                self.graphs.pop(next(iter(self.graphs)))
+            entry = self._capture(feed, padded)
+        else:
+            for k, v in feed.items():
+                entry[1][k].copy_(v)
+        self.graphs[key] = entry
+        entry[0].replay()
+        return entry[2]
+
+
+class _PackedGraphs:
+    """The ``triton-fp16-graph`` backend: a compact model's :class:`CudaGraphRunner` per input shape
+    (each keeps one graph per packed-token capacity, and one for a batch without padding)."""
+
+    def __init__(self, model: nn.Module, kind: str, keep: int = 8):
+        self.model, self.kind, self.keep = model, kind, keep
+        self.runners: dict = {}
+
+    def __call__(self, input_ids, attention_mask, token_type_ids):
+        key = tuple(input_ids.shape)
+        runner = self.runners.pop(key, None)
+        if runner is None:
+            while len(self.runners) >= self.keep:
+                self.runners.pop(next(iter(self.runners)))
+            runner = self.model.capture_cuda_graph(*key, clone_outputs=False)
+        self.runners[key] = runner
+        out = runner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.kind == "embedding":
+            return mean_pool(out.last_hidden_state.float(), attention_mask)
+        return out.logits.float()
+
+
+def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
+    """The task output as :class:`ShapeGraphs` captures it. An original (transformers) model gets the
+    key-padding mask already 4-D (``[B, 1, 1, T]``, True = attend), which its mask code takes as it
+    is: no data-dependent check (a host sync) inside the capture."""
+
+    def fn(input_ids, attention_mask, token_type_ids, use_mask: bool):
+        mask = None
+        if use_mask:
+            mask = attention_mask if is_compact else attention_mask[:, None, None, :].bool()
+        out = model(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
+        if kind == "embedding":
+            return mean_pool(out.last_hidden_state.float(), attention_mask)
+        return out.logits.float()
+
+    return fn
+
+
 def _torch_model(loaded, backend: str) -> Optional[nn.Module]:
     """A private copy of the model with its attention implementation set once (runners are timed
     interleaved, so a shared model would switch implementation before every call)."""
-    impl = {"torch-eager": "eager", "triton": "triton", "torch-bf16-packed": "sdpa-packed"}.get(backend, "sdpa")
+    impl = "triton" if backend.startswith("triton") else \
+        {"torch-eager": "eager", "torch-bf16-packed": "sdpa-packed"}.get(backend, "sdpa")
     if loaded.is_compact:
         return copy.deepcopy(loaded.compact).set_backend(impl)
-    if impl in ("triton", "sdpa-packed"):
+    if backend in COMPACT_ONLY:
         return None  # the compact model's own paths; an original has its transformers backends
     model = copy.deepcopy(loaded.reference)
     if hasattr(model, "set_attn_implementation"):
@@ -274,10 +368,14 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
     if model is None:
         return None
     dtype = dtype_of(backend)
-    model = model.to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    model = model.to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
     fn = TaskOutput(model, loaded.kind).eval()
     notes = []
-    if backend.startswith("compile-"):
+    if backend == "triton-fp16-graph":
+        fn = _PackedGraphs(model, loaded.kind)
+    elif backend.endswith("-graph"):
+        fn = ShapeGraphs(_graph_fn(model, loaded.kind, loaded.is_compact))
+    elif backend.startswith("compile-"):
         # Frozen weights: inductor folds them into the graph and prepacks them for oneDNN (AMX on
         # CPUs that have it). Shapes are marked dynamic only if they change (eval's batches do).
         # The compact model compiles as one graph (fullgraph); a transformers model may break.
@@ -297,7 +395,7 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
             y = fn(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return y.float().cpu()  # a copy to the host synchronises a CUDA device
 
-    return Runner(name, backend, run, _weights_size(loaded.path) // (2 if dtype == "bf16" else 1), dtype, notes)
+    return Runner(name, backend, run, _weights_size(loaded.path) // (1 if dtype == "fp32" else 2), dtype, notes)
 
 
 def _ort_inputs(sess) -> list[str]:
@@ -321,9 +419,11 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
                 calibration: Optional[str]) -> Optional[Runner]:
     from .export import ExportSettings, export_onnx, session
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if backend == "ort-cuda" else None
+    on_cuda = backend.startswith("ort-cuda")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else None
     static = backend == "ort-int8-static"
-    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8"),  # static int8 quantizes the unfused graph
+    es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8", "ort-cuda-fp16"),  # static int8: the unfused graph
+                        fp16=backend == "ort-cuda-fp16",
                         quantize="int8-static" if static else "int8" if backend == "ort-int8" else None,
                         calibration=calibration if static else None)  # None: the shipped corpus
     # A directory of its own (unique, made atomically): the graph and whatever the export writes
@@ -332,7 +432,7 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
     report = export_onnx(loaded.path, path, es, loaded=loaded, write_report=False)
     sess = session(path, providers, threads)
     notes = []
-    if backend == "ort-cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+    if on_cuda and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise PrunekitError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of CUDA")
     if report.fused:
         notes.append(f"{name} {backend}: attention fused in {len(report.fused['attention_heads'])} of "

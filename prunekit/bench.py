@@ -5,15 +5,17 @@ each backend that runs on the device, and times them **interleaved**: after warm
 runs every (model, backend) once in turn, so a load change on a shared machine hits all of them
 alike. Per row: FLOPs per sequence (analytic, and fvcore's count of the matrix products doubled),
 parameters, size on disk of what runs, latency median and p90 per batch, sentences/sec, speedup
-over the first model on the same backend (a compact-only backend such as the padding-free
-``torch-bf16-packed``: over the original's padded counterpart), and that speedup divided by the
+over the first model on the same backend (a compact-only backend, such as the padding-free
+``torch-bf16-packed`` or ``triton-fp16``: over the original in PyTorch's attention at the same
+dtype, with graphs for a graphed one; ``backends.COUNTERPART``), and that speedup divided by the
 FLOPs speedup.
 
 Backends (:mod:`prunekit.backends`, shared with ``prunekit eval``): by default every one that runs
 on the device — on the CPU torch fp32 (eager, SDPA) and bf16, ``torch.compile`` fp32 and bf16,
 onnxruntime fp32, fused (per-layer Attention), dynamic int8 and static int8 (calibrated on
-``calibration``, the ``real_lengths`` data or the shipped corpus); on CUDA also the compact model's
-Triton kernels and onnxruntime's CUDA provider. ONNX files are exported on the fly into a temp dir
+``calibration``, the ``real_lengths`` data or the shipped corpus); on CUDA fp32 SDPA, fp16 PyTorch
+with and without CUDA graphs, ``torch.compile`` fp16, the compact model's Triton kernels in fp16
+with and without graphs, and onnxruntime's CUDA provider in fp32 and fp16. ONNX files are exported on the fly into a temp dir
 (and validated, see :mod:`prunekit.export`); onnxruntime gets the same thread count as torch and
 its idle threads do not spin, so they leave the cores to torch between interleaved runs. The last
 lines compare each compact model's fastest backend with the original's fastest ("best compact vs
@@ -49,7 +51,12 @@ log = logging.getLogger(__name__)
 
 # Every backend that can run on the device (prunekit.backends: torch fp32/bf16, torch.compile fp32/bf16,
 # onnxruntime fp32 / fused / dynamic and static int8); the timing is best-against-best.
-DEFAULT_BACKENDS = {"cpu": CPU_BACKENDS, "cuda": ("torch-sdpa", "torch-bf16", "compile-bf16", "triton", "ort-cuda")}
+# On CUDA: fp32 SDPA as the reference point, then fp16 (what GPUs serve in): PyTorch, PyTorch from CUDA
+# graphs (the fair baseline for the graphed Triton path), torch.compile, the compact model's Triton
+# kernels with and without graphs, onnxruntime's CUDA provider in fp32 and fp16.
+DEFAULT_BACKENDS = {"cpu": CPU_BACKENDS,
+                    "cuda": ("torch-sdpa", "torch-fp16", "torch-fp16-graph", "compile-fp16", "triton-fp16",
+                             "triton-fp16-graph", "ort-cuda", "ort-cuda-fp16")}
 
 
 @dataclass

@@ -20,7 +20,9 @@ Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
 * ``triton`` — inference only: the tokens are packed without padding once at the embeddings
   (``cu_seqlens``), every layer runs ``prunekit_kernels.fused_attention_varlen`` with its own
   head count and the ``bias_gelu`` / ``bias_residual_layernorm`` epilogues, and the result is
-  padded back once at the end (padding positions of ``last_hidden_state`` are zeros);
+  padded back once at the end (padding positions of ``last_hidden_state`` are zeros); a batch
+  with no padding at all (found by the same one host sync) skips the packing and runs the padded
+  kernels without a mask;
 * ``triton-padded`` — the same kernels on the padded batch (``fused_attention`` with the key
   padding mask, every position computed): what the padding-free path is measured against.
 * ``sdpa-packed`` — inference only, any device, plain PyTorch: the padding-free path of ``triton``
@@ -484,12 +486,16 @@ class CompactBertModel(CompactBertPreTrainedModel):
         b, t = input_ids.shape
         align = self._align_for(input_ids.device, "triton")
         ids = torch.stack([input_ids, token_type_ids, position_ids.expand_as(input_ids)], dim=-1).view(b * t, 3)
+        if packed and attention_mask is None:
+            packed = False  # every token is real: nothing to pack
         if packed:  # pack once: the real tokens' ids, types and positions, with cu_seqlens
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             # One host sync (the real-token count) without a capacity, none with one.
             if token_capacity is not None:
                 token_capacity = min(int(token_capacity), b * t)
-            indices, cu_seqlens, max_seqlen = pk.unpad_indices(mask, token_capacity)
+            indices, cu_seqlens, max_seqlen = pk.unpad_indices(attention_mask, token_capacity)
+            if token_capacity is None and indices.numel() == b * t:
+                packed, attention_mask = False, None  # no padding at all: packing would only copy
+        if packed:
             if token_capacity is not None and b * t:
                 ids = ids.index_select(0, indices.clamp(max=b * t - 1))  # spare rows: any real ids
             else:
@@ -558,6 +564,25 @@ class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
 
 
+FULL = "full"  # CudaGraphRunner's graph key for a batch without padding
+
+
+def capture_graph(fn, device: torch.device, warmup: int = 2, pool=None) -> tuple:
+    """``(graph, output)``: ``fn()`` warmed up on a side stream (Triton compiles, cuBLAS picks its
+    kernels and makes its workspace), as ``torch.cuda.graphs`` recommends, then captured; replaying
+    the graph reruns ``fn`` on whatever its input tensors hold then, into the same output memory."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class CudaGraphRunner:
     """Replays CUDA graphs of a compact model's forward for inputs of one shape ``[batch_size, seqlen]``.
 
@@ -569,7 +594,8 @@ class CudaGraphRunner:
     the padding-free ``triton`` backend the call counts the real tokens (one host sync), rounds the
     count up to a multiple of ``token_granularity`` (default: 1/16 of ``batch_size * seqlen``, at
     least 64) and keeps one graph per such capacity, so a batch still costs what its real tokens
-    cost. The backend is the model's at construction (``eager``, ``sdpa``, ``triton``,
+    cost; a batch with no padding at all gets a graph of its own (key ``FULL``) that skips the
+    packing and runs the padded kernels without a mask. The backend is the model's at construction (``eager``, ``sdpa``, ``triton``,
     ``triton-padded``); output attentions and hidden states are not offered.
 
     Outputs are cloned out of the graph's memory (``clone_outputs=False``: returned as they are,
@@ -605,7 +631,7 @@ class CudaGraphRunner:
         if token_granularity < 1:
             raise PrunekitError(f"token_granularity must be >= 1, got {token_granularity}")
         self.token_granularity = int(token_granularity)
-        self.graphs: dict = {}  # capacity (None unless packed) -> (graph, static outputs)
+        self.graphs: dict = {}  # capacity (None unless packed; FULL: no padding) -> (graph, static outputs)
         if self.graphed:
             z = dict(dtype=torch.long, device=device)
             self.static = {"input_ids": torch.zeros(self.batch_size, self.seqlen, **z),
@@ -634,22 +660,13 @@ class CudaGraphRunner:
                 "graph was captured: make a new runner"
             )
 
-    def _capture(self, capacity: Optional[int]):
+    def _capture(self, capacity):
         kwargs = dict(self.static)
-        if capacity is not None:
+        if capacity == FULL:  # no padding at all: the padded kernels without a mask, nothing packed
+            del kwargs["attention_mask"]
+        elif capacity is not None:
             kwargs["token_capacity"] = capacity
-        # Warm up on a side stream (Triton compiles, cuBLAS picks kernels and makes its workspace),
-        # as torch.cuda.graphs recommends, then capture.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(self.warmup):
-                self.model(**kwargs)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
-            out = self.model(**kwargs)
-        self.graphs[capacity] = (graph, out)
+        self.graphs[capacity] = capture_graph(lambda: self.model(**kwargs), self.device, self.warmup, self._pool)
         return self.graphs[capacity]
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -668,7 +685,10 @@ class CudaGraphRunner:
             st["token_type_ids"].zero_()
         else:
             st["token_type_ids"].copy_(token_type_ids)
-        capacity = self.capacity_for(int(st["attention_mask"].count_nonzero())) if self.packed else None
+        capacity = None
+        if self.packed:
+            real = int(st["attention_mask"].count_nonzero())
+            capacity = FULL if real == self.batch_size * self.seqlen else self.capacity_for(real)
         graph, out = self.graphs.get(capacity) or self._capture(capacity)
         graph.replay()
         if not self.clone_outputs:

@@ -179,7 +179,7 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
     # bad input: one line each
     for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification", "--max-length", "32"], "is a embedding model"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),
-                      (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "unknown backend 'triton'")):
+                      (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "backend 'triton' runs on cuda only")):
         r = run(cli, args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
 
@@ -193,3 +193,93 @@ def test_recompile_limit_is_raised_only_inside_a_compiled_runner():
     inside = _with_recompile_room(lambda: (dc.recompile_limit, dc.accumulated_recompile_limit))
     assert inside[0] >= 64 and inside[1] >= 1024
     assert (dc.recompile_limit, dc.accumulated_recompile_limit) == before  # the caller's settings are left alone
+
+
+def test_help_names_every_backend():
+    """The CLI's --backend help of bench and eval lists every backend there is (no drift)."""
+    for verb in ("bench", "eval"):
+        out = CliRunner().invoke(cli, [verb, "--help"], terminal_width=1000).output
+        text = " ".join(out.split())
+        for name in B.BACKENDS:
+            if name != "ort":
+                assert name in text, (verb, name)
+    assert set(B.COUNTERPART) <= set(B.COMPACT_ONLY) and not set(B.COUNTERPART.values()) & set(B.COMPACT_ONLY)
+
+
+class _FakeGraph:
+    """Stands in for a CUDA graph on the CPU: replay recomputes the captured call from the static inputs."""
+
+    def __init__(self, fn, static, use_mask, out):
+        self.fn, self.static, self.use_mask, self.out = fn, static, use_mask, out
+
+    def replay(self):
+        self.out.copy_(self.fn(**self.static, use_mask=self.use_mask))
+
+
+class _CpuShapeGraphs(B.ShapeGraphs):
+    def _capture(self, feed, use_mask):
+        static = {k: v.clone() for k, v in feed.items()}
+        out = self.fn(**static, use_mask=use_mask)
+        self.captured.append((tuple(feed["input_ids"].shape), use_mask))
+        return _FakeGraph(self.fn, static, use_mask, out), static, out
+
+
+@pytest.mark.parametrize("kind", ("embedding", "classification"))
+def test_shape_graphs_keys_inputs_and_eviction(tiny_models, tmp_path, kind):
+    """The graph bookkeeping of the *-graph backends, on the CPU: one graph per shape and padding,
+    a batch without padding captured without a mask, new inputs reach a replayed graph, the oldest
+    graph dropped past `keep`; outputs equal the model's own (original: the 4-D mask form)."""
+    src, cfg = compact_dir(tiny_models, tmp_path, "tinybert4", kind)
+    for model_dir in (src, tiny_models("tinybert4", kind)):
+        loaded = load_model_dir(model_dir)
+        model = B._torch_model(loaded, "torch-fp16-graph").eval()
+        graphs = _CpuShapeGraphs(B._graph_fn(model, loaded.kind, loaded.is_compact), keep=2)
+        graphs.captured = []
+        padded = random_inputs(cfg, 3, 12, seed=1)
+        assert not bool(padded["attention_mask"].all())
+        full = dict(random_inputs(cfg, 3, 12, seed=2), attention_mask=torch.ones(3, 12, dtype=torch.long))
+        again = random_inputs(cfg, 3, 12, seed=4)
+        again["attention_mask"][2, 7:] = 0  # padded too: the first graph replayed with new inputs
+        other = random_inputs(cfg, 2, 9, seed=3)
+        other["attention_mask"][1, 5:] = 0
+        fn = B.TaskOutput(model, loaded.kind)
+        for batch in (padded, full, padded, again, other, full):
+            with torch.no_grad():
+                want = fn(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                got = graphs(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        # captured: padded, full (no mask); the 3rd and 4th calls replay; `other` evicts `full`, which is recaptured
+        assert graphs.captured == [((3, 12), True), ((3, 12), False), ((2, 9), True), ((3, 12), False)]
+        assert list(graphs.graphs) == [(2, 9, True), (3, 12, False)]
+
+
+CUDA_REL_TOL = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.04}  # fp16: 11 mantissa bits, fp32 accumulation
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs in the GPU session)")
+@pytest.mark.parametrize("kind", ("embedding", "classification"))
+def test_cuda_backends_match_fp32(tiny_models, tmp_path, kind):
+    """Every CUDA backend against fp32 eager on the CPU, for a compact model with uneven heads and
+    no-head layers and for its original, on padded and unpadded batches (graphs replayed twice)."""
+    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", kind)
+    for model_dir in (src, tiny_models("minilm6", kind)):
+        loaded = load_model_dir(model_dir)
+        for backend in B.CUDA_BACKENDS:
+            why = B.unavailable(backend, "cuda")
+            if why:
+                print(f"{backend}: skipped ({why})")
+                continue
+            work = tmp_path / f"cuda-{model_dir.name}-{backend}"
+            work.mkdir()
+            r = B.build_runner(loaded, model_dir.name, backend, "cuda", None, work)
+            if r is None:
+                assert backend in B.COMPACT_ONLY and model_dir != src
+                continue
+            for seed in (1, 2, 1):
+                batch = random_inputs(loaded.config, 3, 12, seed)
+                if seed == 2:
+                    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+                ref = reference_output(loaded, batch).float()
+                got = r.run({k: v.cuda() for k, v in batch.items()})
+                rel = float((got - ref).abs().max() / ref.abs().max())
+                assert rel <= CUDA_REL_TOL[r.dtype], f"{model_dir.name} {backend} seed {seed}: rel diff {rel:.2e}"

@@ -65,8 +65,9 @@ def test_bad_input(tiny_models, tmp_path):
     runner = CliRunner()
     (tmp_path / "notmodel").mkdir()
     cases = ((["bench", str(tmp_path / "notmodel")], "not a model directory"),
-             (["bench", orig, "--backend", "triton"], "unknown backend 'triton' for --device cpu"),
-             (["bench", orig, "--backend", "ort-cuda"], "unknown backend"),
+             (["bench", orig, "--backend", "triton"], "backend 'triton' runs on cuda only, not on --device cpu"),
+             (["bench", orig, "--backend", "ort-cuda-fp16"], "runs on cuda only"),
+             (["bench", orig, "--backend", "torch-fp8"], "unknown backend 'torch-fp8' for --device cpu"),
              (["bench", orig, "--seq-len", "1000"], "--seq-len"))
     import torch
 

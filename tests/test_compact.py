@@ -1,6 +1,7 @@
 """Compaction: parity with the gated teacher, backends, save/load through the Auto classes, FLOPs, CLI, bad input."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -521,12 +522,12 @@ def test_token_capacity_path_never_syncs(tiny_models):
     batch = random_batch(teacher.config.vocab_size, 2, 6, seed=28)
     tolist = torch.Tensor.tolist  # reads CPU memory without dispatching an op: count it by hand
 
-    def run(**kw):
+    def run(feed=batch, **kw):
         calls = []
         with torch.no_grad(), Record() as rec:
             torch.Tensor.tolist = lambda self: calls.append("tolist") or tolist(self)
             try:
-                model(**batch, **kw)
+                model(**feed, **kw)
             finally:
                 torch.Tensor.tolist = tolist
         return rec.ops + calls
@@ -537,6 +538,16 @@ def test_token_capacity_path_never_syncs(tiny_models):
     assert ops and not (syncing | {"tolist"}) & set(ops), sorted((syncing | {"tolist"}) & set(ops))
     ops = run()  # without a capacity: exactly one sync (the real-token count and longest length)
     assert sum(op in syncing or op == "tolist" for op in ops) == 1
+    # No padding at all: the same one sync finds every token real; then the padded kernels run
+    # without a mask, nothing gathered or scattered back; the outputs are the eager model's.
+    assert int(batch["attention_mask"].sum()) < batch["attention_mask"].numel()
+    assert "aten::index_select" in ops
+    full = dict(batch, attention_mask=torch.ones_like(batch["attention_mask"]))
+    ops = run(full)
+    assert sum(op in syncing or op == "tolist" for op in ops) == 1
+    assert not {"aten::index_select", "aten::index_put_", "aten::index_copy_"} & set(ops)
+    ref = run_output(copy.deepcopy(model).set_backend("eager"), "classification", full)
+    assert (run_output(model, "classification", full) - ref).abs().max() < 1e-5
 
 
 def test_cuda_graph_runner_without_cuda(tiny_models):
@@ -575,6 +586,8 @@ def test_cuda_graph_runner_on_cuda(tiny_models):
     batches = [{k: v.cuda() for k, v in random_batch(teacher.config.vocab_size, b, t, seed=s).items()} for s in (34, 35)]
     batches[1]["attention_mask"][1:] = 0  # far fewer real tokens: another capacity bucket
     batches[1]["attention_mask"][1:, :2] = 1
+    full = dict(batches[0], attention_mask=torch.ones_like(batches[0]["attention_mask"]))
+    batches.append(full)  # no padding: the packed path's graph of its own (FULL), no mask, nothing packed
     backends = ["sdpa"] + (["triton", "triton-padded"] if prunekit_kernels.triton_available("cuda")[0] else [])
     for backend in backends:
         model.set_backend(backend)
@@ -584,4 +597,8 @@ def test_cuda_graph_runner_on_cuda(tiny_models):
                 ref = model(**batch).logits
             out = runner(**batch).logits
             assert (out - ref).abs().max() < 1e-4, backend
-        assert len(runner.graphs) == (2 if backend == "triton" else 1)
+        assert len(runner.graphs) == (3 if backend == "triton" else 1)
+        if backend == "triton":
+            from prunekit.modeling import FULL
+
+            assert FULL in runner.graphs

@@ -107,3 +107,33 @@ def test_cli_and_bad_input(tiny_models, tmp_path):
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--fp16", "--quantize", "int8"], "exclude")):
         r = runner.invoke(cli, args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("optimize", (False, True))
+def test_fp16_export_runs_and_matches(tiny_models, tmp_path, optimize):
+    """--fp16 (for GPUs; checked here in onnxruntime's CPU provider, which runs fp16 graphs): weights
+    stored in fp16, inputs and output as in fp32 (int64 ids, float32 output), the output within
+    fp16's tolerance of PyTorch fp32 on fresh batches, for a compact model with no-head layers and
+    for its original; with --optimize the per-layer fused Attention survives the conversion."""
+    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "classification")
+    for model_dir in (src, tiny_models("minilm6", "classification")):
+        out = tmp_path / f"{model_dir.name}-{optimize}.onnx"
+        r = export_onnx(model_dir, out, ExportSettings(optimize=optimize, fp16=True))
+        assert [c.stage for c in r.checks][-1] == "fp16" and all(c.ok for c in r.checks)
+        model = onnx.load(str(out))
+        weights = [t for t in model.graph.initializer if len(t.dims) == 2]
+        assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+        assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.INT64] * len(model.graph.input)
+        assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        if optimize:
+            assert r.fused["attention_heads"] == [h for h in r.heads_per_layer if h] and r.fused["heads_match"]
+        loaded = load_model_dir(model_dir)
+        sess = session(out)
+        for b, t in ((4, 19), (1, 3)):
+            batch = random_inputs(cfg, b, t, seed=40 + t)
+            got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+            ref = reference_output(loaded, batch).numpy()
+            assert got.dtype == np.float32 and got.shape == ref.shape
+            assert np.abs(got - ref).max() <= 2e-2 * np.abs(ref).max()
+        report = json.loads(out.with_name(out.name + ".json").read_text())
+        assert report["checks"][-1]["stage"] == "fp16" and report["settings"]["fp16"] is True
