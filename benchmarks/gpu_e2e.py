@@ -449,9 +449,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes; on CPU, Triton interpreted and single-call times")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default $OUT, else benchmarks/results)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the timings (default 200; 240 with --quick)")
     args = ap.parse_args()
 
     cfg = configs(args.quick)
+    if args.budget is not None:
+        cfg["budget"] = args.budget
     out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
     stem = "gpu_e2e_quick" if args.quick else "gpu_e2e"
     try:

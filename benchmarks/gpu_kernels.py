@@ -580,10 +580,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny shapes; on CPU, interpreter and no timings")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default $OUT, else benchmarks/results)")
     ap.add_argument("--skip-timings", action="store_true")
+    ap.add_argument("--budget", type=float, nargs=2, metavar=("PART1", "TOTAL"), default=None,
+                    help="seconds for the correctness part and for everything (default 270 480)")
     args = ap.parse_args()
 
     pk = import_kernels(args.quick)
     cfg = configs(args.quick)
+    if args.budget is not None:
+        cfg["budget_part1"], cfg["budget_total"] = args.budget
     on_gpu = torch.cuda.is_available()
     dev = "cuda" if on_gpu else "cpu"
     env = environment()

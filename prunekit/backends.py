@@ -274,13 +274,18 @@ class TaskOutput(nn.Module):
 
 class ShapeGraphs:
     """``fn(input_ids, attention_mask, token_type_ids, use_mask)`` replayed from CUDA graphs (the
-    ``*-graph`` backends): one graph per input shape, and for a batch without padding one captured
-    with ``use_mask=False`` (what transformers and the compact model do without a graph: attention
-    with no mask, the flash kernel). One host sync per call (is there padding?); the oldest graph
-    is dropped past ``keep``. The output is the graph's own memory: valid until the next call."""
+    ``*-graph`` backends): one graph per input shape, and with ``unmasked_when_full`` one more for a
+    batch without padding, captured with ``use_mask=False`` (what the compact model does without a
+    graph: attention with no mask, the flash kernel). One host sync per call (is there padding?);
+    the oldest graph is dropped past ``keep``. The output is the graph's own memory: valid until the
+    next call.
 
-    def __init__(self, fn: Callable, keep: int = 8, warmup: int = 2):
-        self.fn, self.keep, self.warmup = fn, keep, warmup
+    An original (transformers) model is always captured with its mask: on an H200 (transformers
+    5.17) its unmasked capture of a batch 128 x 128 replayed in 18 ms where the plain model took
+    7.2 ms, while the masked capture ran at the plain model's speed."""
+
+    def __init__(self, fn: Callable, keep: int = 8, warmup: int = 2, unmasked_when_full: bool = True):
+        self.fn, self.keep, self.warmup, self.unmasked_when_full = fn, keep, warmup, unmasked_when_full
         self.graphs: dict = {}  # (B, T, padded) -> (graph, static inputs, output); most recent last
 
     def _capture(self, feed: dict, use_mask: bool):
@@ -292,7 +297,7 @@ class ShapeGraphs:
 
     def __call__(self, input_ids, attention_mask, token_type_ids):
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        padded = not bool(attention_mask.all())
+        padded = not self.unmasked_when_full or not bool(attention_mask.all())
         key = (*input_ids.shape, padded)
         entry = self.graphs.pop(key, None)
         if entry is None:
@@ -346,16 +351,19 @@ def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
     return fn
 
 
-def _torch_model(loaded, backend: str) -> Optional[nn.Module]:
-    """A private copy of the model with its attention implementation set once (runners are timed
-    interleaved, so a shared model would switch implementation before every call)."""
+def _torch_model(loaded, backend: str, device: str = "cpu") -> Optional[nn.Module]:
+    """A private copy of the model on ``device`` in the backend's dtype, with its attention
+    implementation set once (runners are timed interleaved, so a shared model would switch
+    implementation before every call). Moved before the backend is set: ``triton`` checks the
+    device the model is on."""
     impl = "triton" if backend.startswith("triton") else \
         {"torch-eager": "eager", "torch-bf16-packed": "sdpa-packed"}.get(backend, "sdpa")
-    if loaded.is_compact:
-        return copy.deepcopy(loaded.compact).set_backend(impl)
-    if backend in COMPACT_ONLY:
+    if not loaded.is_compact and backend in COMPACT_ONLY:
         return None  # the compact model's own paths; an original has its transformers backends
-    model = copy.deepcopy(loaded.reference)
+    model = copy.deepcopy(loaded.compact if loaded.is_compact else loaded.reference)
+    model = model.to(device=device, dtype=TORCH_DTYPES[dtype_of(backend)]).eval()
+    if loaded.is_compact:
+        return model.set_backend(impl)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(impl)
     else:
@@ -364,17 +372,16 @@ def _torch_model(loaded, backend: str) -> Optional[nn.Module]:
 
 
 def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runner]:
-    model = _torch_model(loaded, backend)
+    model = _torch_model(loaded, backend, device)
     if model is None:
         return None
     dtype = dtype_of(backend)
-    model = model.to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
     fn = TaskOutput(model, loaded.kind).eval()
     notes = []
     if backend == "triton-fp16-graph":
         fn = _PackedGraphs(model, loaded.kind)
     elif backend.endswith("-graph"):
-        fn = ShapeGraphs(_graph_fn(model, loaded.kind, loaded.is_compact))
+        fn = ShapeGraphs(_graph_fn(model, loaded.kind, loaded.is_compact), unmasked_when_full=loaded.is_compact)
     elif backend.startswith("compile-"):
         # Frozen weights: inductor folds them into the graph and prepacks them for oneDNN (AMX on
         # CPUs that have it). Shapes are marked dynamic only if they change (eval's batches do).

@@ -223,6 +223,10 @@ def evaluate(
 
     if not models:
         raise PrunekitError("give at least one model to evaluate")
+    from .distributed import resolve_device
+
+    dev = resolve_device(device)  # one line for an unknown device or cuda on a machine without one
+    device = str(dev)
     cols = dict(text_column=text_column, pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples)
     given = list(splits) if splits else None
     datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
@@ -233,7 +237,7 @@ def evaluate(
     from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
 
     for b in backends or ():
-        check_backend(b, device)
+        check_backend(b, dev.type)
     loaded = [load_model(m, kind, device, tokenizer) for m in models]
     refs: dict[str, LoadedModel] = {}
     ref_outputs: dict = {}
@@ -245,7 +249,7 @@ def evaluate(
         def runner_for(m: LoadedModel, backend: Optional[str]):
             """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
             if isinstance(m.onnx, OnnxFile):
-                r = onnx_file_runner(m.onnx, m.path, device)
+                r = onnx_file_runner(m.onnx, m.path, dev.type)
                 return "ort", r.dtype, r.run
             if backend is None:
                 return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
@@ -253,7 +257,7 @@ def evaluate(
 
             if m.path not in dirs:  # loaded once per model: every runner deep-copies or exports it
                 dirs[m.path] = load_model_dir(m.path, m.kind)
-            r = build_runner(dirs[m.path], m.path, backend, device, workdir=Path(tmp), calibration=calibration)
+            r = build_runner(dirs[m.path], m.path, backend, dev.type, workdir=Path(tmp), calibration=calibration)
             if r is None:
                 raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
             return backend, r.dtype, r.run

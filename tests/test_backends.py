@@ -233,7 +233,7 @@ def test_shape_graphs_keys_inputs_and_eviction(tiny_models, tmp_path, kind):
     for model_dir in (src, tiny_models("tinybert4", kind)):
         loaded = load_model_dir(model_dir)
         model = B._torch_model(loaded, "torch-fp16-graph").eval()
-        graphs = _CpuShapeGraphs(B._graph_fn(model, loaded.kind, loaded.is_compact), keep=2)
+        graphs = _CpuShapeGraphs(B._graph_fn(model, loaded.kind, loaded.is_compact), keep=2, unmasked_when_full=True)
         graphs.captured = []
         padded = random_inputs(cfg, 3, 12, seed=1)
         assert not bool(padded["attention_mask"].all())
@@ -251,6 +251,14 @@ def test_shape_graphs_keys_inputs_and_eviction(tiny_models, tmp_path, kind):
         # captured: padded, full (no mask); the 3rd and 4th calls replay; `other` evicts `full`, which is recaptured
         assert graphs.captured == [((3, 12), True), ((3, 12), False), ((2, 9), True), ((3, 12), False)]
         assert list(graphs.graphs) == [(2, 9, True), (3, 12, False)]
+    masked = _CpuShapeGraphs(B._graph_fn(model, loaded.kind, loaded.is_compact), unmasked_when_full=False)
+    masked.captured = []
+    for batch in (full, padded):  # (the original's form) one masked graph serves both
+        with torch.no_grad():
+            want = fn(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            torch.testing.assert_close(masked(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), want,
+                                       atol=1e-5, rtol=1e-5)
+    assert masked.captured == [((3, 12), True)]
 
 
 CUDA_REL_TOL = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.04}  # fp16: 11 mantissa bits, fp32 accumulation
@@ -264,7 +272,9 @@ def test_cuda_backends_match_fp32(tiny_models, tmp_path, kind):
     src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", kind)
     for model_dir in (src, tiny_models("minilm6", kind)):
         loaded = load_model_dir(model_dir)
-        for backend in B.CUDA_BACKENDS:
+        # torch.compile once (compact model): each compile takes seconds, and the CPU tests cover the rest
+        backends = [b for b in B.CUDA_BACKENDS if not b.startswith("compile-")] + (["compile-fp16"] if model_dir == src else [])
+        for backend in backends:
             why = B.unavailable(backend, "cuda")
             if why:
                 print(f"{backend}: skipped ({why})")

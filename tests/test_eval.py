@@ -160,3 +160,6 @@ def test_eval_bad_inputs(models, tmp_path):
     _one_line_error(_run(["eval", str(cls_teacher), "--data", str(three)]), "labels")
     _, cls_student = models["classification"]
     _one_line_error(_run(["eval", str(cls_student), "--data", str(text), "--reference", str(teacher)]), "like with like")
+    _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "tpu"]), "unknown --device 'tpu'")
+    if not torch.cuda.is_available():
+        _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "cuda"]), "no CUDA GPU")
