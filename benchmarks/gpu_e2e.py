@@ -353,6 +353,72 @@ def time_original_graphs(name: str, original16, kind: str, batches: list, cfg: d
     return rows
 
 
+KERNEL_CLASSES = (  # (class, substrings of a kernel name), first match wins
+    ("attention", ("attention", "fmha", "flash", "attn")),
+    ("layernorm+residual", ("layernorm", "layer_norm")),
+    ("bias+gelu", ("gelu",)),
+    ("matmul", ("gemm", "cutlass", "xmma", "sm90", "sm80", "cublas", "matmul", "gemv")),
+    ("embedding/gather", ("embedding", "index", "gather", "scatter")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((cls for cls, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other (adds, copies, casts)")
+
+
+def profile_forward(fn, reps: int = 5) -> dict:
+    """GPU time per forward by kernel class, and kernels launched per forward (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+    by_class: dict = {}
+    launches = 0
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0)
+        if not us:
+            continue
+        launches += e.count
+        cls = kernel_class(e.key)
+        by_class[cls] = by_class.get(cls, 0.0) + us / reps
+    total = sum(by_class.values())
+    return dict(gpu_us=round(total, 1), launches_per_forward=round(launches / reps, 1),
+                share={k: round(v / total, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])} if total else {})
+
+
+def profile_model(name: str, original16, compact16, batches: list, deadline: float) -> list[dict]:
+    """Where the GPU time goes at the largest batch, fixed length: the original (SDPA) against the
+    compact model on triton (a batch without padding: padded kernels, no mask) and sdpa. Says why a
+    speedup falls short of the FLOPs ratio (work on the unpruned hidden width, launches)."""
+    if not torch.cuda.is_available():
+        return []
+    regime, batch_size, batch = max((b for b in batches if b[0] == "fixed"), key=lambda b: b[1])
+    feed = inputs(batch)
+    rows = []
+    for label, prepare in (("original sdpa", lambda: set_attn(original16, "sdpa")),
+                           ("compact triton", lambda: compact16.set_backend("triton")),
+                           ("compact sdpa", lambda: compact16.set_backend("sdpa"))):
+        if time.time() > deadline:
+            break
+        try:
+            model = prepare()
+            rows.append(dict(model=name, B=batch_size, variant=label, **profile_forward(lambda: model(**feed))))
+        except Exception as exc:  # noqa: BLE001 - the profiler may be unavailable on the machine
+            rows.append(dict(model=name, B=batch_size, variant=label, error=f"{type(exc).__name__}: {exc}"[:200]))
+        log(f"  profile {rows[-1]}")
+    set_attn(original16, "eager")
+    compact16.set_backend("eager")
+    return rows
+
+
 def add_ratios(timings: list[dict]) -> None:
     """x vs original SDPA (and vs original SDPA + graph), and padding-free vs padded, per group."""
     groups: dict = {}
@@ -440,6 +506,13 @@ def write_report(out_dir: Path, stem: str, result: dict) -> str:
               "x_vs_padded: padding-free over padded, both with or both without a graph.\n\n")
     md.append(md_table(result["timings"], ["model", "regime", "B", "mean_len", "variant", "ms", "sentences_per_s",
                                            "x_vs_original_sdpa", "x_vs_original_sdpa_graph", "x_vs_padded", "graph_rel_err", "status"]))
+    if result.get("profiles"):
+        md.append("\n## Where the GPU time goes (largest batch, fixed length; torch.profiler, per forward)\n\n")
+        for r in result["profiles"]:
+            share = ", ".join(f"{k} {v:.0%}" for k, v in r.get("share", {}).items())
+            md.append(f"- {r['model']} {r['variant']} (B={r['B']}): " + (
+                f"{r['gpu_us'] / 1e3:.2f} ms of kernels, {r['launches_per_forward']:g} launches; {share}\n" if "gpu_us" in r
+                else f"{r['error']}\n"))
     text = "".join(md)
     (out_dir / f"{stem}.md").write_text(text)
     return text
@@ -478,7 +551,7 @@ def main() -> int:
     env = environment()
     log(f"environment: {env}")
     result = dict(environment=env, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), quick=args.quick, dtype=str(dtype),
-                  config={k: v for k, v in cfg.items() if k != "models"}, models=[], checks=[], timings=[])
+                  config={k: v for k, v in cfg.items() if k != "models"}, models=[], checks=[], timings=[], profiles=[])
     deadline = T0 + cfg["budget"]
     originals = []  # (name, fp16 original, kind, batches) for the original-with-graph phase
 
@@ -504,6 +577,7 @@ def main() -> int:
             del compact32
             rows, batches = time_model(name, original16, compact16, cfg, dev, deadline)
             result["timings"] += rows
+            result["profiles"] += profile_model(name, original16, compact16, batches, deadline + 10)
             originals.append((name, original16, teacher.kind, batches))
             del compact16, teacher
             if on_gpu:
