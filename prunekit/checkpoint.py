@@ -219,6 +219,10 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
             raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options "
                                 f"(only {free} may change)")
         return {k: [saved.get(k), current[k]] for k in current if k in resume_free and k != "output_dir" and saved.get(k) != current[k]}
+    recover_output(out)
+    if work.exists() and out.exists() and not force:  # e.g. a run that crashed while replacing its output
+        raise PrunekitError(f"{out} exists and an interrupted run is in {work}: pass --resume to finish that run "
+                            f"(it replaces {out}), or --force to discard it and start over")
     check_output_dir(out, force)
     if work.exists():
         if not force:

@@ -492,6 +492,11 @@ def test_search_crash_at_a_chosen_point_then_resume(search_cli, tmp_path, point,
         (out / "older-run").write_text("")
         _crash(common, out, point, extra=("--force",))
         assert not out.exists() and (tmp_path / ".cut.old" / "older-run").exists() and partial.is_dir()
+        # Run again as before (no --resume, no --force): the older output is put back, and the error says
+        # that --resume publishes the finished run rather than --force discarding it.
+        r = CliRunner().invoke(cli, [*common, "-o", str(out)])
+        assert r.exit_code == 2 and "pass --resume to finish that run" in r.output, r.output
+        assert (out / "older-run").exists() and partial.is_dir()
     else:
         _crash(common, out, point, step)
         assert not out.exists()
