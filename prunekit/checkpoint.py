@@ -89,22 +89,31 @@ def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep
     Atomic and durable: written into a temp dir, synced, renamed into place; the ``keep`` newest
     are kept, so when the newest turns out unreadable the one before it is still there.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
+
+    from .errors import PrunekitError
 
     ckpt_root = Path(ckpt_root)
     tmp = ckpt_root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-    meta = json.loads(json.dumps({**meta, "format": FORMAT, "step": step}))  # hashed as it will read back
-    meta["sha256"] = _checksum(tmp / "state.safetensors", meta)
-    (tmp / "state.json").write_text(json.dumps(meta))
-    for f in ("state.safetensors", "state.json", ""):  # the files, then the dir that lists them
-        fsync_path(tmp / f)
     final = ckpt_root / f"step-{step:07d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_path(ckpt_root)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        meta = json.loads(json.dumps({**meta, "format": FORMAT, "step": step}))  # hashed as it will read back
+        meta["sha256"] = _checksum(tmp / "state.safetensors", meta)
+        (tmp / "state.json").write_text(json.dumps(meta))
+        for f in ("state.safetensors", "state.json", ""):  # the files, then the dir that lists them
+            fsync_path(tmp / f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_path(ckpt_root)
+    except (OSError, SafetensorError) as e:  # a full disk, a lost mount, permissions: the ones before are intact
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise PrunekitError(f"cannot write checkpoint {final}: {why}; free space (or fix the disk) and run the "
+                            "same command with --resume to continue from the last checkpoint") from None
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

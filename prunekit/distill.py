@@ -588,25 +588,36 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
                 log_file.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             bar.update(1)
-            if world.main and is_eval_point(done, s1, steps[2], per_epoch2):
-                student.config.backend = fast_backend
-                _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
-                student.config.backend = "eager" if stage == 1 else fast_backend
-                value = m.get(metric, float("nan"))
-                rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
-                history.append(rec)
-                log_file.write(json.dumps(rec) + "\n")
-                if not math.isnan(value) and (best["value"] is None or value > best["value"]):
-                    _save_best(work, student, done)
-                    best = {"step": done, "stage": stage, "value": value, "metrics": m}
-                log_file.flush()
-            if world.main and guard.streak == 0 and (done % settings.checkpoint_every == 0 or done == s1 or done == total):
-                log_file.flush()
-                tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
-                meta = {"best": best}
-                flatten_optimizer(f"opt{stage}", opt, tensors, meta)
-                write_checkpoint(ckpt_root, done, tensors, meta)
-                _drop_unneeded_best(work, ckpt_root, best)
+            # Rank 0 alone evaluates and writes; on_main tells every rank if that fails (a full disk),
+            # so none is left waiting in the next step's collective.
+            if is_eval_point(done, s1, steps[2], per_epoch2):
+                def evaluate_dev():
+                    nonlocal best
+                    student.config.backend = fast_backend
+                    _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
+                    student.config.backend = "eager" if stage == 1 else fast_backend
+                    value = m.get(metric, float("nan"))
+                    rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
+                    history.append(rec)
+                    log_file.write(json.dumps(rec) + "\n")
+                    if not math.isnan(value) and (best["value"] is None or value > best["value"]):
+                        _save_best(work, student, done)
+                        best = {"step": done, "stage": stage, "value": value, "metrics": m}
+                    log_file.flush()
+
+                on_main(world, evaluate_dev)
+            if done % settings.checkpoint_every == 0 or done == s1 or done == total:
+                def checkpoint():
+                    if guard.streak:  # not in the middle of a run of skipped steps
+                        return
+                    log_file.flush()
+                    tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+                    meta = {"best": best}
+                    flatten_optimizer(f"opt{stage}", opt, tensors, meta)
+                    write_checkpoint(ckpt_root, done, tensors, meta)
+                    _drop_unneeded_best(work, ckpt_root, best)
+
+                on_main(world, checkpoint)
             if _interrupt_after is not None and done >= _interrupt_after:
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
     if bar is not None:

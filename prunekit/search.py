@@ -336,17 +336,15 @@ def run_gate_search(
             bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
             bar.update(1)
             done = step + 1
-            if world.main and done % settings.checkpoint_every == 0:
-                log_file.flush()
-                save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)
+            if done % settings.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
+                on_main(world, lambda: (log_file.flush(), save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)))
                 saved_at = done
             if _interrupt_after is not None and done >= _interrupt_after:
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
         # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
         # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
-        if world.main and saved_at != total_steps:
-            log_file.flush()
-            save_checkpoint(ckpt_root, total_steps, alphas, student if train_weights else None, opts)
+        if saved_at != total_steps:
+            on_main(world, lambda: (log_file.flush(), save_checkpoint(ckpt_root, total_steps, alphas, student if train_weights else None, opts)))
     bar.close()
     gates.remove()
 

@@ -8,6 +8,7 @@ POINT (STEP is the checkpoint's step where one is meant, else ignored):
     ckpt-tensors  checkpoint STEP's tensors written in its temp dir, its state.json not yet
     ckpt-rename   checkpoint STEP complete in its temp dir, not yet renamed into place
     publish       the old output renamed aside, the new one not yet renamed into its place
+    ckpt-enospc   not a crash: writing checkpoint STEP's tensors fails with "No space left on device"
 
 The process exits with status 77 when it died at the point (and normally when it never got there).
 """
@@ -32,6 +33,19 @@ def main() -> None:
             os._exit(CRASHED)
 
     os.replace = replace
+    if point == "ckpt-enospc":
+        import errno
+
+        import safetensors.torch
+
+        real_save = safetensors.torch.save_file
+
+        def save_file(tensors, filename, *a, **kw):
+            if Path(filename).parent.name == ckpt_tmp:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+            real_save(tensors, filename, *a, **kw)
+
+        safetensors.torch.save_file = save_file
     if point == "ckpt-tensors":
         import safetensors.torch
 

@@ -130,3 +130,43 @@ def test_distill_on_two_processes_equals_one(tmp_path_factory, tmp_path):
     train = ("loss", "emb", "hidden", "attention", "soft", "kl")
     assert_same_losses([r for r in _log(one.output_dir, "distill_log.jsonl") if "dev" not in r],
                        [r for r in _log(two, "distill_log.jsonl") if "dev" not in r], train)
+
+
+def test_rank0_checkpoint_failure_stops_every_process(search_inputs, tmp_path):
+    """Two processes started as a launcher without torchrun's watchdog starts them (each with RANK,
+    WORLD_SIZE and a rendezvous address, as `accelerate launch` does): rank 0's checkpoint write at
+    step 8 fails (disk full). Both must stop within seconds with exit status 2 — rank 0 with one
+    error line that names the cause and --resume, rank 1 told by rank 0 rather than left waiting in
+    the next step's all-reduce (gloo's 30-minute timeout) — and leave the checkpoint of step 4
+    intact, from which one process then finishes the run."""
+    import socket
+
+    root, model, data = search_inputs
+    s = _search_settings(tmp_path / "full", model, data)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    driver = Path(__file__).with_name("crash_driver.py")
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(driver), "ckpt-enospc", "8", *_search_args(s)], cwd=tmp_path,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=180))  # a rank left in a collective would hang here
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], outs
+    errors = [line for line in outs[0][1].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "No space left on device" in errors[0] \
+        and "--resume" in errors[0], outs[0][1][-2000:]
+    assert "Traceback" not in outs[0][1] + outs[1][1], outs
+    ckpts = tmp_path / "full.partial" / "checkpoints"
+    assert sorted(d.name for d in ckpts.iterdir()) == ["step-0000004"]  # no half-written step 8 left behind
+    done = search(s, progress=False, resume=True)
+    assert json.loads((Path(done.output_dir) / "architecture.json").read_text())["achieved_flops_ratio"] > 0
