@@ -99,7 +99,7 @@ def to_markdown(res: dict) -> str:
     out += [""]
     if not res.get("speed"):
         out += [f"Speed: not measured — {res['speed_note']}"]
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + _int8_section(res)
     out += [f"## Measured speedup, batch {res['batch']} x {res['seq_len']} tokens, random weights, random-priority architectures",
             "", f"Load average before/after: {res['load_average']}. {res.get('speed_note', '')}", "",
             "| shape | model (FLOPs ratio achieved) | backend | sentences/s | speedup | FLOPs speedup | measured / FLOPs |",
@@ -107,7 +107,16 @@ def to_markdown(res: dict) -> str:
     for r in res["speed"]:
         out.append(f"| {r['shape']} | {'original' if r['original'] else 'compact %.2f' % r['ratio']} | {r['backend']} | {r['sentences_per_s']:.1f} | {r['speedup']:.2f} | "
                    f"{r['flops_speedup']:.2f} | {r['speedup_over_flops_speedup']:.2f} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + _int8_section(res)
+
+
+def _int8_section(res: dict) -> str:
+    """benchmarks/int8_profile.py's section, when its results are in the JSON."""
+    if not res.get("int8_profile"):
+        return ""
+    from int8_profile import section
+
+    return "\n" + section(res["int8_profile"])
 
 
 def main() -> None:
@@ -161,6 +170,11 @@ def main() -> None:
                 res.setdefault("notes", []).extend(b["notes"])
         res["load_average"]["end"] = os.getloadavg()[0]
     out = Path(a.out_dir)
+    previous = out / "cpu_speedup.json"
+    if previous.is_file():  # benchmarks/int8_profile.py's results are kept (it is run separately)
+        kept = json.loads(previous.read_text()).get("int8_profile")
+        if kept:
+            res["int8_profile"] = kept
     atomic_write_text(out / "cpu_speedup.json", json.dumps(res, indent=2) + "\n")
     atomic_write_text(out / "cpu_speedup.md", to_markdown(res))
     print(to_markdown(res))

@@ -50,7 +50,10 @@ def step(name: str, args: list, out_dir: Path, timeout: int, env: dict, cwd: str
                            env=env, cwd=cwd)
         rc, text = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired as e:
-        rc, text = 124, f"{(e.stdout or b'').decode() if isinstance(e.stdout, bytes) else (e.stdout or '')}\ntimed out after {timeout} s"
+        def text_of(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+        rc, text = 124, f"{text_of(e.stdout)}{text_of(e.stderr)}\ntimed out after {timeout} s"
     log.write_text(text)
     print(f"=== {name}: rc={rc}, {time.time() - t0:.0f} s ===", flush=True)
     print("\n".join(text.strip().splitlines()[-40:]), flush=True)
@@ -89,14 +92,14 @@ def main() -> int:
         common = ["--device", "cuda", "--batch", str(batch), "--seq-len", str(seq), "--no-fvcore", "--warmup", "3"]
         rcs = [
             run("bench_fixed", ["bench", str(orig), str(comp), *common, "--repeats", "20", "--backend", GPU_BACKENDS,
-                                 "-o", str(out_dir / "bench-fixed"), "--force"], 80),
+                                 "-o", str(out_dir / "bench-fixed"), "--force"], 50),
             run("bench_real", ["bench", str(orig), str(comp), *common, "--repeats", "10", "--backend", GPU_BACKENDS,
                                 "--real-lengths", str(CORPUS), "--num-batches", "4", "-o", str(out_dir / "bench-real"),
-                                "--force"], 60),
+                                "--force"], 40),
             run("export_fp16", ["export-onnx", str(comp), "-o", str(out_dir / "compact-fp16.onnx"), "--optimize", "--fp16",
-                                 "--force"], 60),
+                                 "--force"], 40),
             run("eval_cuda", ["eval", str(comp), "--data", str(CORPUS), "--max-examples", "512", "--device", "cuda",
-                               "--backend", EVAL_BACKENDS], 40),
+                               "--backend", EVAL_BACKENDS], 30),
         ]
     (out_dir / "compact-fp16.onnx").unlink(missing_ok=True)  # 70 MB: the log and the .json report say what it was
     print(f"RESULT: {'PASS' if not any(rcs) else 'FAIL'} (return codes {rcs})", flush=True)

@@ -357,7 +357,7 @@ KERNEL_CLASSES = (  # (class, substrings of a kernel name), first match wins
     ("attention", ("attention", "fmha", "flash", "attn")),
     ("layernorm+residual", ("layernorm", "layer_norm")),
     ("bias+gelu", ("gelu",)),
-    ("matmul", ("gemm", "cutlass", "xmma", "sm90", "sm80", "cublas", "matmul", "gemv")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "sm80", "cublas", "matmul", "gemv")),  # nvjet: cuBLAS 12.8+ on Hopper
     ("embedding/gather", ("embedding", "index", "gather", "scatter")),
 )
 

@@ -284,15 +284,20 @@ class ShapeGraphs:
     5.17) its unmasked capture of a batch 128 x 128 replayed in 18 ms where the plain model took
     7.2 ms, while the masked capture ran at the plain model's speed."""
 
-    def __init__(self, fn: Callable, keep: int = 8, warmup: int = 2, unmasked_when_full: bool = True):
+    def __init__(self, fn: Callable, keep: int = 64, warmup: int = 2, unmasked_when_full: bool = True):
         self.fn, self.keep, self.warmup, self.unmasked_when_full = fn, keep, warmup, unmasked_when_full
         self.graphs: dict = {}  # (B, T, padded) -> (graph, static inputs, output); most recent last
+        self.captures = 0
+        self._pool = None  # one memory pool for all the graphs: they are replayed one at a time
 
     def _capture(self, feed: dict, use_mask: bool):
         from .modeling import capture_graph
 
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         static = {k: v.clone() for k, v in feed.items()}
-        graph, out = capture_graph(lambda: self.fn(**static, use_mask=use_mask), feed["input_ids"].device, self.warmup)
+        graph, out = capture_graph(lambda: self.fn(**static, use_mask=use_mask), feed["input_ids"].device, self.warmup,
+                                   self._pool)
         return graph, static, out
 
     def __call__(self, input_ids, attention_mask, token_type_ids):
@@ -304,6 +309,7 @@ class ShapeGraphs:
             while len(self.graphs) >= self.keep:
                 self.graphs.pop(next(iter(self.graphs)))
             entry = self._capture(feed, padded)
+            self.captures += 1
         else:
             for k, v in feed.items():
                 entry[1][k].copy_(v)
@@ -316,7 +322,7 @@ class _PackedGraphs:
     """The ``triton-fp16-graph`` backend: a compact model's :class:`CudaGraphRunner` per input shape
     (each keeps one graph per packed-token capacity, and one for a batch without padding)."""
 
-    def __init__(self, model: nn.Module, kind: str, keep: int = 8):
+    def __init__(self, model: nn.Module, kind: str, keep: int = 64):
         self.model, self.kind, self.keep = model, kind, keep
         self.runners: dict = {}
 
@@ -338,6 +344,13 @@ def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
     """The task output as :class:`ShapeGraphs` captures it. An original (transformers) model gets the
     key-padding mask already 4-D (``[B, 1, 1, T]``, True = attend), which its mask code takes as it
     is: no data-dependent check (a host sync) inside the capture."""
+
+    if not is_compact:
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            raise PrunekitError("the *-graph backends need transformers >= 5 for an original model (4.x reads the "
+                                f"attention mask on the host, which a CUDA graph cannot capture); this is {transformers.__version__}")
 
     def fn(input_ids, attention_mask, token_type_ids, use_mask: bool):
         mask = None
@@ -469,11 +482,12 @@ def build_runner(source, name: str, backend: str, device: str = "cpu", threads: 
     the backend does not apply to this model (triton for an original). ``workdir`` holds the ONNX
     files an ``ort-*`` backend exports; ``calibration`` is the data ``ort-int8-static`` calibrates
     on (default: the shipped corpus)."""
+    kind = torch.device(device).type  # "cuda:1" -> cuda for the checks; the models go to ``device`` itself
     if isinstance(source, OnnxFile):
-        check_backend(backend, device, onnx_file=True)
-        return onnx_file_runner(source, name, device, threads)
-    check_backend(backend, device)
-    why = unavailable(backend, device)
+        check_backend(backend, kind, onnx_file=True)
+        return onnx_file_runner(source, name, kind, threads)
+    check_backend(backend, kind)
+    why = unavailable(backend, kind)
     if why:
         raise PrunekitError(f"backend {backend} cannot run here: {why}")
     if backend.startswith("ort-"):

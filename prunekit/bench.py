@@ -134,7 +134,11 @@ def _check_backends(s: BenchSettings, notes: list) -> list:
 
 def _build(lm: LoadedModel, name: str, backend: str, s: BenchSettings, workdir: Path, batch: dict,
            notes: list) -> Optional[Runner]:
-    r = build_runner(lm, name, backend, s.device, s.threads, workdir, s.calibration or s.real_lengths)
+    try:
+        r = build_runner(lm, name, backend, s.device, s.threads, workdir, s.calibration or s.real_lengths)
+    except PrunekitError as e:  # this backend cannot take this model: say so, time the rest
+        notes.append(f"{name} {backend}: skipped ({e})")
+        return None
     if r is None:
         return None
     notes.extend(r.notes)

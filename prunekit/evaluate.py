@@ -249,7 +249,7 @@ def evaluate(
         def runner_for(m: LoadedModel, backend: Optional[str]):
             """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
             if isinstance(m.onnx, OnnxFile):
-                r = onnx_file_runner(m.onnx, m.path, dev.type)
+                r = onnx_file_runner(m.onnx, m.path, dev.type)  # onnxruntime: the default GPU
                 return "ort", r.dtype, r.run
             if backend is None:
                 return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
@@ -257,7 +257,7 @@ def evaluate(
 
             if m.path not in dirs:  # loaded once per model: every runner deep-copies or exports it
                 dirs[m.path] = load_model_dir(m.path, m.kind)
-            r = build_runner(dirs[m.path], m.path, backend, dev.type, workdir=Path(tmp), calibration=calibration)
+            r = build_runner(dirs[m.path], m.path, backend, device, workdir=Path(tmp), calibration=calibration)
             if r is None:
                 raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
             return backend, r.dtype, r.run

@@ -315,7 +315,8 @@ def _pad_dim(t: torch.Tensor, dim: int, align: int) -> torch.Tensor:
 # Models
 # ------------------------------------------------------------------------------------------------
 def _capturing(x: torch.Tensor) -> bool:
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Whether a CUDA graph is being captured (never asked while dynamo traces: it cannot trace it)."""
+    return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
 
 
 _KERNELS_OK: dict = {}  # device -> the kernels module, once a forward has checked that it can run there
@@ -439,7 +440,7 @@ class CompactBertModel(CompactBertPreTrainedModel):
         # SDPA takes its fastest path with no mask at all, so a batch without padding gets none
         # (a host sync and a data-dependent branch: not while a CUDA graph is captured, nor under
         # torch.compile, where it would break the graph).
-        if attention_mask is not None and not (backend == "sdpa" and not _capturing(x) and not torch.compiler.is_compiling()
+        if attention_mask is not None and not (backend == "sdpa" and not torch.compiler.is_compiling() and not _capturing(x)
                                                and bool(attention_mask.all())):
             add_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         # Aligned weight copies only where no gradient can be asked of the parameters.

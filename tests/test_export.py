@@ -71,10 +71,30 @@ def test_int8_within_loose_tolerance(tiny_models, tmp_path):
     r = export_onnx(src, out, ExportSettings(optimize=True, quantize="int8"))
     q = r.checks[-1]
     assert q.stage == "int8" and q.relative and q.ok and q.rel_diff < 0.25
-    model = onnx.load(str(out))
-    assert any(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear") for n in model.graph.node)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    # the weight MatMuls int8; attention and the residual LayerNorms left unfused (faster on the CPU)
+    assert {"MatMulInteger", "DynamicQuantizeLinear", "LayerNormalization"} <= ops
+    assert not ops & {"Attention", "QAttention", "SkipLayerNormalization"}
     report = json.loads((tmp_path / "q.onnx.json").read_text())
-    assert report["checks"][-1]["stage"] == "int8" and report["fused"]["heads_match"]
+    assert report["checks"][-1]["stage"] == "int8" and report["fused"]["attention_heads"] == []
+    assert any("dynamic int8" in n and "--optimize left off" in n for n in report["notes"])
+
+
+def test_int8_any_padding_side(tiny_models, tmp_path):
+    """Unfused attention adds the mask as it is: left padding is as exact as right padding (the
+    fused Attention's mask index assumes right padding)."""
+    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    out = tmp_path / "q.onnx"
+    export_onnx(src, out, ExportSettings(quantize="int8"))
+    sess, loaded = session(out), load_model_dir(src)
+    batch = random_inputs(cfg, 4, 24, seed=7)
+    batch["attention_mask"][:] = 1
+    batch["attention_mask"][1:, :9] = 0  # rows 1-3 left-padded
+    batch["input_ids"][1:, :9] = cfg.pad_token_id or 0
+    ref = reference_output(loaded, batch).numpy()
+    got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0]
+    # measured: 0.027 here; the fused-Attention int8 graph: 0.19 (right padding: 0.02 both)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.1
 
 
 def test_failed_check_leaves_nothing(tiny_models, tmp_path):
