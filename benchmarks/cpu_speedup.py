@@ -107,7 +107,21 @@ def to_markdown(res: dict) -> str:
     for r in res["speed"]:
         out.append(f"| {r['shape']} | {'original' if r['original'] else 'compact %.2f' % r['ratio']} | {r['backend']} | {r['sentences_per_s']:.1f} | {r['speedup']:.2f} | "
                    f"{r['flops_speedup']:.2f} | {r['speedup_over_flops_speedup']:.2f} |")
-    return "\n".join(out) + "\n" + _int8_section(res)
+    return "\n".join(out + _int8_over_fp32(res)) + "\n" + _int8_section(res)
+
+
+def _int8_over_fp32(res: dict) -> list[str]:
+    """ort-int8 over ort-fp32 per model (sentences/s ratio, same run), when both were timed."""
+    speed = {(r["shape"], r["model"], r["backend"]): r for r in res["speed"]}
+    rows = [(r, speed.get((r["shape"], r["model"], "ort-int8"))) for r in res["speed"] if r["backend"] == "ort-fp32"]
+    rows = [(f, q) for f, q in rows if q]
+    if not rows:
+        return []
+    out = ["", "### int8 over fp32 (onnxruntime, same run)", "", "| shape | model | ort-int8 / ort-fp32 |", "|---|---|---|"]
+    for f, q in rows:
+        out.append(f"| {f['shape']} | {'original' if f['original'] else 'compact %.2f' % f['ratio']} | "
+                   f"{q['sentences_per_s'] / f['sentences_per_s']:.2f}x |")
+    return out
 
 
 def _int8_section(res: dict) -> str:

@@ -25,7 +25,8 @@ max abs difference printed; over tolerance the export fails and nothing is left 
 Optional stages, in this order: ``optimize`` (transformer fusions; the fused ``Attention`` nodes'
 head counts are checked against the layers' — a fusion that got a layer's head count wrong is never
 kept: the graph is re-optimized with attention fusion off), then ``fp16`` (for GPU) or
-``quantize="int8"`` (dynamic, for CPU) / ``"int8-static"`` (activation ranges calibrated on real
+``quantize="int8"`` (dynamic, for CPU; it makes its own fusions from the unfused graph, see
+:func:`quantize_int8`) / ``"int8-static"`` (activation ranges calibrated on real
 sentences, ``calibration``); both int8 stages are checked against a looser relative tolerance, and
 ``prunekit eval`` gives the task metric.
 
@@ -375,19 +376,22 @@ def trace_to_onnx(model: CompactBertPreTrainedModel, path: Path, opset: int, out
 
 
 def optimize_graph(src: Path, dst: Path, heads_per_layer: list, attention: bool = True, fp16: bool = False,
-                   skip_layer_norm: bool = True) -> dict:
+                   fusion: Optional[dict] = None) -> dict:
     """onnxruntime.transformers optimizer with per-layer head detection; returns fusion statistics.
 
     The fused Attention nodes' ``num_heads`` are compared, in graph order, with the layers' head
     counts; a mismatch means a fusion assumed a wrong head count, and the caller re-runs with
-    ``attention=False``. ``skip_layer_norm=False`` leaves residual Adds and LayerNormalization
-    apart (what dynamic int8 wants, see :func:`quantize_int8`)."""
+    ``attention=False``. ``fusion``: other ``FusionOptions`` attributes to set (see
+    :data:`INT8_FUSION`)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     opts = FusionOptions("bert")
     opts.enable_attention = attention
-    opts.enable_skip_layer_norm = opts.enable_bias_skip_layer_norm = skip_layer_norm
+    for name, value in (fusion or {}).items():
+        if not hasattr(opts, name):
+            raise ValueError(f"onnxruntime's FusionOptions has no {name!r}")
+        setattr(opts, name, value)
     # onnxruntime's fusion modules log through loggers of their own module names; "input hidden size
     # is not the same as the q,k,v weights" is expected for a layer with fewer heads than hidden/d.
     logging.disable(logging.WARNING)
@@ -414,43 +418,58 @@ def _heads_match(fused: list, expected: list) -> bool:
     return all(any(f == e for e in it) for f in fused)
 
 
-INT8_NOTE = ("dynamic int8 quantizes the exported graph after onnxruntime's LayerNorm and BiasGelu fusions only: "
-             "fused Attention and SkipLayerNormalization run slower on the CPU than the ops they replace")
+# What dynamic int8 fuses (besides Attention, per layer, and LayerNorm/BiasGelu): no SkipLayerNormalization,
+# and attention masked by the 2D attention_mask itself (attention_mask_format 2 = AttentionMaskFormat.AttentionMask;
+# the default reads sequence lengths and is wrong for left padding).
+INT8_FUSION = {"enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False, "attention_mask_format": 2}
+INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (Attention with the 2D mask, LayerNorm, "
+             "BiasGelu; no SkipLayerNormalization, slower on the CPU than the Add and LayerNorm it replaces)")
 
 
 def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
     """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per tensor, activations
-    quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX),
-    attention score/context products, Softmax, LayerNorm and GELU fp32. Returns the fusion
-    statistics of :func:`optimize_graph` (``heads_per_layer``: the layers' head counts, for them).
+    quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX) in
+    ``QAttention`` and ``DynamicQuantizeMatMul``; the attention score/context products, Softmax,
+    LayerNorm and GELU fp32. Returns the fusion statistics of :func:`optimize_graph`
+    (``heads_per_layer``: the layers' head counts; a fusion that gets one wrong is redone with
+    attention unfused, and ``notes`` says so).
 
-    Before quantizing, the graph gets onnxruntime's transformer fusions *except* Attention and
-    SkipLayerNormalization (LayerNorm, BiasGelu). Measured on 2 cores of an AMX Xeon, onnxruntime
-    1.31, batch 16 x 128, compact models at 30% of the FLOPs (benchmarks/int8_profile.py,
-    results in benchmarks/results/cpu_speedup.md): on the fully fused graph half of the int8 time
-    went to SkipLayerNormalization (its CPU kernel is a scalar loop, 2-3x slower than the Add and
-    LayerNormalization it replaces) and most of the rest to QAttention, so int8 was 1.0x fp32 on
-    TinyBERT-4L and 1.2x on MiniLM-L6; quantized this way the MatMuls are
-    ``MatMulIntegerToFloat``/``DynamicQuantizeMatMul`` (fused by onnxruntime's session) and int8 is
-    1.3-1.4x and 1.7-2.3x, with BERT-base and its 30% model faster too, the output unchanged
-    (relative difference to fp32 0.7-1.4%, as before). Per-channel weights, ``reduce_range``,
-    QUInt8 weights (U8U8: 0.7-0.9x) and leaving small MatMuls fp32 measured no better.
-    The unfused attention also takes the padding mask as it is (any padding side)."""
+    The graph is fused first with :data:`INT8_FUSION` (no SkipLayerNormalization), and the
+    quantized graph is saved without its stored intermediate shapes (``value_info``): with them,
+    onnxruntime's session fuses every residual Add + LayerNormalization after a quantized MatMul
+    into SkipLayerNormalization again; without, it infers symbolic shapes and leaves them apart.
+    Measured on 2 cores of an AMX Xeon, onnxruntime 1.31, batch 16 x 128, compact models at 30%
+    of the FLOPs (benchmarks/int8_profile.py, results in benchmarks/results/cpu_speedup.md):
+    quantizing the fully fused graph (as before) left SkipLayerNormalization (a scalar loop per
+    row in onnxruntime's CPU kernel, 2-3x slower than the Add and LayerNormalization it replaces)
+    at 41-47% of the int8 run, and int8 was 1.05x ort-fp32 on TinyBERT-4L and 1.25x on MiniLM-L6;
+    this way it is 1.60x and 1.97x (BERT-base's 30% model 3.10x instead of 1.86x, the original
+    3.57x instead of 2.87x), the output unchanged (relative difference to fp32 0.7-2.0%, as
+    before). Per-channel weights and ``reduce_range`` (within 3%), QUInt8 weights (U8U8: 0.75-1.0x),
+    leaving narrow MatMuls or Attention fp32, attention unfused, quantizing the unfused graph
+    and the session's EXTENDED level measured no better."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fused = dst.with_name(dst.stem + ".fused.onnx")
     try:
-        stats = optimize_graph(src, fused, list(heads_per_layer), attention=False, skip_layer_norm=False)
+        stats = optimize_graph(src, fused, list(heads_per_layer), fusion=INT8_FUSION)
+        if not stats["heads_match"]:
+            notes = [f"the optimizer fused attention with head counts {stats['attention_heads']} that do not match the "
+                     f"layers' {[h for h in heads_per_layer if h]}: int8 attention left unfused"]
+            stats = dict(optimize_graph(src, fused, list(heads_per_layer), attention=False, fusion=INT8_FUSION), notes=notes)
         logging.disable(logging.WARNING)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                # DefaultTensorType: shape inference gives no types past fused com.microsoft ops (BiasGelu, ...)
+                # DefaultTensorType: shape inference gives no types past fused com.microsoft ops (Attention, ...)
                 quantize_dynamic(str(fused), str(dst), weight_type=QuantType.QInt8,
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         finally:
             logging.disable(logging.NOTSET)
+        model = onnx.load(str(dst))
+        del model.graph.value_info[:]
+        onnx.save(model, str(dst))
     finally:
         fused.unlink(missing_ok=True)
     return stats
@@ -603,6 +622,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         if s.quantize == "int8":
             q = work / "int8.onnx"
             report.fused = quantize_int8(current, q, report.heads_per_layer)
+            report.notes += report.fused.pop("notes", [])
             _require(report, validate(q, loaded, "int8", s.int8_rtol, relative=True, seed=s.seed))
             current = q
         elif s.quantize == "int8-static":
