@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cpu_speedup import SHAPES, make_compact, make_original, to_markdown  # noqa: E402
 from prunekit.bench import system_info  # noqa: E402
-from prunekit.export import INT8_FUSION, ExportSettings, export_onnx, optimize_graph  # noqa: E402
+from prunekit.export import CPU_FUSION, ExportSettings, export_onnx, optimize_graph  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
 
 RATIO = 0.3
@@ -98,13 +98,13 @@ def variants(model_dir: Path, work: Path, heads: list, full: bool) -> dict:
     out["int8 now (ort-int8)"] = (now, {})
     if not full:
         return out
-    optimize_graph(raw, pre, heads, fusion=INT8_FUSION)  # what quantize_int8 quantizes
+    optimize_graph(raw, pre, heads, fusion=CPU_FUSION)  # what quantize_int8 quantizes
 
     def like_now(name: str, **kw) -> tuple:
         return _strip_shapes(_quantize(pre, work / name, **kw)), {}
 
     partly = work / "partly-fused.onnx"
-    optimize_graph(raw, partly, heads, attention=False, fusion=INT8_FUSION)
+    optimize_graph(raw, partly, heads, attention=False, fusion=CPU_FUSION)
     out["int8 on the fused graph, QUInt8 weights (U8U8)"] = (_quantize(fused, work / "old-u8.onnx", weight_type=QuantType.QUInt8), {})
     out["int8 on the fused graph, Attention left fp32"] = (_quantize(fused, work / "old-mm.onnx", op_types_to_quantize=["MatMul"]), {})
     out["int8 on the unfused graph (MatMulConstBOnly)"] = (

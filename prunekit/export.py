@@ -270,12 +270,14 @@ class Check:
 
 def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, relative: bool = False,
              providers: Optional[list] = None, seed: int = 0) -> Check:
-    """Run the ONNX file and the PyTorch model on random padded inputs of two shapes other than
-    the traced one; the largest difference over both."""
+    """Run the ONNX file and the PyTorch model on random padded inputs of shapes other than the
+    traced one (padded on the right, and once on the left); the largest difference over them."""
     sess = session(path, providers)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
-    for i, (b, t) in enumerate(((3, 17), (1, 5))):
+    for i, (b, t, left) in enumerate(((3, 17, False), (1, 5, False), (3, 11, True))):
         batch = random_inputs(loaded.config, b, t, seed + 1 + i)
+        if left:  # padding on the left (some tokenizers' choice): a fused attention must read the mask itself
+            batch = {k: v.flip(1) for k, v in batch.items()}
         ref = reference_output(loaded, batch).float().numpy()
         got = sess.run(None, {k: v.numpy() for k, v in batch.items()})[0].astype(np.float32)
         if got.shape != ref.shape:
@@ -382,7 +384,7 @@ def optimize_graph(src: Path, dst: Path, heads_per_layer: list, attention: bool 
     The fused Attention nodes' ``num_heads`` are compared, in graph order, with the layers' head
     counts; a mismatch means a fusion assumed a wrong head count, and the caller re-runs with
     ``attention=False``. ``fusion``: other ``FusionOptions`` attributes to set (see
-    :data:`INT8_FUSION`)."""
+    :data:`CPU_FUSION`)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -418,10 +420,13 @@ def _heads_match(fused: list, expected: list) -> bool:
     return all(any(f == e for e in it) for f in fused)
 
 
-# What dynamic int8 fuses (besides Attention, per layer, and LayerNorm/BiasGelu): no SkipLayerNormalization,
-# and attention masked by the 2D attention_mask itself (attention_mask_format 2 = AttentionMaskFormat.AttentionMask;
-# the default reads sequence lengths and is wrong for left padding).
-INT8_FUSION = {"enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False, "attention_mask_format": 2}
+# Attention fused per layer is masked by the 2D attention_mask itself (attention_mask_format 2 =
+# AttentionMaskFormat.AttentionMask): onnxruntime's default reads sequence lengths from it, which is
+# wrong for left padding (5% off in fp32 on a tiny model; caught by validate()'s left-padded batch).
+GPU_FUSION = {"attention_mask_format": 2}
+# On the CPU (fp32 --optimize and dynamic int8) also no SkipLayerNormalization: onnxruntime's CPU
+# kernel for it is 2-3x slower than the Add and LayerNormalization it replaces (see quantize_int8).
+CPU_FUSION = {"enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False, **GPU_FUSION}
 INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (Attention with the 2D mask, LayerNorm, "
              "BiasGelu; no SkipLayerNormalization, slower on the CPU than the Add and LayerNorm it replaces)")
 
@@ -434,7 +439,7 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
     (``heads_per_layer``: the layers' head counts; a fusion that gets one wrong is redone with
     attention unfused, and ``notes`` says so).
 
-    The graph is fused first with :data:`INT8_FUSION` (no SkipLayerNormalization), and the
+    The graph is fused first with :data:`CPU_FUSION` (no SkipLayerNormalization), and the
     quantized graph is saved without its stored intermediate shapes (``value_info``): with them,
     onnxruntime's session fuses every residual Add + LayerNormalization after a quantized MatMul
     into SkipLayerNormalization again; without, it infers symbolic shapes and leaves them apart.
@@ -453,11 +458,11 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
 
     fused = dst.with_name(dst.stem + ".fused.onnx")
     try:
-        stats = optimize_graph(src, fused, list(heads_per_layer), fusion=INT8_FUSION)
+        stats = optimize_graph(src, fused, list(heads_per_layer), fusion=CPU_FUSION)
         if not stats["heads_match"]:
             notes = [f"the optimizer fused attention with head counts {stats['attention_heads']} that do not match the "
                      f"layers' {[h for h in heads_per_layer if h]}: int8 attention left unfused"]
-            stats = dict(optimize_graph(src, fused, list(heads_per_layer), attention=False, fusion=INT8_FUSION), notes=notes)
+            stats = dict(optimize_graph(src, fused, list(heads_per_layer), attention=False, fusion=CPU_FUSION), notes=notes)
         logging.disable(logging.WARNING)
         try:
             with warnings.catch_warnings():
@@ -467,12 +472,20 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         finally:
             logging.disable(logging.NOTSET)
-        model = onnx.load(str(dst))
-        del model.graph.value_info[:]
-        onnx.save(model, str(dst))
+        drop_value_info(dst)
     finally:
         fused.unlink(missing_ok=True)
     return stats
+
+
+def drop_value_info(path: Path) -> None:
+    """Save ``path`` without its stored intermediate shapes: with them, onnxruntime's session fuses
+    each residual Add + LayerNormalization into SkipLayerNormalization (slow on the CPU) again."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 def calibration_batches(loaded: LoadedModel, data: Optional[str], examples: int, batch: int = 16,
@@ -603,13 +616,16 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
             report.notes.append(INT8_NOTE + (" (--optimize left off)" if s.optimize else ""))
         elif s.optimize:
             opt = work / "optimized.onnx"
-            fused = optimize_graph(current, opt, report.heads_per_layer)
+            fusion = GPU_FUSION if s.fp16 else CPU_FUSION
+            fused = optimize_graph(current, opt, report.heads_per_layer, fusion=fusion)
             if not fused["heads_match"]:
                 msg = (f"the optimizer fused attention with head counts {fused['attention_heads']} that do not match "
                        f"the layers' {[h for h in report.heads_per_layer if h]}: attention fusion left off")
                 report.notes.append(msg)
                 log.warning(msg)
-                fused = optimize_graph(current, opt, report.heads_per_layer, attention=False)
+                fused = optimize_graph(current, opt, report.heads_per_layer, attention=False, fusion=fusion)
+            if not s.fp16:
+                drop_value_info(opt)
             report.fused = fused
             _require(report, validate(opt, loaded, "optimize", s.atol, seed=s.seed))
             current = opt
