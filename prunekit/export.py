@@ -271,10 +271,17 @@ class Check:
 def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, relative: bool = False,
              providers: Optional[list] = None, seed: int = 0) -> Check:
     """Run the ONNX file and the PyTorch model on random padded inputs of shapes other than the
-    traced one (padded on the right, and once on the left); the largest difference over them."""
+    traced one (padded on the right, and once on the left); the largest difference over them.
+
+    int8 stages skip the left-padded batch: there a classifier pools a padding position, whose
+    state on random tokens int8 moves by up to 60-100% of the output (the word-order MiniLM teacher:
+    0.62-0.74 with attention fused or not, 1.08 with the old mask-as-lengths fusion), which says
+    nothing about a broken quantization (the fused attention's mask handling, the same as
+    ``--optimize``'s, is checked exactly in fp32 there and by tests/test_export.py)."""
     sess = session(path, providers)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
-    for i, (b, t, left) in enumerate(((3, 17, False), (1, 5, False), (3, 11, True))):
+    cases = ((3, 17, False), (1, 5, False)) + (() if stage.startswith("int8") else ((3, 11, True),))
+    for i, (b, t, left) in enumerate(cases):
         batch = random_inputs(loaded.config, b, t, seed + 1 + i)
         if left:  # padding on the left (some tokenizers' choice): a fused attention must read the mask itself
             batch = {k: v.flip(1) for k, v in batch.items()}
