@@ -24,7 +24,7 @@ triton              fp32    the compact model's Triton kernels, padding-free (CU
 triton-fp16         fp16    the same in fp16 (CUDA)
 triton-fp16-graph   fp16    the same replayed from CUDA graphs (:class:`prunekit.modeling.CudaGraphRunner`)
 ort-fp32            fp32    onnxruntime, the graph as exported
-ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention)
+ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention on the 2D mask; no SkipLayerNorm)
 ort-int8            int8    ort-opt with dynamic int8 MatMuls
 ort-int8-static     int8    static int8 MatMuls (QLinearMatMul, unfused graph), calibrated on real sentences
 ort-cuda            fp32    onnxruntime's CUDA provider
