@@ -51,7 +51,7 @@ from prunekit.io import atomic_write_text  # noqa: E402
 
 SHAPES = {k: ALL_SHAPES[k] for k in ("BERT-base", "TinyBERT-4L", "MiniLM-L6")}
 QUICK_SHAPES = {"tiny-4L": (4, 48, 4, 96)}
-REAL_BACKENDS = ("torch-bf16", "torch-bf16-packed", "compile-bf16", "ort-opt", "ort-int8", "ort-int8-static")
+REAL_BACKENDS = ("torch-bf16", "torch-bf16-packed", "compile-bf16", "compile-bf16-packed", "ort-opt", "ort-int8", "ort-int8-static")
 TARGETS = {"best": 3.0, "ort-fp32": 3.2}
 
 

@@ -17,6 +17,7 @@ torch-bf16          bf16    SDPA with the weights in bf16 (AMX / AVX512-BF16 mat
 torch-bf16-packed   bf16    the same, padding-free (compact only: real tokens packed, attention padded)
 compile-fp32        fp32    ``torch.compile`` (inductor, weights frozen) of the SDPA model
 compile-bf16        bf16    the same with the weights in bf16
+compile-bf16-packed bf16    the compact model's padding-free path compiled (dynamic shapes; the packing outside)
 torch-fp16          fp16    SDPA with the weights in fp16 (CUDA)
 torch-fp16-graph    fp16    the same replayed from CUDA graphs, one per input shape (CUDA)
 compile-fp16        fp16    ``torch.compile`` of the fp16 SDPA model (CUDA)
@@ -61,6 +62,7 @@ BACKENDS: dict[str, tuple[str, tuple]] = {
     "torch-bf16-packed": ("bf16", ("cpu", "cuda")),
     "compile-fp32": ("fp32", ("cpu", "cuda")),
     "compile-bf16": ("bf16", ("cpu", "cuda")),
+    "compile-bf16-packed": ("bf16", ("cpu", "cuda")),
     "torch-fp16": ("fp16", ("cuda",)),
     "torch-fp16-graph": ("fp16", ("cuda",)),
     "compile-fp16": ("fp16", ("cuda",)),
@@ -77,9 +79,9 @@ BACKENDS: dict[str, tuple[str, tuple]] = {
 }
 # A compact-only backend's speedup is taken over the original on its counterpart: the same dtype
 # (and graph replay) in PyTorch's own attention, padded.
-COUNTERPART = {"torch-bf16-packed": "torch-bf16", "triton": "torch-sdpa", "triton-fp16": "torch-fp16",
-               "triton-fp16-graph": "torch-fp16-graph"}
-COMPACT_ONLY = ("torch-bf16-packed", "triton", "triton-fp16", "triton-fp16-graph")
+COUNTERPART = {"torch-bf16-packed": "torch-bf16", "compile-bf16-packed": "compile-bf16", "triton": "torch-sdpa",
+               "triton-fp16": "torch-fp16", "triton-fp16-graph": "torch-fp16-graph"}
+COMPACT_ONLY = ("torch-bf16-packed", "compile-bf16-packed", "triton", "triton-fp16", "triton-fp16-graph")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cpu" in dev and b != "ort")
 CUDA_BACKENDS = tuple(b for b, (_, dev) in BACKENDS.items() if "cuda" in dev and b != "ort")
@@ -265,8 +267,9 @@ class TaskOutput(nn.Module):
         super().__init__()
         self.model, self.kind = model, kind
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids, packed_indices=None):
+        extra = {} if packed_indices is None else {"packed_indices": packed_indices}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **extra)
         if self.kind == "embedding":
             return mean_pool(out.last_hidden_state.float(), attention_mask)
         return out.logits.float()
@@ -369,8 +372,8 @@ def _torch_model(loaded, backend: str, device: str = "cpu") -> Optional[nn.Modul
     implementation set once (runners are timed interleaved, so a shared model would switch
     implementation before every call). Moved before the backend is set: ``triton`` checks the
     device the model is on."""
-    impl = "triton" if backend.startswith("triton") else \
-        {"torch-eager": "eager", "torch-bf16-packed": "sdpa-packed"}.get(backend, "sdpa")
+    impl = "triton" if backend.startswith("triton") else "sdpa-packed" if backend.endswith("-packed") else \
+        {"torch-eager": "eager"}.get(backend, "sdpa")
     if not loaded.is_compact and backend in COMPACT_ONLY:
         return None  # the compact model's own paths; an original has its transformers backends
     model = copy.deepcopy(loaded.compact if loaded.is_compact else loaded.reference)
@@ -399,13 +402,22 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
         # Frozen weights: inductor folds them into the graph and prepacks them for oneDNN (AMX on
         # CPUs that have it). Shapes are marked dynamic only if they change (eval's batches do).
         # The compact model compiles as one graph (fullgraph); a transformers model may break.
-        fn = torch.compile(fn, fullgraph=loaded.is_compact, options={"freezing": True})
         # Every runner compiles TaskOutput.forward, one code object: dynamo counts each new model (and
         # each new input shape) as a recompile of it, and past its limit (8) it runs the rest eagerly,
         # silently. A bench of several models, or eval's changing batch shapes, goes past 8. The limit
         # is raised only while a runner calls its graph (compiling is lazy: it happens there), so the
         # caller's own torch.compile code keeps its settings.
-        call = fn
+        if backend.endswith("-packed"):
+            # The padding-free path with the real tokens' indices found here (one host sync), outside
+            # the graph: inside, nothing depends on the mask's content, and the row count, batch and
+            # length are dynamic (marked so from the first call: every batch differs).
+            compiled = torch.compile(fn, fullgraph=True, dynamic=True, options={"freezing": True})
+
+            def call(input_ids, attention_mask, token_type_ids):
+                indices = torch.nonzero(attention_mask.flatten()).flatten()
+                return compiled(input_ids, attention_mask, token_type_ids, indices)
+        else:
+            call = torch.compile(fn, fullgraph=loaded.is_compact, options={"freezing": True})
         fn = lambda *a: _with_recompile_room(call, *a)  # noqa: E731
     if dtype == "bf16" and device == "cpu" and not native_bf16():
         notes.append(f"{name} {backend}: this CPU has no bf16 matrix instructions (AVX512-BF16/AMX): bf16 is emulated, slowly")

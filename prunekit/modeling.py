@@ -415,11 +415,16 @@ class CompactBertModel(CompactBertPreTrainedModel):
         output_attentions: bool = False,
         return_dict: bool = True,
         token_capacity: Optional[int] = None,
+        packed_indices: Optional[torch.Tensor] = None,
         **unused,
     ) -> BaseModelOutput:
         """``token_capacity`` (``triton`` backend only): pack the real tokens into exactly this many
         rows (>= the real tokens; the rest are spare) instead of asking the GPU how many there are:
-        no host sync, shapes independent of the mask (what a CUDA graph needs)."""
+        no host sync, shapes independent of the mask (what a CUDA graph needs).
+
+        ``packed_indices`` (``sdpa-packed`` only): the flat indices of the real tokens,
+        ``torch.nonzero(attention_mask.flatten()).flatten()``, computed by the caller, so the forward
+        has no data-dependent step (what ``torch.compile`` needs: the ``compile-bf16-packed`` backend)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:
@@ -428,8 +433,9 @@ class CompactBertModel(CompactBertPreTrainedModel):
         if backend == "sdpa-packed":
             if self.training:
                 raise PrunekitError("the sdpa-packed backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
-            if attention_mask is not None and not bool(attention_mask.all()):
-                return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+            if attention_mask is not None and (packed_indices is not None or not bool(attention_mask.all())):
+                return self._forward_packed(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                                            packed_indices)
             backend = "sdpa"  # no padding, nothing to pack: the padded path has no copies to make
         if backend.startswith("triton"):
             return self._forward_triton(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
@@ -456,11 +462,13 @@ class CompactBertModel(CompactBertPreTrainedModel):
             attentions=tuple(maps) if output_attentions else None,
         )
 
-    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states):
+    def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                        indices: Optional[torch.Tensor] = None):
         """``sdpa-packed``: the rows of the real tokens through every layer, attention padded."""
         b, t = input_ids.shape
         mask = attention_mask
-        indices = torch.nonzero(mask.flatten()).flatten()  # one host sync, as the triton path's
+        if indices is None:
+            indices = torch.nonzero(mask.flatten()).flatten()  # one host sync, as the triton path's
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         add_mask = (1.0 - mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         x = x.reshape(b * t, -1).index_select(0, indices)
@@ -550,10 +558,11 @@ class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
         output_attentions: bool = False,
         return_dict: bool = True,
         token_capacity: Optional[int] = None,
+        packed_indices: Optional[torch.Tensor] = None,
         **unused,
     ) -> SequenceClassifierOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, output_attentions,
-                        token_capacity=token_capacity)
+                        token_capacity=token_capacity, packed_indices=packed_indices)
         pooled = torch.tanh(self.pooler(out.last_hidden_state[:, 0]))
         logits = self.classifier(self.dropout(pooled))
         loss = None
