@@ -83,6 +83,27 @@ def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     return sorted((d for d in Path(ckpt_root).glob("step-*") if _checkpoint_step(d) >= 0), key=_checkpoint_step)
 
 
+def write_failure(what: str, e: BaseException) -> str:
+    """One line for a write that failed during a run (a full disk, a lost mount, permissions)."""
+    why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:200] or type(e).__name__
+    return (f"cannot write {what}: {why}; free space (or fix the disk) and run the same command with --resume "
+            "to continue from the last checkpoint")
+
+
+@contextlib.contextmanager
+def run_writes(what: str):
+    """A run's own writes (its log, checkpoints, best weights): a failure is one :class:`PrunekitError`
+    line (which :func:`prunekit.distributed.on_main` hands to every rank), not a traceback."""
+    from safetensors import SafetensorError
+
+    from .errors import PrunekitError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        raise PrunekitError(write_failure(what, e)) from None
+
+
 def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
     """Write ``tensors`` and ``meta`` (``step`` and the tensors' checksum are added) as checkpoint ``step``.
 
@@ -111,9 +132,7 @@ def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep
         fsync_path(ckpt_root)
     except (OSError, SafetensorError) as e:  # a full disk, a lost mount, permissions: the ones before are intact
         shutil.rmtree(tmp, ignore_errors=True)
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
-        raise PrunekitError(f"cannot write checkpoint {final}: {why}; free space (or fix the disk) and run the "
-                            "same command with --resume to continue from the last checkpoint") from None
+        raise PrunekitError(write_failure(f"checkpoint {final}", e)) from None
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_order, collate, encode
-from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, run_writes, start_work_dir, write_checkpoint
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .evaluate import predict, score
@@ -599,23 +599,25 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
                     value = m.get(metric, float("nan"))
                     rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
                     history.append(rec)
-                    log_file.write(json.dumps(rec) + "\n")
-                    if not math.isnan(value) and (best["value"] is None or value > best["value"]):
-                        _save_best(work, student, done)
-                        best = {"step": done, "stage": stage, "value": value, "metrics": m}
-                    log_file.flush()
+                    with run_writes(f"the run log or the best weights of step {done} in {work}"):
+                        log_file.write(json.dumps(rec) + "\n")
+                        if not math.isnan(value) and (best["value"] is None or value > best["value"]):
+                            _save_best(work, student, done)
+                            best = {"step": done, "stage": stage, "value": value, "metrics": m}
+                        log_file.flush()
 
                 on_main(world, evaluate_dev)
             if done % settings.checkpoint_every == 0 or done == s1 or done == total:
                 def checkpoint():
                     if guard.streak:  # not in the middle of a run of skipped steps
                         return
-                    log_file.flush()
-                    tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
-                    meta = {"best": best}
-                    flatten_optimizer(f"opt{stage}", opt, tensors, meta)
-                    write_checkpoint(ckpt_root, done, tensors, meta)
-                    _drop_unneeded_best(work, ckpt_root, best)
+                    with run_writes(f"the run log or checkpoint of step {done} in {work}"):
+                        log_file.flush()
+                        tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
+                        meta = {"best": best}
+                        flatten_optimizer(f"opt{stage}", opt, tensors, meta)
+                        write_checkpoint(ckpt_root, done, tensors, meta)
+                        _drop_unneeded_best(work, ckpt_root, best)
 
                 on_main(world, checkpoint)
             if _interrupt_after is not None and done >= _interrupt_after:

@@ -44,7 +44,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -255,7 +255,7 @@ def session(path: str | os.PathLike, providers: Optional[list] = None, threads: 
 
 @dataclass
 class Check:
-    stage: str  # export | optimize | fp16 | int8
+    stage: str  # export | optimize | fp16 | int8-fusion (fp32, what int8 quantizes) | int8 | int8-static
     max_abs_diff: float
     rel_diff: float  # max abs diff / max |reference|
     tolerance: float
@@ -276,11 +276,11 @@ def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, rela
     int8 stages skip the left-padded batch: there a classifier pools a padding position, whose
     state on random tokens int8 moves by up to 60-100% of the output (the word-order MiniLM teacher:
     0.62-0.74 with attention fused or not, 1.08 with the old mask-as-lengths fusion), which says
-    nothing about a broken quantization (the fused attention's mask handling, the same as
-    ``--optimize``'s, is checked exactly in fp32 there and by tests/test_export.py)."""
+    nothing about a broken quantization (the fused graph int8 starts from is checked exactly in
+    fp32 first, left padding included: stage ``int8-fusion``)."""
     sess = session(path, providers)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
-    cases = ((3, 17, False), (1, 5, False)) + (() if stage.startswith("int8") else ((3, 11, True),))
+    cases = ((3, 17, False), (1, 5, False)) + (() if stage in ("int8", "int8-static") else ((3, 11, True),))
     for i, (b, t, left) in enumerate(cases):
         batch = random_inputs(loaded.config, b, t, seed + 1 + i)
         if left:  # padding on the left (some tokenizers' choice): a fused attention must read the mask itself
@@ -438,7 +438,7 @@ INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (A
              "BiasGelu; no SkipLayerNormalization, slower on the CPU than the Add and LayerNorm it replaces)")
 
 
-def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
+def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Optional[Callable[[Path], None]] = None) -> dict:
     """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per tensor, activations
     quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX) in
     ``QAttention`` and ``DynamicQuantizeMatMul``; the attention score/context products, Softmax,
@@ -470,6 +470,8 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = ()) -> dict:
             notes = [f"the optimizer fused attention with head counts {stats['attention_heads']} that do not match the "
                      f"layers' {[h for h in heads_per_layer if h]}: int8 attention left unfused"]
             stats = dict(optimize_graph(src, fused, list(heads_per_layer), attention=False, fusion=CPU_FUSION), notes=notes)
+        if check_fused is not None:  # the fused fp32 graph, exactly (left padding included), before int8 blurs it
+            check_fused(fused)
         logging.disable(logging.WARNING)
         try:
             with warnings.catch_warnings():
@@ -620,7 +622,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
             report.notes.append("static int8 quantizes the unfused graph (onnxruntime's quantizer cannot see into fused "
                                 "Attention nodes): --optimize left off")
         elif s.quantize == "int8":
-            report.notes.append(INT8_NOTE + (" (--optimize left off)" if s.optimize else ""))
+            report.notes.append(INT8_NOTE + (" (--optimize: the same fusions, done by the int8 step)" if s.optimize else ""))
         elif s.optimize:
             opt = work / "optimized.onnx"
             fusion = GPU_FUSION if s.fp16 else CPU_FUSION
@@ -644,7 +646,8 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
             current = half
         if s.quantize == "int8":
             q = work / "int8.onnx"
-            report.fused = quantize_int8(current, q, report.heads_per_layer)
+            report.fused = quantize_int8(current, q, report.heads_per_layer, check_fused=lambda f: _require(
+                report, validate(f, loaded, "int8-fusion", s.atol, seed=s.seed)))
             report.notes += report.fused.pop("notes", [])
             _require(report, validate(q, loaded, "int8", s.int8_rtol, relative=True, seed=s.seed))
             current = q

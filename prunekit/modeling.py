@@ -31,6 +31,11 @@ Backends (``config.backend`` / :meth:`CompactBertPreTrainedModel.set_backend`):
   context gathered again). What it saves is the padding share of a real-length batch; a batch
   without padding takes the ``sdpa`` path.
 
+The padding-free paths (``triton``, ``sdpa-packed``) leave padding positions of the hidden states at
+zero. A classifier reads position 0, so on them its inputs must be padded on the right (as every
+tokenizer prunekit calls does); left-padded input there pools a zero row, where the padded paths
+pool the padding token's state (meaningless either way).
+
 Speed on a GPU, without changing any output:
 
 * FFN widths (and QKV widths) that are not multiples of 8 make fp16/bf16 GEMMs fall off cuBLAS's

@@ -22,7 +22,7 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
-from .checkpoint import checkpoint_dirs, flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, start_work_dir, write_checkpoint
+from .checkpoint import checkpoint_dirs, flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, run_writes, start_work_dir, write_checkpoint
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
@@ -181,6 +181,13 @@ def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.
     write_checkpoint(ckpt_root, step, tensors, meta, keep)
 
 
+def _checkpoint(log_file, ckpt_root: Path, step: int, alphas: GateLogits, student: nn.Module | None, opts: dict) -> None:
+    """The log flushed, then checkpoint ``step`` (rank 0; a failed write is one error line)."""
+    with run_writes(f"the run log or checkpoint of step {step} in {ckpt_root.parent}"):
+        log_file.flush()
+        save_checkpoint(ckpt_root, step, alphas, student, opts)
+
+
 # ---------------------------------------------------------------- the search
 
 
@@ -337,14 +344,14 @@ def run_gate_search(
             bar.update(1)
             done = step + 1
             if done % settings.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
-                on_main(world, lambda: (log_file.flush(), save_checkpoint(ckpt_root, done, alphas, student if train_weights else None, opts)))
+                on_main(world, lambda: _checkpoint(log_file, ckpt_root, done, alphas, student if train_weights else None, opts))
                 saved_at = done
             if _interrupt_after is not None and done >= _interrupt_after:
                 raise KeyboardInterrupt  # tests: simulate a kill after this step
         # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
         # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
         if saved_at != total_steps:
-            on_main(world, lambda: (log_file.flush(), save_checkpoint(ckpt_root, total_steps, alphas, student if train_weights else None, opts)))
+            on_main(world, lambda: _checkpoint(log_file, ckpt_root, total_steps, alphas, student if train_weights else None, opts))
     bar.close()
     gates.remove()
 

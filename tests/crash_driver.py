@@ -9,6 +9,7 @@ POINT (STEP is the checkpoint's step where one is meant, else ignored):
     ckpt-rename   checkpoint STEP complete in its temp dir, not yet renamed into place
     publish       the old output renamed aside, the new one not yet renamed into its place
     ckpt-enospc   not a crash: writing checkpoint STEP's tensors fails with "No space left on device"
+    log-enospc    not a crash: the run log's second flush (at the second checkpoint) fails the same way
 
 The process exits with status 77 when it died at the point (and normally when it never got there).
 """
@@ -46,6 +47,39 @@ def main() -> None:
             real_save(tensors, filename, *a, **kw)
 
         safetensors.torch.save_file = save_file
+    if point == "log-enospc":
+        import builtins
+        import errno
+
+        real_open = builtins.open
+
+        class FlushFails:
+            def __init__(self, f):
+                self._f, self._flushes = f, 0
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return self._f.__exit__(*exc)
+
+            def write(self, text):
+                return self._f.write(text)
+
+            def flush(self):
+                self._flushes += 1
+                if self._flushes == 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._f.name)
+                return self._f.flush()
+
+        def open_(file, *a, **kw):
+            f = real_open(file, *a, **kw)
+            return FlushFails(f) if str(file).endswith("_log.jsonl") else f
+
+        builtins.open = open_
     if point == "ckpt-tensors":
         import safetensors.torch
 

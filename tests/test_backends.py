@@ -113,7 +113,9 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
         got = r.run(batch)
         assert got.shape == ref.shape and float((got - ref).abs().max() / ref.abs().max()) <= 2 * REL_TOL["bf16"], (b, t)
         frames.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    assert frames[0] > 0 and frames[-1] == frames[1], f"compile-bf16-packed recompiled for a new batch shape: {frames}"
+    # one graph for all four shapes (without dynamic=True: [1, 2, 2, 2]); a batch or length of 1 would
+    # compile once more (dynamo specialises sizes 0 and 1), which eval's last batch may pay
+    assert frames[-1] == frames[0], f"compile-bf16-packed recompiled for a new batch shape: {frames}"
     assert B.build_runner(load_model_dir(tiny_models("tinybert4", "classification")), "o", "compile-bf16-packed") is None
     # On CUDA, `_capturing` asks torch.cuda whether a graph is being captured, which dynamo cannot
     # trace: the forward must not ask while it is compiled (emulated: here tensors are never on CUDA).

@@ -132,10 +132,12 @@ def test_distill_on_two_processes_equals_one(tmp_path_factory, tmp_path):
                        [r for r in _log(two, "distill_log.jsonl") if "dev" not in r], train)
 
 
-def test_rank0_checkpoint_failure_stops_every_process(search_inputs, tmp_path):
+@pytest.mark.parametrize("point,message", [("ckpt-enospc", "cannot write checkpoint"),
+                                           ("log-enospc", "cannot write the run log or checkpoint of step 8")])
+def test_rank0_checkpoint_failure_stops_every_process(search_inputs, tmp_path, point, message):
     """Two processes started as a launcher without torchrun's watchdog starts them (each with RANK,
-    WORLD_SIZE and a rendezvous address, as `accelerate launch` does): rank 0's checkpoint write at
-    step 8 fails (disk full). Both must stop within seconds with exit status 2 — rank 0 with one
+    WORLD_SIZE and a rendezvous address, as `accelerate launch` does): rank 0's checkpoint write (or the
+    run log's flush before it) at step 8 fails (disk full). Both must stop within seconds with exit status 2 — rank 0 with one
     error line that names the cause and --resume, rank 1 told by rank 0 rather than left waiting in
     the next step's all-reduce (gloo's 30-minute timeout) — and leave the checkpoint of step 4
     intact, from which one process then finishes the run."""
@@ -152,7 +154,7 @@ def test_rank0_checkpoint_failure_stops_every_process(search_inputs, tmp_path):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, str(driver), "ckpt-enospc", "8", *_search_args(s)], cwd=tmp_path,
+        procs.append(subprocess.Popen([sys.executable, str(driver), point, "8", *_search_args(s)], cwd=tmp_path,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     try:
@@ -163,7 +165,7 @@ def test_rank0_checkpoint_failure_stops_every_process(search_inputs, tmp_path):
             p.kill()
     assert [p.returncode for p in procs] == [2, 2], outs
     errors = [line for line in outs[0][1].splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "cannot write checkpoint" in errors[0] and "No space left on device" in errors[0] \
+    assert len(errors) == 1 and message in errors[0] and "No space left on device" in errors[0] \
         and "--resume" in errors[0], outs[0][1][-2000:]
     assert "Traceback" not in outs[0][1] + outs[1][1], outs
     ckpts = tmp_path / "full.partial" / "checkpoints"

@@ -78,7 +78,22 @@ def test_int8_within_loose_tolerance(tiny_models, tmp_path):
     report = json.loads((tmp_path / "q.onnx.json").read_text())
     assert report["checks"][-1]["stage"] == "int8" and report["fused"]["heads_match"]
     assert report["fused"]["attention_heads"] == [h for h in report["heads_per_layer"] if h]
-    assert any("dynamic int8" in n and "--optimize left off" in n for n in report["notes"])
+    assert any("dynamic int8" in n and "the same fusions, done by the int8 step" in n for n in report["notes"])
+    # the fused fp32 graph int8 starts from is checked exactly first, with a left-padded batch
+    fusion = next(c for c in r.checks if c.stage == "int8-fusion")
+    assert fusion.ok and fusion.max_abs_diff < 1e-4 and [3, 11] in fusion.shapes
+
+
+def test_int8_fusion_check_catches_a_wrong_mask_format(tiny_models, tmp_path, monkeypatch):
+    """With onnxruntime's default mask format (sequence lengths), the fused attention is wrong for left
+    padding, which the int8 tolerance alone would not see: the fp32 check of the fused graph fails."""
+    import prunekit.export as E
+
+    monkeypatch.setattr(E, "CPU_FUSION", {k: v for k, v in E.CPU_FUSION.items() if k != "attention_mask_format"})
+    src, _ = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    with pytest.raises(PrunekitError, match="int8-fusion graph differs from PyTorch"):
+        export_onnx(src, tmp_path / "q.onnx", ExportSettings(quantize="int8"))
+    assert not list(tmp_path.glob("q.onnx*"))
 
 
 def test_int8_any_padding_side(tiny_models, tmp_path):
