@@ -250,7 +250,10 @@ def session(path: str | os.PathLike, providers: Optional[list] = None, threads: 
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    # Providers this onnxruntime lacks (CUDA in a CPU-only build) are left out rather than warned about.
+    available = set(ort.get_available_providers())
+    providers = [p for p in providers or () if p in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers)
 
 
 @dataclass
