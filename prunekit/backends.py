@@ -166,6 +166,7 @@ class Runner:
     notes: list = field(default_factory=list)
     times: list = field(default_factory=list)  # seconds per repeat (bench)
     onnx_path: Optional[Path] = None  # the file an onnxruntime runner runs (to profile it)
+    captures: Optional[Callable[[], int]] = None  # *-graph backends: CUDA graphs captured so far
 
 
 @dataclass
@@ -328,6 +329,7 @@ class _PackedGraphs:
     def __init__(self, model: nn.Module, kind: str, keep: int = 64):
         self.model, self.kind, self.keep = model, kind, keep
         self.runners: dict = {}
+        self.captures = 0
 
     def __call__(self, input_ids, attention_mask, token_type_ids):
         key = tuple(input_ids.shape)
@@ -337,7 +339,9 @@ class _PackedGraphs:
                 self.runners.pop(next(iter(self.runners)))
             runner = self.model.capture_cuda_graph(*key, clone_outputs=False)
         self.runners[key] = runner
+        before = len(runner.graphs)
         out = runner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        self.captures += len(runner.graphs) - before
         if self.kind == "embedding":
             return mean_pool(out.last_hidden_state.float(), attention_mask)
         return out.logits.float()
@@ -427,7 +431,9 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
             y = fn(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return y.float().cpu()  # a copy to the host synchronises a CUDA device
 
-    return Runner(name, backend, run, _weights_size(loaded.path) // (1 if dtype == "fp32" else 2), dtype, notes)
+    captures = (lambda: fn.captures) if isinstance(fn, (ShapeGraphs, _PackedGraphs)) else None
+    return Runner(name, backend, run, _weights_size(loaded.path) // (1 if dtype == "fp32" else 2), dtype, notes,
+                  captures=captures)
 
 
 def _ort_inputs(sess) -> list[str]:

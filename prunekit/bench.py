@@ -251,12 +251,17 @@ def bench(s: BenchSettings) -> dict:
             for r in runners:
                 for b in batches:
                     r.run(b)
+        warm = [r.captures() if r.captures else 0 for r in runners]
         for _ in range(s.repeats):  # interleaved: every runner once per repeat
             for r in runners:
                 t0 = time.perf_counter()
                 for b in batches:
                     r.run(b)
                 r.times.append(time.perf_counter() - t0)
+        for r, before in zip(runners, warm):
+            if r.captures and r.captures() > before:
+                notes.append(f"{r.model} {r.backend}: {r.captures() - before} CUDA graph capture(s) inside the timed repeats "
+                             "(a batch shape the warm-up did not run): its times include them; use --warmup 1 or more")
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     rows = []

@@ -78,3 +78,27 @@ def test_bad_input(tiny_models, tmp_path):
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
     with pytest.raises(PrunekitError, match="at least one model"):
         bench(BenchSettings(models=[]))
+
+
+def test_graph_captures_inside_the_timing_are_reported(tiny_models, monkeypatch):
+    """A *-graph runner that captures a CUDA graph during the timed repeats (no warm-up for that batch
+    shape) gets a note saying its times include the capture; with a warm-up there is none."""
+    import prunekit.bench as bench_mod
+    from prunekit.backends import Runner
+
+    def fake_build(lm, name, backend, *a, **kw):
+        seen = set()
+
+        def run(batch):  # "captures" once per new batch shape, as ShapeGraphs does
+            seen.add(tuple(batch["input_ids"].shape))
+            return batch["input_ids"].float()
+
+        return Runner(name, backend, run, 0, "fp32", captures=lambda: len(seen))
+
+    monkeypatch.setattr(bench_mod, "build_runner", fake_build)
+    orig = str(tiny_models("tinybert4", "embedding"))
+    for warmup, noted in ((0, True), (1, False)):
+        res = bench(BenchSettings(models=[orig], backends=["torch-sdpa"], batch=2, seq_len=8, repeats=2, warmup=warmup,
+                                  threads=1, fvcore=False))
+        notes = [n for n in res["notes"] if "CUDA graph capture(s) inside the timed repeats" in n]
+        assert bool(notes) == noted, (warmup, res["notes"])
