@@ -290,15 +290,9 @@ def graph_original(model, feed: dict, with_mask: bool):
     static = {"input_ids": feed["input_ids"].clone(), "token_type_ids": feed["token_type_ids"].clone()}
     if with_mask:
         static["attention_mask"] = mask[:, None, None, :].bool().clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.inference_mode():
-        for _ in range(2):
-            model(**static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        out = model(**static)
+    from prunekit.modeling import capture_graph
+
+    graph, out = capture_graph(lambda: model(**static), torch.device("cuda"))
 
     def run(input_ids, attention_mask, token_type_ids):
         static["input_ids"].copy_(input_ids)

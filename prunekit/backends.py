@@ -276,6 +276,17 @@ class TaskOutput(nn.Module):
         return out.logits.float()
 
 
+def _recent(cache: dict, key, keep: int, make: Callable):
+    """``cache[key]``, made by ``make()`` when absent; the least recently used entry is dropped past ``keep``."""
+    value = cache.pop(key, None)
+    if value is None:
+        while len(cache) >= keep:
+            cache.pop(next(iter(cache)))
+        value = make()
+    cache[key] = value  # most recent last
+    return value
+
+
 class ShapeGraphs:
     """``fn(input_ids, attention_mask, token_type_ids, use_mask)`` replayed from CUDA graphs (the
     ``*-graph`` backends): one graph per input shape, and with ``unmasked_when_full`` one more for a
@@ -308,18 +319,15 @@ class ShapeGraphs:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         padded = not self.unmasked_when_full or not bool(attention_mask.all())
         key = (*input_ids.shape, padded)
-        entry = self.graphs.pop(key, None)
-        if entry is None:
-            while len(self.graphs) >= self.keep:
-                self.graphs.pop(next(iter(self.graphs)))
-            entry = self._capture(feed, padded)
-            self.captures += 1
-        else:
+        captured = key in self.graphs
+        graph, static, out = _recent(self.graphs, key, self.keep, lambda: self._capture(feed, padded))
+        if captured:  # a new capture already holds this batch
             for k, v in feed.items():
-                entry[1][k].copy_(v)
-        self.graphs[key] = entry
-        entry[0].replay()
-        return entry[2]
+                static[k].copy_(v)
+        else:
+            self.captures += 1
+        graph.replay()
+        return out
 
 
 class _PackedGraphs:
@@ -333,12 +341,7 @@ class _PackedGraphs:
 
     def __call__(self, input_ids, attention_mask, token_type_ids):
         key = tuple(input_ids.shape)
-        runner = self.runners.pop(key, None)
-        if runner is None:
-            while len(self.runners) >= self.keep:
-                self.runners.pop(next(iter(self.runners)))
-            runner = self.model.capture_cuda_graph(*key, clone_outputs=False)
-        self.runners[key] = runner
+        runner = _recent(self.runners, key, self.keep, lambda: self.model.capture_cuda_graph(*key, clone_outputs=False))
         before = len(runner.graphs)
         out = runner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         self.captures += len(runner.graphs) - before

@@ -83,17 +83,11 @@ def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
     return sorted((d for d in Path(ckpt_root).glob("step-*") if _checkpoint_step(d) >= 0), key=_checkpoint_step)
 
 
-def write_failure(what: str, e: BaseException) -> str:
-    """One line for a write that failed during a run (a full disk, a lost mount, permissions)."""
-    why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:200] or type(e).__name__
-    return (f"cannot write {what}: {why}; free space (or fix the disk) and run the same command with --resume "
-            "to continue from the last checkpoint")
-
-
 @contextlib.contextmanager
 def run_writes(what: str):
-    """A run's own writes (its log, checkpoints, best weights): a failure is one :class:`PrunekitError`
-    line (which :func:`prunekit.distributed.on_main` hands to every rank), not a traceback."""
+    """A run's own writes (its log, checkpoints, best weights): a failure (a full disk, a lost mount,
+    permissions) is one :class:`PrunekitError` line (which :func:`prunekit.distributed.on_main` hands
+    to every rank), not a traceback."""
     from safetensors import SafetensorError
 
     from .errors import PrunekitError
@@ -101,7 +95,9 @@ def run_writes(what: str):
     try:
         yield
     except (OSError, SafetensorError) as e:
-        raise PrunekitError(write_failure(what, e)) from None
+        why = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0][:200] or type(e).__name__
+        raise PrunekitError(f"cannot write {what}: {why}; free space (or fix the disk) and run the same command "
+                            "with --resume to continue from the last checkpoint") from None
 
 
 def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep: int = 2) -> Path:
@@ -110,29 +106,27 @@ def write_checkpoint(ckpt_root: Path, step: int, tensors: dict, meta: dict, keep
     Atomic and durable: written into a temp dir, synced, renamed into place; the ``keep`` newest
     are kept, so when the newest turns out unreadable the one before it is still there.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
-
-    from .errors import PrunekitError
 
     ckpt_root = Path(ckpt_root)
     tmp = ckpt_root / f".step-{step:07d}.tmp"
     final = ckpt_root / f"step-{step:07d}"
     try:
+        with run_writes(f"checkpoint {final}"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+            meta = json.loads(json.dumps({**meta, "format": FORMAT, "step": step}))  # hashed as it will read back
+            meta["sha256"] = _checksum(tmp / "state.safetensors", meta)
+            (tmp / "state.json").write_text(json.dumps(meta))
+            for f in ("state.safetensors", "state.json", ""):  # the files, then the dir that lists them
+                fsync_path(tmp / f)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            fsync_path(ckpt_root)
+    except BaseException:  # the checkpoints before this one are intact; no half-written one is left
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-        meta = json.loads(json.dumps({**meta, "format": FORMAT, "step": step}))  # hashed as it will read back
-        meta["sha256"] = _checksum(tmp / "state.safetensors", meta)
-        (tmp / "state.json").write_text(json.dumps(meta))
-        for f in ("state.safetensors", "state.json", ""):  # the files, then the dir that lists them
-            fsync_path(tmp / f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_path(ckpt_root)
-    except (OSError, SafetensorError) as e:  # a full disk, a lost mount, permissions: the ones before are intact
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PrunekitError(write_failure(f"checkpoint {final}", e)) from None
+        raise
     for old in checkpoint_dirs(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
