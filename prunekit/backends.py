@@ -212,6 +212,10 @@ def _check_onnx_report(side: Path, info) -> dict:
             raise bad(field, "a list of per-layer sizes")
     if info.get("params") is not None and type(info["params"]) is not int:
         raise bad("params", "a whole number")
+    id2label = info.get("id2label")
+    if id2label is not None and not (isinstance(id2label, dict) and len(id2label) <= 1 << 16
+                                     and all(isinstance(v, str) for v in id2label.values())):
+        raise bad("id2label", "an object of class names")
     if info.get("checks") is not None and not (isinstance(info["checks"], list) and all(isinstance(c, dict) for c in info["checks"])):
         raise bad("checks", "a list of objects")
     shape = info.get("shape")

@@ -26,7 +26,8 @@ import logging
 import math
 import operator
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -47,6 +48,7 @@ class TaskSpec:
     num_labels: int  # 0 for unlabelled, 1 for regression
     label_names: tuple[str, ...] | None
     metrics: tuple[str, ...]
+    positive: int = 1  # the class binary F1 scores (GLUE: 1, e.g. MRPC "equivalent")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -379,10 +381,8 @@ def _load_glue_hub(task: str, mismatched: bool, split: str, max_examples: int | 
     labels: list | None = None
     if "label" in hf.column_names:
         raw = list(hf["label"])
-        if spec.kind == "regression":
-            labels = [float(v) for v in raw]
-        elif not all(int(v) == -1 for v in raw):  # the hub marks hidden test labels with -1
-            labels = [int(v) for v in raw]
+        if not all(float(v) == -1 for v in raw):  # the hub marks hidden test labels with -1 (STS-B too)
+            labels = [float(v) for v in raw] if spec.kind == "regression" else [int(v) for v in raw]
     return _finish(TextDataset(texts, pairs, labels, spec, f"GLUE {task} {stem} (nyu-mll/glue on the hub)"), None)
 
 
@@ -432,6 +432,7 @@ class _Table:
 
 
 def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document is a text, not a quoting error (default 128 KiB)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header: list[str] | None = None
     rows: list[dict[str, Any]] = []
@@ -488,12 +489,17 @@ def _read_plain_tsv(path: Path, text: str) -> _Table:
 
 
 def _read_tsv(path: Path, text: str) -> _Table:
-    # TSV comes two ways: plain (GLUE; quotes are text) or CSV-quoted (pandas' to_csv(sep="\t")).
-    # Strict CSV parsing rejects plain text with a stray quote, so try it first and fall back.
+    # TSV comes two ways: plain (GLUE: one row per line, quotes are text) or CSV-quoted (pandas'
+    # to_csv(sep="\t") quotes a field holding a tab or a newline). Read it plain first: CSV quoting
+    # would join the lines between two quotation marks of ordinary text into one field. Only
+    # when the lines do not split into the header's fields is it read as CSV-quoted.
     try:
-        return _read_csv(path, text, "\t")
-    except PrunekitError:
         return _read_plain_tsv(path, text)
+    except PrunekitError as plain_error:
+        try:
+            return _read_csv(path, text, "\t")
+        except PrunekitError:
+            raise plain_error from None
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -621,25 +627,40 @@ def _forced_labels(raw: list[Any], table: _Table, col: str, path: Path, spec: Ta
     return out
 
 
-def _task_columns(forced: TaskSpec | None) -> tuple[list[str], list[str], list[str]]:
-    """Default text / pair / label column names to look for, most specific first."""
+# Column pairs of two-segment data, as the hub's datasets name them (GLUE, SNLI, SQuAD-style QNLI).
+_PAIR_COLUMNS = (("text", "text_pair"), ("sentence1", "sentence2"), ("premise", "hypothesis"),
+                 ("question1", "question2"), ("question", "sentence"))
+
+
+def _task_columns(forced: TaskSpec | None) -> tuple[list[tuple[str, str]], list[str], list[str], list[str]]:
+    """Default (text, pair) column pairs, then text / pair / label column names, most specific first."""
+    combos = list(_PAIR_COLUMNS)
     text, pair, label = ["text", "sentence", "sentence1"], ["text_pair", "sentence2"], ["label"]
     if forced is not None and forced.name in _LAYOUTS:
         lay = _LAYOUTS[forced.name]
         text = [lay.text, lay.hub_text] + text
         pair = [p for p in (lay.pair, lay.hub_pair) if p] + pair
         label = ([lay.label] if lay.label else []) + label
-    return text, pair, label
+        # a one-sentence task takes no pair by its column names alone
+        combos = [(lay.text, lay.pair), (lay.hub_text, lay.hub_pair)] + combos if lay.pair else []
+    return combos, text, pair, label
 
 
 def _load_table(path: Path, table: _Table, text_column, pair_column, label_column, forced: TaskSpec | None
                 ) -> TextDataset:
     if not table.rows:
         raise PrunekitError(f"{path} has a header but no rows; add data")
-    text_c, pair_c, label_c = _task_columns(forced)
+    combos, text_c, pair_c, label_c = _task_columns(forced)
     lab = _pick_column(table, label_column, label_c, "label", "--label-column", path)
-    pair = _pick_column(table, pair_column, pair_c, "pair", "--pair-column", path)
     text = _pick_column(table, text_column, text_c, "text", "--text-column", path)
+    pair = _pick_column(table, pair_column, pair_c, "pair", "--pair-column", path)
+    if pair_column is None:
+        # both segments of a pair dataset (premise/hypothesis, question1/question2, ...): when no
+        # column is named, the first pair the file has; else the named text column's partner
+        hit = next(((t, p) for t, p in combos if t in table.columns and p in table.columns
+                    and (text_column is None or t == text_column)), None)
+        if hit is not None:
+            text, pair = hit
     if text is None:  # fall back to the first column that holds strings that are not numbers
         for c in table.columns:
             if c in (lab, pair):
@@ -727,6 +748,106 @@ def _load_corpus(max_examples: int | None) -> TextDataset:
 
 
 # --------------------------------------------------------------------------------------------
+# Labels in a model's terms
+
+
+def _plain_id(name: str, i: int) -> bool:
+    """`name` says no more than the id it names: "LABEL_2", "label2" or "2" for id 2."""
+    sq = _squash(str(name))
+    return sq == f"label{i}" or sq == str(i)
+
+
+def model_label_names(id2label: dict | None, num_labels: int) -> tuple[str, ...] | None:
+    """The class names a model's `config.id2label` gives ids 0..num_labels-1, or None where it
+    names none (transformers' default LABEL_0, LABEL_1, ...)."""
+    if not id2label or num_labels < 1:
+        return None
+    names = []
+    for i in range(num_labels):
+        name = id2label.get(i, id2label.get(str(i)))
+        if name is None:
+            return None
+        names.append(str(name))
+    return None if all(_plain_id(n, i) for i, n in enumerate(names)) else tuple(names)
+
+
+def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: int, what: str = "the data"
+                 ) -> TextDataset:
+    """`ds` with its labels in the model's terms, so that logits and labels can be compared.
+
+    Classification: the data's class ids become the model's, matched by name against the model's
+    `config.id2label` (case, '-', '_' and spaces ignored): a model fine-tuned with MNLI's labels
+    in another order (roberta-large-mnli: contradiction=0) is scored right. Data labelled by class
+    id keeps its ids, within the model's classes (a dev slice may lack a class). Where the model
+    names no classes (LABEL_0, ...) or none of the data's, the ids stay, with a warning for named
+    data classes (their ids were given in sorted order). A name the model lacks, while others
+    match, is an error. Regression: a file whose scores are whole numbers (read as classes) is
+    read as scores. Embeddings and unlabelled data are returned as they are.
+    """
+    task = ds.task
+    if ds.labels is None or task.kind == "unlabelled" or kind not in ("classification", "regression"):
+        return ds
+    if kind == "regression":
+        names = task.label_names
+        if task.kind == "classification" and task.name == "custom" and names and all(_is_number(n) for n in names):
+            return replace(ds, labels=[float(names[i]) for i in ds.labels], task=_custom_task("regression"))
+        return ds
+    if task.kind != "classification":
+        return ds
+    data_names = task.label_names or tuple(str(i) for i in range(task.num_labels))
+    used = sorted(set(ds.labels))
+    model_names = model_label_names(id2label, num_labels)
+    if task.name == "custom" and all(_is_number(data_names[i]) for i in used):
+        # labelled by class id: the ids as written (a file's {0, 2} was renumbered to {0, 1} on reading)
+        ids = {i: int(float(data_names[i])) for i in used}
+        bad = sorted(v for v in ids.values() if not 0 <= v < num_labels)
+        if bad:
+            raise PrunekitError(
+                f"{what} has class id {bad[-1]} among its labels but the model has {num_labels} classes "
+                f"(ids 0..{num_labels - 1}); use the model fine-tuned for this data"
+            )
+        names = model_names or tuple(str(i) for i in range(num_labels))
+        spec = _custom_task("classification", num_labels, names)
+        return replace(ds, labels=[ids[i] for i in ds.labels], task=spec)
+
+    def squash_all(names):
+        return {_squash(n): j for j, n in enumerate(names)}
+
+    index = squash_all(model_names) if model_names else {}
+    found = {i: index.get(_squash(data_names[i])) for i in used}
+    if model_names and all(v is not None for v in found.values()):
+        if all(k == v for k, v in found.items()) and num_labels == task.num_labels:
+            return ds  # already in the model's order
+        positive = index.get(_squash(data_names[task.positive])) if task.name != "custom" else None
+        positive = 1 if positive is None else positive  # custom data: the model's class 1
+        metrics = task.metrics if task.name != "custom" else _custom_task("classification", num_labels).metrics
+        spec = replace(task, num_labels=num_labels, label_names=model_names, metrics=metrics, positive=positive)
+        log.info("%s: labels mapped to the model's ids by name (%s)", what,
+                 ", ".join(f"{data_names[i]}={found[i]}" for i in used))
+        return replace(ds, labels=[found[i] for i in ds.labels], task=spec)
+    if model_names and any(v is not None for v in found.values()):
+        missing = [data_names[i] for i in used if found[i] is None]
+        raise PrunekitError(
+            f"{what} has label(s) {', '.join(map(repr, missing))} that the model does not have: its classes are "
+            f"{', '.join(model_names)} (config.id2label); relabel the data with the model's class names or ids"
+        )
+    if task.num_labels != num_labels:
+        raise PrunekitError(
+            f"{what} has {task.num_labels} classes ({', '.join(data_names)}) but the model predicts {num_labels}; "
+            f"use the model fine-tuned for this data" + (" (or pass --task)" if task.name == "custom" else "")
+        )
+    if model_names or task.name == "custom":  # the ids are a guess: say which
+        why = (f"names its classes {', '.join(model_names)}, none of them the data's" if model_names
+               else "names no classes (LABEL_0, ...)")
+        order = "in sorted order" if task.name == "custom" else f"as {task.name} numbers them"
+        log.warning(
+            "%s: the model %s, so the data's labels are taken with their ids %s (%s); label the rows by "
+            "class id, or name the classes in the model's config.id2label, to be sure", what, why, order,
+            ", ".join(f"{n}={i}" for i, n in enumerate(data_names)))
+    return ds
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -793,7 +914,7 @@ def load_data(
             )
         if forced is not None and forced.name != hit[0]:
             raise PrunekitError(f"{path} holds GLUE {hit[0]} but --task says {forced.name}; drop one of them")
-        return _load_glue_file(hit[0], hit[1], split, path, max_examples)
+        return _load_glue_file(hit[0], hit[1] or forced_mm, split, path, max_examples)
     if path.is_file():
         glue_hit = _glue_file_task(path)
         if glue_hit is not None and not (text_column or pair_column or label_column):
@@ -813,7 +934,7 @@ def load_data(
         raise PrunekitError(f"source is GLUE {hit[0]} but --task says {forced.name}; drop --task")
     if text_column or pair_column or label_column:
         raise PrunekitError(f"GLUE {hit[0]} has fixed columns; --text-column/--pair-column/--label-column are for files")
-    return _load_glue(hit[0], hit[1], split, glue_dir, max_examples)
+    return _load_glue(hit[0], hit[1] or forced_mm, split, glue_dir, max_examples)
 
 
 __all__ = [
@@ -824,5 +945,7 @@ __all__ = [
     "CORPUS_TASK",
     "get_task",
     "load_data",
+    "align_labels",
+    "model_label_names",
     "default_corpus_path",
 ]

@@ -325,6 +325,19 @@ def _check_task(dataset, kind: str, num_labels: int, what: str) -> None:
         raise PrunekitError(f"{what} is a {task.kind} task but the teacher is a {kind} model")
 
 
+def _align(train, dev, kind: str, config, num_labels: int):
+    """Train and dev labels in the teacher's class ids (matched by name where it names its classes);
+    where it does not, dev's names are matched against train's, so that both number them alike."""
+    from .data import align_labels, model_label_names
+
+    if kind == "embedding":
+        return train, dev
+    train = align_labels(train, kind, config.id2label, num_labels, "the training data")
+    names = train.task.label_names if train.labels is not None and train.task.kind == "classification" else None
+    by = config.id2label if model_label_names(config.id2label, num_labels) or not names else dict(enumerate(names))
+    return train, align_labels(dev, kind, by, num_labels, "the dev data")
+
+
 def _load(settings: DistillSettings, source, split, max_examples, **cols):
     from .data import load_data
 
@@ -460,6 +473,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
     check_max_length(settings.max_length, student.config, str(student_dir))
     num_labels = teacher.config.num_labels if kind != "embedding" else 0
+    train, dev = _align(train, dev, kind, teacher.config, num_labels)
     _check_task(train, kind, num_labels, "the training data")
     _check_task(dev, kind, num_labels, "the dev data")
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):

@@ -55,6 +55,18 @@ class LoadedModel:
     reference: str | None  # the teacher a compact model was cut from
     onnx: object = None  # prunekit.backends.OnnxFile when the model is an exported .onnx file
     num_params: int | None = None  # an ONNX file's, from its export report
+    onnx_id2label: dict | None = None  # an ONNX file's class names, from its export report
+
+    def align(self, dataset):
+        """``dataset`` with its labels in this model's class ids (``data.align_labels``)."""
+        from .data import align_labels
+
+        config = getattr(self.model, "config", None)
+        id2label = getattr(config, "id2label", None) if config is not None else self.onnx_id2label
+        num_labels = self.shape.num_labels if self.shape is not None else getattr(config, "num_labels", 0)
+        if not num_labels:
+            return dataset
+        return align_labels(dataset, self.kind, id2label, num_labels, dataset.source)
 
     @property
     def params(self) -> int | None:
@@ -94,7 +106,7 @@ def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedMo
     shape = ModelShape(**info["shape"]) if info.get("shape") else None
     return LoadedModel(str(path), None, _tokenizer(path, tok_dir), file_kind or kind, shape, info.get("heads_per_layer"),
                        info.get("ffn_per_layer"), bool(info.get("is_compact")), info.get("reference"), f,
-                       info.get("params"))
+                       info.get("params"), info.get("id2label"))
 
 
 def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: str | None = None) -> LoadedModel:
@@ -231,7 +243,8 @@ def evaluate(
     given = list(splits) if splits else None
     datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
     first = next(iter(datasets.values()))
-    if given is None and first.task.name == "mnli":  # MNLI is reported on both dev sets
+    if given is None and first.task.name == "mnli" and not (data is not None and Path(data).expanduser().is_file()):
+        # MNLI (the task or its folder, not one file of it) is reported on both dev sets
         datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
 
     from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
@@ -279,6 +292,7 @@ def evaluate(
                 name, dtype, run = runner_for(m, backend)
                 results = {}
                 for split, ds in datasets.items():
+                    ds = m.align(ds)  # labels in the model's class ids (by name, where it names them)
                     out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
                     ref_out, ref_path = None, None
                     if _needs_reference(m, ds):

@@ -347,6 +347,7 @@ class ExportReport:
     reference: Optional[str] = None  # the teacher a compact model was cut from; an original itself
     shape: dict = field(default_factory=dict)  # prunekit.flops.ModelShape of the original
     params: int = 0
+    id2label: Optional[dict] = None  # the classes' names, for lining up labels by name in eval
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -614,7 +615,8 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
                                      num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
                                      intermediate_size=cfg.intermediate_size,
                                      num_labels=0 if loaded.kind == "embedding" else cfg.num_labels),
-                          params=sum(p.numel() for p in loaded.compact.parameters()))
+                          params=sum(p.numel() for p in loaded.compact.parameters()),
+                          id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:

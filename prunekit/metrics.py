@@ -90,9 +90,10 @@ def _accuracy(task: TaskSpec, p: np.ndarray, y: np.ndarray) -> float:
 
 
 def _f1(task: TaskSpec, p: np.ndarray, y: np.ndarray) -> float:
-    # GLUE's F1 (MRPC, QQP) is binary with class 1 as positive; macro F1 for more classes.
+    # GLUE's F1 (MRPC, QQP) is binary with its class 1 as positive (`task.positive`: that class's
+    # id in the model's order); macro F1 for more classes.
     if task.num_labels <= 2:
-        return float(f1_score(y, p, pos_label=1, average="binary", zero_division=0.0))
+        return float(f1_score(y, p, pos_label=task.positive, average="binary", zero_division=0.0))
     return float(f1_score(y, p, labels=list(range(task.num_labels)), average="macro", zero_division=0.0))
 
 
