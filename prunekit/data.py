@@ -26,6 +26,7 @@ import logging
 import math
 import operator
 import os
+import re
 import sys
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -156,6 +157,14 @@ _ALIASES: dict[str, tuple[str, bool]] = {
 
 def _resolve_task_name(name: str) -> tuple[str, bool] | None:
     return _ALIASES.get(_squash(name))
+
+
+def is_mnli_mismatched(source, task: str | None = None) -> bool:
+    """Whether `source` (a task name or folder) or `task` asks for MNLI's mismatched sets (mnli-mm)."""
+    names = [task] if task is not None else []
+    if source is not None:
+        names.append(Path(os.fspath(source)).name)
+    return any(_resolve_task_name(str(n)) == ("mnli", True) for n in names)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -488,18 +497,36 @@ def _read_plain_tsv(path: Path, text: str) -> _Table:
     return _Table(header, rows, line_nos)
 
 
+_CSV_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
 def _read_tsv(path: Path, text: str) -> _Table:
-    # TSV comes two ways: plain (GLUE: one row per line, quotes are text) or CSV-quoted (pandas'
-    # to_csv(sep="\t") quotes a field holding a tab or a newline). Read it plain first: CSV quoting
-    # would join the lines between two quotation marks of ordinary text into one field. Only
-    # when the lines do not split into the header's fields is it read as CSV-quoted.
+    """A TSV comes two ways: plain (GLUE: one row per line, quotes are text) or CSV-quoted (pandas'
+    to_csv(sep="\t") quotes a field holding a tab, a newline or a quote; R's write.table quotes
+    every field). Read plain, where CSV quoting would join the lines between two quotation marks
+    of ordinary text into one field; read CSV-quoted where the file shows it is: a quoted header,
+    lines that only split evenly as CSV, or quoted fields with their inner quotes doubled (and
+    the same rows either way)."""
+    first = next((ln for ln in _lines(text) if ln.strip()), "")
+    header_quoted = any(len(f) >= 2 and f.startswith('"') and f.endswith('"') for f in first.split("\t"))
     try:
-        return _read_plain_tsv(path, text)
+        plain = _read_plain_tsv(path, text)
     except PrunekitError as plain_error:
         try:
             return _read_csv(path, text, "\t")
+        except PrunekitError as csv_error:
+            raise (csv_error if header_quoted else plain_error) from None
+    if header_quoted:
+        return _read_csv(path, text, "\t")
+    quoted = [v for r in plain.rows for v in r.values() if isinstance(v, str) and v.startswith('"')]
+    if quoted and all(_CSV_QUOTED.fullmatch(v) for v in quoted) and any('""' in v[1:-1] for v in quoted):
+        try:
+            table = _read_csv(path, text, "\t")
         except PrunekitError:
-            raise plain_error from None
+            return plain
+        if len(table.rows) == len(plain.rows):
+            return table
+    return plain
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -585,8 +612,8 @@ def _label_values(raw: list[Any], table: _Table, col: str, path: Path, forced: T
             return nums, _custom_task("regression")
         ints = [int(x) for x in nums]
         distinct = sorted(set(ints))
-        if distinct[0] >= 0 and (distinct == list(range(distinct[-1] + 1)) or distinct[-1] <= 1):
-            k = max(distinct[-1] + 1, 2)  # a binary file may hold one class only (a small dev slice)
+        if distinct[0] >= 0 and (distinct == list(range(distinct[-1] + 1)) or distinct[-1] <= 1 or len(distinct) == 1):
+            k = max(distinct[-1] + 1, 2)  # a small dev slice may hold one class only: ids as written
             return ints, _custom_task("classification", k, tuple(str(i) for i in range(k)))
         names = tuple(str(v) for v in distinct)
         index = {v: i for i, v in enumerate(distinct)}
@@ -751,10 +778,18 @@ def _load_corpus(max_examples: int | None) -> TextDataset:
 # Labels in a model's terms
 
 
+def class_id_of(name: str) -> int | None:
+    """The class id a label names by number alone: "2", "2.0", "LABEL_2", "label2" -> 2."""
+    if _is_number(name):
+        v = float(name)
+        return int(v) if v == int(v) else None
+    sq = _squash(str(name))
+    return int(sq[5:]) if sq.startswith("label") and sq[5:].isdigit() else None
+
+
 def _plain_id(name: str, i: int) -> bool:
     """`name` says no more than the id it names: "LABEL_2", "label2" or "2" for id 2."""
-    sq = _squash(str(name))
-    return sq == f"label{i}" or sq == str(i)
+    return class_id_of(name) == i
 
 
 def model_label_names(id2label: dict | None, num_labels: int) -> tuple[str, ...] | None:
@@ -771,18 +806,20 @@ def model_label_names(id2label: dict | None, num_labels: int) -> tuple[str, ...]
     return None if all(_plain_id(n, i) for i, n in enumerate(names)) else tuple(names)
 
 
-def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: int, what: str = "the data"
-                 ) -> TextDataset:
+def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: int, what: str = "the data",
+                 whose: str = "the model") -> TextDataset:
     """`ds` with its labels in the model's terms, so that logits and labels can be compared.
 
-    Classification: the data's class ids become the model's, matched by name against the model's
-    `config.id2label` (case, '-', '_' and spaces ignored): a model fine-tuned with MNLI's labels
-    in another order (roberta-large-mnli: contradiction=0) is scored right. Data labelled by class
-    id keeps its ids, within the model's classes (a dev slice may lack a class). Where the model
-    names no classes (LABEL_0, ...) or none of the data's, the ids stay, with a warning for named
-    data classes (their ids were given in sorted order). A name the model lacks, while others
-    match, is an error. Regression: a file whose scores are whole numbers (read as classes) is
-    read as scores. Embeddings and unlabelled data are returned as they are.
+    Classification: where the model names its classes (`config.id2label`, not LABEL_0, ...), the
+    data's class names are matched to them (case, '-', '_' and spaces ignored), numbers included
+    (a model whose classes are "1".."5"): a model fine-tuned with MNLI's labels in another order
+    (roberta-large-mnli: contradiction=0) is scored right. A data name the model lacks, while
+    others match, is an error. Otherwise labels written as class ids ("2", "LABEL_2") keep their
+    ids, within the model's classes (a dev slice may lack a class); and named classes the model
+    cannot match keep the ids they were read with, with a warning (a file's: sorted order).
+    Regression: a file whose scores are whole numbers (read as classes) is read as scores.
+    Embeddings and unlabelled data are returned as they are. `whose` names where `id2label`
+    comes from, for messages ("the training data": distill numbers dev like train).
     """
     task = ds.task
     if ds.labels is None or task.kind == "unlabelled" or kind not in ("classification", "regression"):
@@ -797,23 +834,9 @@ def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: 
     data_names = task.label_names or tuple(str(i) for i in range(task.num_labels))
     used = sorted(set(ds.labels))
     model_names = model_label_names(id2label, num_labels)
-    if task.name == "custom" and all(_is_number(data_names[i]) for i in used):
-        # labelled by class id: the ids as written (a file's {0, 2} was renumbered to {0, 1} on reading)
-        ids = {i: int(float(data_names[i])) for i in used}
-        bad = sorted(v for v in ids.values() if not 0 <= v < num_labels)
-        if bad:
-            raise PrunekitError(
-                f"{what} has class id {bad[-1]} among its labels but the model has {num_labels} classes "
-                f"(ids 0..{num_labels - 1}); use the model fine-tuned for this data"
-            )
-        names = model_names or tuple(str(i) for i in range(num_labels))
-        spec = _custom_task("classification", num_labels, names)
-        return replace(ds, labels=[ids[i] for i in ds.labels], task=spec)
+    where = " (config.id2label)" if whose == "the model" else ""
 
-    def squash_all(names):
-        return {_squash(n): j for j, n in enumerate(names)}
-
-    index = squash_all(model_names) if model_names else {}
+    index = {_squash(n): j for j, n in enumerate(model_names)} if model_names else {}
     found = {i: index.get(_squash(data_names[i])) for i in used}
     if model_names and all(v is not None for v in found.values()):
         if all(k == v for k, v in found.items()) and num_labels == task.num_labels:
@@ -828,9 +851,23 @@ def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: 
     if model_names and any(v is not None for v in found.values()):
         missing = [data_names[i] for i in used if found[i] is None]
         raise PrunekitError(
-            f"{what} has label(s) {', '.join(map(repr, missing))} that the model does not have: its classes are "
-            f"{', '.join(model_names)} (config.id2label); relabel the data with the model's class names or ids"
+            f"{what} has label(s) {', '.join(map(repr, missing))} that {whose} does not have: its classes are "
+            f"{', '.join(model_names)}{where}; relabel the data with those class names or their ids"
         )
+    ids = {i: class_id_of(data_names[i]) for i in used}
+    if task.name == "custom" and all(v is not None for v in ids.values()):
+        # labelled by class id: the ids as written (a file's {0, 2} was renumbered to {0, 1} on reading)
+        bad = sorted(v for v in ids.values() if not 0 <= v < num_labels)
+        if bad:
+            one_based = min(ids.values()) >= 1 and max(ids.values()) == num_labels
+            raise PrunekitError(
+                f"{what} has class id {bad[-1]} among its labels but the model has {num_labels} classes "
+                f"(ids 0..{num_labels - 1}); "
+                + ("the labels look 1-based: subtract 1 from them" if one_based else "use the model fine-tuned for this data")
+            )
+        names = model_names or tuple(str(i) for i in range(num_labels))
+        spec = _custom_task("classification", num_labels, names)
+        return replace(ds, labels=[ids[i] for i in ds.labels], task=spec)
     if task.num_labels != num_labels:
         raise PrunekitError(
             f"{what} has {task.num_labels} classes ({', '.join(data_names)}) but the model predicts {num_labels}; "
@@ -841,8 +878,8 @@ def align_labels(ds: TextDataset, kind: str, id2label: dict | None, num_labels: 
                else "names no classes (LABEL_0, ...)")
         order = "in sorted order" if task.name == "custom" else f"as {task.name} numbers them"
         log.warning(
-            "%s: the model %s, so the data's labels are taken with their ids %s (%s); label the rows by "
-            "class id, or name the classes in the model's config.id2label, to be sure", what, why, order,
+            "%s: %s %s, so the data's labels are taken with their ids %s (%s); label the rows by "
+            "class id, or name the classes in the model's config.id2label, to be sure", what, whose, why, order,
             ", ".join(f"{n}={i}" for i, n in enumerate(data_names)))
     return ds
 
@@ -946,6 +983,8 @@ __all__ = [
     "get_task",
     "load_data",
     "align_labels",
+    "class_id_of",
     "model_label_names",
+    "is_mnli_mismatched",
     "default_corpus_path",
 ]

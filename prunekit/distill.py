@@ -326,16 +326,23 @@ def _check_task(dataset, kind: str, num_labels: int, what: str) -> None:
 
 
 def _align(train, dev, kind: str, config, num_labels: int):
-    """Train and dev labels in the teacher's class ids (matched by name where it names its classes);
-    where it does not, dev's names are matched against train's, so that both number them alike."""
-    from .data import align_labels, model_label_names
+    """Train and dev labels in the teacher's class ids (matched by name where it names its classes).
+    Where it does not, and train's classes are names, dev is numbered like train; that check comes
+    first, so a dev label train lacks is the one error line."""
+    from .data import align_labels, class_id_of, model_label_names
 
     if kind == "embedding":
         return train, dev
-    train = align_labels(train, kind, config.id2label, num_labels, "the training data")
     names = train.task.label_names if train.labels is not None and train.task.kind == "classification" else None
-    by = config.id2label if model_label_names(config.id2label, num_labels) or not names else dict(enumerate(names))
-    return train, align_labels(dev, kind, by, num_labels, "the dev data")
+    by_train = (model_label_names(config.id2label, num_labels) is None and names is not None
+                and any(class_id_of(n) is None for n in names))
+    if by_train:
+        as_train = {**{i: f"LABEL_{i}" for i in range(num_labels)}, **dict(enumerate(names))}
+        dev = align_labels(dev, kind, as_train, num_labels, "the dev data", whose="the training data")
+    train = align_labels(train, kind, config.id2label, num_labels, "the training data")
+    if not by_train:
+        dev = align_labels(dev, kind, config.id2label, num_labels, "the dev data")
+    return train, dev
 
 
 def _load(settings: DistillSettings, source, split, max_examples, **cols):

@@ -66,6 +66,11 @@ class LoadedModel:
         num_labels = self.shape.num_labels if self.shape is not None else getattr(config, "num_labels", 0)
         if not num_labels:
             return dataset
+        if (self.onnx is not None and id2label is None and self.kind == "classification" and dataset.labels is not None
+                and dataset.task.kind == "classification"):
+            log.warning("%s: its export report names no classes (exported by an older prunekit, and the model dir "
+                        "it names is gone): the labels are taken with the ids they were read with; re-export it "
+                        "to match them by name", self.path)
         return align_labels(dataset, self.kind, id2label, num_labels, dataset.source)
 
     @property
@@ -89,6 +94,17 @@ def _tokenizer(path: str, where) -> object:
         raise PrunekitError(f"cannot load a tokenizer for {path} from {where}: {str(e).splitlines()[0][:160]}") from None
 
 
+def _config_id2label(config: Path) -> dict | None:
+    """The class names of the model dir an ONNX file was exported from, where it still exists."""
+    import json
+
+    try:
+        names = json.loads(config.read_text(encoding="utf-8")).get("id2label")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return names if isinstance(names, dict) and all(isinstance(v, str) for v in names.values()) else None
+
+
 def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedModel:
     """An exported .onnx file: its kind, shape and reference from its report, its tokenizer from
     --tokenizer, the files beside it, or the model dir it was exported from."""
@@ -104,9 +120,12 @@ def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedMo
     if tok_dir is None:
         raise PrunekitError(f"{path}: no tokenizer beside it and none named in its export report: pass --tokenizer DIR")
     shape = ModelShape(**info["shape"]) if info.get("shape") else None
+    id2label = info.get("id2label")
+    if id2label is None and info.get("source_abs"):  # a report from before it recorded the class names
+        id2label = _config_id2label(Path(info["source_abs"]) / "config.json")
     return LoadedModel(str(path), None, _tokenizer(path, tok_dir), file_kind or kind, shape, info.get("heads_per_layer"),
                        info.get("ffn_per_layer"), bool(info.get("is_compact")), info.get("reference"), f,
-                       info.get("params"), info.get("id2label"))
+                       info.get("params"), id2label)
 
 
 def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: str | None = None) -> LoadedModel:
@@ -231,7 +250,7 @@ def evaluate(
 ) -> dict:
     """Score every model (through every backend given) on every split; the report holds metrics,
     parameters and FLOPs per model and backend. ``tokenizer``: for .onnx files."""
-    from .data import load_data
+    from .data import is_mnli_mismatched, load_data
 
     if not models:
         raise PrunekitError("give at least one model to evaluate")
@@ -243,8 +262,9 @@ def evaluate(
     given = list(splits) if splits else None
     datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
     first = next(iter(datasets.values()))
-    if given is None and first.task.name == "mnli" and not (data is not None and Path(data).expanduser().is_file()):
-        # MNLI (the task or its folder, not one file of it) is reported on both dev sets
+    one_file = data is not None and Path(data).expanduser().is_file()
+    if given is None and first.task.name == "mnli" and not one_file and not is_mnli_mismatched(data, task):
+        # MNLI (the task or its folder, not one file of it, nor mnli-mm) is reported on both dev sets
         datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
 
     from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
@@ -283,6 +303,7 @@ def evaluate(
             return predict_with(run, data, device, batch_size)
 
         for m in loaded:
+            aligned = {split: m.align(ds) for split, ds in datasets.items()}  # labels in the model's class ids
             todo = [None] if m.onnx is not None or not backends else list(backends)
             if m.onnx is None and backends and not any(dtype_of(b) == "fp32" for b in backends):
                 # bf16/int8 rows are read against the model's own fp32 row: score it too (the
@@ -291,8 +312,7 @@ def evaluate(
             for backend in todo:
                 name, dtype, run = runner_for(m, backend)
                 results = {}
-                for split, ds in datasets.items():
-                    ds = m.align(ds)  # labels in the model's class ids (by name, where it names them)
+                for split, ds in aligned.items():
                     out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
                     ref_out, ref_path = None, None
                     if _needs_reference(m, ds):

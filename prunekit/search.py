@@ -438,6 +438,10 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
         )
     if teacher is None:
         teacher = load_teacher(settings.model, settings.kind, device="cpu")
+    if settings.method == "head-importance" and teacher.kind != "embedding":  # its loss reads the labels: in the teacher's ids
+        from .data import align_labels
+
+        dataset = align_labels(dataset, teacher.kind, teacher.config.id2label, teacher.config.num_labels, dataset.source)
     if len(dataset) == 0:
         raise PrunekitError("the data has no examples: give a file with at least one text")
     settings.total_steps(len(dataset))  # an absurd --epochs fails here, before the teacher's outputs are computed

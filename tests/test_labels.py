@@ -96,6 +96,18 @@ def test_unknown_name_is_an_error_and_no_common_name_a_warning(tmp_path, caplog)
         align_labels(ds, "classification", None, 2)
 
 
+def test_numbers_as_the_models_class_names(tmp_path):
+    stars = load_data(_write(tmp_path / "stars.csv", ["text,label", "a,4", "b,4", "c,1"]))
+    digits = {0: "1", 1: "2", 2: "3", 3: "4", 4: "5"}  # a rating model whose classes are named "1".."5"
+    assert align_labels(stars, "classification", digits, 5).labels == [3, 3, 0]
+    assert align_labels(stars, "classification", None, 5).labels == [4, 4, 1]  # no names: ids as written
+    one_based = load_data(_write(tmp_path / "all5.csv", ["text,label"] + [f"t{i},{i}" for i in range(1, 6)]))
+    with pytest.raises(PrunekitError, match="class id 5 .* look 1-based: subtract 1"):
+        align_labels(one_based, "classification", None, 5)
+    many = load_data(_write(tmp_path / "many.csv", ["text,label"] + [f"t{i},LABEL_{i}" for i in range(12)]))
+    assert align_labels(many, "classification", None, 12).labels == list(range(12))  # not LABEL_10=2 (sorted)
+
+
 def test_whole_number_scores_for_a_regression_model(tmp_path):
     ds = load_data(_write(tmp_path / "sts.csv", ["sentence1,sentence2,score", "a,b,5", "c,d,0", "e,f,3"]),
                    label_column="score")
@@ -112,8 +124,12 @@ def test_distill_numbers_dev_like_train_without_model_names(tmp_path):
     _, dv = _align(train, dev, "classification", cfg, 3)
     assert dv.labels == [0, 2, 2]  # train's numbering: pos=2
     typo = load_data(_write(tmp_path / "typo.csv", ["text,label", "a,neg", "b,positive"]))
-    with pytest.raises(PrunekitError, match="'positive' that the model does not have"):
+    with pytest.raises(PrunekitError, match="'positive' that the training data does not have: its classes are neg, neu, pos;"):
         _align(train, typo, "classification", cfg, 3)
+    ids_train = load_data(_write(tmp_path / "ids_tr.csv", ["text,label", "a,0", "b,2"]))
+    ids_dev = load_data(_write(tmp_path / "ids_dv.csv", ["text,label", "a,2", "b,2"]))
+    tr, dv = _align(ids_train, ids_dev, "classification", cfg, 3)
+    assert tr.labels == [0, 2] and dv.labels == [2, 2]  # ids as written on both sides
 
 
 # ------------------------------------------------------------------------------ eval end to end
@@ -158,6 +174,12 @@ def test_eval_scores_mnli_in_the_models_label_order(mnli_model, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["splits"] == ["dev"] and report["models"][0]["results"]["dev"]["examples"] == 2
+    # mnli-mm (as the task name, or as --task for the folder) is the mismatched dev set alone
+    for args in (["--data", "mnli-mm", "--glue-dir", str(glue)], ["--data", str(glue / "MNLI"), "--task", "mnli-mm"]):
+        r = CliRunner().invoke(cli, ["eval", str(mnli_model), *args, "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        report = json.loads(out.read_text())
+        assert report["splits"] == ["dev"] and report["models"][0]["results"]["dev"]["examples"] == 2
     # --task mnli-mm picks the mismatched file from a task folder too
     assert load_data(glue / "MNLI", "dev", task="mnli-mm").texts == load_data(glue / "MNLI" / "dev_mismatched.tsv").texts
     assert load_data("mnli", "dev", task="mnli-mm", glue_dir=glue).labels == [2, 0]
@@ -185,6 +207,19 @@ def test_tsv_quotes_are_text_glue_style(tmp_path):
     bad = _write(tmp_path / "bad.tsv", ["text\tlabel", "a\tb\tc", "d\t0"])
     with pytest.raises(PrunekitError, match=r"malformed TSV at line 2: 3 fields but the header has 2"):
         load_data(bad)
+
+
+def test_tsv_written_with_csv_quoting(tmp_path):
+    import csv
+
+    rows = [("He said \"great movie\" twice", 1), ("plain text", 0), ("tab\tinside", 1)]
+    for name, quoting in (("pandas.tsv", csv.QUOTE_MINIMAL), ("r.tsv", csv.QUOTE_NONNUMERIC)):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t", quoting=quoting)
+            w.writerow(["text", "label"])
+            w.writerows(rows if name == "r.tsv" else rows[:2])  # without a tab, lines split evenly either way
+        ds = load_data(tmp_path / name)
+        assert ds.texts == [t for t, _ in (rows if name == "r.tsv" else rows[:2])] and ds.labels is not None
 
 
 def test_long_csv_field(tmp_path):
@@ -226,6 +261,24 @@ def test_hub_stsb_test_labels_are_hidden(monkeypatch):
     assert load_data("stsb", "test").labels is None
 
 
+def test_search_head_importance_reads_labels_in_the_models_ids(mnli_model, tmp_path, monkeypatch):
+    from prunekit import baselines
+    from prunekit.search import SearchSettings, search
+
+    seen = []
+    real = baselines.head_importance_scores
+
+    def spy(teacher, data, settings, device):
+        seen.extend(data.labels.tolist() if hasattr(data.labels, "tolist") else list(data.labels))
+        return real(teacher, data, settings, device)
+
+    monkeypatch.setattr(baselines, "head_importance_scores", spy)
+    p = _write(tmp_path / "nli.csv", ["sentence1,sentence2,label", "a,b,entailment", "c,d,contradiction", "e,f,neutral"])
+    search(SearchSettings(model=str(mnli_model), data=str(p), task="mnli", method="head-importance", target=0.5,
+                          output_dir=str(tmp_path / "hi"), max_length=16), force=True, progress=False)
+    assert seen == [2, 0, 1]  # ENTAILMENT is the model's id 2
+
+
 def test_exported_file_keeps_the_class_names(mnli_model, tmp_path):
     onnx_path = tmp_path / "m.onnx"
     r = CliRunner().invoke(cli, ["export-onnx", str(mnli_model), "-o", str(onnx_path)])
@@ -233,6 +286,13 @@ def test_exported_file_keeps_the_class_names(mnli_model, tmp_path):
     assert json.loads((tmp_path / "m.onnx.json").read_text())["id2label"] == {str(k): v for k, v in MNLI_MODEL_ORDER.items()}
     p = _mnli_file(tmp_path / "MNLI" / "dev_matched.tsv", ["entailment"] * 3 + ["neutral"])
     out = tmp_path / "r.json"
+    r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["models"][0]["results"]["dev"]["metrics"]["accuracy"] == pytest.approx(0.75)
+    # a report from before the field: the names come from the model dir it names, while it exists
+    report = json.loads((tmp_path / "m.onnx.json").read_text())
+    del report["id2label"]
+    (tmp_path / "m.onnx.json").write_text(json.dumps(report))
     r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["models"][0]["results"]["dev"]["metrics"]["accuracy"] == pytest.approx(0.75)
