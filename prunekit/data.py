@@ -707,7 +707,7 @@ def _load_table(path: Path, table: _Table, text_column, pair_column, label_colum
         out = []
         for r, no in zip(table.rows, table.line_nos):
             v = r.get(name)
-            if v is None and not allow_missing:
+            if not allow_missing and (v is None or (isinstance(v, str) and not v.strip())):  # None or empty
                 raise PrunekitError(f"{path}: line {no} has no {what} in column {name!r}; every row needs one")
             if isinstance(v, (dict, list)):
                 raise PrunekitError(f"{path}: line {no}: column {name!r} holds a {type(v).__name__}, not text")

@@ -265,7 +265,11 @@ def evaluate(
     one_file = data is not None and Path(data).expanduser().is_file()
     if given is None and first.task.name == "mnli" and not one_file and not is_mnli_mismatched(data, task):
         # MNLI (the task or its folder, not one file of it, nor mnli-mm) is reported on both dev sets
-        datasets = {s: load_data(data, s, **cols) for s in ("dev_matched", "dev_mismatched")}
+        datasets = {"dev_matched": load_data(data, "dev_matched", **cols)}
+        try:
+            datasets["dev_mismatched"] = load_data(data, "dev_mismatched", **cols)
+        except PrunekitError as e:  # a copy without the mismatched file: score what there is
+            log.warning("%s; scoring MNLI's dev_matched set alone", e)
 
     from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
 

@@ -296,3 +296,20 @@ def test_exported_file_keeps_the_class_names(mnli_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["models"][0]["results"]["dev"]["metrics"]["accuracy"] == pytest.approx(0.75)
+
+
+def test_empty_text_cell_is_an_error(tmp_path):
+    p = _write(tmp_path / "e.csv", ["text,text_pair,label", "a,b,1", ",c,0"])
+    with pytest.raises(PrunekitError, match="line 3 has no text in column 'text'"):
+        load_data(p)
+    q = _write(tmp_path / "p.tsv", ["text\ttext_pair\tlabel", "a\t \t1"])
+    with pytest.raises(PrunekitError, match="line 2 has no pair text in column 'text_pair'"):
+        load_data(q)
+
+
+def test_mnli_folder_without_its_mismatched_file(mnli_model, tmp_path, caplog):
+    _mnli_file(tmp_path / "MNLI" / "dev_matched.tsv", ["entailment", "neutral"])
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(cli, ["eval", str(mnli_model), "--data", str(tmp_path / "MNLI"), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["splits"] == ["dev_matched"] and "dev_matched set alone" in caplog.text
