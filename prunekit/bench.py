@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .errors import PrunekitError
-from .backends import COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
+from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
 from .export import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes
@@ -227,6 +227,9 @@ def bench(s: BenchSettings) -> dict:
     device = s.device
     names = _unique_names(s.models)
     loaded = [load_model_dir(m) for m in s.models]
+    late = next((n for n, lm in zip(names[1:], loaded[1:]) if not lm.is_compact), None)
+    if loaded[0].is_compact and late is not None:  # speedups are over the first model: the original goes first
+        raise PrunekitError(f"give the original model first: {s.models[0]} is a compact model, {late} an original")
     vocab = {lm.config.vocab_size for lm in loaded}
     if len(vocab) > 1:
         raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
@@ -247,6 +250,11 @@ def bench(s: BenchSettings) -> dict:
                 r = _build(lm, name, backend, s, Path(tmp), batches[0], notes)
                 if r is not None:
                     runners.append(r)
+        if not runners:
+            only = [b for b in backends if b in COMPACT_ONLY]
+            why = "; ".join(notes + ([f"{', '.join(only)} run(s) compact models only"] if only else [])) or ", ".join(backends)
+            raise PrunekitError(f"no backend could run these models ({why}); choose others with --backend "
+                                f"(`prunekit bench --help` lists them)")
         for _ in range(s.warmup):
             for r in runners:
                 for b in batches:
@@ -329,10 +337,12 @@ def format_table(res: dict) -> str:
     cpu = res["system"]["cpu"]
     isa = ", ".join(k for k, v in cpu["isa"].items() if v) or "-"
     s = res["settings"]
-    head = (f"{res['mode']} lengths, batches {res['batches'][0]}{' ...' if len(res['batches']) > 1 else ''}, "
+    la = res["load_average"]
+    load = "-" if la["start"] is None else f"{la['start']:.2f} -> {la['end']:.2f}"
+    mode = "real lengths" if res["mode"] == "real-lengths" else "fixed length"
+    head = (f"{mode}, batches {res['batches'][0]}{' ...' if len(res['batches']) > 1 else ''}, "
             f"{res['threads']} threads, {s['device']}; {cpu['model']} [{isa}]; torch {res['system']['torch']}, "
-            f"onnxruntime {res['system']['onnxruntime']}; load average {res['load_average']['start']} -> "
-            f"{res['load_average']['end']}")
+            f"onnxruntime {res['system']['onnxruntime']}; load average {load}")
     cols = ("model", "backend", "dtype", "GFLOPs/seq", "params", "size MB", "median ms", "p90 ms", "sent/s", "speedup", "FLOPs x", "meas/FLOPs")
     lines = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in res["rows"]:

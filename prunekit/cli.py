@@ -48,7 +48,32 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings=CONTEXT)
+class _Cli(click.Group):
+    """click's own usage errors (a bad option value, an unknown option) as one `error:` line with
+    exit status 2, like prunekit's; help and --version as click prints them."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # bare `prunekit`: the help
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            cmd = e.ctx.command_path if e.ctx is not None else "prunekit"
+            click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Cli, context_settings=CONTEXT)
 @click.version_option(package_name="prunekit")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
 def cli(verbose: bool) -> None:
@@ -142,6 +167,11 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     arch = result.architecture
     click.echo(f"architecture: {result.output_dir / 'architecture.json'}")
     click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
+    if arch.meta.get("projected"):
+        gate = arch.meta.get("gate_ratio")
+        click.echo(f"projected: the gates ended outside the band{f' (at {gate:.3f} of the FLOPs)' if isinstance(gate, float) else ''}; "
+                   f"the groups with the largest alpha were kept to meet the target. More steps (--epochs, "
+                   f"--max-steps) let the search itself reach it")
     _echo_flops_breakdown(result.output_dir / "architecture.json")
     click.echo(f"heads per layer: {arch.head_counts}")
     click.echo(f"FFN width per layer: {arch.ffn_widths}")

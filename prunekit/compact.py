@@ -240,6 +240,15 @@ def _resolve_inputs(source, architecture) -> tuple[Path, Path | None]:
         src = Path(source)
         if not src.exists():
             raise PrunekitError(f"run directory not found: {src} (give the directory `prunekit search` wrote)")
+        if src.is_dir() and (src / "config.json").is_file():
+            from .configs import model_type_of
+            from .modeling import MODEL_TYPE
+
+            if model_type_of(src / "config.json") == MODEL_TYPE:  # a compact (or distilled) model has architecture.json too
+                raise PrunekitError(
+                    f"{src} is a compact model already, not a search run dir: compact takes the directory `prunekit "
+                    f"search` wrote (to use this model, distill, eval or export it)"
+                )
         if src.is_dir() and (src / "architecture.json").is_file():
             run_dir = src
         elif architecture is None:

@@ -695,6 +695,8 @@ def _load_table(path: Path, table: _Table, text_column, pair_column, label_colum
             vals = [r.get(c) for r in table.rows]
             if all(isinstance(v, str) for v in vals) and not all(_is_number(v) for v in vals):
                 text = c
+                log.warning("%s: no text/sentence column: the texts are read from column %r (name one with "
+                            "--text-column)", path, c)
                 break
     if text is None:
         raise PrunekitError(

@@ -77,6 +77,10 @@ class LoadedModel:
     def params(self) -> int | None:
         return self.num_params if self.model is None else sum(p.numel() for p in self.model.parameters())
 
+    def full_flops(self, seq_len: int) -> int | None:
+        """The FLOPs of the original model this one has the shape of (or was cut from)."""
+        return None if self.shape is None else model_flops(self.shape, seq_len).total
+
     def flops(self, seq_len: int) -> int | None:
         if self.shape is None:
             return None
@@ -279,7 +283,6 @@ def evaluate(
     refs: dict[str, LoadedModel] = {}
     ref_outputs: dict = {}
     rows = []
-    base_flops = loaded[0].flops(seq_len)
     dirs: dict = {}  # model path -> its loaded dir, shared by its backends
     with tempfile.TemporaryDirectory(prefix="prunekit-eval-") as tmp:
 
@@ -287,7 +290,9 @@ def evaluate(
             """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
             if isinstance(m.onnx, OnnxFile):
                 r = onnx_file_runner(m.onnx, m.path, dev.type)  # onnxruntime: the default GPU
-                return "ort", r.dtype, r.run
+                stage = (m.onnx.info.get("checks") or [{}])[-1].get("stage", "")
+                label = f"ort-{stage}" if stage in ("int8", "int8-static", "fp16") else "ort"  # static vs dynamic int8
+                return label, r.dtype, r.run
             if backend is None:
                 return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
             from .export import load_model_dir
@@ -306,6 +311,7 @@ def evaluate(
                 return predict(m.model, m.kind, data, device, batch_size)
             return predict_with(run, data, device, batch_size)
 
+        shared_ref = next((x.reference for x in loaded if x.reference), None)
         for m in loaded:
             aligned = {split: m.align(ds) for split, ds in datasets.items()}  # labels in the model's class ids
             todo = [None] if m.onnx is not None or not backends else list(backends)
@@ -320,7 +326,11 @@ def evaluate(
                     out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
                     ref_out, ref_path = None, None
                     if _needs_reference(m, ds):
-                        ref_path = reference or m.reference
+                        # an original is scored against the reference the others use (its own
+                        # students' teacher: itself, at 1.0 for the fp32 row)
+                        ref_path = reference or m.reference or shared_ref
+                        if ref_path is not None and m.onnx is None and _same_path(ref_path, m.path):
+                            refs.setdefault(ref_path, m)
                         if ref_path is None:
                             why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
                             raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
@@ -337,11 +347,16 @@ def evaluate(
                 flops = m.flops(seq_len)
                 rows.append({
                     "model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.compact else "teacher", "kind": m.kind,
-                    "params": m.params, "flops": flops, "flops_ratio": flops / base_flops if flops and base_flops else None,
+                    "params": m.params, "flops": flops, "flops_ratio": flops / full if flops and (full := m.full_flops(seq_len)) else None,
                     "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer, "results": results,
                 })
     _deltas(rows)
     return {"data": first.source, "task": first.task.name, "splits": list(datasets), "seq_len": seq_len, "models": rows}
+
+
+def _same_path(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
 
 
 def _deltas(rows: list) -> None:

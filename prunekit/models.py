@@ -81,7 +81,9 @@ def _load_config(name_or_path: str):
         raise PrunekitError(f"--model {name_or_path} is a file; give the model directory (with config.json)")
     if p.is_dir() and not (p / "config.json").is_file():
         raise PrunekitError(f"{name_or_path} has no config.json: it is not a Hugging Face model directory")
-    looks_local = p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    # a hub id is "name" or "org/name"; "runs/x" where ./runs exists is a local path with a typo
+    looks_local = (p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+                   or ("/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()))
     if looks_local and not p.exists():
         raise PrunekitError(f"model directory not found: {name_or_path}")
     if p.is_dir():
@@ -99,9 +101,13 @@ def _load_config(name_or_path: str):
 
 
 def infer_kind(config) -> str:
+    return infer_kind_of(config, config.num_labels)
+
+
+def infer_kind_of(config, num_labels: int) -> str:
     archs = [a for a in (getattr(config, "architectures", None) or [])]
     if any(a.endswith("ForSequenceClassification") for a in archs):
-        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
+        if getattr(config, "problem_type", None) == "regression" or num_labels == 1:
             return "regression"
         return "classification"
     return "embedding"
@@ -114,6 +120,12 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
     name = str(name_or_path) if name_or_path is not None else str(default_model_path())
     config = _load_config(name)
     model_type = getattr(config, "model_type", None)
+    if model_type == "prunekit-compact-bert":
+        base = getattr(config, "base_model_name_or_path", None)
+        raise PrunekitError(
+            f"{name} is a compact model (prunekit-compact-bert), not an original: give the teacher it was cut "
+            f"from{f' ({base})' if base else ''}"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise PrunekitError(
             f"{name} is a {model_type!r} model, not BERT-family: prunekit supports {', '.join(SUPPORTED_MODEL_TYPES)}"
@@ -127,11 +139,22 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
             if kind == "embedding":
                 model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
             else:
+                labels_before = config.num_labels
                 if kind == "regression":
                     config.num_labels = 1
                     config.problem_type = "regression"
-                model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+                if kind == "regression" and labels_before != 1 and infer_kind_of(config, labels_before) == "classification":
+                    raise PrunekitError(f"{name} is a classifier with {labels_before} labels, not a regression model: drop --kind")
+                model, info = AutoModelForSequenceClassification.from_pretrained(name, config=config, output_loading_info=True)
+                fresh = [k for k in (info.get("missing_keys") or ()) if str(k).split(".")[0] == "classifier"]
+                if fresh:  # transformers would start a new, random head: nothing to distil or prune against
+                    raise PrunekitError(
+                        f"{name} has no {kind} head (no trained classifier weights: it is an encoder for "
+                        f"embeddings); fine-tune it for the task first, or leave --kind at auto"
+                    )
             tokenizer = AutoTokenizer.from_pretrained(name)
+        except PrunekitError:
+            raise
         except OSError as e:
             raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
         except MemoryError:  # not a corrupt file: the machine (or an allocation we failed to prevent)

@@ -180,14 +180,14 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["models"]
     assert [(x["backend"], x["dtype"]) for x in rows] == [("torch-eager", "fp32"), ("torch-bf16", "bf16"), ("ort-int8", "int8"),
-                                                         ("ort", "fp32"), ("ort", "int8")]
+                                                         ("ort", "fp32"), ("ort-int8-static", "int8")]
     acc = [x["results"]["dev"]["metrics"]["accuracy"] for x in rows]
     assert acc[3] == acc[0]  # the fp32 ONNX file predicts what PyTorch does
     assert rows[0]["results"]["dev"]["primary_delta"] is None
     assert rows[1]["results"]["dev"]["primary_delta"] == pytest.approx(acc[1] - acc[0])
     # the ONNX rows know their model from the export report: compact, its FLOPs and params
     assert rows[3]["type"] == "compact" and rows[3]["flops"] == rows[0]["flops"] and rows[3]["params"] == rows[0]["params"]
-    assert "vs fp32" in r.output and "ort (int8)" in r.output
+    assert "vs fp32" in r.output and "ort-int8-static (int8)" in r.output
     # no fp32 backend given: the model's own fp32 row is scored too, so bf16 still has its change
     r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-bf16", "--json", str(out), "--max-length", "32"])
     assert r.exit_code == 0, r.output

@@ -1,0 +1,133 @@
+"""What a newcomer's mistakes get: one line that names the mistake (model dirs mixed up, a typo in a
+path, a bad option value, models in the wrong order), and results that say what they are."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from factory import kept_arch, make_compact_dir, make_sentences
+from prunekit.cli import cli
+from prunekit.data import load_data
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _one_line_error(result, *needles):
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_models):
+    """(teacher dir, compact dir cut from it, a text file) — an embedding model."""
+    root = tmp_path_factory.mktemp("pair")
+    teacher = tiny_models("minilm6", "embedding")
+    compact = make_compact_dir(root, teacher, kept_arch(6))
+    texts = root / "texts.txt"
+    texts.write_text("\n".join(make_sentences(40, seed=3)) + "\n")
+    return teacher, compact, texts
+
+
+def test_compact_refuses_a_compact_model(pair, tmp_path):
+    _, compact, _ = pair
+    _one_line_error(run(["compact", compact, "-o", tmp_path / "again"]), "is a compact model already", "prunekit search")
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_compact_model_as_teacher(pair, tmp_path):
+    teacher, compact, texts = pair
+    r = run(["search", "--model", compact, "--data", texts, "-o", tmp_path / "s", "--max-steps", "2"])
+    _one_line_error(r, "is a compact model", "give the teacher it was cut from", str(teacher))
+
+
+def test_a_classifier_head_the_model_does_not_have(pair, tmp_path):
+    teacher, _, texts = pair
+    for kind in ("classification", "regression"):
+        r = run(["search", "--model", teacher, "--kind", kind, "--data", texts, "-o", tmp_path / kind, "--max-steps", "2"])
+        _one_line_error(r, f"has no {kind} head", "leave --kind at auto")
+
+
+def test_a_typo_in_a_relative_path_is_not_a_hub_lookup(pair, tmp_path, monkeypatch):
+    _, _, texts = pair
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    _one_line_error(run(["eval", "runs/nope", "--data", texts]), "model directory not found: runs/nope")
+    assert time.perf_counter() - t0 < 20  # not the hub's retries (30 s and more offline)
+
+
+def test_click_usage_errors_are_one_line(tmp_path):
+    _one_line_error(run(["search", "--target", "abc"]), "Invalid value for '--target'", "search --help`)")
+    _one_line_error(run(["export-onnx", "x", "-o", tmp_path / "m.onnx", "--quantize", "int4"]), "'--quantize'")
+    _one_line_error(run(["no-such-verb"]), "No such command")
+    assert run(["--help"]).exit_code == 0 and run(["search", "--help"]).output.startswith("Usage:")
+
+
+@pytest.mark.parametrize("opt, value, needle", [("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+                                                ("--max-length", "4", "--max-length must be >= 8 tokens, got 4")])
+def test_one_option_per_message(pair, tmp_path, opt, value, needle):
+    teacher, _, texts = pair
+    _one_line_error(run(["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", opt, value]), needle)
+
+
+def test_search_says_when_it_projected(pair, tmp_path):
+    teacher, _, texts = pair
+    r = run(["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", "--max-steps", "2", "--batch-size", "8",
+             "--max-length", "32", "--target", "0.3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    arch = json.loads((tmp_path / "s" / "architecture.json").read_text())
+    assert arch["projected"] is True  # two steps cannot reach 0.3 by the gates
+    assert "projected: the gates ended outside the band" in r.output and "--max-steps" in r.output
+
+
+def test_eval_teacher_first_against_its_students(pair, tmp_path):
+    teacher, compact, texts = pair
+    out = tmp_path / "r.json"
+    for models in ([teacher, "--compare", compact], [compact, "--compare", teacher]):
+        r = run(["eval", *models, "--data", texts, "--json", out, "--seq-len", "32"])
+        assert r.exit_code == 0, r.output
+        rows = {row["type"]: row for row in json.loads(out.read_text())["models"]}
+        t, c = rows["teacher"]["results"]["dev"], rows["compact"]["results"]["dev"]
+        assert t["metrics"]["similarity_spearman"] == pytest.approx(1.0) and c["metrics"]["similarity_spearman"] < 1.0
+        # the FLOPs ratio is against the original, whichever model comes first
+        assert rows["teacher"]["flops_ratio"] == 1.0 and rows["compact"]["flops_ratio"] < 1.0
+
+
+def test_bench_original_first_and_backends_that_apply(pair, tmp_path):
+    teacher, compact, _ = pair
+    common = ["--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0", "--no-fvcore"]
+    _one_line_error(run(["bench", compact, teacher, "--backend", "torch-eager", *common]),
+                    "give the original model first", "is a compact model")
+    _one_line_error(run(["bench", teacher, "--backend", "torch-bf16-packed", *common]),
+                    "no backend could run these models", "compact models only")
+
+
+def test_first_string_column_as_text_is_said(tmp_path, caplog):
+    p = tmp_path / "d.csv"
+    p.write_text("foo,bar\nhello there,1\nbye now,0\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="prunekit.data"):
+        assert load_data(p).texts == ["hello there", "bye now"]
+    assert "read from column 'foo'" in caplog.text and "--text-column" in caplog.text
+
+
+def test_distill_checks_the_students_architecture_file(pair, tmp_path):
+    import shutil
+
+    teacher, compact, texts = pair
+    broken = tmp_path / "broken"
+    shutil.copytree(compact, broken)
+    (broken / "architecture.json").write_text("{oops")
+    r = run(["distill", broken, "--teacher", teacher, "--data", texts, "-o", tmp_path / "d", "--stage1-epochs", "0.1",
+             "--stage2-epochs", "0.1"])
+    _one_line_error(r, "architecture.json")
+    assert not (tmp_path / "d").exists()
