@@ -281,6 +281,7 @@ def bench(s: BenchSettings) -> dict:
                      "latency_p90_ms": 1e3 * float(np.percentile(r.times, 90)) / len(batches),
                      "sentences_per_s": sentences / med, "size_bytes": r.size_bytes, "params": m["params"],
                      "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
+    notes.extend(noise_notes(rows))
     first = names[0]
     for row in rows:
         like = COUNTERPART.get(row["backend"], row["backend"])
@@ -292,6 +293,16 @@ def bench(s: BenchSettings) -> dict:
             "load_average": {"start": load_start, "end": load_end}, "mode": "real-lengths" if s.real_lengths else "fixed",
             "batches": [list(b["input_ids"].shape) for b in batches], "sentences_per_repeat": sentences,
             "models": models_info, "rows": rows, "best": best_vs_best(rows, names), "notes": notes}
+
+
+def noise_notes(rows: list, limit: float = 1.5) -> list[str]:
+    """A note when some row's p90 is over ``limit`` x its median: the machine was busy while it ran."""
+    noisy = [f"{r['model']} {r['backend']} ({r['latency_p90_ms'] / r['latency_median_ms']:.1f}x)" for r in rows
+             if r["latency_median_ms"] > 0 and r["latency_p90_ms"] > limit * r["latency_median_ms"]]
+    if not noisy:
+        return []
+    return [f"noisy timings: p90 over {limit:g}x the median for {', '.join(noisy)}; other work on the machine? "
+            f"compare the medians, or rerun quieter / with more --repeats"]
 
 
 def best_vs_best(rows: list, names: list) -> list:

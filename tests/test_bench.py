@@ -102,3 +102,13 @@ def test_graph_captures_inside_the_timing_are_reported(tiny_models, monkeypatch)
                                   threads=1, fvcore=False))
         notes = [n for n in res["notes"] if "CUDA graph capture(s) inside the timed repeats" in n]
         assert bool(notes) == noted, (warmup, res["notes"])
+
+
+def test_noise_note_names_the_noisy_rows():
+    from prunekit.bench import noise_notes
+
+    rows = [{"model": "orig", "backend": "torch-sdpa", "latency_median_ms": 10.0, "latency_p90_ms": 11.0},
+            {"model": "compact", "backend": "ort-fp32", "latency_median_ms": 2.0, "latency_p90_ms": 8.0}]
+    (note,) = noise_notes(rows)
+    assert "compact ort-fp32 (4.0x)" in note and "orig" not in note
+    assert noise_notes(rows[:1]) == []
