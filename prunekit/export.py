@@ -280,10 +280,13 @@ def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, rela
     state on random tokens int8 moves by up to 60-100% of the output (the word-order MiniLM teacher:
     0.62-0.74 with attention fused or not, 1.08 with the old mask-as-lengths fusion), which says
     nothing about a broken quantization (the fused graph int8 starts from is checked exactly in
-    fp32 first, left padding included: stage ``int8-fusion``)."""
+    fp32 first, left padding included: stage ``int8-fusion``). They get a third right-padded batch
+    instead (4 x 24, three rows padded): with only the first batch's two padded rows, int8 attention
+    that ignores the mask moved the packaged all-MiniLM-L6-v2's output by 0.27-0.50 of max |output|
+    (seeds 0-2), near the tolerance; with it 0.50-0.65 (seeds 0-3), the honest int8 0.14-0.16."""
     sess = session(path, providers)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
-    cases = ((3, 17, False), (1, 5, False)) + (() if stage in ("int8", "int8-static") else ((3, 11, True),))
+    cases = ((3, 17, False), (1, 5, False)) + (((4, 24, False),) if stage in QUANTIZE else ((3, 11, True),))
     for i, (b, t, left) in enumerate(cases):
         batch = random_inputs(loaded.config, b, t, seed + 1 + i)
         if left:  # padding on the left (some tokenizers' choice): a fused attention must read the mask itself
@@ -317,12 +320,16 @@ class ExportSettings:
     atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
     fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
     # int8 (dynamic and static): max abs difference / max |output| on the random check inputs. A
-    # guard against a broken quantization (a wrong scale, a mis-fused layer: errors of order 1), not
-    # an accuracy bound (eval --backend gives the metric). Measured: 1.1-6.1% (dynamic) and 0.8-5.0%
-    # (static) on BERT-base, TinyBERT-4L, MiniLM and their students (benchmarks/results cpu_best,
-    # cpu_speedup, precision_accuracy), but 13% (dynamic) and 24% (static, calibrated on 24
-    # sentences) on the tiny random-weight classifier of test_backends, whose logits are near 0 and
-    # so large relative errors: 0.1 would refuse those, 0.25 still catches an order-1 error.
+    # guard against a broken quantization (a wrong scale, a mis-fused layer, a wrong mask, a swapped
+    # output: errors of order 1), not an accuracy bound (eval --backend gives the metric). Measured:
+    # 1.1-6.1% (dynamic) and 0.8-5.0% (static) on BERT-base, TinyBERT-4L, MiniLM and their students
+    # with random weights (benchmarks/results cpu_best, cpu_speedup, precision_accuracy); the
+    # trained all-MiniLM-L6-v2 (the packaged model) 14% dynamic (9% its 30% cut), and 13% (dynamic,
+    # weights then per tensor) and 24% (static, calibrated on 24 sentences) on the tiny random-weight classifier of
+    # test_backends, whose logits are near 0 and so large relative errors: 0.1 would refuse those,
+    # 0.25 still catches an order-1 error. On random tokens this tracks the real error: for
+    # all-MiniLM-L6-v2 with per-tensor weights it was 0.33 where its embeddings of real sentences
+    # had cosine 0.964 to PyTorch's (see quantize_int8), so it is kept rather than a cosine.
     int8_rtol: float = 0.25
     force: bool = False
     seed: int = 0
@@ -443,7 +450,7 @@ INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (A
 
 
 def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Optional[Callable[[Path], None]] = None) -> dict:
-    """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per tensor, activations
+    """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per output channel, activations
     quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX) in
     ``QAttention`` and ``DynamicQuantizeMatMul``; the attention score/context products, Softmax,
     LayerNorm and GELU fp32. Returns the fusion statistics of :func:`optimize_graph`
@@ -461,9 +468,19 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused:
     at 41-47% of the int8 run, and int8 was 1.05x ort-fp32 on TinyBERT-4L and 1.25x on MiniLM-L6;
     this way it is 1.60x and 1.97x (BERT-base's 30% model 3.10x instead of 1.86x, the original
     3.57x instead of 2.87x), the output unchanged (relative difference to fp32 0.7-2.0%, as
-    before). Per-channel weights and ``reduce_range`` (within 3%), QUInt8 weights (U8U8: 0.75-1.0x),
-    leaving narrow MatMuls or Attention fp32, attention unfused, quantizing the unfused graph
-    and the session's EXTENDED level measured no better."""
+    before). ``reduce_range`` (within 3%), QUInt8 weights (U8U8: 0.75-1.0x), leaving narrow MatMuls
+    or Attention fp32, attention unfused, quantizing the unfused graph and the session's EXTENDED
+    level measured no faster.
+
+    Weights are per channel (one scale per output column) for accuracy, at no cost in speed
+    (16 x 128 on 2 shared cores: 0.90x the per-tensor time on all-MiniLM-L6-v2, 1.00x on its 30%
+    cut). One scale per tensor, as before, is set by a few outlier weights, mostly in the FFN down
+    projections: on the shipped corpus's first 256 sentences the packaged all-MiniLM-L6-v2's int8
+    embeddings had cosine 0.964 to PyTorch's (min 0.910), pairwise similarities Spearman 0.955,
+    the same nearest neighbour for 71% of sentences, and the export check's relative difference
+    0.33 (refused); per channel: cosine 0.993 (min 0.984), Spearman 0.991, check 0.14 (its 30% cut:
+    0.982 -> 0.996, 0.32 -> 0.09). Keeping the 6 FFN down projections fp32 did as well (0.994)
+    but slower; ``reduce_range`` made it worse (0.880)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -481,7 +498,7 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # DefaultTensorType: shape inference gives no types past fused com.microsoft ops (Attention, ...)
-                quantize_dynamic(str(fused), str(dst), weight_type=QuantType.QInt8,
+                quantize_dynamic(str(fused), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         finally:
             logging.disable(logging.NOTSET)
@@ -599,10 +616,10 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
     s = settings or ExportSettings()
     _check_settings(s)
     out = Path(output)
+    if out.is_dir():  # before "already exists": --force would not help
+        raise PrunekitError(f"{out} is a directory: give a file name such as {out / 'model.onnx'}")
     if out.exists() and not s.force:
         raise PrunekitError(f"{out} already exists: pass --force to overwrite it or choose another -o")
-    if out.exists() and out.is_dir():
-        raise PrunekitError(f"{out} is a directory: give a file name such as model.onnx")
     loaded = loaded or load_model_dir(model_dir)
     cfg = loaded.config
     output_name = "embeddings" if loaded.kind == "embedding" else "logits"
@@ -686,7 +703,20 @@ def _require(report: ExportReport, check: Check) -> None:
     log.info("%s: max abs diff %.2e (rel %.2e) on %s", check.stage, check.max_abs_diff, check.rel_diff, check.providers)
     if not check.ok:
         what = f"relative difference {check.rel_diff:.2e}" if check.relative else f"max abs difference {check.max_abs_diff:.2e}"
+        hint = ""
+        if check.stage in QUANTIZE and math.isfinite(check.rel_diff):  # lossy: more loss may be accepted, metric checked
+            hint = (f"; `export-onnx --int8-rtol {_round_up(check.rel_diff)}` accepts it "
+                    f"(then check the task metric: `prunekit eval --backend ort-{check.stage}`)")
         raise PrunekitError(
             f"ONNX {check.stage} graph differs from PyTorch: {what} > tolerance {check.tolerance:g} "
-            f"(inputs {check.shapes}, {check.providers[0]}); nothing was written"
+            f"(inputs {check.shapes}, {check.providers[0]}); nothing was written{hint}"
         )
+
+
+def _round_up(x: float) -> str:
+    """``x`` (finite, > 0) rounded up to 2 significant digits (a tolerance that accepts it): 0.3317 -> 0.34."""
+    e = math.floor(math.log10(x)) - 1
+    digits = math.ceil(x / 10 ** e)
+    while float(f"{digits * 10 ** e:g}") < x:  # float rounding
+        digits += 1
+    return f"{digits * 10 ** e:g}"
