@@ -90,13 +90,13 @@ def run_writes(what: str):
     to every rank), not a traceback."""
     from safetensors import SafetensorError
 
-    from .errors import PrunekitError
+    from .errors import ResumableError
 
     try:
         yield
     except (OSError, SafetensorError) as e:
         why = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0][:200] or type(e).__name__
-        raise PrunekitError(f"cannot write {what}: {why}; free space (or fix the disk) and run the same command "
+        raise ResumableError(f"cannot write {what}: {why}; free space (or fix the disk) and run the same command "
                             "with --resume to continue from the last checkpoint") from None
 
 
@@ -161,13 +161,15 @@ def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
 
     A corrupt one (cut short, garbled: bad JSON, a safetensors header it cannot read, tensors or
     state that no longer match the checksum written with them, no checksum) is skipped with a
-    warning, and the one before it is used.
+    warning, and the one before it is used (the warning says when there is none: the run starts over).
     """
-    for d in reversed(checkpoint_dirs(ckpt_root)):
+    found = list(reversed(checkpoint_dirs(ckpt_root)))
+    for i, d in enumerate(found):
         try:
             return read_checkpoint(d)
         except (OSError, ValueError) as e:
-            log.warning("checkpoint %s is corrupt (%s); using the one before it", d, e)
+            then = "using the one before it" if i + 1 < len(found) else "no earlier checkpoint: starting from step 0"
+            log.warning("checkpoint %s is corrupt (%s); %s", d, e, then)
     return None
 
 
@@ -210,22 +212,32 @@ def restart_log(path: Path, step: int, changed: dict | None = None) -> list[dict
     return history
 
 
-def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: set[str]) -> dict:
+def resume_free_settings(options: tuple[str, ...], *silent: str) -> frozenset[str]:
+    """The settings a --resume may change: those of the command-line ``options`` (``--stage1-lr``:
+    ``stage1_lr``), the output dir, and the ``silent`` ones that have no option (the library's)."""
+    return frozenset({"output_dir", *silent, *(o.lstrip("-").replace("-", "_") for o in options)})
+
+
+def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_free: frozenset[str] | set[str],
+                     options: tuple[str, ...] = ()) -> dict:
     """Check the ``<out>.partial`` dir a run writes into until it is published as ``out``.
 
     With ``resume`` it must exist and hold the same settings (except ``resume_free``, which may
-    change: a lower learning rate after NaN steps, another device); returns the resume-free settings
-    that changed, as ``{name: [before, now]}``, for the run log. Without ``resume``, an existing
-    output needs ``force`` and a leftover interrupted run is cleared only with ``force``.
+    change: a lower learning rate after NaN steps, another device; the refusal names ``options``,
+    the command-line options among them); returns the resume-free settings that changed, as
+    ``{name: [before, now]}``, for the run log. Without ``resume``, an existing output needs
+    ``force`` and a leftover interrupted run is cleared only with ``force``. A file at ``out`` is
+    refused first (``force`` does not replace one).
     """
     from dataclasses import asdict
 
     from .errors import PrunekitError
-    from .io import check_output_dir, partial_dir, recover_output
+    from .io import check_not_a_file, check_output_dir, partial_dir, recover_output
 
     work = partial_dir(out)
     if resume:
         recover_output(out)
+        check_not_a_file(out)
         if not work.is_dir():
             raise PrunekitError(f"nothing to resume: {work} does not exist (run without --resume to start)")
         try:
@@ -237,11 +249,12 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
         current = json.loads(json.dumps(asdict(settings)))
         diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
         if diff:
-            free = ", ".join("--" + k.replace("_", "-") for k in sorted(resume_free - {"output_dir"}))
+            free = ", ".join(options[:-1]) + f" and {options[-1]}" if len(options) > 1 else "".join(options) or "none"
             raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options "
                                 f"(only {free} may change)")
         return {k: [saved.get(k), current[k]] for k in current if k in resume_free and k != "output_dir" and saved.get(k) != current[k]}
     recover_output(out)
+    check_not_a_file(out)
     if work.exists() and out.exists() and not force:  # e.g. a run that crashed while replacing its output
         raise PrunekitError(f"{out} exists and an interrupted run is in {work}: pass --resume to finish that run "
                             f"(it replaces {out}), or --force to discard it and start over")
@@ -272,3 +285,32 @@ def start_work_dir(work: Path, settings_json: str) -> None:
     os.replace(tmp, work)
     fsync_path(work.parent)
 
+
+@contextlib.contextmanager
+def run_work_dir(out: Path, settings, world, *, force: bool, resume: bool, resume_free: frozenset[str],
+                 options: tuple[str, ...]) -> Iterator[dict]:
+    """Around a whole run that writes ``out`` through its ``<out>.partial`` work dir (rank 0 of ``world``
+    does the file work): the lock that keeps a second process off ``out`` (:func:`prunekit.io.lock_output`,
+    taken before anything is touched, held to the end), then :func:`prepare_work_dir` (its result is
+    yielded). A fresh run (not ``resume``) that fails before its first checkpoint removes the work dir
+    it made: there is nothing in it to resume, and it would only block the corrected command. A
+    ``KeyboardInterrupt`` (Ctrl-C, told to resume) or a :class:`ResumableError` keeps it."""
+    from .distributed import on_main
+    from .errors import ResumableError
+    from .io import lock_output, partial_dir
+
+    lock = on_main(world, lambda: lock_output(out))
+    try:
+        changed = on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=resume_free,
+                                                          options=options))
+        try:
+            yield changed
+        except Exception as e:
+            if world.main and not resume and not isinstance(e, ResumableError):
+                work = partial_dir(out)
+                if work.is_dir() and not checkpoint_dirs(work / "checkpoints"):
+                    shutil.rmtree(work, ignore_errors=True)
+            raise
+    finally:
+        if lock is not None:
+            lock.release()

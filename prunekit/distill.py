@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_order, collate, encode
-from .checkpoint import flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, run_writes, start_work_dir, write_checkpoint
+from .checkpoint import (flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir, run_writes,
+                         start_work_dir, write_checkpoint)
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .evaluate import predict, score
@@ -140,9 +141,12 @@ class DistillSettings:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# Settings that may differ between a run and its --resume: the first four do not change the result;
-# the others are what to change when a run stopped on NaN/inf steps (the change is logged).
-_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "eval_batch_size", "stage1_lr", "stage2_lr", "mixed_precision", "max_nan_steps"}
+# The options that may differ between a run and its --resume (the help of --resume and the README say
+# the same): the first four are what to change when a run stopped on NaN/inf steps (the change is
+# logged); --device and --checkpoint-every do not change the result, nor does eval_batch_size (a
+# setting of the library, with no option).
+RESUME_OPTIONS = ("--stage1-lr", "--stage2-lr", "--mixed-precision", "--max-nan-steps", "--device", "--checkpoint-every")
+_RESUME_FREE = resume_free_settings(RESUME_OPTIONS, "eval_batch_size")
 
 
 @dataclass
@@ -446,16 +450,23 @@ def distill(
 
 def _distill(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
              teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None) -> DistillResult:
+    out = Path(settings.output_dir)
+    if Path(settings.student).resolve() == out.resolve():
+        raise PrunekitError("the output directory is the student's own directory: choose another -o")
+    with run_work_dir(out, settings, world, force=force, resume=resume, resume_free=_RESUME_FREE, options=RESUME_OPTIONS) as changed:
+        return _distill_locked(settings, world, device, force, resume, progress, teacher, train_data, dev_data, _interrupt_after, changed)
+
+
+def _distill_locked(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
+                    teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None, changed: dict) -> DistillResult:
+    """The run, with its output locked and its work dir checked (:func:`prunekit.checkpoint.run_work_dir`)."""
     from tqdm.auto import tqdm
 
     from .search import _autocast
 
     out = Path(settings.output_dir)
     student_dir = Path(settings.student)
-    if student_dir.resolve() == out.resolve():
-        raise PrunekitError("the output directory is the student's own directory: choose another -o")
     work = partial_dir(out)
-    changed = on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
 
     # Everything that can be wrong with the inputs fails before any work: student, data, teacher.
     if not student_dir.is_dir():
@@ -483,6 +494,13 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     train, dev = _align(train, dev, kind, teacher.config, num_labels)
     _check_task(train, kind, num_labels, "the training data")
     _check_task(dev, kind, num_labels, "the dev data")
+    if kind == "embedding" and len(dev) < 3:  # fidelity, the dev metric, ranks pairs of sentences
+        if dev_data is None and settings.dev_data is None:
+            where = f"held out as --dev-fraction {settings.dev_fraction:g} of {len(train) + len(dev)} examples"
+            fix = "give more data, a larger --dev-fraction, or --dev-data"
+        else:
+            where, fix = f"from {dev.source}", "give a --dev-data with more sentences (or a larger --dev-max-examples)"
+        raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {len(dev)} in the dev data ({where}): {fix}")
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
 

@@ -159,8 +159,8 @@ def on_main(world: World, fn: Callable[[], Any]) -> Any:
     if world.main:
         try:
             result = fn()
-        except PrunekitError as e:
-            error = ("PrunekitError", str(e))
+        except PrunekitError as e:  # re-raised here as it is (a ResumableError stays one), as a PrunekitError elsewhere
+            error, raised = ("PrunekitError", str(e)), e
         except BaseException as e:  # noqa: BLE001 - told to the other ranks, then re-raised here
             error, raised = (type(e).__name__, str(e)), e
     error = broadcast_object(error, world)

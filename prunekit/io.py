@@ -1,8 +1,11 @@
-"""Atomic file and directory writes (nothing half-written is ever left where a user looks), and JSON reads that fail in one line."""
+"""Atomic file and directory writes (nothing half-written is ever left where a user looks), with the
+permissions a plain open()/mkdir would give; the lock that keeps two processes off one output; and
+JSON reads that fail in one line."""
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -10,6 +13,65 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import PrunekitError
+
+log = logging.getLogger(__name__)
+
+
+def _umask_at_import() -> int:
+    """The umask, read once while nothing else runs yet (setting it is the only portable way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status; elsewhere the one at import)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file (0o666 less the umask): what mkstemp's 0o600 is changed to."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode mkdir gives a new dir (0o777 less the umask): what mkdtemp's 0o700 is changed to."""
+    return 0o777 & ~current_umask()
+
+
+def give_plain_modes(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain open()/mkdir would have (see
+    :func:`file_mode`), before it is published: files written through a temp file are created 0o600
+    (mkstemp; safetensors' ``save_file``, hence ``save_pretrained``'s weights), dirs by mkdtemp 0o700."""
+    fmode, dmode = file_mode(), dir_mode()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, dmode)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, fmode)
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new uniquely named dir in ``parent`` (as tempfile.mkdtemp) with a plain mkdir's mode, so an
+    output published by renaming it is as readable as any other dir the user makes."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        os.chmod(path, dir_mode())
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
 
 
 def read_json(path: str | os.PathLike, what: str = "", fix: str = "") -> Any:
@@ -43,6 +105,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):  # mkstemp makes it 0o600: give it the mode a plain open() would
+                os.fchmod(f.fileno(), file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -54,12 +118,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force`` (after finishing a replacement a crash interrupted)."""
+    """Refuse to overwrite an existing output unless ``force`` (after finishing a replacement a crash interrupted);
+    a file there is refused even with ``force``, so that is said first."""
     recover_output(out)
+    check_not_a_file(out)
     if out.exists() and not force:
         raise PrunekitError(f"output directory {out} already exists: pass --force to overwrite it or choose another --output")
+
+
+def check_not_a_file(out: Path) -> None:
+    """An output dir's path must not be an existing file (--force does not replace one)."""
     if out.exists() and not out.is_dir():
-        raise PrunekitError(f"output path {out} exists and is not a directory")
+        raise PrunekitError(f"output path {out} exists and is not a directory: choose another --output")
 
 
 def partial_dir(out: Path) -> Path:
@@ -112,13 +182,14 @@ def recover_output(out: Path) -> None:
 
 
 def publish_dir(work: Path, out: Path) -> None:
-    """Move a finished work dir into place as ``out``, durably.
+    """Move a finished work dir into place as ``out``, durably, with plain modes (:func:`give_plain_modes`).
 
     An existing ``out`` is renamed aside, the new one renamed in, then the old one deleted; a crash
     between the two renames is repaired by :func:`recover_output` when a command next writes ``out``
     (every one checks its output first), so ``out`` is always either the old or the new output."""
     out, work = Path(out), Path(work)
     recover_output(out)
+    give_plain_modes(work)
     if out.exists():
         old, journal = _replaced(out), _journal(out)
         atomic_write_text(journal, str(os.stat(work).st_ino))  # a rename keeps the inode
@@ -138,10 +209,85 @@ def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
     out = Path(out)
     check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
+    work = make_temp_dir(out.parent, f".{out.name}.tmp.")
     try:
         yield work
         publish_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+# ------------------------------------------------------------------------------------------------
+# One process at a time on an output
+def lock_path(out: Path) -> Path:
+    """The lock file of an output: beside it, hidden, so it is neither in the output nor in its work dir."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on :func:`lock_path`, held by this process until :meth:`release` (or its
+    death: the kernel drops it, so a kill -9 leaves nothing that blocks a --resume)."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        """Delete the lock file (while still holding it: a process that opened it meanwhile sees it gone
+        and makes a new one), then unlock."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def lock_output(out: Path) -> OutputLock | None:
+    """Take the exclusive lock on writing ``out`` (without waiting), or raise the one-line error that
+    names the process holding it. None where there is no ``fcntl`` (Windows) or the file system
+    cannot lock (then the run goes on unlocked, with a warning)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks of this kind
+        return None
+    out = Path(out)
+    path = lock_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrunekitError(f"cannot create the directory of {out}: {e.strerror or e}") from None
+    for _ in range(100):  # a retry only when the holder deleted the file between our open and our lock
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), file_mode())
+        except OSError as e:
+            raise PrunekitError(f"cannot create the lock file {path} (to keep other processes off {out}): "
+                                f"{e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            os.close(fd)
+            who = f" (pid {pid})" if pid > 0 else ""
+            raise PrunekitError(f"another prunekit process{who} is writing {out}; wait for it to finish or stop it") from None
+        except OSError as e:  # e.g. ENOLCK: a network file system without locks
+            os.close(fd)
+            log.warning("cannot lock %s (%s): running without the lock that keeps other processes off %s",
+                        path, e.strerror or e, out)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # released and deleted by its holder after we opened it: lock the new one
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        return OutputLock(path, fd)
+    raise PrunekitError(f"cannot lock {path}: it keeps being replaced by other processes")

@@ -149,7 +149,7 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
                             f"embed the same sentences with the same pooling")
     n = s.shape[0]
     if n < 3:
-        raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {n}")
+        raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {n}: give more data (or a larger --max-examples)")
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -22,7 +22,8 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
-from .checkpoint import checkpoint_dirs, flatten_optimizer, prepare_work_dir, restart_log, restore_optimizer, restoring, run_writes, start_work_dir, write_checkpoint
+from .checkpoint import (checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir,
+                         run_writes, start_work_dir, write_checkpoint)
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
@@ -119,9 +120,11 @@ class SearchSettings:
         return total
 
 
-# Settings that may differ between a run and its --resume: the first three do not change the result;
-# the others are what to change when a run stopped on NaN/inf steps (the change is logged).
-_RESUME_FREE = {"output_dir", "device", "checkpoint_every", "lr", "alpha_lr", "mixed_precision", "max_nan_steps"}
+# The options that may differ between a run and its --resume (the help of --resume and the README say
+# the same): the first four are what to change when a run stopped on NaN/inf steps (the change is
+# logged); --device and --checkpoint-every do not change the result.
+RESUME_OPTIONS = ("--lr", "--alpha-lr", "--mixed-precision", "--max-nan-steps", "--device", "--checkpoint-every")
+_RESUME_FREE = resume_free_settings(RESUME_OPTIONS)
 
 
 @dataclass
@@ -418,11 +421,18 @@ def search(
 
 def _search(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
             teacher: Teacher | None, dataset, _interrupt_after: int | None) -> SearchResult:
+    with run_work_dir(Path(settings.output_dir), settings, world, force=force, resume=resume, resume_free=_RESUME_FREE,
+                      options=RESUME_OPTIONS) as changed:
+        return _search_locked(settings, world, device, force, resume, progress, teacher, dataset, _interrupt_after, changed)
+
+
+def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
+                   teacher: Teacher | None, dataset, _interrupt_after: int | None, changed: dict) -> SearchResult:
+    """The run, with its output locked and its work dir checked (:func:`prunekit.checkpoint.run_work_dir`)."""
     from .plot import plot_architecture
 
     out = Path(settings.output_dir)
     work = partial_dir(out)
-    changed = on_main(world, lambda: prepare_work_dir(out, settings, force=force, resume=resume, resume_free=_RESUME_FREE))
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import PrunekitError
+from .errors import PrunekitError, ResumableError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class NonFiniteGuard:
 
     def stop_if_persistent(self, step: int) -> None:
         if self.streak >= self.max_streak:
-            raise PrunekitError(
+            raise ResumableError(
                 f"the loss or its gradients were NaN/inf for {self.streak} steps in a row (last at step {step}); "
                 f"the checkpoints from before are kept: continue from them with --resume and {self.hint} "
                 f"(or a larger --max-nan-steps)"
