@@ -110,8 +110,10 @@ class DistillSettings:
             raise PrunekitError("--stage1-epochs and --stage2-epochs must be >= 0, and not both 0")
         if self.stage1_lr <= 0 or self.stage2_lr <= 0:
             raise PrunekitError("learning rates must be > 0")
-        if self.batch_size < 1 or self.max_length < 8:
-            raise PrunekitError("--batch-size must be >= 1 and --max-length >= 8")
+        if self.batch_size < 1:
+            raise PrunekitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_length < 8:
+            raise PrunekitError(f"--max-length must be >= 8 tokens, got {self.max_length}")
         if not 0.0 <= self.warmup < 1.0:
             raise PrunekitError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
         if self.temperature <= 0:
@@ -472,6 +474,10 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
     if not student_dir.is_dir():
         raise PrunekitError(f"student model directory not found: {student_dir} (give what `prunekit compact` wrote)")
     student = _quiet(load_compact, student_dir)
+    if (student_dir / "architecture.json").is_file():  # copied into the output: checked now, not passed on corrupt
+        from .architecture import Architecture
+
+        Architecture.load(student_dir / "architecture.json")
     student_tok = _student_tokenizer(student_dir)
     kind = student.config.task_kind
     cols = dict(text_column=settings.text_column, pair_column=settings.pair_column, label_column=settings.label_column)

@@ -88,8 +88,10 @@ class SearchSettings:
             raise PrunekitError(f"--topk-fraction must be in (0, 1], got {self.topk_fraction}")
         if not 0.0 <= self.ramp_fraction <= 1.0:
             raise PrunekitError(f"--ramp-fraction must be in [0, 1], got {self.ramp_fraction}")
-        if self.batch_size < 1 or self.max_length < 8:
-            raise PrunekitError("--batch-size must be >= 1 and --max-length >= 8")
+        if self.batch_size < 1:
+            raise PrunekitError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_length < 8:
+            raise PrunekitError(f"--max-length must be >= 8 tokens, got {self.max_length}")
         if not math.isfinite(self.epochs) or (self.epochs <= 0 and not self.max_steps):
             raise PrunekitError("--epochs must be > 0 (or give --max-steps)")
         for name, low in (("lambda_cost", 0.0), ("lr", None), ("alpha_lr", None), ("alpha_init", -math.inf)):
