@@ -156,7 +156,8 @@ def read_checkpoint(path: Path) -> tuple[int, dict, dict]:
     return meta["step"], tensors, meta
 
 
-def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
+def load_latest_checkpoint(ckpt_root: Path, none_left: str = "no earlier checkpoint: starting from step 0"
+                           ) -> tuple[int, dict, dict] | None:
     """The newest intact checkpoint as (step, tensors, meta), or None when there is none.
 
     A corrupt one (cut short, garbled: bad JSON, a safetensors header it cannot read, tensors or
@@ -168,7 +169,7 @@ def load_latest_checkpoint(ckpt_root: Path) -> tuple[int, dict, dict] | None:
         try:
             return read_checkpoint(d)
         except (OSError, ValueError) as e:
-            then = "using the one before it" if i + 1 < len(found) else "no earlier checkpoint: starting from step 0"
+            then = "using the one before it" if i + 1 < len(found) else none_left
             log.warning("checkpoint %s is corrupt (%s); %s", d, e, then)
     return None
 
@@ -308,7 +309,8 @@ def run_work_dir(out: Path, settings, world, *, force: bool, resume: bool, resum
         except Exception as e:
             if world.main and not resume and not isinstance(e, ResumableError):
                 work = partial_dir(out)
-                if work.is_dir() and not checkpoint_dirs(work / "checkpoints"):
+                # resumable state is a checkpoint, or distill's augmented data (slow to make, reused on --resume)
+                if work.is_dir() and not checkpoint_dirs(work / "checkpoints") and not (work / "augmented.jsonl").is_file():
                     shutil.rmtree(work, ignore_errors=True)
             raise
     finally:

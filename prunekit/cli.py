@@ -61,7 +61,9 @@ class _Cli(click.Group):
             e.show()
             sys.exit(e.exit_code)
         except click.UsageError as e:
-            cmd = e.ctx.command_path if e.ctx is not None else "prunekit"
+            argv = list(sys.argv[1:] if args is None else args)
+            verb = next((a for a in argv if a in self.commands), None)  # click gives no context for some errors
+            cmd = e.ctx.command_path if e.ctx is not None else " ".join(filter(None, [prog_name or "prunekit", verb]))
             click.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:

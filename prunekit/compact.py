@@ -293,7 +293,7 @@ def _load_searched_weights(run_dir: Path | None, teacher: Teacher) -> Teacher:
 
     if run_dir is None:
         raise PrunekitError("--weights search needs the search run dir (its checkpoints hold the trained weights)")
-    found = load_latest_checkpoint(run_dir / "checkpoints")
+    found = load_latest_checkpoint(run_dir / "checkpoints", none_left="no other checkpoint")
     state = {k[len("student."):]: v for k, v in found[1].items() if k.startswith("student.")} if found else {}
     if not state:
         raise PrunekitError(

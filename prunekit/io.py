@@ -4,6 +4,7 @@ JSON reads that fail in one line."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -230,8 +231,9 @@ class OutputLock:
     """An exclusive ``flock`` on :func:`lock_path`, held by this process until :meth:`release` (or its
     death: the kernel drops it, so a kill -9 leaves nothing that blocks a --resume)."""
 
-    def __init__(self, path: Path, fd: int):
+    def __init__(self, path: Path, fd: int, made: list | None = None):
         self.path, self.fd = path, fd
+        self.made = made or []  # directories the lock made for the output, deepest first
 
     def release(self) -> None:
         """Delete the lock file (while still holding it: a process that opened it meanwhile sees it gone
@@ -239,10 +241,13 @@ class OutputLock:
         if self.fd < 0:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+            if os.lstat(self.path).st_ino == os.fstat(self.fd).st_ino:
                 os.unlink(self.path)
         os.close(self.fd)
         self.fd = -1
+        for d in self.made:  # a run refused or failed before it made anything: leave no empty parents
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty
 
 
 def lock_output(out: Path) -> OutputLock | None:
@@ -254,17 +259,21 @@ def lock_output(out: Path) -> OutputLock | None:
     except ImportError:  # Windows: no advisory locks of this kind
         return None
     out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise PrunekitError(f"-o {out} names no directory of its own: give a new directory, e.g. {Path(out, 'run')}")
     path = lock_path(out)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PrunekitError(f"cannot create the directory of {out}: {e.strerror or e}") from None
     for _ in range(100):  # a retry only when the holder deleted the file between our open and our lock
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), file_mode())
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                         file_mode())
         except OSError as e:
-            raise PrunekitError(f"cannot create the lock file {path} (to keep other processes off {out}): "
-                                f"{e.strerror or e}") from None
+            why = "it is a symbolic link: remove it" if e.errno == errno.ELOOP else (e.strerror or str(e))
+            raise PrunekitError(f"cannot create the lock file {path} (to keep other processes off {out}): {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -281,7 +290,7 @@ def lock_output(out: Path) -> OutputLock | None:
                         path, e.strerror or e, out)
             return None
         try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            same = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if not same:  # released and deleted by its holder after we opened it: lock the new one
@@ -289,5 +298,5 @@ def lock_output(out: Path) -> OutputLock | None:
             continue
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        return OutputLock(path, fd)
+        return OutputLock(path, fd, missing)
     raise PrunekitError(f"cannot lock {path}: it keeps being replaced by other processes")

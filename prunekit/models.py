@@ -73,6 +73,17 @@ class Teacher:
         return self.model.config
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub id's config is in the local hub cache (then "org/name" is that model, even
+    with a folder named "org" here)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - no hub library or a malformed id: not cached
+        return False
+
+
 def _load_config(name_or_path: str):
     from transformers import AutoConfig
 
@@ -83,7 +94,7 @@ def _load_config(name_or_path: str):
         raise PrunekitError(f"{name_or_path} has no config.json: it is not a Hugging Face model directory")
     # a hub id is "name" or "org/name"; "runs/x" where ./runs exists is a local path with a typo
     looks_local = (p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
-                   or ("/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()))
+                   or ("/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir() and not _in_hub_cache(name_or_path)))
     if looks_local and not p.exists():
         raise PrunekitError(f"model directory not found: {name_or_path}")
     if p.is_dir():
@@ -139,12 +150,14 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
             if kind == "embedding":
                 model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
             else:
-                labels_before = config.num_labels
+                labels_before, kind_before = config.num_labels, infer_kind_of(config, config.num_labels)
+                if kind == "regression" and kind_before == "classification":
+                    raise PrunekitError(f"{name} is a classifier with {labels_before} labels, not a regression model: drop --kind")
+                if kind == "classification" and kind_before == "regression":
+                    raise PrunekitError(f"{name} is a regression model (one score), not a classifier: drop --kind")
                 if kind == "regression":
                     config.num_labels = 1
                     config.problem_type = "regression"
-                if kind == "regression" and labels_before != 1 and infer_kind_of(config, labels_before) == "classification":
-                    raise PrunekitError(f"{name} is a classifier with {labels_before} labels, not a regression model: drop --kind")
                 model, info = AutoModelForSequenceClassification.from_pretrained(name, config=config, output_loading_info=True)
                 fresh = [k for k in (info.get("missing_keys") or ()) if str(k).split(".")[0] == "classifier"]
                 if fresh:  # transformers would start a new, random head: nothing to distil or prune against

@@ -131,3 +131,16 @@ def test_distill_checks_the_students_architecture_file(pair, tmp_path):
              "--stage2-epochs", "0.1"])
     _one_line_error(r, "architecture.json")
     assert not (tmp_path / "d").exists()
+
+
+def test_kind_against_the_models_own_head(tiny_models, pair, tmp_path):
+    _, _, texts = pair
+    cls = tiny_models("minilm6", "classification")
+    r = run(["search", "--model", cls, "--kind", "regression", "--data", texts, "-o", tmp_path / "r", "--max-steps", "2"])
+    _one_line_error(r, "is a classifier with 2 labels, not a regression model")
+
+
+def test_eval_an_original_beside_another_teachers_student(tiny_models, pair, tmp_path):
+    _, compact, texts = pair  # cut from minilm6; tinybert4 is no teacher of it
+    other = tiny_models("tinybert4", "embedding")
+    _one_line_error(run(["eval", other, "--compare", compact, "--data", texts]), "pass --reference MODEL")

@@ -332,3 +332,39 @@ def test_a_file_as_the_output_is_not_a_directory_first(kind, force, tmp_path, mo
                                "output path README.md exists and is not a directory")
         assert "--force" not in line
     assert Path("README.md").read_text() == "precious" and sorted(os.listdir(".")) == ["README.md"]
+
+
+def test_distill_failing_after_augmenting_keeps_the_augmented_data(embedding_world, tmp_path, monkeypatch):
+    """The augmented copies are resumable work (slow to make, reused by --resume): a failure on the
+    first training step (an out-of-memory, say) keeps the work dir that holds them."""
+    import prunekit.distill as D
+
+    def fails(*args, **kwargs):
+        raise PrunekitError("out of memory on the first step")
+
+    monkeypatch.setattr(D, "intermediate_loss", fails)
+    args = _distill_args(embedding_world, tmp_path / "out", "--dev-fraction", "0.25")
+    args[args.index("--augment-copies") + 1] = "1"
+    _one_error_line(CliRunner().invoke(cli, args), "out of memory")
+    assert (tmp_path / "out.partial" / "augmented.jsonl").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl")
+def test_the_lock_file_is_never_followed_through_a_link(tmp_path):
+    from prunekit.io import lock_output, lock_path
+
+    out = tmp_path / "out"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock_path(out).symlink_to(victim)
+    with pytest.raises(PrunekitError, match="is a symbolic link: remove it"):
+        lock_output(out)
+    assert victim.read_text() == "precious\n" and lock_path(out).is_symlink()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl")
+def test_a_refused_run_leaves_no_parent_dirs(tiny_models, text_file, tmp_path):
+    s = _search_settings(tmp_path / "new" / "sub" / "run", tiny_models("minilm6"), text_file)
+    _one_error_line(CliRunner().invoke(cli, _search_args(s, "--resume")), "nothing to resume")
+    assert not (tmp_path / "new").exists()
+    _one_error_line(CliRunner().invoke(cli, _search_args(_search_settings(Path("."), s.model, s.data))), "names no directory")
