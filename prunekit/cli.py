@@ -94,8 +94,8 @@ def data_options(fn):
         click.option("--split", default="train", show_default=True, help="Split of a GLUE task (train, dev, test, dev_matched, dev_mismatched)."),
         click.option("--glue-dir", default=None, help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR."),
         click.option("--task", default=None, help="Treat the file as this GLUE task (its metrics and labels)."),
-        click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL (default: text, sentence or sentence1)."),
-        click.option("--pair-column", default=None, help="Second-text column for pair tasks (default: text_pair or sentence2 if present)."),
+        click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL (default: text, sentence, or the first of a hub pair: sentence1, premise, question1, question)."),
+        click.option("--pair-column", default=None, help="Second-text column for pair tasks (default: text_pair, or the partner of a hub pair: sentence2, hypothesis, question2, sentence)."),
         click.option("--label-column", default=None, help="Label column (default: label if present)."),
         click.option("--max-examples", type=int, default=None, help="Use only the first N examples."),
     ]
