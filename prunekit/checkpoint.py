@@ -289,13 +289,14 @@ def start_work_dir(work: Path, settings_json: str) -> None:
 
 @contextlib.contextmanager
 def run_work_dir(out: Path, settings, world, *, force: bool, resume: bool, resume_free: frozenset[str],
-                 options: tuple[str, ...]) -> Iterator[dict]:
+                 options: tuple[str, ...], resumable: tuple[str, ...] = ()) -> Iterator[dict]:
     """Around a whole run that writes ``out`` through its ``<out>.partial`` work dir (rank 0 of ``world``
     does the file work): the lock that keeps a second process off ``out`` (:func:`prunekit.io.lock_output`,
     taken before anything is touched, held to the end), then :func:`prepare_work_dir` (its result is
     yielded). A fresh run (not ``resume``) that fails before its first checkpoint removes the work dir
     it made: there is nothing in it to resume, and it would only block the corrected command. A
-    ``KeyboardInterrupt`` (Ctrl-C, told to resume) or a :class:`ResumableError` keeps it."""
+    ``KeyboardInterrupt`` (Ctrl-C, told to resume) or a :class:`ResumableError` keeps it, and so do
+    the caller's ``resumable`` files in it (work a --resume reuses, such as distill's augmented data)."""
     from .distributed import on_main
     from .errors import ResumableError
     from .io import lock_output, partial_dir
@@ -309,8 +310,8 @@ def run_work_dir(out: Path, settings, world, *, force: bool, resume: bool, resum
         except Exception as e:
             if world.main and not resume and not isinstance(e, ResumableError):
                 work = partial_dir(out)
-                # resumable state is a checkpoint, or distill's augmented data (slow to make, reused on --resume)
-                if work.is_dir() and not checkpoint_dirs(work / "checkpoints") and not (work / "augmented.jsonl").is_file():
+                kept = checkpoint_dirs(work / "checkpoints") or any((work / name).is_file() for name in resumable)
+                if work.is_dir() and not kept:
                     shutil.rmtree(work, ignore_errors=True)
             raise
     finally:

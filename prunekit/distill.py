@@ -147,6 +147,8 @@ class DistillSettings:
 # the same): the first four are what to change when a run stopped on NaN/inf steps (the change is
 # logged); --device and --checkpoint-every do not change the result, nor does eval_batch_size (a
 # setting of the library, with no option).
+AUGMENTED_CACHE = "augmented.jsonl"  # in the work dir: made once (slow), reused by a --resume
+
 RESUME_OPTIONS = ("--stage1-lr", "--stage2-lr", "--mixed-precision", "--max-nan-steps", "--device", "--checkpoint-every")
 _RESUME_FREE = resume_free_settings(RESUME_OPTIONS, "eval_batch_size")
 
@@ -374,7 +376,7 @@ def _augmented(settings: DistillSettings, train, teacher: Teacher, work: Path, d
     from .augment import AugmentedData, augment_dataset, build_replacer
     from .data import TextDataset
 
-    cache = work / "augmented.jsonl"
+    cache = work / AUGMENTED_CACHE
     if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(rows) >= len(train) and all("text" in r for r in rows):
@@ -455,7 +457,8 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
     out = Path(settings.output_dir)
     if Path(settings.student).resolve() == out.resolve():
         raise PrunekitError("the output directory is the student's own directory: choose another -o")
-    with run_work_dir(out, settings, world, force=force, resume=resume, resume_free=_RESUME_FREE, options=RESUME_OPTIONS) as changed:
+    with run_work_dir(out, settings, world, force=force, resume=resume, resume_free=_RESUME_FREE, options=RESUME_OPTIONS,
+                      resumable=(AUGMENTED_CACHE,)) as changed:
         return _distill_locked(settings, world, device, force, resume, progress, teacher, train_data, dev_data, _interrupt_after, changed)
 
 

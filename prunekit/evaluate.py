@@ -326,11 +326,9 @@ def evaluate(
                     out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
                     ref_out, ref_path = None, None
                     if _needs_reference(m, ds):
-                        # an original is scored against the reference the others use (its own
-                        # students' teacher: itself, at 1.0 for the fp32 row)
                         ref_path = reference or m.reference
                         if ref_path is None and shared_ref is not None and _same_path(shared_ref, m.path):
-                            ref_path = shared_ref  # the teacher of the compact models beside it: itself
+                            ref_path = shared_ref  # the teacher of the compact models beside it: scored against itself
                         if ref_path is not None and m.onnx is None and _same_path(ref_path, m.path):
                             refs.setdefault(ref_path, m)
                         if ref_path is None:
