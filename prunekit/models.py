@@ -112,13 +112,9 @@ def _load_config(name_or_path: str):
 
 
 def infer_kind(config) -> str:
-    return infer_kind_of(config, config.num_labels)
-
-
-def infer_kind_of(config, num_labels: int) -> str:
     archs = [a for a in (getattr(config, "architectures", None) or [])]
     if any(a.endswith("ForSequenceClassification") for a in archs):
-        if getattr(config, "problem_type", None) == "regression" or num_labels == 1:
+        if getattr(config, "problem_type", None) == "regression" or config.num_labels == 1:
             return "regression"
         return "classification"
     return "embedding"
@@ -131,10 +127,12 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
     name = str(name_or_path) if name_or_path is not None else str(default_model_path())
     config = _load_config(name)
     model_type = getattr(config, "model_type", None)
-    if model_type == "prunekit-compact-bert":
+    from .modeling import MODEL_TYPE
+
+    if model_type == MODEL_TYPE:
         base = getattr(config, "base_model_name_or_path", None)
         raise PrunekitError(
-            f"{name} is a compact model (prunekit-compact-bert), not an original: give the teacher it was cut "
+            f"{name} is a compact model ({MODEL_TYPE}), not an original: give the teacher it was cut "
             f"from{f' ({base})' if base else ''}"
         )
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -150,7 +148,7 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
             if kind == "embedding":
                 model = AutoModel.from_pretrained(name, config=config, add_pooling_layer=False)
             else:
-                labels_before, kind_before = config.num_labels, infer_kind_of(config, config.num_labels)
+                labels_before, kind_before = config.num_labels, infer_kind(config)
                 if kind == "regression" and kind_before == "classification":
                     raise PrunekitError(f"{name} is a classifier with {labels_before} labels, not a regression model: drop --kind")
                 if kind == "classification" and kind_before == "regression":
