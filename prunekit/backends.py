@@ -134,9 +134,9 @@ def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
                 "CUDAExecutionProvider" not in ort.get_available_providers():
             return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
     if backend.startswith("compile-"):
-        import torch._dynamo
+        from torch import _dynamo  # not `import torch._dynamo`: that would make `torch` local to this function
 
-        if not torch._dynamo.is_dynamo_supported():
+        if not _dynamo.is_dynamo_supported():
             return f"torch.compile is not supported on this Python ({torch.__version__})"
         if device == "cpu" and _cxx_compiler() is None:
             return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) for inductor, and none is on PATH"

@@ -230,8 +230,8 @@ class CompactLayer(nn.Module):
         pad_ffn = up is not None and align > 1 and self.ffn_width % align != 0
         plain = (qkv.weight if qkv else None, qkv.bias if qkv else None, up.weight if up else None,
                  up.bias if up else None, down.weight if down else None)
-        if not (pad_qkv or pad_ffn):
-            return plain
+        if not (pad_qkv or pad_ffn) or torch.compiler.is_compiling():
+            return plain  # under torch.compile inductor pads matmuls itself (and a data_ptr cache key cannot be traced)
         key = (align,) + tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in plain if t is not None)
         if self._aligned_cache is not None and self._aligned_cache[0] == key:
             return self._aligned_cache[1]

@@ -117,6 +117,19 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
     # compile once more (dynamo specialises sizes 0 and 1), which eval's last batch may pay
     assert frames[-1] == frames[0], f"compile-bf16-packed recompiled for a new batch shape: {frames}"
     assert B.build_runner(load_model_dir(tiny_models("tinybert4", "classification")), "o", "compile-bf16-packed") is None
+    # On CUDA the compact model multiplies with widths padded to multiples of 8, copies cached by the
+    # weights' data_ptr, which dynamo cannot trace (found on an H100): compiled, the forward takes the
+    # plain weights (inductor pads itself) and matches eager.
+    torch._dynamo.reset()
+    before = loaded.compact.config.backend
+    m = loaded.compact.set_backend("sdpa", ffn_align=8)
+    assert any(layer.ffn_width % 8 for layer in m._encoder().layers), "this test needs a width that is not a multiple of 8"
+    batch = random_inputs(loaded.config, 2, 9, 5)
+    with torch.no_grad():
+        ref = m(**batch).logits
+        got = torch.compile(m, fullgraph=True)(**batch).logits
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    m.set_backend(before)
     # On CUDA, `_capturing` asks torch.cuda whether a graph is being captured, which dynamo cannot
     # trace: the forward must not ask while it is compiled (emulated: here tensors are never on CUDA).
     assert not modeling._capturing(torch.zeros(1))
@@ -141,6 +154,9 @@ def test_isa_detection_and_missing_backends(tiny_models, tmp_path, monkeypatch):
     # no onnxruntime
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert "onnxruntime is not installed" in B.unavailable("ort-int8")
+    if not torch.cuda.is_available():  # every backend asked for on CUDA says why not (was an UnboundLocalError)
+        assert B.unavailable("torch-sdpa", "cuda") == "torch sees no CUDA device"
+        assert B.unavailable("triton-fp16", "cuda") == "torch sees no CUDA device"
     orig = str(tiny_models("tinybert4", "embedding"))
     res = bench(BenchSettings(models=[orig], backends=["torch-sdpa", "compile-fp32", "ort-fp32"], batch=2, seq_len=8,
                               repeats=1, warmup=0, threads=1, fvcore=False))
