@@ -350,8 +350,10 @@ def time_original_graphs(name: str, original16, kind: str, batches: list, cfg: d
 KERNEL_CLASSES = (  # (class, substrings of a kernel name), first match wins
     ("attention", ("attention", "fmha", "flash", "attn")),
     ("layernorm+residual", ("layernorm", "layer_norm")),
-    ("bias+gelu", ("gelu",)),
+    # before bias+gelu: a GEMM with a bias+GELU epilogue (the compact model's up projection in half
+    # precision on CUDA) is a matmul
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "sm80", "cublas", "matmul", "gemv")),  # nvjet: cuBLAS 12.8+ on Hopper
+    ("bias+gelu", ("gelu",)),
     ("embedding/gather", ("embedding", "index", "gather", "scatter")),
 )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (torch/Triton/transformers preinstalled, prunekit not installed),
-# in priority order, each part under its own time limit (sum ~530 s; ~5 min expected on an H100):
-#   1. end-to-end compact-model timings (issue 4's targets; the original + CUDA graph baseline; a profile);
+# in priority order, each part under its own time limit (sum ~590 s; ~5.5 min expected on an H100):
+#   1. end-to-end compact-model timings (issue 4's targets; the original + CUDA graph baseline; a profile),
+#      then gpu_probe.py (the device's copy/matmul ceilings, every kernel by name, the GELU-epilogue A/B);
 #   2. the CLI on CUDA: bench --device cuda, export-onnx --fp16, eval --device cuda (issue 5);
 #   3. prunekit's tests on CUDA (every CUDA backend and fp16 export first, then search, compact, CUDA graphs, distill);
 #   4. the kernels' correctness cases and attention timings.
@@ -20,6 +21,7 @@ A=$(mktemp -d); ln -s "$R/prunekit" "$A/prunekit"; ln -s "$R/kernels" "$A/prunek
 export PYTHONPATH="$A"
 
 $T 125 python benchmarks/gpu_e2e.py --budget 90 > "$OUT/e2e.log" 2>&1; echo "gpu_e2e rc=$?"
+$T 60 python benchmarks/gpu_probe.py > "$OUT/probe.log" 2>&1; echo "gpu_probe rc=$?"
 $T 180 python benchmarks/gpu_bench.py > "$OUT/bench_cli.log" 2>&1; echo "gpu_bench rc=$?"
 
 # Collection errors (a package missing on the image) must not stop the rest.
@@ -33,5 +35,6 @@ $T 110 python benchmarks/gpu_kernels.py --budget 65 100 > "$OUT/kernels.log" 2>&
 
 echo "=== pytest ==="; grep -E "^(FAILED|ERROR)|skipped \(" "$OUT/pytest_cuda.log" | head -20; tail -2 "$OUT/pytest_cuda.log"
 echo "=== e2e ==="; grep -E "^- |RESULT" "$OUT/e2e.log" | head -30
+echo "=== probe ==="; grep -E "^ceilings|^- |RESULT" "$OUT/probe.log" | head -12
 echo "=== bench --device cuda ==="; grep -E "^=== |^\| bert|^best|RESULT|^error" "$OUT/bench_cli.log" | head -50
 echo "=== kernels ==="; grep -E "RESULT|^\| (2|4|6|8|12) \| (26|32|64) \| 128 \|" "$OUT/kernels.log" | head -30

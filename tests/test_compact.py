@@ -501,6 +501,53 @@ def test_aligned_widths_and_token_capacity_triton_interpreted(tiny_models):
         assert (last[valid] - eager_hidden[valid]).abs().max() < 1e-5 and (last[~valid] == 0).all()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter on spare rows' uninitialised values
+def test_gelu_in_the_up_gemm_epilogue(tiny_models, monkeypatch):
+    """On CUDA in fp16/bf16 the Triton path takes bias + GELU in the up projection's cuBLASLt
+    epilogue (torch._addmm_activation; on CUDA the tanh form, on the CPU erf GELU, as PyTorch's own
+    test_linalg expects). When, and that the call is right: forced on here (CPU, interpreted
+    kernels, fp32), an erf-GELU model keeps fp32 parity with eager, with widths aligned to 8 or
+    not; a tanh-GELU model stays within the two forms' 4.7e-4 gap per activation."""
+    _triton_cpu_or_skip()
+    import prunekit_kernels
+    from types import SimpleNamespace
+
+    from prunekit.modeling import CompactLayer, _TorchEpilogues
+
+    teacher = scrambled_teacher(tiny_models, "tinybert4", "classification", seed=26)
+    erf_model = compact(teacher, edge_architecture(teacher.shape, seed=27))
+    cfg = copy.deepcopy(erf_model.config)
+    cfg.hidden_act = "gelu_pytorch_tanh"
+    tanh_model = CompactBertForSequenceClassification(cfg).eval()
+    tanh_model.load_state_dict(erf_model.state_dict())
+    layer = next(m for m in erf_model.bert.layers if m.up is not None)
+    on_cuda = lambda dtype: SimpleNamespace(is_cuda=True, dtype=dtype)  # noqa: E731
+    assert layer._gelu_in_gemm(on_cuda(torch.float16), prunekit_kernels)
+    assert layer._gelu_in_gemm(on_cuda(torch.bfloat16), prunekit_kernels)
+    assert not layer._gelu_in_gemm(on_cuda(torch.float32), prunekit_kernels)  # fp32 keeps exact GELU
+    assert not layer._gelu_in_gemm(on_cuda(torch.float16), _TorchEpilogues)  # sdpa-packed computes what sdpa does
+    assert not layer._gelu_in_gemm(SimpleNamespace(is_cuda=False, dtype=torch.float16), prunekit_kernels)
+    relu = copy.deepcopy(cfg)
+    relu.hidden_act = "relu"
+    assert not CompactBertForSequenceClassification(relu).bert.layers[0].tanh_gelu_ok
+
+    calls = []
+    addmm_act = torch._addmm_activation
+    monkeypatch.setattr(torch, "_addmm_activation", lambda *a, **k: calls.append(1) or addmm_act(*a, **k))
+    monkeypatch.setattr(CompactLayer, "_gelu_in_gemm", lambda self, x, pk: self.tanh_gelu_ok and pk is not _TorchEpilogues)
+    batch = random_batch(teacher.config.vocab_size, 3, 7, seed=28)
+    n_up = sum(m.up is not None for m in erf_model.bert.layers)
+    for model, tol in ((erf_model, 1e-5), (tanh_model, 2e-3)):
+        ref = run_output(model.set_backend("eager"), "classification", batch)
+        for align in (1, 8):
+            calls.clear()
+            out = run_output(model.set_backend("triton", ffn_align=align), "classification", batch)
+            assert len(calls) == n_up and (out - ref).abs().max() < tol, (model.config.hidden_act, align)
+    # one function whatever the model's GELU: the epilogue's own
+    assert (run_output(erf_model.set_backend("triton"), "classification", batch)
+            - run_output(tanh_model.set_backend("triton"), "classification", batch)).abs().max() == 0
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_token_capacity_path_never_syncs(tiny_models):
     """The packed forward with a capacity calls no op that makes the host wait for the device
