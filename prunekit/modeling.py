@@ -48,6 +48,11 @@ Speed on a GPU, without changing any output:
   in a CUDA graph: :meth:`CompactBertPreTrainedModel.capture_cuda_graph` returns a
   :class:`CudaGraphRunner`, which removes the ~100 kernel launches' host cost at small batches.
 
+One speed-up on a GPU changes outputs within half precision's error: in fp16/bf16 on CUDA,
+``triton`` computes each FFN up projection's bias + GELU in the GEMM's cuBLASLt epilogue, which is
+the tanh form of GELU (within 4.7e-4 of erf GELU); ``set_backend(..., exact_gelu=True)`` keeps the
+model's own GELU there.
+
 ``import prunekit`` registers the classes with transformers' Auto classes.
 """
 from __future__ import annotations
@@ -214,10 +219,7 @@ class CompactLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.act = ACT2FN[config.hidden_act]
         self.exact_gelu = config.hidden_act == "gelu"  # what the bias_gelu kernel computes
-        # GELUs that cuBLASLt's bias+GELU GEMM epilogue (the tanh form) computes within half
-        # precision's rounding: the tanh forms exactly; erf GELU within 4.7e-4 (at x = 2.70, where
-        # an fp16 step is 2.0e-3). See _gelu_in_gemm.
-        self.tanh_gelu_ok = config.hidden_act in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+        self.tanh_gelu_ok = config.hidden_act in TANH_GELU_CLOSE  # see _gelu_in_gemm
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.attn_dropout = config.attention_probs_dropout_prob
         self._aligned_cache = None  # (key, weights) of aligned_weights(); never saved
@@ -271,10 +273,10 @@ class CompactLayer(nn.Module):
             probs = x.new_zeros(x.shape[0], 0, x.shape[1], x.shape[1])
         return x, probs
 
-    def forward_rows(self, x: torch.Tensor, attend, pk, align: int = 1):
+    def forward_rows(self, x: torch.Tensor, attend, pk, align: int = 1, gelu_in_gemm: bool = False):
         """Triton path: x [N, hidden], one row per token; ``attend(qkv, heads, head_dim)`` -> context.
         Per layer: QKV GEMM (bias fused), attention, output GEMM, bias+residual+LayerNorm, up GEMM,
-        bias+GELU (in the GEMM's epilogue in half precision on CUDA: :meth:`_gelu_in_gemm`), down
+        bias+GELU (in the GEMM's epilogue with ``gelu_in_gemm``: see :func:`_gelu_in_gemm`), down
         GEMM, bias+residual+LayerNorm: 7-8 launches, no copies, no host syncs."""
         eps = self.attn_norm.eps
         qw, qb, uw, ub, dw = self.aligned_weights(align)
@@ -288,7 +290,7 @@ class CompactLayer(nn.Module):
         else:
             x = F.layer_norm(x + self.attn_out_bias, x.shape[-1:], self.attn_norm.weight, self.attn_norm.bias, eps)
         if self.up is not None:
-            if self._gelu_in_gemm(x, pk):
+            if gelu_in_gemm and self.tanh_gelu_ok:
                 u = torch._addmm_activation(ub, x, uw.t(), use_gelu=True)
             elif self.exact_gelu:
                 u = pk.bias_gelu(F.linear(x, uw), ub)
@@ -299,15 +301,6 @@ class CompactLayer(nn.Module):
             x = F.layer_norm(x + self.down_bias, x.shape[-1:], self.ffn_norm.weight, self.ffn_norm.bias, eps)
         return x
 
-
-    def _gelu_in_gemm(self, x: torch.Tensor, pk) -> bool:
-        """Whether the Triton path takes the FFN up projection as one cuBLASLt GEMM with bias + GELU
-        in its epilogue (``torch._addmm_activation``) instead of a GEMM and the ``bias_gelu`` kernel:
-        on CUDA in fp16/bf16, for a GELU it computes within their rounding. One pass less over the
-        FFN activations: BERT-base at 30% FLOPs, batch 128 x 128, fp16 under a CUDA graph on an
-        H100, 3.02 -> 2.74 ms per forward, logits' error against fp32 1.59e-3 -> 1.64e-3
-        (benchmarks/results/gpu_probe_h100.md). fp32 and the ``sdpa-packed`` path keep exact GELU."""
-        return self.tanh_gelu_ok and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and pk is not _TorchEpilogues
 
 
 class _TorchEpilogues:
@@ -336,6 +329,26 @@ def _pad_dim(t: torch.Tensor, dim: int, align: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
+# Activations that cuBLASLt's bias + GELU GEMM epilogue (the tanh form of GELU on CUDA) computes
+# to within 5e-4 on every input: the tanh forms exactly, erf GELU within 4.7e-4 (at x = +-2.70).
+# Not gelu_10 (clipped at 10), nor quick_gelu (2e-2 away).
+TANH_GELU_CLOSE = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "gelu_python_tanh",
+                   "gelu_accurate")
+
+
+def _gelu_in_gemm(x: torch.Tensor, exact_gelu: bool) -> bool:
+    """Whether the Triton path computes each FFN up projection as one cuBLASLt GEMM with bias + GELU
+    in its epilogue (``torch._addmm_activation``), instead of a GEMM and the exact ``bias_gelu``
+    kernel: on CUDA in fp16/bf16, unless ``set_backend(..., exact_gelu=True)``. One pass less over
+    the FFN activations. On an H100 (BERT-base at 30% FLOPs, batch 128 x 128, fp16, CUDA graph) the
+    same call, patched into this path, took the forward from 3.02 to 2.74 ms. The logits' error
+    against fp32 went from 1.59e-3 to 1.64e-3 (benchmarks/results/gpu_probe_h100.md). The epilogue
+    is tanh GELU: an erf-GELU model then differs by up to 4.7e-4 per activation, an absolute error
+    of the size of fp16's rounding of activations near 2.7 (a step of 2e-3 there), though
+    relatively large where GELU is near zero (x = -2.7 gives -0.0093)."""
+    return not exact_gelu and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
 def _capturing(x: torch.Tensor) -> bool:
     """Whether a CUDA graph is being captured (never asked while dynamo traces: it cannot trace it)."""
     return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
@@ -381,11 +394,16 @@ class CompactBertPreTrainedModel(PreTrainedModel):
     def backend(self) -> str:
         return self.config.backend
 
-    def set_backend(self, backend: str, ffn_align: Optional[int] = None) -> "CompactBertPreTrainedModel":
+    def set_backend(self, backend: str, ffn_align: Optional[int] = None,
+                    exact_gelu: bool = False) -> "CompactBertPreTrainedModel":
         """Switch attention implementation; ``triton`` is checked against this model's device now.
 
         ``ffn_align``: multiple to pad QKV/FFN widths to at inference (see :meth:`CompactLayer.aligned_weights`);
         None (default) = 8 on CUDA for ``sdpa``/``triton*``, off otherwise; 1 = off. Outputs do not change.
+        ``exact_gelu``: on CUDA in fp16/bf16 ``triton`` takes bias + GELU in the up projection's
+        cuBLASLt epilogue, the tanh form of GELU (see :func:`_gelu_in_gemm`); True keeps the model's
+        own GELU there (a GEMM and the exact ``bias_gelu`` kernel), at one more pass over the FFN
+        activations. Every other path always computes the model's own activation.
         """
         if backend not in BACKENDS:
             raise PrunekitError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -395,6 +413,7 @@ class CompactBertPreTrainedModel(PreTrainedModel):
             _import_kernels(next(self.parameters()).device)
         self.config.backend = backend
         self._encoder()._ffn_align = ffn_align
+        self._encoder()._exact_gelu = bool(exact_gelu)
         return self
 
     def _encoder(self) -> "CompactBertModel":
@@ -414,6 +433,7 @@ class CompactBertModel(CompactBertPreTrainedModel):
         self.embeddings = CompactEmbeddings(config)
         self.layers = nn.ModuleList(CompactLayer(config, i) for i in range(config.num_hidden_layers))
         self._ffn_align: Optional[int] = None  # None: automatic (see set_backend)
+        self._exact_gelu = False  # see set_backend
         self.post_init()
 
     def _align_for(self, device: torch.device, backend: str) -> int:
@@ -536,16 +556,18 @@ class CompactBertModel(CompactBertPreTrainedModel):
         else:
             attend = lambda qkv, h, d: pk.fused_attention(qkv.view(b, t, -1), attention_mask, h, d).view(b * t, -1)  # noqa: E731
             unpack = lambda rows: rows.view(b, t, -1)  # noqa: E731
-        # Each lookup's indices contiguous: a strided index column sends the lookup to a generic
-        # gather kernel (on an H100, 107 us for the three at 16k tokens where contiguous ones take ~30)
+        # Each lookup's indices contiguous: a strided index column sent the lookups to a generic
+        # gather kernel (H100 profile, 16k tokens: 107 us for the three; the original model's
+        # contiguous lookups took 31 us)
         words_ids, type_ids, pos_ids = ids.t().contiguous()
         emb = self.embeddings
         words = emb.word_embeddings(words_ids)
         rest = emb.token_type_embeddings(type_ids) + emb.position_embeddings(pos_ids)
         x = pk.bias_residual_layernorm(words, None, rest, emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
         hidden = [x]
+        gelu_in_gemm = _gelu_in_gemm(x, self._exact_gelu)
         for layer in self.layers:
-            x = layer.forward_rows(x, attend, pk, align)
+            x = layer.forward_rows(x, attend, pk, align, gelu_in_gemm)
             hidden.append(x)
         return BaseModelOutput(
             last_hidden_state=unpack(x),
