@@ -114,6 +114,14 @@ def _cxx_compiler() -> Optional[str]:
     return None
 
 
+def _c_compiler() -> Optional[str]:
+    """The C compiler Triton builds its CUDA launcher with on first use ($CC, else gcc, else clang)."""
+    for name in (os.environ.get("CC"), "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
 def native_bf16(isa: Optional[dict] = None) -> bool:
     """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without, bf16 is emulated."""
     if isa is None:
@@ -142,6 +150,8 @@ def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
             return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) for inductor, and none is on PATH"
     if device == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
+    if device == "cuda" and backend.startswith(("triton", "compile-")) and _c_compiler() is None:
+        return "Triton builds its CUDA launcher with a C compiler on first use, and none is on PATH (install gcc, or set CC)"
     if backend.startswith("triton"):
         try:
             import prunekit_kernels as pk
@@ -493,6 +503,8 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
 def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
     """The ``ort`` backend: an exported file as it is."""
     sess = _ort_session(f, device, threads)
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":  # e.g. CUDA libraries missing
+        raise PrunekitError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of CUDA for {f.path}")
     missing = [n for n in _ort_inputs(sess) if n not in ("input_ids", "attention_mask", "token_type_ids")]
     if missing:
         raise PrunekitError(f"{f.path} takes inputs {missing} besides input_ids/attention_mask/token_type_ids: not a BERT-style graph")
@@ -510,6 +522,9 @@ def build_runner(source, name: str, backend: str, device: str = "cpu", threads: 
     kind = torch.device(device).type  # "cuda:1" -> cuda for the checks; the models go to ``device`` itself
     if isinstance(source, OnnxFile):
         check_backend(backend, kind, onnx_file=True)
+        why = unavailable("ort", kind)
+        if why:
+            raise PrunekitError(f"cannot run {source.path} on {kind}: {why}")
         return onnx_file_runner(source, name, kind, threads)
     check_backend(backend, kind)
     why = unavailable(backend, kind)

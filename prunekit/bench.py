@@ -104,8 +104,9 @@ def system_info(device: str) -> dict:
     info = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": ort.__version__ if ort else None,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(), "ort_providers": ort.get_available_providers() if ort else []}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
     return info
 
 
@@ -351,8 +352,11 @@ def format_table(res: dict) -> str:
     la = res["load_average"]
     load = "-" if la["start"] is None else f"{la['start']:.2f} -> {la['end']:.2f}"
     mode = "real lengths" if res["mode"] == "real-lengths" else "fixed length"
+    where = f"{cpu['model']} [{isa}]"
+    if res["system"].get("gpu"):  # the GPU ran the models; the CPU only fed them
+        where = f"{res['system']['gpu']} (host {cpu['model']})"
     head = (f"{mode}, batches {res['batches'][0]}{' ...' if len(res['batches']) > 1 else ''}, "
-            f"{res['threads']} threads, {s['device']}; {cpu['model']} [{isa}]; torch {res['system']['torch']}, "
+            f"{res['threads']} threads, {s['device']}; {where}; torch {res['system']['torch']}, "
             f"onnxruntime {res['system']['onnxruntime']}; load average {load}")
     cols = ("model", "backend", "dtype", "GFLOPs/seq", "params", "size MB", "median ms", "p90 ms", "sent/s", "speedup", "FLOPs x", "meas/FLOPs")
     lines = [head, "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -387,8 +391,8 @@ def plot(res: dict, path: Path) -> None:
         vals = [next((r["sentences_per_s"] for r in res["rows"] if r["model"] == m and r["backend"] == b), 0) for b in backends]
         ax.bar([j + i * width for j in range(len(backends))], vals, width, label=m)
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(backends))], backends)
-    ax.set(ylabel="sentences / s", title=f"{res['system']['cpu']['model'][:48]}, {res['threads']} threads, "
-           f"{res['mode']} lengths")
+    where = res["system"].get("gpu") or f"{res['system']['cpu']['model'][:48]}, {res['threads']} threads"
+    ax.set(ylabel="sentences / s", title=f"{where}, {res['mode']} lengths")
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
     fig.tight_layout()

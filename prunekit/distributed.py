@@ -71,6 +71,10 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         raise PrunekitError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
     if resolved.type == "cuda" and resolved.index is None and launched_size() > 1:
         resolved = torch.device("cuda", local_rank)  # one GPU per process
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise PrunekitError(f"--device {resolved} asked for, but this machine has {n} CUDA GPU{'s' if n != 1 else ''} "
+                            f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     return resolved
 
 

@@ -238,7 +238,10 @@ class CompactLayer(nn.Module):
                  up.bias if up else None, down.weight if down else None)
         if not (pad_qkv or pad_ffn) or torch.compiler.is_compiling():
             return plain  # under torch.compile inductor pads matmuls itself (and a data_ptr cache key cannot be traced)
-        key = (align,) + tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in plain if t is not None)
+        # Inference tensors (parameters made inside torch.inference_mode) have no version counter;
+        # they cannot change in place outside inference mode, so their storage identifies them.
+        key = (align,) + tuple((id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device)
+                               for t in plain if t is not None)
         if self._aligned_cache is not None and self._aligned_cache[0] == key:
             return self._aligned_cache[1]
 
@@ -670,6 +673,11 @@ class CudaGraphRunner:
             raise PrunekitError(f"CudaGraphRunner: batch_size and seqlen must be >= 1, got {batch_size} and {seqlen}")
         self.model, self.batch_size, self.seqlen = model, int(batch_size), int(seqlen)
         self.backend = model.config.backend
+        if self.backend == "sdpa-packed":  # it sizes its packed rows on the host: no capture can hold that
+            raise PrunekitError(
+                "CudaGraphRunner cannot capture the 'sdpa-packed' backend (it reads the batch's token count on "
+                "the host every call): use 'triton' (padding-free, graphed by token count) or 'sdpa'"
+            )
         self.clone_outputs, self.warmup = clone_outputs, max(1, int(warmup))
         device = next(model.parameters()).device
         self.device = device

@@ -157,6 +157,13 @@ def test_isa_detection_and_missing_backends(tiny_models, tmp_path, monkeypatch):
     if not torch.cuda.is_available():  # every backend asked for on CUDA says why not (was an UnboundLocalError)
         assert B.unavailable("torch-sdpa", "cuda") == "torch sees no CUDA device"
         assert B.unavailable("triton-fp16", "cuda") == "torch sees no CUDA device"
+    # no C compiler (CXX and `which` are gone above): Triton cannot build its CUDA launcher
+    with monkeypatch.context() as m:
+        m.delenv("CC", raising=False)
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        for backend in ("triton-fp16", "triton-fp16-graph", "compile-fp16"):
+            assert "C compiler" in B.unavailable(backend, "cuda"), backend
+        assert B.unavailable("torch-fp16", "cuda") is None
     orig = str(tiny_models("tinybert4", "embedding"))
     res = bench(BenchSettings(models=[orig], backends=["torch-sdpa", "compile-fp32", "ort-fp32"], batch=2, seq_len=8,
                               repeats=1, warmup=0, threads=1, fvcore=False))
@@ -178,7 +185,7 @@ def _labelled(path, n=24):
     return path
 
 
-def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
+def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
     teacher = tiny_models("tinybert4", "classification")
     src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
     data = _labelled(tmp_path / "d.csv")
@@ -220,6 +227,19 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path):
     r = run(cli, ["eval", str(f), "--data", str(text), "--max-length", "32"])
     assert r.exit_code == 0 and "similarity_spearman" in r.output, r.output
     assert "scored by fidelity to" in r.output and str(tiny_models("tinybert4", "embedding")) in r.output
+    # an ONNX file asked to run on CUDA where it cannot: one line, never a quiet run on the CPU
+    if not torch.cuda.is_available():
+        with pytest.raises(PrunekitError, match=r"cannot run .*e\.onnx on cuda: torch sees no CUDA device"):
+            B.build_runner(B.load_onnx_file(f), "m", "ort", device="cuda")
+        import onnxruntime as ort
+
+        # CUDA present and listed, but the provider does not load (missing CUDA libraries): onnxruntime
+        # falls back to the CPU by itself, which must not pass for a CUDA run
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        with pytest.raises(PrunekitError, match="fell back to CPUExecutionProvider instead of CUDA|cannot load"):
+            B.build_runner(B.load_onnx_file(f), "m", "ort", device="cuda")
+        monkeypatch.undo()
     # bad input: one line each
     for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification", "--max-length", "32"], "is a embedding model"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),

@@ -43,6 +43,15 @@ def test_bench_cli_writes_table_json_png(tiny_models, tmp_path):
     assert best["speedup"] == pytest.approx(best["sentences_per_s"] / fastest["sentences_per_s"])
     assert "best compact vs best original:" in r.output and f"({orig.name}, {fastest['backend']})" in r.output
     assert "dtype" in r.output and "| int8 |" in r.output
+    assert r.output.splitlines()[0].split("; ")[1].startswith(res["system"]["cpu"]["model"])
+    # a run on a GPU names the GPU in the table and the plot, the CPU as its host
+    from prunekit.bench import format_table, plot
+
+    res["system"]["gpu"], res["settings"]["device"] = "NVIDIA H100 80GB HBM3", "cuda"
+    head = format_table(res).splitlines()[0]
+    assert "cuda; NVIDIA H100 80GB HBM3 (host " in head, head
+    plot(res, tmp_path / "gpu.png")
+    assert (tmp_path / "gpu.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_real_lengths(tiny_models, tmp_path, text_file):

@@ -144,3 +144,17 @@ def test_eval_an_original_beside_another_teachers_student(tiny_models, pair, tmp
     _, compact, texts = pair  # cut from minilm6; tinybert4 is no teacher of it
     other = tiny_models("tinybert4", "embedding")
     _one_line_error(run(["eval", other, "--compare", compact, "--data", texts]), "pass --reference MODEL")
+
+
+def test_a_cuda_index_the_machine_lacks_is_one_line(monkeypatch):
+    """`--device cuda:3` on a one-GPU machine: said at once, not a raw 'invalid device ordinal' later."""
+    import torch
+
+    from prunekit.distributed import resolve_device
+    from prunekit.errors import PrunekitError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PrunekitError, match=r"--device cuda:3 asked for, but this machine has 1 CUDA GPU \(cuda:0\)"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda") == torch.device("cuda")

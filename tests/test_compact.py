@@ -475,6 +475,15 @@ def test_aligned_widths_keep_outputs_and_saved_shapes(tiny_models, tmp_path):
     assert layer.up.weight.grad is not None and layer.up.weight.grad.abs().sum() > 0
     with pytest.raises(PrunekitError, match="ffn_align must be a positive int"):
         model.set_backend("sdpa", ffn_align=0)
+    # A model copied (or cast) inside inference mode has inference-tensor parameters, which have no
+    # version counter: the aligned copies (taken on CUDA by default) still work and are cached.
+    with torch.inference_mode():
+        frozen = copy.deepcopy(model.eval()).set_backend("sdpa", ffn_align=8)
+        assert frozen.bert.layers[0].attn_norm.weight.is_inference()
+        out = frozen(**batch).logits
+        assert (out - run_output(model.set_backend("eager"), "classification", batch)).abs().max() < 1e-5
+        layer = next(l for l in frozen.bert.layers if l.up is not None and l.ffn_width % 8)
+        assert all(a is b for a, b in zip(layer.aligned_weights(8), layer.aligned_weights(8)))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter on spare rows' uninitialised values
@@ -645,6 +654,9 @@ def test_cuda_graph_runner_without_cuda(tiny_models):
     with pytest.raises(PrunekitError, match="inference"):
         model.train().capture_cuda_graph(3, 6, fallback=True)
     model.eval()
+    # sdpa-packed reads its token count on the host: a capture of it would fail on CUDA
+    with pytest.raises(PrunekitError, match="cannot capture the 'sdpa-packed' backend"):
+        model.set_backend("sdpa-packed").capture_cuda_graph(3, 6, fallback=True)
     # Capacity buckets of the packed backend: a multiple of the granularity, at most B*T.
     import prunekit_kernels
 
