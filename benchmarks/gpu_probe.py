@@ -24,7 +24,6 @@ Writes ``gpu_probe.json`` / ``gpu_probe.md`` under ``$OUT`` (default benchmarks/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -128,21 +127,6 @@ def epilogue_bandwidth(pk, n_tokens: int, hidden: int, ffn: int, on_gpu: bool) -
     return out
 
 
-def exact_gelu_kernel(layer_cls):
-    """A context in which the Triton path takes the FFN up projection as a GEMM and prunekit's
-    exact-GELU ``bias_gelu`` kernel (what it did before bias+GELU moved into the GEMM's epilogue)."""
-    @contextlib.contextmanager
-    def ctx():
-        orig = layer_cls._gelu_in_gemm
-        layer_cls._gelu_in_gemm = lambda self, x, pk: False
-        try:
-            yield
-        finally:
-            layer_cls._gelu_in_gemm = orig
-
-    return ctx()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU: a smoke test, no timings")
@@ -155,7 +139,7 @@ def main() -> int:
     dtype = torch.float16 if on_gpu else torch.float32
     _, pk = import_prunekit(args.quick)
     from prunekit.compact import compact
-    from prunekit.modeling import CompactLayer
+    from prunekit import modeling
     from prunekit.selection import select_to_budget
 
     cfg = configs(args.quick)
@@ -191,19 +175,22 @@ def main() -> int:
         compact32.to(dev).set_backend("sdpa")
         with torch.inference_mode():
             ref = compact32(**inputs(mixed)).logits.float()
-        compact16.set_backend("triton")  # on the CPU (--quick): the kernels interpreted
+        result["batches"] = {"fixed": dict(B=b, mean_len=fixed["mean_len"]), "mixed": dict(B=b, mean_len=mixed["mean_len"])}
+        if not on_gpu:  # --quick: take the epilogue branch on the CPU too, so the smoke test runs its call
+            modeling._gelu_in_gemm = lambda x, exact_gelu: not exact_gelu
         variants = {}
-        for label, patch in (("triton, GEMM + exact-GELU kernel", CompactLayer), ("triton default (fp16: cuBLASLt bias+GELU, tanh)", None)):
+        for label, exact in (("triton, GEMM + exact-GELU kernel (exact_gelu=True)", True),
+                             ("triton default (fp16: cuBLASLt bias+GELU, tanh)", False)):
             row = dict(variant=label)
+            compact16.set_backend("triton", exact_gelu=exact)  # on the CPU (--quick): the kernels interpreted
             try:
-                with (exact_gelu_kernel(patch) if patch else contextlib.nullcontext()):
-                    with torch.inference_mode():
-                        row["rel_err_vs_fp32"] = rel_err(compact16(**inputs(mixed)).logits.float(), ref)
-                    if on_gpu:
-                        for regime, batch in (("fixed", fixed), ("mixed", mixed)):
-                            runner = compact16.capture_cuda_graph(b, cfg["seq_len"])
-                            row[f"{regime}_graph_ms"] = round(median_ms(lambda: runner(**inputs(batch)), on_gpu), 4)
-                            del runner
+                with torch.inference_mode():
+                    row["rel_err_vs_fp32"] = rel_err(compact16(**inputs(mixed)).logits.float(), ref)
+                if on_gpu:
+                    for regime, batch in (("fixed", fixed), ("mixed", mixed)):
+                        runner = compact16.capture_cuda_graph(b, cfg["seq_len"])
+                        row[f"{regime}_graph_ms"] = round(median_ms(lambda: runner(**inputs(batch)), on_gpu), 4)
+                        del runner
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(limit=4)
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -220,6 +207,9 @@ def main() -> int:
                         row[f"{regime}_x_vs_original_graph"] = round(ms / row[f"{regime}_graph_ms"], 3)
                 result[f"original_sdpa_graph_{regime}_ms"] = round(ms, 4)
         result["variants"] = list(variants.values())
+        failed = [v["variant"] for v in variants.values() if "error" in v]
+        if failed:
+            result["error"] = f"variant(s) failed: {', '.join(failed)}"
     except Exception as exc:  # noqa: BLE001 - write what was measured
         traceback.print_exc()
         result["error"] = f"{type(exc).__name__}: {exc}"[:400]
