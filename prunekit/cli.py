@@ -117,7 +117,7 @@ def training_run_options(checkpoint_every: int):
     opts = [
         click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
         click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True,
-                     help="auto: bf16 autocast on CUDA, none on CPU."),
+                     help="auto: bf16 autocast on CUDA, none on CPU; fp16 trains with dynamic loss scaling."),
         click.option("--checkpoint-every", type=int, default=checkpoint_every, show_default=True, help="Steps between checkpoints."),
         click.option("--max-nan-steps", type=int, default=10, show_default=True,
                      help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),

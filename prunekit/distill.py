@@ -43,7 +43,7 @@ from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, pu
 from .modeling import CompactBertPreTrainedModel, load_compact
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
-from .training import NonFiniteGuard, check_total_steps, skipped_in
+from .training import LossScale, NonFiniteGuard, check_total_steps, skipped_in
 
 log = logging.getLogger(__name__)
 
@@ -566,6 +566,10 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
     stage_now, opt, order, bar = None, None, None, None
     guard = NonFiniteGuard(settings.max_nan_steps, "a lower --stage1-lr / --stage2-lr, or --mixed-precision no", announce=world.main,
                            skipped=broadcast_object(skipped_in(history), world))
+    # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
+    scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
+    scaler.scale, scaler.good = broadcast_object((scaler.scale, scaler.good), world)
+    scaler.announce_overflow = world.main
     kept_heads = [list(h) for h in student.config.kept_heads]
     with open_log(log_path, world) as log_file:
         for step in range(start, total):
@@ -618,20 +622,27 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
                                                   len(glob) if glob else None, int(orig[idx].sum()) if glob else None)
             opt.zero_grad(set_to_none=True)
             done = step + 1
-            (loss * (world.size * float(real))).backward()  # DDP averages: the sum of the shares
+            scaler.backward(loss * (world.size * float(real)))  # DDP averages: the sum of the shares
             loss, parts, loss_finite = _reduce_shares(loss * float(real), parts, real, world)
+            scaler.unscale_(params)
             # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
             norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf)
             why = guard.reason(loss_finite, grad_norm=norm)
-            if why is not None:  # nothing is applied: weights and optimizer moments stay as they were
+            if scaler.overflowed(loss_finite, why is None):  # nothing applied; a smaller scale next
+                record = {**scaler.overflow_record(done), "stage": stage}
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+            elif why is not None:  # nothing is applied: weights and optimizer moments stay as they were
                 record = guard.skip(done, why)
                 history.append({**record, "stage": stage})
                 log_file.write(json.dumps({**record, "stage": stage}) + "\n")
                 guard.stop_if_persistent(done)
             else:
                 guard.applied()
+                scaler.applied()
                 opt.step()
-                record = {"step": done, "stage": stage, "loss": round(loss, 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor}
+                record = {"step": done, "stage": stage, "loss": round(loss, 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor,
+                          **scaler.record()}
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)

@@ -31,7 +31,7 @@ from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .selection import select_to_budget
-from .training import MAX_TOTAL_STEPS, NonFiniteGuard, check_total_steps, skipped_in
+from .training import MAX_TOTAL_STEPS, LossScale, NonFiniteGuard, check_total_steps, grads_finite, skipped_in
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,10 @@ def run_gate_search(
     trained = [alphas.head, alphas.ffn] + [p for p in student.parameters() if p.requires_grad]
     guard = NonFiniteGuard(settings.max_nan_steps, "a lower --lr / --alpha-lr, or --mixed-precision no", announce=world.main,
                            skipped=broadcast_object(skipped_in(history), world))
+    # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
+    scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
+    scaler.scale, scaler.good = broadcast_object((scaler.scale, scaler.good), world)
+    scaler.announce_overflow = world.main
     saved_at = start_step if found is not None else None
     order = batch_order(len(data), settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
     with open_log(log_path, world) as log_file:
@@ -306,10 +310,18 @@ def run_gate_search(
             loss = world.size * mse + settings.lambda_cost * cost
             for opt in opts.values():
                 opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.backward(loss)
             mse, loss_finite = _reduce_gate_grads(alphas, mse, bool(torch.isfinite(loss)), world)
             loss = mse + settings.lambda_cost * cost.detach()
-            why = guard.reason(loss_finite and bool(torch.isfinite(loss)), trained)
+            loss_ok = loss_finite and bool(torch.isfinite(loss))
+            scaler.unscale_(trained)
+            if scaler.enabled and scaler.overflowed(loss_ok, grads_finite(trained)):  # nothing applied; a smaller scale next
+                record = scaler.overflow_record(step + 1)
+                history.append(record)
+                log_file.write(json.dumps(record) + "\n")
+                bar.update(1)
+                continue
+            why = guard.reason(loss_ok, trained)
             if why is not None:  # nothing is applied: alphas, weights and optimizer moments stay as they were
                 record = guard.skip(step + 1, why)
                 history.append(record)
@@ -318,6 +330,7 @@ def run_gate_search(
                 guard.stop_if_persistent(step + 1)
                 continue
             guard.applied()
+            scaler.applied()
             # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
             # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
             alphas.head.grad.div_(head_share)
@@ -342,6 +355,7 @@ def run_gate_search(
                 "target": round(target, 6),
                 "expected_ratio": round(expected.item(), 6),
                 "discrete_ratio": round(discrete, 6),
+                **scaler.record(),
             }
             history.append(record)
             log_file.write(json.dumps(record) + "\n")

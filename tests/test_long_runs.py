@@ -566,3 +566,103 @@ def test_best_weights_are_synced_before_a_checkpoint_names_them(tmp_path, monkey
     D._save_best(tmp_path, torch.nn.Linear(2, 2), 7)
     assert synced == [str(tmp_path / ".best.safetensors.tmp"), str(tmp_path)]
     assert (tmp_path / "best-0000007.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# fp16 autocast trains with loss scaling: without it, small gradients flush to zero.
+def test_loss_scale_keeps_fp16_gradients_and_finds_its_range():
+    from prunekit.training import LossScale
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64)
+    x = torch.randn(4096, 64)
+    with torch.no_grad():
+        target = lin(x) + 1e-3 * torch.randn(4096, 64)
+
+    def grad(scaler=None):
+        lin.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            y = lin(x)
+        loss = ((y.float() - target) ** 2).mean()
+        if scaler:
+            scaler.backward(loss)
+            scaler.unscale_(lin.parameters())
+        else:
+            loss.backward()
+        return lin.weight.grad.clone()
+
+    plain, scaled = grad(None), grad(LossScale(True))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        y16 = lin(x).float()
+    ref = 2 * (y16 - target).T @ x / y16.numel()  # the same loss's weight gradient, in fp32
+    assert (plain == 0).float().mean() > 0.5  # fp16 without scaling: most weight gradients flushed to zero
+    assert (scaled == 0).float().mean() < 0.01
+    assert float((scaled - ref).norm() / ref.norm()) < 0.01 < float((plain - ref).norm() / ref.norm())
+    # the policy: overflow with a finite loss halves the scale (skip), not at scale <= 1; growth after the interval
+    ls = LossScale(True, init_scale=8.0, growth_interval=3)
+    assert ls.overflowed(True, False) and ls.scale == 4.0 and ls.good == 0
+    assert not ls.overflowed(False, False) and ls.scale == 4.0  # a NaN loss is the guard's
+    assert not ls.overflowed(True, True)
+    for _ in range(3):
+        ls.applied()
+    assert ls.scale == 8.0 and ls.good == 0
+    ls.applied()
+    assert ls.record() == {"loss_scale": 8.0, "scale_good": 1}
+    assert not LossScale(True, init_scale=1.0).overflowed(True, False)
+    back = LossScale.from_history(True, [{"step": 1, **ls.record()}, {"step": 2, "skipped": "non-finite loss"}], init_scale=8.0)
+    assert (back.scale, back.good) == (8.0, 1)
+    off = LossScale(False)
+    assert off.record() == {} and not off.overflowed(True, False) and off.scale == 1.0
+
+
+def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
+    """--mixed-precision fp16: every applied step logs its loss scale; a scale too large overflows,
+    is halved and the step skipped without counting as a NaN step; a resumed run continues with the
+    logged scale."""
+    import prunekit.distill as D
+
+    class InfAbove2e18(torch.autograd.Function):
+        """Identity; its backward overflows while the loss's gradient (the loss scale) is over 2**18."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("inf") if float(g.abs().max()) > 2.0 ** 18 else g
+
+    real_mse, real_inter = S._normalised_mse, D.intermediate_loss
+    monkeypatch.setattr(S, "_normalised_mse", lambda *a: InfAbove2e18.apply(real_mse(*a)))
+    monkeypatch.setattr(D, "intermediate_loss", lambda *a, **k: (lambda lp: (InfAbove2e18.apply(lp[0]), lp[1]))(real_inter(*a, **k)))
+    s = _settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        search(s, progress=False, _interrupt_after=6)
+    r = search(s, progress=False, resume=True)
+    log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
+    # 2**16 -> overflow at the first steps? no: 2**16 <= 2**18 applies at once; so start above it
+    assert [x.get("overflow", "")[:26] for x in log[:1]] == [""] and log[0]["loss_scale"] == 2.0 ** 16
+    assert [x["step"] for x in log if "step" in x and "resumed_with" not in x] == list(range(1, 9)) and r.skipped_steps == 0
+    assert all(x["loss_scale"] == 2.0 ** 16 and x["scale_good"] == x["step"] for x in log if "loss" in x)  # resumed: the count goes on
+    assert 0.45 <= r.achieved_ratio <= 0.55
+
+    d = D.distill(_distill_settings(distill_world, tmp_path / "dout", mixed_precision="fp16"), progress=False)
+    train = [x for x in d.log if "dev" not in x and "resumed_with" not in x]
+    assert all(x["loss_scale"] == 2.0 ** 16 for x in train if "loss" in x) and d.skipped_steps == 0
+    # a scale over what the gradients take: halved per overflowing step, not counted as NaN steps
+    from prunekit.training import LossScale
+
+    real_init = LossScale.__init__
+    monkeypatch.setattr(LossScale, "__init__", lambda self, enabled, init_scale=0, growth_interval=2000:
+                        real_init(self, enabled, 2.0 ** 20, growth_interval))
+    r = search(_settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8,
+                         output_dir=str(tmp_path / "run2")), progress=False)
+    log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
+    assert [x.get("overflow") for x in log[:3]] == ["fp16 gradients overflowed; loss scale halved to 524288",
+                                                   "fp16 gradients overflowed; loss scale halved to 262144", None]
+    assert all(x["loss_scale"] == 2.0 ** 18 for x in log[2:]) and r.skipped_steps == 0
+    d = D.distill(_distill_settings(distill_world, tmp_path / "dout2", mixed_precision="fp16"), progress=False)
+    train = [x for x in d.log if "dev" not in x]
+    assert [x.get("overflow", "")[:30] for x in train[:2]] == ["fp16 gradients overflowed; los"] * 2 and "loss" in train[2]
+    assert d.skipped_steps == 0 and all(x["loss"] == x["loss"] for x in train if "loss" in x)
+
