@@ -340,7 +340,10 @@ class ShapeGraphs:
                 static[k].copy_(v)
         else:
             self.captures += 1
-        graph.replay()
+        from .modeling import on_cuda_device
+
+        with on_cuda_device(input_ids.device):  # replayed on the current stream of the inputs' device
+            graph.replay()
         return out
 
 

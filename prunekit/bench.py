@@ -143,12 +143,16 @@ def _build(lm: LoadedModel, name: str, backend: str, s: BenchSettings, workdir: 
     if r is None:
         return None
     notes.extend(r.notes)
-    if backend.startswith("compile-"):  # compile now, untimed, whatever --warmup says
-        try:
-            r.run(batch)
-        except Exception as e:  # inductor's failure is not the user's; report it and time the rest
-            notes.append(f"{name} {backend}: skipped (torch.compile failed: {str(e).strip().splitlines()[0][:160]})")
-            return None
+    # One untimed run now, whatever --warmup says: it compiles (torch.compile; Triton's kernels and
+    # launcher) and shows a backend that cannot run here after all. Such a failure is not the
+    # user's: report it and time the rest.
+    try:
+        r.run(batch)
+    except Exception as e:  # noqa: BLE001
+        what = "torch.compile failed" if backend.startswith("compile-") else "its first run failed"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        notes.append(f"{name} {backend}: skipped ({what}: {first})")
+        return None
     return r
 
 

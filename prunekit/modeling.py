@@ -57,6 +57,7 @@ model's own GELU there.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -627,19 +628,27 @@ class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
 FULL = "full"  # CudaGraphRunner's graph key for a batch without padding
 
 
+def on_cuda_device(device: torch.device):
+    """A context making ``device`` the current CUDA device (graphs capture and replay on the current
+    device's streams); nothing for a device that is not CUDA."""
+    return torch.cuda.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+
+
 def capture_graph(fn, device: torch.device, warmup: int = 2, pool=None) -> tuple:
     """``(graph, output)``: ``fn()`` warmed up on a side stream (Triton compiles, cuBLAS picks its
     kernels and makes its workspace), as ``torch.cuda.graphs`` recommends, then captured; replaying
     the graph reruns ``fn`` on whatever its input tensors hold then, into the same output memory."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
-        out = fn()
+    # On the model's device (cuda:1 too): torch.cuda.graph captures on a stream of the current device.
+    with on_cuda_device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+            out = fn()
     return graph, out
 
 
@@ -755,7 +764,8 @@ class CudaGraphRunner:
             real = int(st["attention_mask"].count_nonzero())
             capacity = FULL if real == self.batch_size * self.seqlen else self.capacity_for(real)
         graph, out = self.graphs.get(capacity) or self._capture(capacity)
-        graph.replay()
+        with on_cuda_device(self.device):  # replayed on the current stream of the model's device
+            graph.replay()
         if not self.clone_outputs:
             return out
         return type(out)(**{k: (v.clone() if torch.is_tensor(v) else v) for k, v in out.items()})

@@ -89,9 +89,10 @@ def test_bad_input(tiny_models, tmp_path):
         bench(BenchSettings(models=[]))
 
 
-def test_graph_captures_inside_the_timing_are_reported(tiny_models, monkeypatch):
+def test_graph_captures_inside_the_timing_are_reported(tiny_models, monkeypatch, text_file):
     """A *-graph runner that captures a CUDA graph during the timed repeats (no warm-up for that batch
-    shape) gets a note saying its times include the capture; with a warm-up there is none."""
+    shape: real lengths give several, and only the first runs untimed when the runner is built)
+    gets a note saying its times include the capture; with a warm-up there is none."""
     import prunekit.bench as bench_mod
     from prunekit.backends import Runner
 
@@ -107,10 +108,35 @@ def test_graph_captures_inside_the_timing_are_reported(tiny_models, monkeypatch)
     monkeypatch.setattr(bench_mod, "build_runner", fake_build)
     orig = str(tiny_models("tinybert4", "embedding"))
     for warmup, noted in ((0, True), (1, False)):
-        res = bench(BenchSettings(models=[orig], backends=["torch-sdpa"], batch=2, seq_len=8, repeats=2, warmup=warmup,
-                                  threads=1, fvcore=False))
+        res = bench(BenchSettings(models=[orig], backends=["torch-sdpa"], batch=2, seq_len=64, repeats=2, warmup=warmup,
+                                  threads=1, fvcore=False, real_lengths=str(text_file)))
+        assert len({tuple(b) for b in res["batches"]}) > 1
         notes = [n for n in res["notes"] if "CUDA graph capture(s) inside the timed repeats" in n]
         assert bool(notes) == noted, (warmup, res["notes"])
+
+
+def test_a_backend_whose_first_run_fails_is_a_note_and_the_rest_is_timed(tiny_models, monkeypatch):
+    """A runner that builds but fails on its first batch (a Triton launcher without a C compiler, a
+    CUDA provider that cannot load): one note, no traceback; the other backends are timed."""
+    import prunekit.bench as bench_mod
+
+    real = bench_mod.build_runner
+
+    def flaky(lm, name, backend, *a, **kw):
+        r = real(lm, name, backend, *a, **kw)
+        if backend == "torch-eager":
+            def run(batch):
+                raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\nmore")
+            r.run = run
+        return r
+
+    monkeypatch.setattr(bench_mod, "build_runner", flaky)
+    orig = str(tiny_models("tinybert4", "embedding"))
+    res = bench(BenchSettings(models=[orig], backends=["torch-sdpa", "torch-eager"], batch=2, seq_len=8, repeats=1, warmup=0,
+                              threads=1, fvcore=False))
+    assert [r["backend"] for r in res["rows"]] == ["torch-sdpa"]
+    assert any(n.endswith("torch-eager: skipped (its first run failed: Failed to find C compiler. Please specify via CC "
+                          "environment variable.)") for n in res["notes"]), res["notes"]
 
 
 def test_noise_note_names_the_noisy_rows():
