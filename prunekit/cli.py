@@ -177,12 +177,14 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     _echo_flops_breakdown(result.output_dir / "architecture.json")
     click.echo(f"heads per layer: {arch.head_counts}")
     click.echo(f"FFN width per layer: {arch.ffn_widths}")
-    _echo_skipped(result.skipped_steps, "search_log.jsonl")
+    _echo_skipped(result.skipped_steps, "search_log.jsonl", result.overflow_steps)
 
 
-def _echo_skipped(n: int, log_name: str) -> None:
+def _echo_skipped(n: int, log_name: str, overflows: int = 0) -> None:
     if n:
         click.echo(f"note: {n} step(s) were skipped for a NaN/inf loss or gradients (see {log_name})", err=True)
+    if overflows:
+        click.echo(f"note: {overflows} fp16 step(s) overflowed and were skipped while the loss scale settled (see {log_name})", err=True)
 
 
 def _echo_flops_breakdown(arch_json) -> None:
@@ -381,7 +383,7 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
     m = r.metric
     click.echo(f"dev {m}: teacher {r.teacher_dev.get(m, float('nan')):.4f}, student before {r.before.get(m, float('nan')):.4f}, "
                f"distilled {r.best['value'] if r.best['value'] is not None else float('nan'):.4f} (step {r.best['step']}, stage {r.best['stage']})")
-    _echo_skipped(r.skipped_steps, "distill_log.jsonl")
+    _echo_skipped(r.skipped_steps, "distill_log.jsonl", r.overflow_steps)
     click.echo(f"wrote {r.output_dir}")
 
 

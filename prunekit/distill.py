@@ -163,6 +163,7 @@ class DistillResult:
     steps: int
     log: list[dict] = field(default_factory=list)
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
+    overflow_steps: int = 0  # fp16: steps skipped while the loss scale settled
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,7 +569,7 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
                            skipped=broadcast_object(skipped_in(history), world))
     # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
     scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
-    scaler.scale, scaler.good = broadcast_object((scaler.scale, scaler.good), world)
+    scaler.scale, scaler.good, scaler.overflows = broadcast_object((scaler.scale, scaler.good, scaler.overflows), world)
     scaler.announce_overflow = world.main
     kept_heads = [list(h) for h in student.config.kept_heads]
     with open_log(log_path, world) as log_file:
@@ -688,7 +689,7 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
     teacher.model.to("cpu")
     skipped = guard.skipped
     result = DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
-                           skipped_steps=skipped)
+                           skipped_steps=skipped, overflow_steps=scaler.overflows)
 
     def write_output() -> None:
         """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record."""
@@ -723,6 +724,7 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
             "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": steps[2]},
             "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
             "dev_source": dev.source, "skipped_steps": skipped,
+            **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }
         atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
         if out.exists():

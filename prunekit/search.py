@@ -138,6 +138,7 @@ class SearchResult:
     steps: int
     log: list[dict] = field(default_factory=list)
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
+    overflow_steps: int = 0  # fp16: steps skipped while the loss scale settled
 
 
 def target_at(step: int, total_steps: int, goal: float, ramp_fraction: float) -> float:
@@ -286,11 +287,19 @@ def run_gate_search(
                            skipped=broadcast_object(skipped_in(history), world))
     # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
     scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
-    scaler.scale, scaler.good = broadcast_object((scaler.scale, scaler.good), world)
+    scaler.scale, scaler.good, scaler.overflows = broadcast_object((scaler.scale, scaler.good, scaler.overflows), world)
     scaler.announce_overflow = world.main
     saved_at = start_step if found is not None else None
     order = batch_order(len(data), settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
     with open_log(log_path, world) as log_file:
+        def end_of_step(done: int) -> None:
+            nonlocal saved_at
+            if done % settings.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
+                on_main(world, lambda: _checkpoint(log_file, ckpt_root, done, alphas, student if train_weights else None, opts))
+                saved_at = done
+            if _interrupt_after is not None and done >= _interrupt_after:
+                raise KeyboardInterrupt  # tests: simulate a kill after this step
+
         for step in range(start_step, total_steps):
             idx = next(order)  # the global batch; this process takes its share
             local, real = shard(idx, world)
@@ -320,6 +329,7 @@ def run_gate_search(
                 history.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 bar.update(1)
+                end_of_step(step + 1)  # routine in fp16: checkpoints go on
                 continue
             why = guard.reason(loss_ok, trained)
             if why is not None:  # nothing is applied: alphas, weights and optimizer moments stay as they were
@@ -361,12 +371,7 @@ def run_gate_search(
             log_file.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
             bar.update(1)
-            done = step + 1
-            if done % settings.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
-                on_main(world, lambda: _checkpoint(log_file, ckpt_root, done, alphas, student if train_weights else None, opts))
-                saved_at = done
-            if _interrupt_after is not None and done >= _interrupt_after:
-                raise KeyboardInterrupt  # tests: simulate a kill after this step
+            end_of_step(step + 1)
         # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
         # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
         if saved_at != total_steps:
@@ -384,6 +389,8 @@ def run_gate_search(
         log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
         arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
     arch.meta["skipped_steps"] = guard.skipped  # non-finite loss or gradients, before a resume too
+    if scaler.enabled:
+        arch.meta["overflow_steps"] = scaler.overflows  # fp16 loss scaling's skipped steps
     return arch, history, total_steps, alphas.head.detach().cpu(), alphas.ffn.detach().cpu()
 
 
@@ -526,4 +533,4 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
 
     on_main(world, write_outputs)
     return SearchResult(architecture=arch, output_dir=out, achieved_ratio=ratio, target=settings.target, steps=steps, log=history,
-                        skipped_steps=arch.meta.get("skipped_steps", 0))
+                        skipped_steps=arch.meta.get("skipped_steps", 0), overflow_steps=arch.meta.get("overflow_steps", 0))

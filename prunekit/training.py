@@ -47,14 +47,18 @@ class LossScale:
         self.scale = float(init_scale) if enabled else 1.0
         self.growth_interval = growth_interval
         self.good = 0  # applied steps since the scale last changed
+        self.overflows = 0  # steps skipped for an overflow, before a resume too
 
     @classmethod
     def from_history(cls, enabled: bool, history: list[dict], **kwargs) -> "LossScale":
         """The scaler a resumed run continues with: the state of the last step the log records."""
         ls = cls(enabled, **kwargs)
-        last = next((h for h in reversed(history) if "loss_scale" in h), None)
-        if enabled and last is not None:
+        # the last step the log records (applied or overflowed): without a scale (a stretch in bf16
+        # or fp32 since), scaling starts afresh
+        last = next((h for h in reversed(history) if "loss" in h or "overflow" in h), None)
+        if enabled and last is not None and "loss_scale" in last:
             ls.scale, ls.good = float(last["loss_scale"]), int(last.get("scale_good", 0))
+        ls.overflows = sum(1 for h in history if "overflow" in h)
         return ls
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -74,6 +78,10 @@ class LossScale:
             return False
         self.scale /= 2.0
         self.good = 0
+        self.overflows += 1
+        if self.scale <= 1.0 and self.announce_overflow:
+            log.warning("the fp16 loss scale is down to %g: the gradients overflow even unscaled, and small ones "
+                        "flush to zero again; --mixed-precision bf16 (or no) trains without either", self.scale)
         return True
 
     def applied(self) -> None:

@@ -609,60 +609,100 @@ def test_loss_scale_keeps_fp16_gradients_and_finds_its_range():
     ls.applied()
     assert ls.record() == {"loss_scale": 8.0, "scale_good": 1}
     assert not LossScale(True, init_scale=1.0).overflowed(True, False)
-    back = LossScale.from_history(True, [{"step": 1, **ls.record()}, {"step": 2, "skipped": "non-finite loss"}], init_scale=8.0)
+    back = LossScale.from_history(True, [{"step": 1, "loss": 0.5, **ls.record()}, {"step": 2, "skipped": "non-finite loss"}], init_scale=2.0)
     assert (back.scale, back.good) == (8.0, 1)
+    # fp16, then a stretch in bf16 (records without a scale), then fp16 again: scaling starts afresh
+    back = LossScale.from_history(True, [{"step": 1, "loss": 0.5, **ls.record()}, {"step": 2, "loss": 0.4}], init_scale=2.0)
+    assert (back.scale, back.good) == (2.0, 0)
     off = LossScale(False)
     assert off.record() == {} and not off.overflowed(True, False) and off.scale == 1.0
 
 
-def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
-    """--mixed-precision fp16: every applied step logs its loss scale; a scale too large overflows,
-    is halved and the step skipped without counting as a NaN step; a resumed run continues with the
-    logged scale."""
+class _InfAbove2e18(torch.autograd.Function):
+    """Identity; its backward overflows while the loss's gradient (the loss scale) is over 2**18."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf") if float(g.abs().max()) > 2.0 ** 18 else g
+
+
+def test_fp16_updates_are_the_fp32_ones(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
+    """The scaled gradients are unscaled exactly once before anything uses them: one search step
+    moves the gates as fp32 does, and distill clips the same gradient norms (a missing or doubled
+    unscale is off by 65536x)."""
     import prunekit.distill as D
 
-    class InfAbove2e18(torch.autograd.Function):
-        """Identity; its backward overflows while the loss's gradient (the loss scale) is over 2**18."""
+    moved = {}
+    for mp in ("no", "fp16"):
+        r = search(_settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision=mp, max_steps=1,
+                             output_dir=str(tmp_path / f"s-{mp}")), progress=False)
+        a = load_file(str(r.output_dir / "alpha.safetensors"))
+        moved[mp] = torch.cat([a["head"].flatten(), a["ffn"].flatten()]) - 2.0  # alpha_init
+    assert moved["no"].abs().max() > 0
+    assert float((moved["fp16"] - moved["no"]).norm() / moved["no"].norm()) < 1e-2
 
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
+    norms, real_clip = {}, torch.nn.utils.clip_grad_norm_
+    for mp in ("no", "fp16"):
+        seen = norms.setdefault(mp, [])
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, seen=seen, **k: seen.append(float(real_clip(*a, **k))) or
+                            torch.tensor(seen[-1]))
+        D.distill(_distill_settings(distill_world, tmp_path / f"d-{mp}", mixed_precision=mp, stage2_epochs=0), progress=False)
+    assert len(norms["no"]) >= 3
+    for a, b in zip(norms["no"][:3], norms["fp16"][:3]):
+        assert b == pytest.approx(a, rel=1e-2)
 
-        @staticmethod
-        def backward(ctx, g):
-            return g * float("inf") if float(g.abs().max()) > 2.0 ** 18 else g
+
+def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
+    """--mixed-precision fp16: every applied step logs its loss scale; a scale too large overflows,
+    is halved and the step skipped, counted apart from NaN steps, with checkpoints going on; a
+    resumed run continues with the logged scale, equal to an uninterrupted one."""
+    import prunekit.distill as D
+    from prunekit.training import LossScale
 
     real_mse, real_inter = S._normalised_mse, D.intermediate_loss
-    monkeypatch.setattr(S, "_normalised_mse", lambda *a: InfAbove2e18.apply(real_mse(*a)))
-    monkeypatch.setattr(D, "intermediate_loss", lambda *a, **k: (lambda lp: (InfAbove2e18.apply(lp[0]), lp[1]))(real_inter(*a, **k)))
+    monkeypatch.setattr(S, "_normalised_mse", lambda *a: _InfAbove2e18.apply(real_mse(*a)))
+    monkeypatch.setattr(D, "intermediate_loss", lambda *a, **k: (lambda lp: (_InfAbove2e18.apply(lp[0]), lp[1]))(real_inter(*a, **k)))
+    # the default scale, 2**16, fits: no overflow; resumed, the clean-step count goes on
     s = _settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8)
     with pytest.raises(KeyboardInterrupt):
         search(s, progress=False, _interrupt_after=6)
     r = search(s, progress=False, resume=True)
     log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
-    # 2**16 -> overflow at the first steps? no: 2**16 <= 2**18 applies at once; so start above it
-    assert [x.get("overflow", "")[:26] for x in log[:1]] == [""] and log[0]["loss_scale"] == 2.0 ** 16
-    assert [x["step"] for x in log if "step" in x and "resumed_with" not in x] == list(range(1, 9)) and r.skipped_steps == 0
-    assert all(x["loss_scale"] == 2.0 ** 16 and x["scale_good"] == x["step"] for x in log if "loss" in x)  # resumed: the count goes on
-    assert 0.45 <= r.achieved_ratio <= 0.55
-
+    assert [x["step"] for x in log] == list(range(1, 9)) and r.skipped_steps == 0 and r.overflow_steps == 0
+    assert all(x["loss_scale"] == 2.0 ** 16 and x["scale_good"] == x["step"] for x in log)
     d = D.distill(_distill_settings(distill_world, tmp_path / "dout", mixed_precision="fp16"), progress=False)
-    train = [x for x in d.log if "dev" not in x and "resumed_with" not in x]
-    assert all(x["loss_scale"] == 2.0 ** 16 for x in train if "loss" in x) and d.skipped_steps == 0
-    # a scale over what the gradients take: halved per overflowing step, not counted as NaN steps
-    from prunekit.training import LossScale
+    assert all(x["loss_scale"] == 2.0 ** 16 for x in d.log if "loss" in x) and d.skipped_steps == 0 == d.overflow_steps
 
+    # a scale over what the gradients take (2**20): halved per overflowing step, not a NaN step
     real_init = LossScale.__init__
     monkeypatch.setattr(LossScale, "__init__", lambda self, enabled, init_scale=0, growth_interval=2000:
                         real_init(self, enabled, 2.0 ** 20, growth_interval))
-    r = search(_settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8,
-                         output_dir=str(tmp_path / "run2")), progress=False)
+    s2 = _settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8, output_dir=str(tmp_path / "run2"))
+    with pytest.raises(KeyboardInterrupt):
+        search(s2, progress=False, _interrupt_after=2)  # step 2 overflowed: its checkpoint is written all the same
+    assert (tmp_path / "run2.partial" / "checkpoints" / "step-0000002").is_dir()
+    r = search(s2, progress=False, resume=True)
     log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
     assert [x.get("overflow") for x in log[:3]] == ["fp16 gradients overflowed; loss scale halved to 524288",
                                                    "fp16 gradients overflowed; loss scale halved to 262144", None]
-    assert all(x["loss_scale"] == 2.0 ** 18 for x in log[2:]) and r.skipped_steps == 0
-    d = D.distill(_distill_settings(distill_world, tmp_path / "dout2", mixed_precision="fp16"), progress=False)
+    assert all(x["loss_scale"] == 2.0 ** 18 for x in log[2:]) and r.skipped_steps == 0 and r.overflow_steps == 2
+    assert json.loads((r.output_dir / "architecture.json").read_text())["overflow_steps"] == 2
+    fresh = search(_settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8,
+                             output_dir=str(tmp_path / "run3")), progress=False)
+    assert fresh.log == r.log  # the resumed run is the uninterrupted one
+    ds = _distill_settings(distill_world, tmp_path / "dout2", mixed_precision="fp16")
+    with pytest.raises(KeyboardInterrupt):
+        D.distill(ds, progress=False, _interrupt_after=2)
+    d = D.distill(ds, progress=False, resume=True)
     train = [x for x in d.log if "dev" not in x]
     assert [x.get("overflow", "")[:30] for x in train[:2]] == ["fp16 gradients overflowed; los"] * 2 and "loss" in train[2]
-    assert d.skipped_steps == 0 and all(x["loss"] == x["loss"] for x in train if "loss" in x)
-
+    # (stage 2's loss, not forced, may overflow at 2**18 by itself in CPU fp16: counted the same way)
+    n_over = sum("overflow" in x for x in train)
+    assert d.skipped_steps == 0 and d.overflow_steps == n_over >= 2 and all(x["loss"] == x["loss"] for x in train if "loss" in x)
+    assert json.loads((d.output_dir / "distill_report.json").read_text())["overflow_steps"] == n_over
+    fresh = D.distill(_distill_settings(distill_world, tmp_path / "dout3", mixed_precision="fp16"), progress=False)
+    assert [x for x in fresh.log if "dev" not in x] == train
