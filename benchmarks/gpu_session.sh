@@ -4,7 +4,8 @@
 #   1. end-to-end compact-model timings (issue 4's targets; the original + CUDA graph baseline; a profile),
 #      then gpu_probe.py (the device's copy/matmul ceilings, every kernel by name, the GELU-epilogue A/B);
 #   2. the CLI on CUDA: bench --device cuda, export-onnx --fp16, eval --device cuda (issue 5);
-#   3. prunekit's tests on CUDA (every CUDA backend and fp16 export first, then search, compact, CUDA graphs, distill);
+#   3. prunekit's tests on CUDA (every CUDA backend and fp16 export first, then search, compact, CUDA graphs, distill,
+#      fp16 training with loss scaling);
 #   4. the kernels' correctness cases and attention timings.
 # Usage (repo root): bash benchmarks/gpu_session.sh   — writes logs and results under $OUT.
 set -u
@@ -27,8 +28,8 @@ $T 160 python benchmarks/gpu_bench.py > "$OUT/bench_cli.log" 2>&1; echo "gpu_ben
 # Collection errors (a package missing on the image) must not stop the rest.
 (cd /tmp && $T 100 python -m pytest -q -p no:cacheprovider --continue-on-collection-errors \
     "$R/tests/test_backends.py" "$R/tests/test_export.py" "$R/tests/test_compact.py" "$R/tests/test_search_units.py" \
-    "$R/tests/test_gates.py" "$R/tests/test_search.py" "$R/tests/test_distill.py" \
-    -k "not kill and not fvcore and (not test_backends or cuda or shape_graphs) and (not test_export or fp16)" \
+    "$R/tests/test_gates.py" "$R/tests/test_search.py" "$R/tests/test_distill.py" "$R/tests/test_long_runs.py" \
+    -k "not kill and not fvcore and (not test_backends or cuda or shape_graphs) and (not test_export or fp16) and (not test_long_runs or fp16)" \
     > "$OUT/pytest_cuda.log" 2>&1); echo "pytest on CUDA rc=$?"
 
 $T 100 python benchmarks/gpu_kernels.py --budget 60 90 > "$OUT/kernels.log" 2>&1; echo "gpu_kernels rc=$?"
