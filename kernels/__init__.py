@@ -7,8 +7,8 @@ Installed under the import name ``prunekit_kernels`` (the directory is ``kernels
 * :mod:`.padding` — ``unpad_input`` / ``unpad_indices`` / ``pad_input`` for the varlen path.
 * :mod:`.epilogues` — ``bias_gelu`` and ``bias_residual_layernorm``.
 
-Kernels run on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before this
-package was imported (slow; for tests). :func:`triton_available` says which applies.
+Kernels run on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was
+imported (in the environment of the process: slow; for tests). :func:`triton_available` says which applies.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def triton_available(device: Optional[Union[str, torch.device]] = None) -> tuple
         if interpreted:
             return False, (
                 "kernels were loaded under TRITON_INTERPRET=1 (CPU interpreter); "
-                "unset it before importing prunekit_kernels to run them on CUDA"
+                "start Python without it to run them on CUDA"
             )
         if not torch.cuda.is_available():
             return False, "CUDA is not available to torch"
@@ -72,7 +72,7 @@ def triton_available(device: Optional[Union[str, torch.device]] = None) -> tuple
         if interpreted:
             return True, "Triton interpreter (TRITON_INTERPRET=1) on CPU: correct but slow, for tests"
         return False, (
-            "no CUDA device for the compiled kernels; set TRITON_INTERPRET=1 before importing "
-            "prunekit_kernels to run them (slowly) on CPU"
+            "no CUDA device for the compiled kernels; to run them (slowly) on the CPU, set TRITON_INTERPRET=1 in "
+            "the environment before Python starts (triton reads it when it is imported, e.g. by `import prunekit`)"
         )
     return False, f"device type {device.type!r} is not supported by these kernels"

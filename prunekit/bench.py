@@ -116,16 +116,15 @@ def system_info(device: str) -> dict:
 def _check_backends(s: BenchSettings, notes: list) -> list:
     """The backends to time: those asked for (names checked), or every one this machine has.
     One that cannot run here is left out with a one-line note."""
-    if s.device not in ("cpu", "cuda"):
-        raise PrunekitError(f"--device {s.device!r}: use cpu or cuda")
-    if s.device == "cuda" and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda, but torch sees no CUDA device on this machine: use --device cpu")
-    asked = list(s.backends or DEFAULT_BACKENDS[s.device])
+    from .distributed import resolve_device
+
+    kind = resolve_device(s.device).type  # cuda:1 -> cuda for the checks; the models go to s.device itself
+    asked = list(s.backends or DEFAULT_BACKENDS[kind])
     for b in asked:
-        check_backend(b, s.device)
+        check_backend(b, kind)
     out = []
     for b in asked:
-        why = unavailable(b, s.device)
+        why = unavailable(b, kind)
         if why:
             notes.append(f"{b}: skipped ({why})")
         else:

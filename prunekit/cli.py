@@ -115,7 +115,7 @@ def _stack(opts: list):
 def training_run_options(checkpoint_every: int):
     """The options search and distill share for a long training run (device, precision, checkpoints, NaN steps)."""
     opts = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True,
                      help="auto: bf16 autocast on CUDA, none on CPU; fp16 trains with dynamic loss scaling."),
         click.option("--checkpoint-every", type=int, default=checkpoint_every, show_default=True, help="Steps between checkpoints."),
@@ -298,7 +298,7 @@ def _names(values) -> list[str]:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("models", nargs=-1, required=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", "backends", multiple=True, help="Backend(s) to time (repeatable or comma-separated). cpu: torch-eager, torch-sdpa, torch-bf16, torch-bf16-packed, compile-fp32, compile-bf16, compile-bf16-packed, ort-fp32, ort-opt, ort-int8, ort-int8-static; cuda: torch-eager, torch-sdpa, torch-bf16, torch-bf16-packed, torch-fp16, torch-fp16-graph, compile-fp32, compile-bf16, compile-bf16-packed, compile-fp16, triton, triton-fp16, triton-fp16-graph, ort-cuda, ort-cuda-fp16. Default: every one that runs on the device (cuda: torch-sdpa, torch-fp16, torch-fp16-graph, compile-fp16, triton-fp16, triton-fp16-graph, ort-cuda, ort-cuda-fp16).")
 @click.option("--batch", type=int, default=16, show_default=True, help="Sentences per batch.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sentence (fixed mode), or the cut-off length (real-length mode).")
@@ -406,7 +406,7 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 @click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per forward pass.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Sequence length the analytic FLOPs are counted at.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
 @_friendly
 def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_column, max_examples, compare, backends, calibration,

@@ -63,12 +63,14 @@ def is_main_process() -> bool:
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda was asked for but this machine has no CUDA GPU: use --device cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError:
-        raise PrunekitError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
+    except (RuntimeError, TypeError):
+        raise PrunekitError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta...: devices torch names, prunekit does not run on
+        raise PrunekitError(f"--device {device}: prunekit runs on the CPU or a CUDA GPU; use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError(f"--device {device} was asked for but this machine has no CUDA GPU: use --device cpu")
     if resolved.type == "cuda" and resolved.index is None and launched_size() > 1:
         resolved = torch.device("cuda", local_rank)  # one GPU per process
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():

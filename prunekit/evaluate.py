@@ -280,6 +280,12 @@ def evaluate(
     for b in backends or ():
         check_backend(b, dev.type)
     loaded = [load_model(m, kind, device, tokenizer) for m in models]
+    files = [m.path for m in loaded if m.onnx is not None] if backends else []
+    if files and len(files) == len(loaded):
+        raise PrunekitError(f"--backend applies to model dirs, and {files[0]} is an exported .onnx file, which runs as "
+                            "exported in onnxruntime: drop --backend, or give the model dir")
+    for f in files:
+        log.warning("--backend applies to model dirs: %s runs as exported in onnxruntime", f)
     refs: dict[str, LoadedModel] = {}
     ref_outputs: dict = {}
     rows = []

@@ -243,6 +243,8 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
     # bad input: one line each
     for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification", "--max-length", "32"], "is a embedding model"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),
+                      (["eval", str(f), "--data", str(text), "--backend", "torch-bf16", "--max-length", "32"],
+                       "--backend applies to model dirs"),
                       (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "backend 'triton' runs on cuda only")):
         r = run(cli, args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)

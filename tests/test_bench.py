@@ -81,7 +81,7 @@ def test_bad_input(tiny_models, tmp_path):
     import torch
 
     if not torch.cuda.is_available():
-        cases += ((["bench", orig, "--device", "cuda"], "no CUDA device"),)
+        cases += ((["bench", orig, "--device", "cuda"], "this machine has no CUDA GPU"),)
     for args, msg in cases:
         r = runner.invoke(cli, args)
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)

@@ -158,3 +158,20 @@ def test_a_cuda_index_the_machine_lacks_is_one_line(monkeypatch):
     with pytest.raises(PrunekitError, match=r"--device cuda:3 asked for, but this machine has 1 CUDA GPU \(cuda:0\)"):
         resolve_device("cuda:3")
     assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(PrunekitError, match=r"unknown --device 'cuda:x'"):
+        resolve_device("cuda:x")
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta", "cuda:3"])
+def test_devices_prunekit_does_not_run_on_are_one_line(pair, tmp_path, device):
+    """Device names torch knows but prunekit does not run on (or a GPU this machine lacks): one line,
+    exit 2, from every verb that takes --device (it was a traceback from eval, search and distill)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    teacher, compact, texts = pair
+    for args in (["eval", compact, "--data", texts], ["bench", teacher, compact],
+                 ["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", "--max-steps", "2"],
+                 ["distill", compact, "--data", texts, "-o", tmp_path / "d"]):
+        _one_line_error(run(args + ["--device", device]), "--device", device)
