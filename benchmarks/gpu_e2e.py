@@ -363,8 +363,9 @@ def kernel_class(name: str) -> str:
     return next((cls for cls, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other (adds, copies, casts)")
 
 
-def profile_forward(fn, reps: int = 5) -> dict:
-    """GPU time per forward by kernel class, and kernels launched per forward (torch.profiler)."""
+def kernels_by_name(fn, reps: int = 5) -> list[dict]:
+    """Each CUDA kernel of one forward (torch.profiler over ``reps`` forwards): name, launches and
+    microseconds per forward, the longest first."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
@@ -374,19 +375,26 @@ def profile_forward(fn, reps: int = 5) -> dict:
             for _ in range(reps):
                 fn()
             torch.cuda.synchronize()
-    by_class: dict = {}
-    launches = 0
+    rows = []
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", None)
         if us is None:
             us = getattr(e, "self_cuda_time_total", 0)
-        if not us:
-            continue
-        launches += e.count
-        cls = kernel_class(e.key)
-        by_class[cls] = by_class.get(cls, 0.0) + us / reps
+        if us:
+            rows.append(dict(kernel=e.key, launches=e.count / reps, us=us / reps))
+    return sorted(rows, key=lambda r: -r["us"])
+
+
+def profile_forward(fn, reps: int = 5) -> dict:
+    """GPU time per forward by kernel class, and kernels launched per forward."""
+    by_class: dict = {}
+    launches = 0
+    for r in kernels_by_name(fn, reps):
+        launches += r["launches"]
+        cls = kernel_class(r["kernel"])
+        by_class[cls] = by_class.get(cls, 0.0) + r["us"]
     total = sum(by_class.values())
-    return dict(gpu_us=round(total, 1), launches_per_forward=round(launches / reps, 1),
+    return dict(gpu_us=round(total, 1), launches_per_forward=round(launches, 1),
                 share={k: round(v / total, 3) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])} if total else {})
 
 

@@ -78,25 +78,10 @@ def ceilings(on_gpu: bool) -> dict:
 
 
 def kernels_by_name(fn, reps: int = 5) -> list[dict]:
-    """Each CUDA kernel of one forward: name, launches and microseconds per forward."""
-    from torch.profiler import ProfilerActivity, profile
+    """gpu_e2e's per-kernel profile, rounded for the report."""
+    from gpu_e2e import kernels_by_name as profile
 
-    with torch.inference_mode():
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                fn()
-            torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None)
-        if us is None:
-            us = getattr(e, "self_cuda_time_total", 0)
-        if us:
-            rows.append(dict(kernel=e.key[:110], launches=round(e.count / reps, 1), us=round(us / reps, 1)))
-    rows.sort(key=lambda r: -r["us"])
-    return rows
+    return [dict(kernel=r["kernel"][:110], launches=round(r["launches"], 1), us=round(r["us"], 1)) for r in profile(fn, reps)]
 
 
 def epilogue_bandwidth(pk, n_tokens: int, hidden: int, ffn: int, on_gpu: bool) -> list[dict]:
