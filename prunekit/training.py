@@ -48,6 +48,7 @@ class LossScale:
         self.growth_interval = growth_interval
         self.good = 0  # applied steps since the scale last changed
         self.overflows = 0  # steps skipped for an overflow, before a resume too
+        self.announce_overflow = True  # log overflows (off on ranks other than 0)
 
     @classmethod
     def from_history(cls, enabled: bool, history: list[dict], **kwargs) -> "LossScale":
@@ -100,8 +101,6 @@ class LossScale:
             log.info("step %d skipped: fp16 gradients overflowed; loss scale now %g", step, self.scale)
         return {"step": step, "overflow": f"fp16 gradients overflowed; loss scale halved to {self.scale:g}",
                 "loss_scale": self.scale, "scale_good": self.good}
-
-    announce_overflow = True
 
 
 class NonFiniteGuard:
