@@ -240,10 +240,19 @@ def _check_onnx_report(side: Path, info) -> dict:
     return info
 
 
+def ort_providers(device: str) -> Optional[list]:
+    """onnxruntime's providers for ``device``: on cuda:N the CUDA provider on GPU N (onnxruntime's
+    own default is GPU 0), the CPU after it; None on the CPU."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
 def _ort_session(f: OnnxFile, device: str = "cpu", threads: Optional[int] = None):
     from .export import session
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
+    providers = ort_providers(device)
     try:
         return session(f.path, providers, threads)
     except Exception as e:  # not an ONNX model, or one this onnxruntime cannot run
@@ -474,11 +483,11 @@ def _onnx_run(sess, pool: bool) -> Callable[[dict], torch.Tensor]:
 
 
 def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optional[int],
-                calibration: Optional[str]) -> Optional[Runner]:
+                calibration: Optional[str], device: str = "cpu") -> Optional[Runner]:
     from .export import ExportSettings, export_onnx, session
 
     on_cuda = backend.startswith("ort-cuda")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else None
+    providers = ort_providers(device if on_cuda else "cpu")
     static = backend == "ort-int8-static"
     es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8", "ort-cuda-fp16"),  # static int8: the unfused graph
                         fp16=backend == "ort-cuda-fp16",
@@ -506,7 +515,7 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
 def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
     """The ``ort`` backend: an exported file as it is."""
     sess = _ort_session(f, device, threads)
-    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":  # e.g. CUDA libraries missing
+    if torch.device(device).type == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":  # e.g. CUDA libraries missing
         raise PrunekitError(f"onnxruntime fell back to {sess.get_providers()[0]} instead of CUDA for {f.path}")
     missing = [n for n in _ort_inputs(sess) if n not in ("input_ids", "attention_mask", "token_type_ids")]
     if missing:
@@ -528,7 +537,7 @@ def build_runner(source, name: str, backend: str, device: str = "cpu", threads: 
         why = unavailable("ort", kind)
         if why:
             raise PrunekitError(f"cannot run {source.path} on {kind}: {why}")
-        return onnx_file_runner(source, name, kind, threads)
+        return onnx_file_runner(source, name, device, threads)
     check_backend(backend, kind)
     why = unavailable(backend, kind)
     if why:
@@ -536,5 +545,5 @@ def build_runner(source, name: str, backend: str, device: str = "cpu", threads: 
     if backend.startswith("ort-"):
         if workdir is None:
             raise ValueError("ort backends need a workdir for their ONNX files")
-        return _ort_runner(source, name, backend, workdir, threads, calibration)
+        return _ort_runner(source, name, backend, workdir, threads, calibration, device)
     return _torch_runner(source, name, backend, device)

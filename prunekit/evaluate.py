@@ -295,7 +295,7 @@ def evaluate(
         def runner_for(m: LoadedModel, backend: Optional[str]):
             """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
             if isinstance(m.onnx, OnnxFile):
-                r = onnx_file_runner(m.onnx, m.path, dev.type)  # onnxruntime: the default GPU
+                r = onnx_file_runner(m.onnx, m.path, str(dev))  # on cuda:N, onnxruntime's CUDA provider on GPU N
                 stage = (m.onnx.info.get("checks") or [{}])[-1].get("stage", "")
                 label = f"ort-{stage}" if stage in ("int8", "int8-static", "fp16") else "ort"  # static vs dynamic int8
                 return label, r.dtype, r.run

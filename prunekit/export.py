@@ -250,9 +250,10 @@ def session(path: str | os.PathLike, providers: Optional[list] = None, threads: 
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Providers this onnxruntime lacks (CUDA in a CPU-only build) are left out rather than warned about.
+    # Providers this onnxruntime lacks (CUDA in a CPU-only build) are left out rather than warned about;
+    # an entry is a name or (name, options).
     available = set(ort.get_available_providers())
-    providers = [p for p in providers or () if p in available] or ["CPUExecutionProvider"]
+    providers = [p for p in providers or () if (p[0] if isinstance(p, tuple) else p) in available] or ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
