@@ -73,6 +73,6 @@ def triton_available(device: Optional[Union[str, torch.device]] = None) -> tuple
             return True, "Triton interpreter (TRITON_INTERPRET=1) on CPU: correct but slow, for tests"
         return False, (
             "no CUDA device for the compiled kernels; to run them (slowly) on the CPU, set TRITON_INTERPRET=1 in "
-            "the environment before Python starts (triton reads it when it is imported, e.g. by `import prunekit`)"
+            "the environment before Python starts (set later in a running process, the attention kernel fails)"
         )
     return False, f"device type {device.type!r} is not supported by these kernels"

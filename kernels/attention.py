@@ -337,7 +337,7 @@ def _check_device(name: str, device: torch.device) -> None:
     elif device.type != "cuda":
         raise ValueError(
             f"{name}: Triton kernels need CUDA tensors, got {device}. On a CPU-only machine set "
-            f"TRITON_INTERPRET=1 in the environment before Python starts (triton reads it on import; slow), or call {name}_reference"
+            f"TRITON_INTERPRET=1 in the environment before Python starts (set later in a running process, the attention kernel fails; slow), or call {name}_reference"
         )
 
 

@@ -129,7 +129,7 @@ def _check_x(name: str, x: torch.Tensor) -> None:
     elif x.device.type != "cuda":
         raise ValueError(
             f"{name}: Triton kernels need CUDA tensors, got {x.device}. On a CPU-only machine set "
-            f"TRITON_INTERPRET=1 in the environment before Python starts (triton reads it on import; slow), or call {name}_reference"
+            f"TRITON_INTERPRET=1 in the environment before Python starts (set later in a running process, the attention kernel fails; slow), or call {name}_reference"
         )
 
 

@@ -240,17 +240,8 @@ def _check_onnx_report(side: Path, info) -> dict:
     return info
 
 
-def ort_providers(device: str) -> Optional[list]:
-    """onnxruntime's providers for ``device``: on cuda:N the CUDA provider on GPU N (onnxruntime's
-    own default is GPU 0), the CPU after it; None on the CPU."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return None
-    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
-
-
 def _ort_session(f: OnnxFile, device: str = "cpu", threads: Optional[int] = None):
-    from .export import session
+    from .export import ort_providers, session
 
     providers = ort_providers(device)
     try:
@@ -484,7 +475,7 @@ def _onnx_run(sess, pool: bool) -> Callable[[dict], torch.Tensor]:
 
 def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optional[int],
                 calibration: Optional[str], device: str = "cpu") -> Optional[Runner]:
-    from .export import ExportSettings, export_onnx, session
+    from .export import ExportSettings, export_onnx, ort_providers, session
 
     on_cuda = backend.startswith("ort-cuda")
     providers = ort_providers(device if on_cuda else "cpu")
@@ -492,7 +483,8 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
     es = ExportSettings(optimize=backend in ("ort-opt", "ort-int8", "ort-cuda-fp16"),  # static int8: the unfused graph
                         fp16=backend == "ort-cuda-fp16",
                         quantize="int8-static" if static else "int8" if backend == "ort-int8" else None,
-                        calibration=calibration if static else None)  # None: the shipped corpus
+                        calibration=calibration if static else None,  # None: the shipped corpus
+                        device=device if on_cuda else None)  # the fp16 check on the GPU the runner uses
     # A directory of its own (unique, made atomically): the graph and whatever the export writes
     # beside it never meet another runner's files in a shared workdir.
     path = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=workdir)) / "model.onnx"

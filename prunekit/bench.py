@@ -34,7 +34,7 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -116,9 +116,7 @@ def system_info(device: str) -> dict:
 def _check_backends(s: BenchSettings, notes: list) -> list:
     """The backends to time: those asked for (names checked), or every one this machine has.
     One that cannot run here is left out with a one-line note."""
-    from .distributed import resolve_device
-
-    kind = resolve_device(s.device).type  # cuda:1 -> cuda for the checks; the models go to s.device itself
+    kind = torch.device(s.device).type  # cuda:1 -> cuda for the checks; the models go to s.device itself
     asked = list(s.backends or DEFAULT_BACKENDS[kind])
     for b in asked:
         check_backend(b, kind)
@@ -222,6 +220,9 @@ def bench(s: BenchSettings) -> dict:
             raise PrunekitError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     if s.warmup < 0:
         raise PrunekitError(f"--warmup must be >= 0, got {s.warmup}")
+    from .distributed import resolve_device
+
+    s = replace(s, device=str(resolve_device(s.device)))  # "auto" -> cpu or cuda, once, for everything below
     if s.threads is not None and s.threads < 1:
         raise PrunekitError(f"--threads must be >= 1, got {s.threads}")
     notes: list = []

@@ -69,6 +69,8 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         raise PrunekitError(f"unknown --device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta...: devices torch names, prunekit does not run on
         raise PrunekitError(f"--device {device}: prunekit runs on the CPU or a CUDA GPU; use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cpu":
+        return torch.device("cpu")  # cpu:1 is the CPU too
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise PrunekitError(f"--device {device} was asked for but this machine has no CUDA GPU: use --device cpu")
     if resolved.type == "cuda" and resolved.index is None and launched_size() > 1:

@@ -308,6 +308,15 @@ def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, rela
 # ------------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------------
+def ort_providers(device: str) -> Optional[list]:
+    """onnxruntime's providers for ``device``: on cuda:N the CUDA provider on GPU N (onnxruntime's
+    own default is GPU 0), the CPU after it; None on the CPU."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
 @dataclass
 class ExportSettings:
     """``prunekit export-onnx`` options (saved beside the model as ``<output>.json``)."""
@@ -334,6 +343,7 @@ class ExportSettings:
     int8_rtol: float = 0.25
     force: bool = False
     seed: int = 0
+    device: Optional[str] = None  # the GPU the fp16 check runs on (cuda:N); None: the CUDA provider's default when there is a GPU
 
 
 @dataclass
@@ -664,7 +674,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         if s.fp16:
             half = work / "fp16.onnx"
             _to_fp16(current, half)
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else None
+            providers = ort_providers(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
             _require(report, validate(half, loaded, "fp16", s.fp16_rtol, relative=True, providers=providers, seed=s.seed))
             current = half
         if s.quantize == "int8":

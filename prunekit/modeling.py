@@ -647,7 +647,9 @@ def capture_graph(fn, device: torch.device, warmup: int = 2, pool=None) -> tuple
                 fn()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool):
+        # on this device's own stream: torch.cuda.graph's default capture stream is made once per
+        # process, on whichever GPU was current at the first capture
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=pool, stream=side):
             out = fn()
     return graph, out
 

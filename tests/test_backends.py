@@ -242,15 +242,16 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
                 B.build_runner(B.load_onnx_file(f), "m", "ort", device=device)
         monkeypatch.undo()
     # on cuda:N onnxruntime's CUDA provider is asked for GPU N (its default is GPU 0)
-    assert B.ort_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert B.ort_providers("cuda")[0] == ("CUDAExecutionProvider", {"device_id": 0}) and B.ort_providers("cpu") is None
-    from prunekit.export import session
+    from prunekit.export import ort_providers, session
+
+    assert ort_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert ort_providers("cuda")[0] == ("CUDAExecutionProvider", {"device_id": 0}) and ort_providers("cpu") is None
 
     import onnxruntime as ort
 
     with monkeypatch.context() as m:  # a provider this build lacks is left out, options and all
         m.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-        assert session(f, B.ort_providers("cuda:1")).get_providers() == ["CPUExecutionProvider"]
+        assert session(f, ort_providers("cuda:1")).get_providers() == ["CPUExecutionProvider"]
     # bad input: one line each
     for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification", "--max-length", "32"], "is a embedding model"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),

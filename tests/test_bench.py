@@ -139,6 +139,18 @@ def test_a_backend_whose_first_run_fails_is_a_note_and_the_rest_is_timed(tiny_mo
                           "environment variable.)") for n in res["notes"]), res["notes"]
 
 
+def test_device_auto_and_cpu_n_resolve_once(tiny_models):
+    """--device auto is resolved before anything uses it (it reached tensor.to("auto")); cpu:1 is the CPU."""
+    import torch
+
+    orig = str(tiny_models("tinybert4", "embedding"))
+    for device in ("auto", "cpu:1"):
+        res = bench(BenchSettings(models=[orig], device=device, backends=["torch-sdpa"], batch=2, seq_len=8, repeats=1,
+                                  warmup=0, threads=1, fvcore=False))
+        assert res["settings"]["device"] == ("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
+        assert [r["backend"] for r in res["rows"]] == ["torch-sdpa"]
+
+
 def test_noise_note_names_the_noisy_rows():
     from prunekit.bench import noise_notes
 
