@@ -127,6 +127,17 @@ def build_teacher(name: str, spec: dict, cfg: dict, dev: str):
     return Teacher(model=model, tokenizer=None, kind=kind, name_or_path=name, shape=shape)
 
 
+def random_arch(shape, cfg: dict):
+    """The architecture at ``cfg["target"]`` of the FLOPs from random head/neuron priorities (seed 0):
+    uneven heads per layer, as a search gives, without running one."""
+    from prunekit.selection import select_to_budget
+
+    g = torch.Generator().manual_seed(0)
+    return select_to_budget(torch.rand(shape.num_layers, shape.num_heads, generator=g),
+                            torch.rand(shape.num_layers, shape.intermediate_size, generator=g),
+                            shape, cfg["seq_len"], cfg["target"])
+
+
 def make_batch(batch: int, seq_len: int, vocab: int, mixed: bool, dev: str, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     if mixed:  # exponential-ish lengths like GLUE sentences, mean ~ seq_len / 3, one at the maximum
@@ -537,7 +548,6 @@ def main() -> int:
     try:
         import_prunekit(args.quick)
         from prunekit.compact import compact, count_params
-        from prunekit.selection import select_to_budget
     except Exception as exc:  # noqa: BLE001 - say why in the results file, then stop
         traceback.print_exc()
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -564,10 +574,7 @@ def main() -> int:
         try:
             teacher = build_teacher(name, spec, cfg, dev)
             shape = teacher.shape
-            g = torch.Generator().manual_seed(0)
-            arch = select_to_budget(torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                                    torch.rand(shape.num_layers, shape.intermediate_size, generator=g),
-                                    shape, cfg["seq_len"], cfg["target"])
+            arch = random_arch(shape, cfg)
             compact32 = compact(teacher, arch)
             info = dict(name=name, kind=teacher.kind, params_original=count_params(teacher.model),
                         params_compact=count_params(compact32), flops_ratio=arch.flops_ratio(shape, cfg["seq_len"]),

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from gpu_e2e import (build_teacher, configs, environment, import_prunekit, inputs, make_batch,  # noqa: E402
-                     rel_err, set_attn)
+                     random_arch, rel_err, set_attn)
 
 T0 = time.time()
 
@@ -125,7 +125,6 @@ def main() -> int:
     _, pk = import_prunekit(args.quick)
     from prunekit.compact import compact
     from prunekit import modeling
-    from prunekit.selection import select_to_budget
 
     cfg = configs(args.quick)
     name = next(iter(cfg["models"]))
@@ -136,10 +135,7 @@ def main() -> int:
         log(f"ceilings {result['ceilings']}")
         teacher = build_teacher(name, spec, cfg, dev)
         shape = teacher.shape
-        g = torch.Generator().manual_seed(0)
-        arch = select_to_budget(torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                                torch.rand(shape.num_layers, shape.intermediate_size, generator=g),
-                                shape, cfg["seq_len"], cfg["target"])
+        arch = random_arch(shape, cfg)
         compact32 = compact(teacher, arch)
         compact16 = copy.deepcopy(compact32).to(dtype)
         original16 = teacher.model.to(dtype)
