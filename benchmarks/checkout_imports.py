@@ -1,35 +1,30 @@
 """Import prunekit / prunekit_kernels from this checkout with nothing installed (the lent GPU machine).
 
-The repo root itself is not put on sys.path: its ``kernels/`` would shadow the PyPI package of that
-name, which transformers probes. Instead the packages are linked into a temp dir that is removed at
-exit (the links only, never what they point to).
+The repo root holds ``prunekit/`` and ``kernels/prunekit_kernels/``; ``kernels/`` has no
+``__init__.py``, so neither path shadows an installed distribution (the PyPI ``kernels`` package
+that transformers imports among them). Putting both on ``sys.path`` is all it takes.
 """
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"prunekit": REPO / "prunekit", "prunekit_kernels": REPO / "kernels"}
+CHECKOUT_PATHS = (str(REPO), str(REPO / "kernels"))
 
 
-def link_checkout(names: tuple[str, ...], quick: bool) -> None:
-    """Make ``names`` importable; without CUDA only a ``--quick`` smoke run (Triton interpreted) goes on."""
+def use_checkout(quick: bool) -> None:
+    """Make ``prunekit`` and ``prunekit_kernels`` importable from this checkout, for this process and
+    its children (PYTHONPATH); without CUDA only a ``--quick`` smoke run (Triton interpreted) goes on."""
     if not torch.cuda.is_available():
         if not quick:
             sys.exit("No CUDA device: run with --quick to smoke-test on CPU (Triton interpreted).")
         os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit decorator runs
-    tmp = Path(tempfile.mkdtemp(prefix="prunekit_checkout_"))
-    atexit.register(shutil.rmtree, tmp, True)
-    for name in names:
-        try:
-            (tmp / name).symlink_to(PACKAGES[name], target_is_directory=True)
-        except OSError:
-            shutil.copytree(PACKAGES[name], tmp / name)
-    sys.path.insert(0, str(tmp))
+    for path in reversed(CHECKOUT_PATHS):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in CHECKOUT_PATHS]
+    os.environ["PYTHONPATH"] = os.pathsep.join([*CHECKOUT_PATHS, *inherited])

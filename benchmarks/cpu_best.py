@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cpu_speedup import SHAPES as ALL_SHAPES, make_compact, make_original  # noqa: E402
 from prunekit.backends import CPU_BACKENDS, build_runner  # noqa: E402
-from prunekit.bench import BenchSettings, bench, format_best, system_info  # noqa: E402
+from prunekit.bench import BenchSettings, bench, format_best  # noqa: E402
+from prunekit.system import system_info  # noqa: E402
 from prunekit.export import load_model_dir, random_inputs  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
 

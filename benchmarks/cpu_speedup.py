@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prunekit.architecture import Architecture  # noqa: E402
-from prunekit.bench import BenchSettings, bench, cpu_info, system_info  # noqa: E402
+from prunekit.bench import BenchSettings, bench  # noqa: E402
+from prunekit.system import cpu_info, system_info  # noqa: E402
 from prunekit.compact import compact  # noqa: E402
 from prunekit.flops import ModelShape, model_flops  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402

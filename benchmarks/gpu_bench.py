@@ -66,18 +66,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    # prunekit from this checkout through linked packages, never with the repo root on sys.path (its
-    # kernels/ would shadow the PyPI package `kernels` that transformers probes); the CLI runs below
-    # get the same links on PYTHONPATH and run outside the repo.
-    from checkout_imports import link_checkout
+    # prunekit from this checkout, nothing installed; the CLI runs below inherit it through PYTHONPATH.
+    from checkout_imports import use_checkout
 
-    link_checkout(("prunekit", "prunekit_kernels"), args.quick)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([sys.path[0]] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    import prunekit  # noqa: F401  (from the links, before cpu_speedup puts the repo root on sys.path)
+    use_checkout(args.quick)
+    env = dict(os.environ)
     from cpu_speedup import make_compact, make_original
 
-    while str(ROOT) in sys.path:
-        sys.path.remove(str(ROOT))
     out_dir = args.out or (Path(os.environ["OUT"]) / "gpu_bench" if os.environ.get("OUT") else ROOT / "benchmarks" / "results" / "gpu_bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     dims, batch, seq = ((2, 64, 4, 128), 4, 16) if args.quick else ((12, 768, 12, 3072), 128, 128)

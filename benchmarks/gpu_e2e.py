@@ -6,9 +6,7 @@ prunekit not installed:
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_e2e.py            # from the repo root, < 4 minutes
 
-It links ``<repo>/prunekit`` and ``<repo>/kernels`` (as ``prunekit_kernels``) into a temp dir on
-``sys.path`` (the repo root itself is not put there: its ``kernels/`` would shadow the PyPI package
-of that name, which transformers probes), then for a BERT-base-shaped classifier and a
+It imports ``prunekit`` and ``prunekit_kernels`` from this checkout (``checkout_imports``), then for a BERT-base-shaped classifier and a
 MiniLM-L6-shaped embedding model with random weights (no downloads):
 
 1. makes a 30%-FLOPs architecture (random priorities through ``select_to_budget``: the timing
@@ -56,9 +54,9 @@ def log(msg: str) -> None:
 
 def import_prunekit(quick: bool):
     """Make ``prunekit`` and ``prunekit_kernels`` importable from this checkout, nothing installed."""
-    from checkout_imports import link_checkout
+    from checkout_imports import use_checkout
 
-    link_checkout(("prunekit", "prunekit_kernels"), quick)
+    use_checkout(quick)
     import prunekit
     import prunekit_kernels
 

@@ -5,8 +5,7 @@ Made for a lent GPU machine with its own torch/Triton, no prunekit installed and
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_kernels.py          # from the repo root
 
-It imports the kernels from ``<repo>/kernels`` under the name ``prunekit_kernels`` through a symlink
-in a temp dir (never imports prunekit), then
+It imports ``prunekit_kernels`` from ``<repo>/kernels/`` (never imports prunekit), then
 
 1. checks every kernel against its PyTorch reference (float64) on many shapes, dtypes and head
    counts, with poisoned (NaN-filled) outputs; a case passes when it is finite and its relative
@@ -47,10 +46,10 @@ def log(msg: str) -> None:
 
 
 def import_kernels(quick: bool):
-    """Import <repo>/kernels as prunekit_kernels without installing anything."""
-    from checkout_imports import link_checkout
+    """Import prunekit_kernels from this checkout without installing anything."""
+    from checkout_imports import use_checkout
 
-    link_checkout(("prunekit_kernels",), quick)
+    use_checkout(quick)
     import prunekit_kernels as pk
 
     return pk

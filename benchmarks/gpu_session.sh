@@ -16,10 +16,8 @@ T="timeout -k 5"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 $T 30 python -c "import torch, triton, transformers, onnx, onnxruntime as o; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'onnx', onnx.__version__, 'onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tail -1
 
-# prunekit importable without installing it and without the repo root on sys.path (its kernels/
-# would shadow the PyPI package `kernels` that transformers probes): link both into a temp dir.
-A=$(mktemp -d); ln -s "$R/prunekit" "$A/prunekit"; ln -s "$R/kernels" "$A/prunekit_kernels"
-export PYTHONPATH="$A"
+# prunekit and prunekit_kernels from this checkout, nothing installed.
+export PYTHONPATH="$R:$R/kernels"
 
 $T 120 python benchmarks/gpu_e2e.py --budget 85 > "$OUT/e2e.log" 2>&1; echo "gpu_e2e rc=$?"
 $T 50 python benchmarks/gpu_probe.py > "$OUT/probe.log" 2>&1; echo "gpu_probe rc=$?"

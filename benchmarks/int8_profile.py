@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cpu_speedup import SHAPES, make_compact, make_original, to_markdown  # noqa: E402
-from prunekit.bench import system_info  # noqa: E402
+from prunekit.system import system_info  # noqa: E402
 from prunekit.export import CPU_FUSION, ExportSettings, export_onnx, optimize_graph  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
 

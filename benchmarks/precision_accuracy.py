@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cpu_best import Contention, wait_quiet  # noqa: E402
-from prunekit.bench import BenchSettings, bench, format_best, system_info  # noqa: E402
+from prunekit.bench import BenchSettings, bench, format_best  # noqa: E402
+from prunekit.system import system_info  # noqa: E402
 from prunekit.evaluate import evaluate, format_table  # noqa: E402
 from prunekit.io import atomic_write_text  # noqa: E402
 

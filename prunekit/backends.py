@@ -53,6 +53,7 @@ from torch import nn
 from .errors import PrunekitError
 from .io import read_json
 from .pooling import mean_pool
+from .system import native_bf16
 
 # name -> (dtype, devices)
 BACKENDS: dict[str, tuple[str, tuple]] = {
@@ -120,15 +121,6 @@ def _c_compiler() -> Optional[str]:
         if name and shutil.which(name):
             return name
     return None
-
-
-def native_bf16(isa: Optional[dict] = None) -> bool:
-    """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without, bf16 is emulated."""
-    if isa is None:
-        from .bench import cpu_info
-
-        isa = cpu_info()["isa"]
-    return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
 
 
 def unavailable(backend: str, device: str = "cpu") -> Optional[str]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -46,6 +45,7 @@ from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_run
 from .export import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes
+from .system import system_info
 
 log = logging.getLogger(__name__)
 
@@ -76,38 +76,6 @@ class BenchSettings:
     calibration: Optional[str] = None  # ort-int8-static's data; None: real_lengths' data, else the shipped corpus
     fvcore: bool = True
     seed: int = 0
-
-
-def cpu_info() -> dict:
-    """CPU model, ISA flags that decide the fast kernels, core count (Linux /proc/cpuinfo)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    isa = {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")}
-    return {"model": name, "isa": isa, "logical_cpus": os.cpu_count()}
-
-
-def system_info(device: str) -> dict:
-    import transformers
-
-    try:
-        import onnxruntime as ort
-    except ImportError:  # the torch backends still run
-        ort = None
-    info = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": ort.__version__ if ort else None,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "ort_providers": ort.get_available_providers() if ort else []}
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
-    return info
 
 
 # ------------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from .errors import PrunekitError
 from .io import atomic_write_text
 from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
 from .pooling import mean_pool
+from .system import int8_dot_product
 
 log = logging.getLogger(__name__)
 
@@ -460,13 +461,15 @@ INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (A
              "BiasGelu; no SkipLayerNormalization, slower on the CPU than the Add and LayerNorm it replaces)")
 
 
-def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Optional[Callable[[Path], None]] = None) -> dict:
+def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Optional[Callable[[Path], None]] = None,
+                  reduce_range: bool = False) -> dict:
     """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per output channel, activations
     quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX) in
     ``QAttention`` and ``DynamicQuantizeMatMul``; the attention score/context products, Softmax,
     LayerNorm and GELU fp32. Returns the fusion statistics of :func:`optimize_graph`
     (``heads_per_layer``: the layers' head counts; a fusion that gets one wrong is redone with
-    attention unfused, and ``notes`` says so).
+    attention unfused, and ``notes`` says so). ``reduce_range``: 7-bit weights, for CPUs without an
+    int8 dot product (see :func:`int8_reduce_range`).
 
     The graph is fused first with :data:`CPU_FUSION` (no SkipLayerNormalization), and the
     quantized graph is saved without its stored intermediate shapes (``value_info``): with them,
@@ -509,7 +512,7 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # DefaultTensorType: shape inference gives no types past fused com.microsoft ops (Attention, ...)
-                quantize_dynamic(str(fused), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                quantize_dynamic(str(fused), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         finally:
             logging.disable(logging.NOTSET)
@@ -517,6 +520,24 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused:
     finally:
         fused.unlink(missing_ok=True)
     return stats
+
+
+REDUCE_RANGE_NOTE = (
+    "int8 weights in 7 bits (reduce_range): this CPU has no int8 dot product (VNNI/AMX), and onnxruntime's 8-bit "
+    "kernels for it saturate; the file runs on any x86 CPU (one made on a VNNI CPU is less exact on CPUs without)")
+
+
+def int8_reduce_range(isa: Optional[dict] = None) -> bool:
+    """Whether int8 weights are quantized to 7 bits here: on an x86 CPU without an int8 dot product
+    (AVX512-VNNI, AVX-VNNI, AMX-INT8), onnxruntime multiplies u8 activations by s8 weights with
+    VPMADDUBSW, whose int16 sums of two products saturate; onnxruntime's documentation advises
+    ``reduce_range`` there. On the AVX2-only EPYC of 2026-12-03 the tiny test models' int8 outputs
+    differed from fp32 by 16-30% with 8-bit weights and stayed within the tests' 10% with 7 bits."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    return not int8_dot_product(isa)
 
 
 def drop_value_info(path: Path) -> None:
@@ -555,7 +576,7 @@ def calibration_batches(loaded: LoadedModel, data: Optional[str], examples: int,
     return out
 
 
-def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
+def quantize_int8_static(src: Path, dst: Path, batches: list[dict], reduce_range: bool = False) -> None:
     """Static int8 of the weight MatMuls (``QLinearMatMul``), activation ranges from ``batches`` (MinMax).
 
     Only MatMuls with a constant weight are quantized (``MatMulConstBOnly``): the attention score
@@ -602,7 +623,7 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["MatMul"],
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=down,
+                            per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=down,
                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.disable(logging.NOTSET)
@@ -645,6 +666,9 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
                                      num_labels=0 if loaded.kind == "embedding" else cfg.num_labels),
                           params=sum(p.numel() for p in loaded.compact.parameters()),
                           id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()})
+    reduce_range = s.quantize in QUANTIZE and int8_reduce_range()
+    if reduce_range:
+        report.notes.append(REDUCE_RANGE_NOTE)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
     try:
@@ -680,13 +704,14 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         if s.quantize == "int8":
             q = work / "int8.onnx"
             report.fused = quantize_int8(current, q, report.heads_per_layer, check_fused=lambda f: _require(
-                report, validate(f, loaded, "int8-fusion", s.atol, seed=s.seed)))
+                report, validate(f, loaded, "int8-fusion", s.atol, seed=s.seed)), reduce_range=reduce_range)
             report.notes += report.fused.pop("notes", [])
             _require(report, validate(q, loaded, "int8", s.int8_rtol, relative=True, seed=s.seed))
             current = q
         elif s.quantize == "int8-static":
             q = work / "int8-static.onnx"
-            quantize_int8_static(current, q, calibration_batches(loaded, s.calibration, s.calibration_examples))
+            quantize_int8_static(current, q, calibration_batches(loaded, s.calibration, s.calibration_examples),
+                                 reduce_range=reduce_range)
             _require(report, validate(q, loaded, "int8-static", s.int8_rtol, relative=True, seed=s.seed))
             current = q
         report.size_bytes = current.stat().st_size

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from factory import make_sentences
 from prunekit import backends as B
-from prunekit.bench import BenchSettings, bench, cpu_info
+from prunekit.bench import BenchSettings, bench
+from prunekit.system import cpu_info, native_bf16
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from prunekit.export import load_model_dir, random_inputs, reference_output
@@ -146,7 +147,7 @@ def test_isa_detection_and_missing_backends(tiny_models, tmp_path, monkeypatch):
     assert all(isinstance(v, bool) for v in info["isa"].values())
     if info["isa"]["avx512f"] or info["isa"]["amx_bf16"]:  # these imply AVX2 on every x86 CPU that has them
         assert info["isa"]["avx2"]
-    assert B.native_bf16(info["isa"]) == (info["isa"]["avx512_bf16"] or info["isa"]["amx_bf16"])
+    assert native_bf16(info["isa"]) == (info["isa"]["avx512_bf16"] or info["isa"]["amx_bf16"])
     # no C++ compiler: inductor cannot compile on the CPU
     monkeypatch.setattr(B.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)

@@ -6,7 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from prunekit.bench import BenchSettings, bench, cpu_info
+from prunekit.bench import BenchSettings, bench
+from prunekit.system import cpu_info
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from test_export import compact_dir

@@ -84,6 +84,9 @@ def test_int8_within_loose_tolerance(tiny_models, tmp_path):
     assert report["checks"][-1]["stage"] == "int8" and report["fused"]["heads_match"]
     assert report["fused"]["attention_heads"] == [h for h in report["heads_per_layer"] if h]
     assert any("dynamic int8" in n and "the same fusions, done by the int8 step" in n for n in report["notes"])
+    from prunekit.export import REDUCE_RANGE_NOTE, int8_reduce_range
+
+    assert (REDUCE_RANGE_NOTE in report["notes"]) == int8_reduce_range()  # 7-bit weights said where this CPU needs them
     # the fused fp32 graph int8 starts from is checked exactly first, with a left-padded batch
     fusion = next(c for c in r.checks if c.stage == "int8-fusion")
     assert fusion.ok and fusion.max_abs_diff < 1e-4 and [3, 11] in fusion.shapes
@@ -276,3 +279,16 @@ def test_packaged_model_int8_passes_and_a_broken_one_fails(tmp_path):
         _tampered(out, bad, how)
         c = validate(bad, loaded, "int8", ExportSettings().int8_rtol, relative=True)
         assert not c.ok and c.rel_diff > 2 * honest.rel_diff, (how, c.rel_diff)  # measured 1.9, 0.50, 1.27 (seed 0)
+
+
+def test_int8_weights_take_seven_bits_on_cpus_without_an_int8_dot_product(monkeypatch):
+    import platform
+
+    from prunekit import export as E
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert E.int8_reduce_range({"avx2": True}) is True  # VPMADDUBSW saturates on 8-bit weights
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        assert E.int8_reduce_range({"avx2": True, flag: True}) is False
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert E.int8_reduce_range({}) is False

@@ -1,6 +1,7 @@
 """Triton kernels for prunekit's compact model, each beside its PyTorch reference.
 
-Installed under the import name ``prunekit_kernels`` (the directory is ``kernels/``).
+Installed under the import name ``prunekit_kernels`` (the directory is ``kernels/prunekit_kernels/``;
+``kernels/`` has no ``__init__.py``, so the clone never shadows the PyPI distribution ``kernels``).
 
 * :mod:`.attention` — fused multi-head attention forward from a packed QKV projection, padded
   (key-padding mask) and varlen (``cu_seqlens``), any head count per launch.
