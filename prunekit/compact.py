@@ -35,8 +35,10 @@ from .modeling import (
     CompactBertForSequenceClassification,
     CompactBertModel,
     CompactBertPreTrainedModel,
+    save_compact,
 )
-from .models import Teacher, load_teacher, model_output
+from .models import Teacher, load_teacher, model_output, quiet
+from .portable import write_sentence_transformers_files
 
 log = logging.getLogger(__name__)
 
@@ -372,17 +374,11 @@ def compact_to_dir(
         "matrix products only (flops_fvcore_all_ops adds LayerNorm and the like)"
     )
 
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar, for one small file
-    try:
-        with atomic_output_dir(out_dir, force) as work:
-            compact_model.save_pretrained(work, safe_serialization=True)
-            teacher.tokenizer.save_pretrained(work)
-            atomic_write_text(work / "architecture.json", arch_path.read_text(encoding="utf-8"))
-            atomic_write_text(work / "compact_report.json", json.dumps(report.to_dict(), indent=1) + "\n")
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with atomic_output_dir(out_dir, force) as work:
+        quiet(save_compact, compact_model, work)  # no "Writing model shards" bar for one small file
+        teacher.tokenizer.save_pretrained(work)
+        if teacher.kind == "embedding":
+            write_sentence_transformers_files(work, teacher.name_or_path, shape.hidden_size, seq_len)
+        atomic_write_text(work / "architecture.json", arch_path.read_text(encoding="utf-8"))
+        atomic_write_text(work / "compact_report.json", json.dumps(report.to_dict(), indent=1) + "\n")
     return report

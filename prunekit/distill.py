@@ -40,7 +40,8 @@ from .distributed import World, all_reduce_sum, broadcast_object, data_parallel,
 from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
-from .modeling import CompactBertPreTrainedModel, load_compact
+from .modeling import CompactBertPreTrainedModel, load_compact, save_compact
+from .portable import write_sentence_transformers_files
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 from .training import LossScale, NonFiniteGuard, check_total_steps, skipped_in
@@ -712,8 +713,10 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
         final = work / "output"
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir()
-        _quiet(student.save_pretrained, final, safe_serialization=True)
+        _quiet(save_compact, student, final)
         (student_tok or tokenizer).save_pretrained(final)
+        if kind == "embedding":
+            write_sentence_transformers_files(final, str(student_dir), student.config.hidden_size, settings.max_length)
         for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
             if (student_dir / name).is_file():
                 shutil.copyfile(student_dir / name, final / name)

@@ -91,7 +91,7 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
     why = B.unavailable("compile-fp32")
     if why:
         pytest.skip(why)
-    from prunekit import modeling
+    from prunekit import portable_modeling as modeling  # the padded forward (and its _capturing) lives there
 
     src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
     loaded = load_model_dir(src)
