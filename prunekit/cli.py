@@ -53,6 +53,15 @@ class _Cli(click.Group):
     exit status 2, like prunekit's; help and --version as click prints them."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from .card import record_command
+
+        record_command(list(sys.argv[1:] if args is None else args))  # the reports and model card name it
+        try:
+            return self._main(args, prog_name, complete_var, standalone_mode, **extra)
+        finally:
+            record_command(None)
+
+    def _main(self, args, prog_name, complete_var, standalone_mode, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -431,6 +440,25 @@ def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_c
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("model_dir", type=click.Path())
+@click.option("--bench", "bench_dir", type=click.Path(), default=None,
+              help="A `prunekit bench -o` output dir whose table the card shows as this model's measured speed.")
+@_friendly
+def card(model_dir: str, bench_dir: str | None) -> None:
+    """(Re)write MODEL_DIR/README.md, the model card (Hub metadata, widths, cost, quality, speed, commands).
+
+    compact and distill write it themselves; run this to add a bench table, or after editing a report.
+    """
+    from pathlib import Path
+
+    from .card import write_card
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise PrunekitError(f"{model_dir} is not a model dir (no config.json): give a dir made by `prunekit compact` or `distill`")
+    click.echo(f"wrote {write_card(Path(model_dir), Path(bench_dir) if bench_dir else None)}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .architecture import Architecture, config_hash
+from .card import command_line, write_card
 from .errors import PrunekitError
 from .flops import model_flops
 from .io import atomic_output_dir, atomic_write_text, check_output_dir, read_json
@@ -230,6 +231,7 @@ class CompactReport:
     compact: dict = field(default_factory=dict)
     parity_rel_err: float = 0.0
     notes: list[str] = field(default_factory=list)
+    command: str | None = None  # the prunekit command that made it (for the model card)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -357,7 +359,7 @@ def compact_to_dir(
     shape = teacher.shape
     report = CompactReport(
         output_dir=str(out_dir), teacher=teacher.name_or_path, kind=teacher.kind, seq_len=seq_len, weights=weights,
-        heads_per_layer=arch.head_counts, ffn_per_layer=arch.ffn_widths, parity_rel_err=err,
+        heads_per_layer=arch.head_counts, ffn_per_layer=arch.ffn_widths, parity_rel_err=err, command=command_line(),
     )
     for key, m, per_layer in (("original", teacher.model, (None, None)), ("compact", compact_model, (arch.head_counts, arch.ffn_widths))):
         entry = {"params": count_params(m), "flops_analytic": model_flops(shape, seq_len, *per_layer).total}
@@ -381,4 +383,5 @@ def compact_to_dir(
             write_sentence_transformers_files(work, teacher.name_or_path, shape.hidden_size, seq_len)
         atomic_write_text(work / "architecture.json", arch_path.read_text(encoding="utf-8"))
         atomic_write_text(work / "compact_report.json", json.dumps(report.to_dict(), indent=1) + "\n")
+        write_card(work, name=out_dir.name)
     return report

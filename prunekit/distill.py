@@ -37,6 +37,7 @@ from .batching import batch_order, collate, encode
 from .checkpoint import (flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir, run_writes,
                          start_work_dir, write_checkpoint)
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
+from .card import command_line, write_card
 from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
@@ -726,10 +727,11 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
             "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
             "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": steps[2]},
             "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
-            "dev_source": dev.source, "skipped_steps": skipped,
+            "dev_source": dev.source, "skipped_steps": skipped, "command": command_line(),
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }
         atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
+        write_card(final, name=out.name)
         if out.exists():
             check_output_dir(out, force or resume)
         publish_dir(final, out)

@@ -20,11 +20,26 @@ from .io import atomic_write_text
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
+def local_dir(name_or_path: Optional[str]) -> Optional[Path]:
+    """The local folder of a model: the dir itself, or a hub id's snapshot in the local hub cache
+    (nothing is downloaded); None when there is neither."""
+    if name_or_path is None:
+        return None
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not a hub id, or not in the cache: there is no local folder
+        return None
+
+
 def write_sentence_transformers_files(dst: Path, source: Optional[str], hidden_size: int, max_seq_length: int) -> None:
     """Make ``dst`` (a compact embedding model dir) load with ``SentenceTransformer(dst, trust_remote_code=True)``:
-    the files of ``source`` (the teacher's, or the student's, name or dir) when it is a local
-    sentence-transformers dir, else a Transformer + mean pooling."""
-    teacher_dir = Path(source) if source is not None and Path(source).is_dir() else None
+    the files of ``source`` (the teacher's, or the student's: a dir, or a hub id in the local hub
+    cache) when it is a sentence-transformers model, else a Transformer + mean pooling."""
+    teacher_dir = local_dir(source)
     modules = teacher_dir / "modules.json" if teacher_dir is not None else None
     if modules is not None and modules.is_file():
         for name in ST_FILES:

@@ -25,6 +25,7 @@ from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
 from .checkpoint import (checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir,
                          run_writes, start_work_dir, write_checkpoint)
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
+from .card import command_line
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -509,6 +510,7 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
         "target_flops_ratio": settings.target,
         "tolerance": settings.tolerance,
         "seed": settings.seed,
+        **({"command": command_line()} if command_line() else {}),
         **arch.meta,
     }
     ratio = arch.flops_ratio(shape, seq_len)

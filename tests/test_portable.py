@@ -40,9 +40,11 @@ def without_prunekit(code: str, tmp_path: Path) -> dict:
                       'import json; print("RESULT" + json.dumps(result))\n')
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)  # a trust_remote_code prompt fails at once
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+    assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(line[len("RESULT"):])
 
 
@@ -148,3 +150,56 @@ if {has_st}:
     with torch.no_grad():
         mine = model_output(model, "embedding", dict(enc))
     torch.testing.assert_close(torch.tensor(got["st"]), mine, **TOL)  # no Normalize module: the raw mean
+
+
+def test_onnx_export_runs_in_plain_onnxruntime_with_the_models_tokenizer(tiny_models, tmp_path):
+    """The README's snippet: onnxruntime and the model dir's tokenizer, no prunekit."""
+    from transformers import AutoTokenizer
+
+    from prunekit.export import ExportSettings, export_onnx
+
+    out, _ = compact_dir(tiny_models, tmp_path, "minilm6", "classification", seed=9)
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(out, onnx_file, ExportSettings())
+    sentences = make_sentences(3, seed=5)
+    code = f'''
+import onnxruntime as ort
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained({str(out)!r}, trust_remote_code=True)  # its config names remote code
+session = ort.InferenceSession({str(onnx_file)!r}, providers=["CPUExecutionProvider"])
+inputs = tokenizer({sentences!r}, padding=True, return_token_type_ids=True, return_tensors="np")
+(logits,) = session.run(["logits"], {{k: v for k, v in inputs.items()}})
+result = {{"logits": logits.tolist()}}
+'''
+    got = without_prunekit(code, tmp_path)
+    enc = AutoTokenizer.from_pretrained(out)(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = load_compact(out)(**enc).logits
+    torch.testing.assert_close(torch.tensor(got["logits"]), want, atol=1e-4, rtol=1e-4)  # export's own check: 1e-4
+
+
+def test_sentence_transformers_files_of_a_hub_teacher_come_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub-id teacher's modules and pooling config are read from the hub cache (never downloaded)."""
+    from prunekit.portable import write_sentence_transformers_files
+
+    snapshot = tmp_path / "hub" / "models--org--st-model" / "snapshots" / "abc123"
+    (snapshot / "1_Pooling").mkdir(parents=True)
+    (tmp_path / "hub" / "models--org--st-model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--st-model" / "refs" / "main").write_text("abc123")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (snapshot / "modules.json").write_text(json.dumps(modules))
+    (snapshot / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 8, "pooling_mode_cls_token": True}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    write_sentence_transformers_files(dst, "org/st-model", 8, 64)
+    assert json.loads((dst / "modules.json").read_text()) == modules
+    assert json.loads((dst / "1_Pooling" / "config.json").read_text())["pooling_mode_cls_token"] is True
+    assert (dst / "2_Normalize").is_dir()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_sentence_transformers_files(other, "org/not-cached", 8, 64)  # no cache entry: mean pooling
+    assert json.loads((other / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
