@@ -122,16 +122,23 @@ class Architecture:
                 raise PrunekitError(f"{path}: layer {i} needs lists 'heads' and 'ffn_neurons'")
             if any(type(j) is not int for j in h + n):
                 raise PrunekitError(f"{path}: layer {i} has non-integer indices")
+            for count, listed, what in (("num_heads", h, "heads"), ("ffn_width", n, "FFN neurons")):
+                if count in layer and layer[count] != len(listed):
+                    raise PrunekitError(f"{path}: layer {i} claims {count} {layer[count]!r} but lists {len(listed)} {what}; "
+                                        "the file is corrupt or was edited by hand: re-run `prunekit search`")
             heads.append(sorted(h))
             neurons.append(sorted(n))
         meta = {k: v for k, v in data.items() if k not in ("layers", "format", "version", "shape", "flops", "achieved_flops_ratio")}
         arch = cls(heads, neurons, meta)
         if shape is not None:
             saved = data.get("shape")
-            if isinstance(saved, dict) and saved.get("hidden_size") not in (None, shape.hidden_size):
-                raise PrunekitError(
-                    f"{path} was searched for a model with hidden size {saved.get('hidden_size')}, "
-                    f"this one has {shape.hidden_size}: use the matching model"
-                )
+            labels = {"hidden_size": "hidden size", "num_layers": "layer count", "num_heads": "head count",
+                      "head_dim": "head width", "intermediate_size": "FFN width"}
+            for key, label in labels.items():
+                if isinstance(saved, dict) and saved.get(key) not in (None, getattr(shape, key)):
+                    raise PrunekitError(
+                        f"{path} was searched for a model with {label} {saved.get(key)!r}, this one has "
+                        f"{getattr(shape, key)}: use the matching model, or re-run `prunekit search` for this one"
+                    )
             arch.validate(shape, where=str(path))
         return arch

@@ -44,7 +44,7 @@ from .errors import PrunekitError
 from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
 from .export import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
-from .io import atomic_output_dir, atomic_write_bytes
+from .io import atomic_output_dir, atomic_write_bytes, rescue
 from .system import system_info
 
 log = logging.getLogger(__name__)
@@ -375,8 +375,17 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write_results(res: dict, out: Path, force: bool = False) -> None:
-    """bench.json, bench.md and bench.png in ``out`` (written atomically as a directory)."""
-    with atomic_output_dir(Path(out), force) as work:
-        (work / "bench.json").write_text(json.dumps(res, indent=2) + "\n")
-        (work / "bench.md").write_text(format_table(res) + "\n")
-        plot(res, work / "bench.png")
+    """bench.json, bench.md and bench.png in ``out`` (written atomically as a directory). When the
+    write fails the timings are not lost: bench.json is kept in the system's temp dir, and the
+    error says where."""
+    data = (json.dumps(res, indent=2) + "\n").encode("utf-8")
+    try:
+        with atomic_output_dir(Path(out), force) as work:
+            (work / "bench.json").write_bytes(data)
+            (work / "bench.md").write_text(format_table(res) + "\n")
+            plot(res, work / "bench.png")
+    except PrunekitError as e:
+        kept = rescue(data, "bench")
+        if kept is None:
+            raise
+        raise PrunekitError(f"{e}; what bench measured is kept in {kept} (the table above)") from None

@@ -416,10 +416,11 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per forward pass.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Sequence length the analytic FLOPs are counted at.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file.")
+@click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file (atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @_friendly
 def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_column, max_examples, compare, backends, calibration,
-          tokenizer, reference, kind, max_length, batch_size, seq_len, device, json_out) -> None:
+          tokenizer, reference, kind, max_length, batch_size, seq_len, device, json_out, force) -> None:
     """The task's metrics for a teacher or compact MODEL (and --compare models), with params and FLOPs.
 
     Labelled data: the task's metrics (accuracy, F1, MCC, Pearson/Spearman). Embedding models or
@@ -429,16 +430,25 @@ def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_c
     """
     import json
 
-    from .evaluate import evaluate, format_table
-    from .io import atomic_write_text
+    from pathlib import Path
 
+    from .evaluate import evaluate, format_table
+    from .io import check_output_file, rescue, write_output_file
+
+    if json_out:
+        check_output_file(Path(json_out), force)  # before the scoring, not after it
     report = evaluate([model, *compare], data, list(splits) or None, reference=reference, kind=kind, text_column=text_column,
                       pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples,
                       max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device,
                       backends=_names(backends) or None, calibration=calibration, tokenizer=tokenizer)
     click.echo(format_table(report))
     if json_out:
-        atomic_write_text(json_out, json.dumps(report, indent=1) + "\n")
+        data = (json.dumps(report, indent=1) + "\n").encode("utf-8")
+        try:
+            write_output_file(Path(json_out), data, force)
+        except PrunekitError as e:
+            kept = rescue(data, "eval")
+            raise PrunekitError(f"{e}" + (f"; the report (the table above) is kept in {kept}" if kept else "")) from None
         click.echo(f"wrote {json_out}")
 
 

@@ -898,6 +898,15 @@ def _finish(ds: TextDataset, max_examples: int | None) -> TextDataset:
     return ds
 
 
+def data_key(data: str | None) -> str:
+    """One name per data source, for comparing what a model was trained on with what it is scored on:
+    "corpus" for the shipped corpus, a resolved path for a file or folder, else the name as given."""
+    if data is None or str(data).startswith("prunekit shipped corpus"):
+        return "corpus"
+    p = Path(str(data)).expanduser()
+    return str(p.resolve()) if p.exists() else str(data)
+
+
 def load_data(
     source: str | os.PathLike | None,
     split: str = "train",

@@ -22,6 +22,7 @@ the export report beside it (``model.onnx.json``), the tokenizer also from files
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from .batching import EncodedData, encode, sequential_batches
+from .data import data_key
 from .errors import PrunekitError
 from .flops import ModelShape, format_flops, model_flops
 from .models import check_max_length, load_teacher, model_output
@@ -231,6 +233,22 @@ def _needs_reference(m: LoadedModel, dataset) -> bool:
     return m.kind == "embedding" or dataset.labels is None or dataset.task.kind == "unlabelled"
 
 
+def trained_on(model_path: Path) -> set[str]:
+    """The data a model dir says it was searched (architecture.json) or distilled (settings.json) on."""
+    found = set()
+    for name, key in (("architecture.json", "data_source"), ("architecture.json", "data"), ("settings.json", "data")):
+        f = model_path / name if model_path.is_dir() else None
+        if f is not None and f.is_file():
+            try:
+                info = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(info, dict) and key in info and (key != "data" or name != "architecture.json"
+                                                          or str(info[key]).startswith("prunekit shipped corpus")):
+                found.add(data_key(info[key]))  # architecture.json's "data" describes; only the corpus is named there
+    return found
+
+
 def evaluate(
     models: list[str],
     data: str | None = None,
@@ -265,6 +283,8 @@ def evaluate(
     cols = dict(text_column=text_column, pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples)
     given = list(splits) if splits else None
     datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
+    if data is None and given is None:  # the shipped corpus has no dev split: say what is scored
+        datasets = {"corpus": datasets["dev"]}
     first = next(iter(datasets.values()))
     one_file = data is not None and Path(data).expanduser().is_file()
     if given is None and first.task.name == "mnli" and not one_file and not is_mnli_mismatched(data, task):
@@ -280,6 +300,10 @@ def evaluate(
     for b in backends or ():
         check_backend(b, dev.type)
     loaded = [load_model(m, kind, device, tokenizer) for m in models]
+    for m in loaded:
+        if data_key(data) in trained_on(Path(m.path)):
+            log.warning("%s was searched or distilled on %s: these scores are not on held-out data; give --data with "
+                        "examples it has not seen", m.path, data or "the shipped corpus")
     files = [m.path for m in loaded if m.onnx is not None] if backends else []
     if files and len(files) == len(loaded):
         raise PrunekitError(f"--backend applies to model dirs, and {files[0]} is an exported .onnx file, which runs as "

@@ -39,8 +39,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,11 +46,10 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import PrunekitError
-from .io import atomic_write_text
+from .io import atomic_write_text, check_output_file, output_slot
 from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
 from .pooling import mean_pool
 from .system import int8_dot_product
@@ -648,10 +645,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
     s = settings or ExportSettings()
     _check_settings(s)
     out = Path(output)
-    if out.is_dir():  # before "already exists": --force would not help
-        raise PrunekitError(f"{out} is a directory: give a file name such as {out / 'model.onnx'}")
-    if out.exists() and not s.force:
-        raise PrunekitError(f"{out} already exists: pass --force to overwrite it or choose another -o")
+    check_output_file(out, s.force)  # before the slow part; again under the lock when writing
     loaded = loaded or load_model_dir(model_dir)
     cfg = loaded.config
     output_name = "embeddings" if loaded.kind == "embedding" else "logits"
@@ -669,9 +663,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
     reduce_range = s.quantize in QUANTIZE and int8_reduce_range()
     if reduce_range:
         report.notes.append(REDUCE_RANGE_NOTE)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
-    try:
+    with output_slot(out, s.force, "file") as work:
         current = work / "model.onnx"
         trace_to_onnx(loaded.compact, current, s.opset, output_name)
         _require(report, validate(current, loaded, "export", s.atol, seed=s.seed))
@@ -718,8 +710,6 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         if write_report:
             atomic_write_text(out.with_name(out.name + ".json"), json.dumps(report.to_dict(), indent=2) + "\n")
         os.replace(current, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -165,7 +165,8 @@ def recover_output(out: Path) -> None:
     out = Path(out)
     old, journal = _replaced(out), _journal(out)
     if not old.exists():
-        journal.unlink(missing_ok=True)
+        if journal.exists():  # (no write at all otherwise: a read-only folder refuses even the unlink of nothing)
+            journal.unlink()
         return
     if not out.exists():
         os.replace(old, out)
@@ -204,19 +205,130 @@ def publish_dir(work: Path, out: Path) -> None:
         fsync_path(out.parent)
 
 
+# ------------------------------------------------------------------------------------------------
+# The one way a verb writes an output
+# What to do about a write that failed, by errno.
+WRITE_FIXES = {
+    errno.ENOSPC: "free space on that file system, or write elsewhere (-o)",
+    errno.EDQUOT: "free space within your disk quota, or write elsewhere (-o)",
+    errno.EROFS: "that file system is read-only: write elsewhere (-o)",
+    errno.EACCES: "no permission to write there: choose another -o, or fix the folder's permissions",
+    errno.EPERM: "no permission to write there: choose another -o, or fix the folder's permissions",
+    errno.EFBIG: "the file is larger than that file system allows: write elsewhere (-o)",
+    errno.EIO: "the disk reported an I/O error: check it, or write elsewhere (-o)",
+}
+
+
+def write_error(e: BaseException, target: Path) -> PrunekitError | None:
+    """The one line for ``e`` when it is a failed write (a full disk, a read-only or unwritable
+    folder, ...): the path, the cause and the fix, and that ``target`` was left as it was. None for
+    any other error. Knows OSError and safetensors' errors (which carry the OS error in their text)."""
+    code = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if code is None and type(e).__name__ == "SafetensorError":
+        import re
+
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    if code not in WRITE_FIXES:
+        return None
+    path = getattr(e, "filename", None) or target
+    return PrunekitError(f"cannot write {path}: {os.strerror(code)}; {WRITE_FIXES[code]}. "
+                         f"Nothing was written in place of {target}")
+
+
+@contextlib.contextmanager
+def output_writes(target: Path) -> Iterator[None]:
+    """Writes for the output ``target``: a failed one is :func:`write_error`'s one line."""
+    try:
+        yield
+    except Exception as e:
+        err = write_error(e, Path(target))
+        if err is None:
+            raise
+        raise err from None
+
+
+def check_output_file(out: Path, force: bool) -> None:
+    """A file output (an .onnx, a report): not a dir, and replaced only with ``force``."""
+    if out.is_dir():  # before "already exists": --force would not help
+        raise PrunekitError(f"{out} is a directory: give a file name, such as {out / 'model.onnx'} for an export")
+    if out.exists() and not force:
+        raise PrunekitError(f"{out} already exists: pass --force to overwrite it or choose another -o")
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove what a killed writer of ``out`` left beside it (its temp dirs and temp files); call only
+    while holding ``out``'s lock, so no live writer's files are touched. Returns what was removed."""
+    out = Path(out)
+    stale = [*out.parent.glob(f".{out.name}.tmp.*"), *out.parent.glob(f".{out.name}.*.tmp")]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if stale:
+        log.info("removed %d temp file(s) a killed run left beside %s", len(stale), out)
+    return stale
+
+
+@contextlib.contextmanager
+def output_slot(out: Path, force: bool, kind: str = "dir") -> Iterator[Path]:
+    """Everything a verb needs to write ``out`` (a ``dir`` or a ``file``) safely, in one place:
+    the one-writer lock (:func:`lock_output`), the ``--force`` rule, the removal of a killed run's
+    leftovers, and a fresh work dir beside ``out`` (same file system, so publishing is a rename),
+    removed at the end whatever happens. A failed write anywhere inside is :func:`write_error`'s
+    one line. The caller builds the output in the work dir and publishes it (a rename) before the
+    block ends."""
+    out = Path(out)
+    with output_writes(out):
+        lock = lock_output(out)
+    try:
+        with output_writes(out):
+            if kind == "dir":
+                check_output_dir(out, force)
+            else:
+                check_output_file(out, force)
+            remove_stale_temps(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            work = make_temp_dir(out.parent, f".{out.name}.tmp.")
+        try:
+            with output_writes(out):
+                yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temp dir beside ``out``; on success it becomes ``out``, on failure it is removed."""
+    """Yield a work dir (see :func:`output_slot`); on success it becomes ``out``, on failure it is removed."""
     out = Path(out)
-    check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = make_temp_dir(out.parent, f".{out.name}.tmp.")
-    try:
+    with output_slot(out, force, "dir") as work:
         yield work
         publish_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+
+
+def write_output_file(out: Path, data: bytes, force: bool) -> None:
+    """Write a one-file output (a report) the way :func:`output_slot` writes everything."""
+    out = Path(out)
+    with output_slot(out, force, "file") as work:
+        atomic_write_bytes(work / out.name, data)
+        os.replace(work / out.name, out)
+
+
+def rescue(data: bytes, name: str) -> Path | None:
+    """Keep ``data`` (results that took long to make) in the system's temp dir after the output's
+    write failed, so that only the copy has to be redone; None when that fails too."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"prunekit-{name}-", suffix=Path(name).suffix or ".json")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return Path(path)
+    except OSError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,14 +378,15 @@ def lock_output(out: Path) -> OutputLock | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PrunekitError(f"cannot create the directory of {out}: {e.strerror or e}") from None
+        raise write_error(e, out) or PrunekitError(f"cannot create the directory of {out}: {e.strerror or e}") from None
     for _ in range(100):  # a retry only when the holder deleted the file between our open and our lock
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
                          file_mode())
         except OSError as e:
             why = "it is a symbolic link: remove it" if e.errno == errno.ELOOP else (e.strerror or str(e))
-            raise PrunekitError(f"cannot create the lock file {path} (to keep other processes off {out}): {why}") from None
+            raise write_error(e, out) or PrunekitError(
+                f"cannot create the lock file {path} (to keep other processes off {out}): {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -296,7 +409,12 @@ def lock_output(out: Path) -> OutputLock | None:
         if not same:  # released and deleted by its holder after we opened it: lock the new one
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        return OutputLock(path, fd, missing)
+        lock = OutputLock(path, fd, missing)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except BaseException:  # a full disk: no lock file (nor the dirs made for it) is left behind
+            lock.release()
+            raise
+        return lock
     raise PrunekitError(f"cannot lock {path}: it keeps being replaced by other processes")

@@ -62,7 +62,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from . import portable_modeling as portable
 from .errors import PrunekitError
 from .pooling import mean_pool
-from .portable_modeling import MODEL_TYPE, CompactEmbeddings, attention  # noqa: F401  (one definition, re-exported)
+from .portable_modeling import MODEL_TYPE, attention
 
 BACKENDS = ("eager", "sdpa", "sdpa-packed", "triton", "triton-padded")
 

@@ -26,6 +26,7 @@ from .checkpoint import (checkpoint_dirs, flatten_optimizer, restart_log, restor
                          run_writes, start_work_dir, write_checkpoint)
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .card import command_line
+from .data import data_key
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -507,6 +508,7 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
             "config_hash": config_hash(shape, getattr(teacher.config, "vocab_size", None)),
         },
         "data": dataset.source,
+        "data_source": data_key(settings.data),  # what eval compares its data with (corpus, or a resolved path)
         "target_flops_ratio": settings.target,
         "tolerance": settings.tolerance,
         "seed": settings.seed,

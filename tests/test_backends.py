@@ -213,7 +213,7 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
     assert rows[3]["type"] == "compact" and rows[3]["flops"] == rows[0]["flops"] and rows[3]["params"] == rows[0]["params"]
     assert "vs fp32" in r.output and "ort-int8-static (int8)" in r.output
     # no fp32 backend given: the model's own fp32 row is scored too, so bf16 still has its change
-    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-bf16", "--json", str(out), "--max-length", "32"])
+    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-bf16", "--json", str(out), "--max-length", "32", "--force"])
     assert r.exit_code == 0, r.output
     rows2 = json.loads(out.read_text())["models"]
     assert [(x["backend"], x["dtype"]) for x in rows2] == [("torch", "fp32"), ("torch-bf16", "bf16")]

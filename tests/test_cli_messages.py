@@ -94,7 +94,7 @@ def test_eval_teacher_first_against_its_students(pair, tmp_path):
     teacher, compact, texts = pair
     out = tmp_path / "r.json"
     for models in ([teacher, "--compare", compact], [compact, "--compare", teacher]):
-        r = run(["eval", *models, "--data", texts, "--json", out, "--seq-len", "32"])
+        r = run(["eval", *models, "--data", texts, "--json", out, "--seq-len", "32", "--force"])
         assert r.exit_code == 0, r.output
         rows = {row["type"]: row for row in json.loads(out.read_text())["models"]}
         t, c = rows["teacher"]["results"]["dev"], rows["compact"]["results"]["dev"]

@@ -693,3 +693,24 @@ def test_cuda_graph_runner_on_cuda(tiny_models):
             from prunekit.modeling import FULL
 
             assert FULL in runner.graphs
+
+
+def test_architecture_is_checked_against_the_whole_model(tiny_models, tmp_path):
+    """A count that disagrees with the indices listed, or a saved shape of another model, is refused before any write."""
+    teacher = load_teacher(str(tiny_models("bert12", "classification")))
+    run = make_run_dir(tmp_path / "run", teacher, edge_architecture(teacher.shape, seed=71))
+    good = json.loads((run / "architecture.json").read_text())
+    runner = CliRunner()
+    cases = {
+        "claims 13 heads": (lambda d: d["layers"][0].update(num_heads=len(d["layers"][0]["heads"]) + 1), "claims num_heads"),
+        "another FFN width": (lambda d: d["layers"][2].update(ffn_width=len(d["layers"][2]["ffn_neurons"]) + 3), "claims ffn_width"),
+        "a 13-head shape": (lambda d: d["shape"].update(num_heads=d["shape"]["num_heads"] + 1), "with head count"),
+        "a 13-layer shape": (lambda d: d["shape"].update(num_layers=13), "with layer count 13"),
+    }
+    for name, (edit, says) in cases.items():
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        (run / "architecture.json").write_text(json.dumps(bad))
+        r = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out"), "--no-fvcore"])
+        assert r.exit_code == 2 and says in r.output and r.output.startswith("error:"), (name, r.output)
+        assert not (tmp_path / "out").exists()

@@ -163,3 +163,29 @@ def test_eval_bad_inputs(models, tmp_path):
     _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "tpu"]), "unknown --device 'tpu'")
     if not torch.cuda.is_available():
         _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "cuda"]), "no CUDA GPU")
+
+
+def test_eval_names_its_data_and_warns_on_training_data(models, tmp_path, caplog):
+    """Without --data eval scores the shipped corpus and says so; data the model was searched or
+    distilled on is scored with a warning that it is not held out."""
+    from prunekit.data import data_key
+
+    teacher, student = models["embedding"]
+    report = evaluate([str(student)], None, max_examples=8)
+    assert list(report["models"][0]["results"]) == ["corpus"]
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(make_sentences(12, seed=3)) + "\n")
+    caplog.clear()
+    evaluate([str(student)], str(text))
+    assert "not on held-out data" not in caplog.text
+    arch = json.loads((student / "architecture.json").read_text())
+    try:
+        (student / "architecture.json").write_text(json.dumps({**arch, "data_source": data_key(str(text))}))
+        evaluate([str(student)], str(text))
+        assert f"{student} was searched or distilled on {text}: these scores are not on held-out data" in caplog.text
+        caplog.clear()
+        (student / "architecture.json").write_text(json.dumps({**arch, "data_source": "corpus"}))
+        evaluate([str(student)], None, max_examples=8)
+        assert "was searched or distilled on the shipped corpus" in caplog.text
+    finally:
+        (student / "architecture.json").write_text(json.dumps(arch))

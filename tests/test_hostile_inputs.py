@@ -277,7 +277,7 @@ ARCH_EXPECT = {
     "repeated-heads": "layer 0 lists head indices outside 0..3 or repeated",
     "too-many-layers": "has 60006 layers but the model has 6",
     "too-few-layers": "has 2 layers but the model has 6",
-    "huge-neuron-list": "layer 0 lists FFN neuron indices outside 0..63 or repeated",
+    "huge-neuron-list": "layer 0 claims ffn_width 31 but lists 200000 FFN neurons",  # its count disagrees first
     "other-hidden-size": f"was searched for a model with hidden size {HUGE}, this one has 32",
     "base-model-a-list": "base_model and flops must be JSON objects",
     "seq-len-huge": f"flops.seq_len must be a whole number of tokens in 1..1048576, got {HUGE}",

@@ -170,13 +170,13 @@ def test_eval_scores_mnli_in_the_models_label_order(mnli_model, tmp_path):
     assert res["dev_mismatched"]["metrics"]["accuracy"] == pytest.approx(0.5)
     # one MNLI file is one split (not the same file scored twice as matched and mismatched)
     r = CliRunner().invoke(cli, ["eval", str(mnli_model), "--data", str(glue / "MNLI" / "dev_mismatched.tsv"),
-                                 "--json", str(out)])
+                                 "--json", str(out), "--force"])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["splits"] == ["dev"] and report["models"][0]["results"]["dev"]["examples"] == 2
     # mnli-mm (as the task name, or as --task for the folder) is the mismatched dev set alone
     for args in (["--data", "mnli-mm", "--glue-dir", str(glue)], ["--data", str(glue / "MNLI"), "--task", "mnli-mm"]):
-        r = CliRunner().invoke(cli, ["eval", str(mnli_model), *args, "--json", str(out)])
+        r = CliRunner().invoke(cli, ["eval", str(mnli_model), *args, "--json", str(out), "--force"])
         assert r.exit_code == 0, r.output
         report = json.loads(out.read_text())
         assert report["splits"] == ["dev"] and report["models"][0]["results"]["dev"]["examples"] == 2
@@ -293,7 +293,7 @@ def test_exported_file_keeps_the_class_names(mnli_model, tmp_path):
     report = json.loads((tmp_path / "m.onnx.json").read_text())
     del report["id2label"]
     (tmp_path / "m.onnx.json").write_text(json.dumps(report))
-    r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out)])
+    r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out), "--force"])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["models"][0]["results"]["dev"]["metrics"]["accuracy"] == pytest.approx(0.75)
 

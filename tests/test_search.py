@@ -33,6 +33,7 @@ def test_search_lands_in_target_band(tiny_models, text_file, tmp_path, shape, ta
     assert saved["achieved_flops_ratio"] == pytest.approx(ratio)
     assert saved["target_flops_ratio"] == target
     assert len(saved["layers"]) == t.shape.num_layers
+    assert saved["data_source"] == str(text_file.resolve())  # what eval checks its data against
 
 
 def test_search_outputs_and_log(tiny_models, text_file, tmp_path):
