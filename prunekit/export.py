@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .card import command_line, model_dir_of, write_card
 from .errors import PrunekitError
 from .io import atomic_write_text, check_output_file, output_slot
 from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
@@ -364,6 +365,7 @@ class ExportReport:
     shape: dict = field(default_factory=dict)  # prunekit.flops.ModelShape of the original
     params: int = 0
     id2label: Optional[dict] = None  # the classes' names, for lining up labels by name in eval
+    command: Optional[str] = None  # the prunekit command that made it (for the model card)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -659,7 +661,8 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
                                      intermediate_size=cfg.intermediate_size,
                                      num_labels=0 if loaded.kind == "embedding" else cfg.num_labels),
                           params=sum(p.numel() for p in loaded.compact.parameters()),
-                          id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()})
+                          id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()},
+                          command=command_line())
     reduce_range = s.quantize in QUANTIZE and int8_reduce_range()
     if reduce_range:
         report.notes.append(REDUCE_RANGE_NOTE)
@@ -710,6 +713,8 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         if write_report:
             atomic_write_text(out.with_name(out.name + ".json"), json.dumps(report.to_dict(), indent=2) + "\n")
         os.replace(current, out)
+    if write_report and model_dir_of(out) is not None:  # exported into a model dir: its card lists the file
+        write_card(model_dir_of(out))
     return report
 
 

@@ -66,6 +66,16 @@ def test_card_adds_a_bench_table_and_refuses_bad_dirs(tiny_models, tmp_path):
     res = runner.invoke(cli, ["card", str(tmp_path / "m"), "--bench", str(bench)])
     assert res.exit_code == 0, res.output
     assert "| torch-sdpa | 123.4 |" in (tmp_path / "m" / "README.md").read_text().split("## Speed")[1]
+    # An export into the model dir is listed (its check's numbers from its report), the speed table kept.
+    res = runner.invoke(cli, ["export-onnx", str(tmp_path / "m"), "-o", str(tmp_path / "m" / "onnx" / "model.onnx")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "m" / "README.md").read_text()
+    report = json.loads((tmp_path / "m" / "onnx" / "model.onnx.json").read_text())
+    size = (tmp_path / "m" / "onnx" / "model.onnx").stat().st_size
+    row = f"| `onnx/model.onnx` | export | {size / 1e6:.1f} MB | {report['checks'][-1]['max_abs_diff']:.2e} (absolute) |"
+    assert row in text.split("## ONNX")[1] and "| torch-sdpa | 123.4 |" in text
+    assert 'session = onnxruntime.InferenceSession("m/onnx/model.onnx")' in text
+    assert f"prunekit export-onnx {tmp_path / 'm'} -o {tmp_path / 'm' / 'onnx' / 'model.onnx'}" in text.split("## How it was made")[1]
     for args, says in ((["card", str(tmp_path / "nowhere")], "not a model dir"),
                        (["card", str(tmp_path / "m"), "--bench", str(tmp_path)], "has no bench.md")):
         res = runner.invoke(cli, args)

@@ -164,3 +164,28 @@ def test_eval_json_is_replaced_only_with_force(models, tmp_path):
     r = CliRunner().invoke(cli, args + ["--force"])
     assert r.exit_code == 0, r.output
     assert "models" in json.loads(out.read_text())
+
+
+def test_a_disk_that_fills_up_midway_leaves_nothing(models, tmp_path, monkeypatch):
+    """Room for the lock and the work dir but not for the weights: the error from inside the
+    weights' writer (safetensors, or an OSError) is the same one line, and nothing is left."""
+    folder = tmp_path / "small"
+    if _mount(folder, "size=64k"):  # the tiny model's weights are ~100 kB
+        try:
+            r = CliRunner().invoke(cli, ["compact", str(models["run"]), "-o", str(folder / "out"), "--no-fvcore"])
+            left = sorted(p.name for p in folder.iterdir())
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+    else:
+        folder.mkdir()
+
+        def full(model, where):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(where) / "model.safetensors"))
+
+        monkeypatch.setattr("prunekit.compact.save_compact", full)
+        r = CliRunner().invoke(cli, ["compact", str(models["run"]), "-o", str(folder / "out"), "--no-fvcore"])
+        left = sorted(p.name for p in folder.iterdir())
+    assert r.exit_code == 2, r.output
+    err = r.output.strip().splitlines()[-1]
+    assert err.startswith(f"error: cannot write {folder}") and "No space left on device" in err, err
+    assert left == [], left
