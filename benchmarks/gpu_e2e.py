@@ -299,7 +299,7 @@ def graph_original(model, feed: dict, with_mask: bool):
     static = {"input_ids": feed["input_ids"].clone(), "token_type_ids": feed["token_type_ids"].clone()}
     if with_mask:
         static["attention_mask"] = mask[:, None, None, :].bool().clone()
-    from prunekit.modeling import capture_graph
+    from prunekit.cuda_graphs import capture_graph
 
     graph, out = capture_graph(lambda: model(**static), torch.device("cuda"))
 

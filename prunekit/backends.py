@@ -23,7 +23,7 @@ torch-fp16-graph    fp16    the same replayed from CUDA graphs, one per input sh
 compile-fp16        fp16    ``torch.compile`` of the fp16 SDPA model (CUDA)
 triton              fp32    the compact model's Triton kernels, padding-free (CUDA)
 triton-fp16         fp16    the same in fp16 (CUDA)
-triton-fp16-graph   fp16    the same replayed from CUDA graphs (:class:`prunekit.modeling.CudaGraphRunner`)
+triton-fp16-graph   fp16    the same replayed from CUDA graphs (:class:`prunekit.cuda_graphs.CudaGraphRunner`)
 ort-fp32            fp32    onnxruntime, the graph as exported
 ort-opt             fp32    onnxruntime after its transformer fusions (per-layer Attention on the 2D mask; no SkipLayerNorm)
 ort-int8            int8    ort-opt with dynamic int8 MatMuls
@@ -52,7 +52,7 @@ from torch import nn
 
 from .errors import PrunekitError
 from .io import read_json
-from .pooling import mean_pool
+from .pooling import mean_pool, task_output
 from .system import native_bf16
 
 # name -> (dtype, devices)
@@ -277,9 +277,7 @@ class TaskOutput(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids, packed_indices=None):
         extra = {} if packed_indices is None else {"packed_indices": packed_indices}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **extra)
-        if self.kind == "embedding":
-            return mean_pool(out.last_hidden_state.float(), attention_mask)
-        return out.logits.float()
+        return task_output(out, self.kind, attention_mask, fp32=True)
 
 
 def _recent(cache: dict, key, keep: int, make: Callable):
@@ -312,7 +310,7 @@ class ShapeGraphs:
         self._pool = None  # one memory pool for all the graphs: they are replayed one at a time
 
     def _capture(self, feed: dict, use_mask: bool):
-        from .modeling import capture_graph
+        from .cuda_graphs import capture_graph
 
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -332,7 +330,7 @@ class ShapeGraphs:
                 static[k].copy_(v)
         else:
             self.captures += 1
-        from .modeling import on_cuda_device
+        from .cuda_graphs import on_cuda_device
 
         with on_cuda_device(input_ids.device):  # replayed on the current stream of the inputs' device
             graph.replay()
@@ -354,9 +352,7 @@ class _PackedGraphs:
         before = len(runner.graphs)
         out = runner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         self.captures += len(runner.graphs) - before
-        if self.kind == "embedding":
-            return mean_pool(out.last_hidden_state.float(), attention_mask)
-        return out.logits.float()
+        return task_output(out, self.kind, attention_mask, fp32=True)
 
 
 def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
@@ -376,9 +372,7 @@ def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
         if use_mask:
             mask = attention_mask if is_compact else attention_mask[:, None, None, :].bool()
         out = model(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
-        if kind == "embedding":
-            return mean_pool(out.last_hidden_state.float(), attention_mask)
-        return out.logits.float()
+        return task_output(out, kind, attention_mask, fp32=True)
 
     return fn
 

@@ -138,11 +138,6 @@ def reference_output(loaded: LoadedModel, batch: dict) -> torch.Tensor:
     from .models import model_output
 
     with torch.no_grad():
-        if loaded.is_compact:
-            out = loaded.reference(**batch)
-            if loaded.kind == "embedding":
-                return mean_pool(out.last_hidden_state, batch["attention_mask"])
-            return out.logits
         return model_output(loaded.reference, loaded.kind, batch)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from .configs import check_model_config
 from .errors import PrunekitError
 from .flops import ModelShape
-from .pooling import mean_pool
+from .pooling import task_output
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,4 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 def model_output(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The output a student is judged by: logits (classification/regression) or mean-pooled embeddings."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    out = model(**inputs)
-    if kind == "embedding":
-        return mean_pool(out.last_hidden_state, inputs["attention_mask"])
-    return out.logits
+    return task_output(model(**inputs), kind, inputs["attention_mask"])

@@ -1,5 +1,6 @@
-"""Masked mean pooling: the one definition every path (training, eval, bench backends, the ONNX
-graph) uses, so their embeddings agree to the bit."""
+"""A model's task output, defined once for every path (training, eval, bench backends, the ONNX
+graph), so that their embeddings agree to the bit: logits for a classifier or regressor, masked
+mean pooling of the last hidden states for an embedding model."""
 from __future__ import annotations
 
 import torch
@@ -11,3 +12,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     Plain tensor ops only: traceable by torch.onnx.export and torch.compile."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def task_output(out, kind: str, attention_mask: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+    """What a model of ``kind`` is judged by, from its forward's output ``out``: mean-pooled
+    embeddings (``embedding``) or logits. ``fp32``: computed in float32 whatever the model's dtype."""
+    if kind == "embedding":
+        hidden = out.last_hidden_state
+        return mean_pool(hidden.float() if fp32 else hidden, attention_mask)
+    return out.logits.float() if fp32 else out.logits

@@ -690,7 +690,7 @@ def test_cuda_graph_runner_on_cuda(tiny_models):
             assert (out - ref).abs().max() < 1e-4, backend
         assert len(runner.graphs) == (3 if backend == "triton" else 1)
         if backend == "triton":
-            from prunekit.modeling import FULL
+            from prunekit.cuda_graphs import FULL
 
             assert FULL in runner.graphs
 

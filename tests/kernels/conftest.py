@@ -1,6 +1,6 @@
 """Fixtures for the kernel tests: the device, a per-test seed, and the reference comparison.
 
-The comparison follows CONVENTIONS 13: a kernel running in dtype X is compared with a float64
+Tolerances come from the reference, not from hope: a kernel running in dtype X is compared with a float64
 reference, and its error may be at most ``MULTIPLE`` times the error of the same computation done
 by PyTorch in dtype X (the reference with ``upcast=False``), plus one unit in the last place of X at
 the reference's largest magnitude (rounding the exact result to X costs up to half of that; the
