@@ -160,8 +160,7 @@ def _batches(s: BenchSettings, loaded: list[LoadedModel], device: str) -> list[d
 # ------------------------------------------------------------------------------------------------
 def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, name: str) -> dict:
     cfg = loaded.config
-    shape = ModelShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim,
-                       cfg.intermediate_size, 0 if loaded.kind == "embedding" else cfg.num_labels)
+    shape = ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None)
     heads, ffn = cfg.num_heads_per_layer, cfg.intermediate_sizes
     # Per sequence at the padded length actually run (the work every backend here does).
     lens = [b["input_ids"].shape[1] for b in batches for _ in range(b["input_ids"].shape[0])]

@@ -161,10 +161,7 @@ def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: st
     if tok_dir is None:
         raise PrunekitError(f"{path} has no tokenizer files and names no teacher to take them from; copy the teacher's tokenizer files into it")
     tokenizer = _tokenizer(path, tok_dir)
-    shape = ModelShape(
-        num_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=c.num_attention_heads, head_dim=c.head_dim,
-        intermediate_size=c.intermediate_size, num_labels=0 if c.task_kind == "embedding" else c.num_labels,
-    )
+    shape = ModelShape.from_config(c)
     return LoadedModel(str(path), model, tokenizer, c.task_kind, shape, list(c.num_heads_per_layer), list(c.intermediate_sizes),
                        True, c.base_model_name_or_path)
 

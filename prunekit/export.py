@@ -50,6 +50,7 @@ from torch import nn
 
 from .card import command_line, model_dir_of, write_card
 from .errors import PrunekitError
+from .flops import ModelShape
 from .io import atomic_write_text, check_output_file, output_slot
 from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
 from .pooling import mean_pool
@@ -651,10 +652,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
                           output_name=output_name, settings=asdict(s), source_abs=str(loaded.path.resolve()),
                           tokenizer=_tokenizer_dir(loaded),
                           reference=_abs_if_dir(cfg.base_model_name_or_path) if loaded.is_compact else str(loaded.path.resolve()),
-                          shape=dict(num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
-                                     num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
-                                     intermediate_size=cfg.intermediate_size,
-                                     num_labels=0 if loaded.kind == "embedding" else cfg.num_labels),
+                          shape=ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None).to_dict(),
                           params=sum(p.numel() for p in loaded.compact.parameters()),
                           id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()},
                           command=command_line())

@@ -27,8 +27,13 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config, num_labels: int | None = None) -> "ModelShape":
+        """The shape of a transformers BERT-family config, or of the original a compact config was cut
+        from (its ``head_dim``; no classifier counted for an embedding model)."""
         heads = config.num_attention_heads
-        head_dim = getattr(config, "attention_head_size", None) or config.hidden_size // heads
+        head_dim = (getattr(config, "head_dim", None) or getattr(config, "attention_head_size", None)
+                    or config.hidden_size // heads)
+        if num_labels is None and getattr(config, "task_kind", None) == "embedding":
+            num_labels = 0
         return cls(
             num_layers=config.num_hidden_layers,
             hidden_size=config.hidden_size,
