@@ -34,17 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_order, collate, encode
-from .checkpoint import (flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir, run_writes,
-                         start_work_dir, write_checkpoint)
-from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .card import command_line, write_card
+from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
+from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .evaluate import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, save_compact
-from .portable import write_sentence_transformers_files
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
+from .portable import write_sentence_transformers_files
+from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .training import LossScale, NonFiniteGuard, check_total_steps, skipped_in
 
 log = logging.getLogger(__name__)
@@ -467,7 +467,7 @@ def _distill(settings: DistillSettings, world: World, device: torch.device, forc
 
 def _distill_locked(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
                     teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None, changed: dict) -> DistillResult:
-    """The run, with its output locked and its work dir checked (:func:`prunekit.checkpoint.run_work_dir`)."""
+    """The run, with its output locked and its work dir checked (:func:`prunekit.run_dir.run_work_dir`)."""
     from tqdm.auto import tqdm
 
     from .search import _autocast

@@ -22,16 +22,16 @@ from torch import nn
 
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
-from .checkpoint import (checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, resume_free_settings, run_work_dir,
-                         run_writes, start_work_dir, write_checkpoint)
-from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .card import command_line
+from .checkpoint import checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .data import data_key
+from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
+from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .selection import select_to_budget
 from .training import MAX_TOTAL_STEPS, LossScale, NonFiniteGuard, check_total_steps, grads_finite, skipped_in
 
@@ -453,7 +453,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
 
 def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
                    teacher: Teacher | None, dataset, _interrupt_after: int | None, changed: dict) -> SearchResult:
-    """The run, with its output locked and its work dir checked (:func:`prunekit.checkpoint.run_work_dir`)."""
+    """The run, with its output locked and its work dir checked (:func:`prunekit.run_dir.run_work_dir`)."""
     from .plot import plot_architecture
 
     out = Path(settings.output_dir)

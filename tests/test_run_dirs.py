@@ -274,7 +274,7 @@ def test_a_corrupt_newest_checkpoint_still_says_it_uses_the_one_before(tmp_path,
 # ------------------------------------------------------------------------------------------------
 # 5. What may change on --resume: the refusal, the help and the README agree, and name real options
 def _resume_refusal(kind: str, tmp_path: Path) -> str:
-    from prunekit.checkpoint import start_work_dir
+    from prunekit.run_dir import start_work_dir
     from prunekit.io import partial_dir
 
     out = tmp_path / kind
