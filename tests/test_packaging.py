@@ -74,15 +74,16 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_imports_and_cli_from_anywhere(where, tmp_path):
     cwd = {"root": REPO, "tests": REPO / "tests", "outside": tmp_path}[where]
     # transformers.modeling_utils is what imported the PyPI `kernels` package (5.25) and hit the clone's.
-    code = ("import prunekit, prunekit_kernels, transformers.modeling_utils; "
-            "print(prunekit.__file__); print(prunekit_kernels.__file__)")
+    # then `python -m prunekit --help`, in the same process (-c and -m both put the cwd first on sys.path)
+    code = ("import sys, runpy, prunekit, prunekit_kernels, transformers.modeling_utils; "
+            "print(prunekit.__file__); print(prunekit_kernels.__file__); sys.argv = ['prunekit', '--help']; "
+            "runpy.run_module('prunekit', run_name='__main__', alter_sys=True)")
     proc = _run(["-c", code], cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    prunekit_file, kernels_file = proc.stdout.split()
+    prunekit_file, kernels_file, *help_text = proc.stdout.splitlines()
     assert Path(prunekit_file).resolve() == REPO / "prunekit" / "__init__.py"
     assert Path(kernels_file).resolve() == REPO / "kernels" / "prunekit_kernels" / "__init__.py"
-    proc = _run(["-m", "prunekit", "--help"], cwd)
-    assert proc.returncode == 0 and "search" in proc.stdout, proc.stderr[-2000:]
+    assert "search" in "\n".join(help_text) and "Commands:" in "\n".join(help_text), proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize("where", ["tests", "outside"])
