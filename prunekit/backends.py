@@ -5,7 +5,7 @@
 CPU: logits (classification/regression) or embeddings mean-pooled over the attention mask. Bench
 and eval share these builders, so the model eval scores in a precision is the one bench timed.
 
-``source`` is a model dir loaded by :func:`prunekit.export.load_model_dir` (original or compact)
+``source`` is a model dir loaded by :func:`prunekit.loading.load_model_dir` (original or compact)
 or an :class:`OnnxFile` (an exported ``.onnx``, run as it is by the ``ort`` backend).
 
 Backends (``BACKENDS``; the dtype decides the tolerance a test holds each one to):
@@ -205,13 +205,13 @@ def _check_onnx_report(side: Path, info) -> dict:
         raise bad("the report", "a JSON object")
     if info.get("kind") is not None and info["kind"] not in TASK_KINDS:
         raise bad("kind", " or ".join(TASK_KINDS))
-    for field in ("tokenizer", "reference"):
-        if info.get(field) is not None and not isinstance(info[field], str):
-            raise bad(field, "a path (a string)")
-    for field in ("heads_per_layer", "ffn_per_layer"):
-        v = info.get(field)
+    for key in ("tokenizer", "reference"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise bad(key, "a path (a string)")
+    for key in ("heads_per_layer", "ffn_per_layer"):
+        v = info.get(key)
         if v is not None and not (isinstance(v, list) and len(v) <= 1024 and all(type(x) is int and 0 <= x < 1 << 20 for x in v)):
-            raise bad(field, "a list of per-layer sizes")
+            raise bad(key, "a list of per-layer sizes")
     if info.get("params") is not None and type(info["params"]) is not int:
         raise bad("params", "a whole number")
     id2label = info.get("id2label")
@@ -263,7 +263,11 @@ def _with_recompile_room(fn, *args):
         return fn(*args)
 
 
-def _weights_size(path: Path) -> int:
+def _weights_size(loaded) -> int:
+    """The fp32 weights' bytes: the files of a model dir, or the parameters of a model loaded by hub id."""
+    path = Path(loaded.path)
+    if not path.is_dir():
+        return sum(p.numel() * 4 for p in loaded.model.parameters())
     return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".onnx"))
 
 
@@ -386,7 +390,7 @@ def _torch_model(loaded, backend: str, device: str = "cpu") -> Optional[nn.Modul
         {"torch-eager": "eager"}.get(backend, "sdpa")
     if not loaded.is_compact and backend in COMPACT_ONLY:
         return None  # the compact model's own paths; an original has its transformers backends
-    model = copy.deepcopy(loaded.compact if loaded.is_compact else loaded.reference)
+    model = copy.deepcopy(loaded.compact_view if loaded.is_compact else loaded.model)
     model = model.to(device=device, dtype=TORCH_DTYPES[dtype_of(backend)]).eval()
     if loaded.is_compact:
         return model.set_backend(impl)
@@ -438,7 +442,7 @@ def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runn
         return y.float().cpu()  # a copy to the host synchronises a CUDA device
 
     captures = (lambda: fn.captures) if isinstance(fn, (ShapeGraphs, _PackedGraphs)) else None
-    return Runner(name, backend, run, _weights_size(loaded.path) // (1 if dtype == "fp32" else 2), dtype, notes,
+    return Runner(name, backend, run, _weights_size(loaded) // (1 if dtype == "fp32" else 2), dtype, notes,
                   captures=captures)
 
 

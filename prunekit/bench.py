@@ -42,7 +42,7 @@ import torch
 
 from .errors import PrunekitError
 from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
-from .export import LoadedModel, load_model_dir
+from .loading import LoadedModel, load_model_dir
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes, rescue
 from .system import system_info
@@ -171,7 +171,7 @@ def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, 
 
         t = batches[0]["input_ids"].shape[1]
         try:
-            out["fvcore"] = fvcore_flops(loaded.compact, loaded.kind, t, cfg.vocab_size)["matmul"]
+            out["fvcore"] = fvcore_flops(loaded.compact_view, loaded.kind, t, cfg.vocab_size)["matmul"]
             out["fvcore_seq_len"] = t
         except Exception as e:  # fvcore's tracer is not ours to fix; the analytic count stands
             notes.append(f"{name}: fvcore could not count ({str(e).splitlines()[0][:120]})")
@@ -210,7 +210,7 @@ def bench(s: BenchSettings) -> dict:
     models_info = []
     for name, lm in zip(names, loaded):
         models_info.append({"name": name, "path": str(lm.path), "compact": lm.is_compact, "kind": lm.kind,
-                            "params": sum(p.numel() for p in lm.compact.parameters()),
+                            "params": sum(p.numel() for p in lm.compact_view.parameters()),
                             "heads_per_layer": list(lm.config.num_heads_per_layer),
                             "ffn_per_layer": list(lm.config.intermediate_sizes),
                             "flops": _flops(lm, batches, s.fvcore, notes, name)})

@@ -38,7 +38,7 @@ from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
-from .evaluate import predict, score
+from .scoring import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, save_compact
 from .models import Teacher, check_max_length, load_teacher, model_output

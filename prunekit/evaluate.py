@@ -25,145 +25,22 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-from torch import nn
 
-from .batching import EncodedData, encode, sequential_batches
+from .batching import EncodedData, encode
 from .data import data_key
 from .errors import PrunekitError
-from .flops import ModelShape, format_flops, model_flops
-from .models import check_max_length, load_teacher, model_output
-from .models import quiet as _quiet
+from .flops import format_flops
+from .loading import LoadedModel, load_model
+from .models import check_max_length, model_output
+from .scoring import predict, predict_with, score
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SEQ_LEN = 128
-
-
-@dataclass
-class LoadedModel:
-    path: str
-    model: nn.Module
-    tokenizer: object
-    kind: str  # classification | regression | embedding
-    shape: ModelShape  # the (original) shape the FLOPs model counts from
-    heads_per_layer: list[int] | None  # None: every head (not compacted)
-    ffn_per_layer: list[int] | None
-    compact: bool
-    reference: str | None  # the teacher a compact model was cut from
-    onnx: object = None  # prunekit.backends.OnnxFile when the model is an exported .onnx file
-    num_params: int | None = None  # an ONNX file's, from its export report
-    onnx_id2label: dict | None = None  # an ONNX file's class names, from its export report
-
-    def align(self, dataset):
-        """``dataset`` with its labels in this model's class ids (``data.align_labels``)."""
-        from .data import align_labels
-
-        config = getattr(self.model, "config", None)
-        id2label = getattr(config, "id2label", None) if config is not None else self.onnx_id2label
-        num_labels = self.shape.num_labels if self.shape is not None else getattr(config, "num_labels", 0)
-        if not num_labels:
-            return dataset
-        if (self.onnx is not None and id2label is None and self.kind == "classification" and dataset.labels is not None
-                and dataset.task.kind == "classification"):
-            log.warning("%s: its export report names no classes (exported by an older prunekit, and the model dir "
-                        "it names is gone): the labels are taken with the ids they were read with; re-export it "
-                        "to match them by name", self.path)
-        return align_labels(dataset, self.kind, id2label, num_labels, dataset.source)
-
-    @property
-    def params(self) -> int | None:
-        return self.num_params if self.model is None else sum(p.numel() for p in self.model.parameters())
-
-    def full_flops(self, seq_len: int) -> int | None:
-        """The FLOPs of the original model this one has the shape of (or was cut from)."""
-        return None if self.shape is None else model_flops(self.shape, seq_len).total
-
-    def flops(self, seq_len: int) -> int | None:
-        if self.shape is None:
-            return None
-        return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer).total
-
-
-def _tokenizer(path: str, where) -> object:
-    from transformers import AutoTokenizer
-
-    try:
-        return _quiet(AutoTokenizer.from_pretrained, str(where))
-    except MemoryError:  # not a bad tokenizer dir: the machine is out of memory
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise PrunekitError(f"cannot load a tokenizer for {path} from {where}: {str(e).splitlines()[0][:160]}") from None
-
-
-def _config_id2label(config: Path) -> dict | None:
-    """The class names of the model dir an ONNX file was exported from, where it still exists."""
-    import json
-
-    try:
-        names = json.loads(config.read_text(encoding="utf-8")).get("id2label")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return names if isinstance(names, dict) and all(isinstance(v, str) for v in names.values()) else None
-
-
-def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedModel:
-    """An exported .onnx file: its kind, shape and reference from its report, its tokenizer from
-    --tokenizer, the files beside it, or the model dir it was exported from."""
-    from .backends import load_onnx_file, onnx_output_kind
-    from .export import TOKENIZER_FILES
-
-    f = load_onnx_file(p)
-    info = f.info
-    file_kind = info.get("kind") or (onnx_output_kind(f) if kind == "auto" else None)
-    if kind != "auto" and file_kind not in (None, kind):
-        raise PrunekitError(f"{path} is a {file_kind} model, not {kind}")
-    tok_dir = tokenizer or (p.parent if any((p.parent / n).is_file() for n in TOKENIZER_FILES) else info.get("tokenizer"))
-    if tok_dir is None:
-        raise PrunekitError(f"{path}: no tokenizer beside it and none named in its export report: pass --tokenizer DIR")
-    shape = ModelShape(**info["shape"]) if info.get("shape") else None
-    id2label = info.get("id2label")
-    if id2label is None and info.get("source_abs"):  # a report from before it recorded the class names
-        id2label = _config_id2label(Path(info["source_abs"]) / "config.json")
-    return LoadedModel(str(path), None, _tokenizer(path, tok_dir), file_kind or kind, shape, info.get("heads_per_layer"),
-                       info.get("ffn_per_layer"), bool(info.get("is_compact")), info.get("reference"), f,
-                       info.get("params"), id2label)
-
-
-def load_model(path: str, kind: str = "auto", device: str = "cpu", tokenizer: str | None = None) -> LoadedModel:
-    """A teacher (any BERT-family HF dir), a compact model dir, or an .onnx file from export-onnx."""
-    from .modeling import MODEL_TYPE, load_compact
-
-    p = Path(path)
-    if p.is_dir() and (p / "model.onnx").is_file() and not (p / "config.json").is_file():
-        p = p / "model.onnx"
-    if p.suffix == ".onnx":
-        return _load_onnx(path, p, kind, tokenizer)
-    cfg = p / "config.json"
-    model_type = None
-    if cfg.is_file():
-        from .configs import model_type_of
-
-        model_type = model_type_of(cfg)  # the whole config checked (sizes, against the weights) before any use
-    if model_type != MODEL_TYPE:
-        t = load_teacher(path, kind, device=device)
-        return LoadedModel(str(path), t.model, t.tokenizer, t.kind, t.shape, None, None, False, None)
-
-    model = _quiet(load_compact, p, device=device)
-    c = model.config
-    if kind not in ("auto", c.task_kind):
-        raise PrunekitError(f"{path} is a compact {c.task_kind} model, not {kind}")
-    tok_dir = p if any((p / f).is_file() for f in ("tokenizer.json", "vocab.txt", "vocab.json")) else c.base_model_name_or_path
-    if tok_dir is None:
-        raise PrunekitError(f"{path} has no tokenizer files and names no teacher to take them from; copy the teacher's tokenizer files into it")
-    tokenizer = _tokenizer(path, tok_dir)
-    shape = ModelShape.from_config(c)
-    return LoadedModel(str(path), model, tokenizer, c.task_kind, shape, list(c.num_heads_per_layer), list(c.intermediate_sizes),
-                       True, c.base_model_name_or_path)
 
 
 def _check_max_length(m: LoadedModel, data: EncodedData, max_length: int) -> None:
@@ -185,45 +62,6 @@ def _check_max_length(m: LoadedModel, data: EncodedData, max_length: int) -> Non
     except PrunekitError:
         check_max_length(max_length, config, m.path)  # raises (texts are cut at max_length), naming the option
         raise
-
-
-@torch.no_grad()
-def predict(model: nn.Module, kind: str, data: EncodedData, device="cpu", batch_size: int = 64) -> torch.Tensor:
-    """``model_output`` (logits or mean-pooled embeddings) for every example of ``data``, in its order."""
-    was_training = model.training
-    model.eval()
-    try:
-        return predict_with(lambda batch: model_output(model, kind, batch), data, device, batch_size)
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def predict_with(run: Callable[[dict], torch.Tensor], data: EncodedData, device="cpu", batch_size: int = 64) -> torch.Tensor:
-    """``run(batch)`` (a backend runner's task output) for every example of ``data``, in its order."""
-    outs: list = [None] * len(data)
-    for idx, batch in sequential_batches(data, batch_size):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        out = run(batch).float().cpu()
-        for row, i in enumerate(idx.tolist()):
-            outs[i] = out[row]
-    return torch.stack(outs)
-
-
-FIDELITY_PRIMARY = {"embedding": "similarity_spearman", "regression": "teacher_pearson", "classification": "teacher_agreement"}
-
-
-def score(kind: str, outputs: torch.Tensor, dataset, reference_outputs: torch.Tensor | None = None) -> tuple[str, dict, str]:
-    """(primary metric, metrics, what was scored against): the task's metrics on labels, else fidelity."""
-    from .fidelity import compare_outputs
-    from .metrics import compute_metrics, primary_metric
-
-    if kind != "embedding" and dataset.labels is not None and dataset.task.kind != "unlabelled":
-        preds = outputs.flatten() if kind == "regression" else outputs
-        return primary_metric(dataset.task), compute_metrics(dataset.task, preds, dataset.labels), "labels"
-    if reference_outputs is None:
-        raise ValueError("unlabelled data: pass reference_outputs")
-    return FIDELITY_PRIMARY[kind], compare_outputs(kind, outputs, reference_outputs), "reference"
 
 
 def _needs_reference(m: LoadedModel, dataset) -> bool:
@@ -322,10 +160,8 @@ def evaluate(
                 return label, r.dtype, r.run
             if backend is None:
                 return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
-            from .export import load_model_dir
-
-            if m.path not in dirs:  # loaded once per model: every runner deep-copies or exports it
-                dirs[m.path] = load_model_dir(m.path, m.kind)
+            if m.path not in dirs:  # every runner deep-copies the model to its device, or exports it (on the CPU)
+                dirs[m.path] = m if str(dev) == "cpu" else load_model(m.path, m.kind, "cpu", tokenizer)
             r = build_runner(dirs[m.path], m.path, backend, device, workdir=Path(tmp), calibration=calibration)
             if r is None:
                 raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
@@ -338,7 +174,7 @@ def evaluate(
                 return predict(m.model, m.kind, data, device, batch_size)
             return predict_with(run, data, device, batch_size)
 
-        shared_ref = next((x.reference for x in loaded if x.reference), None)
+        shared_ref = next((x.teacher for x in loaded if x.teacher), None)
         for m in loaded:
             aligned = {split: m.align(ds) for split, ds in datasets.items()}  # labels in the model's class ids
             todo = [None] if m.onnx is not None or not backends else list(backends)
@@ -353,7 +189,7 @@ def evaluate(
                     out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
                     ref_out, ref_path = None, None
                     if _needs_reference(m, ds):
-                        ref_path = reference or m.reference
+                        ref_path = reference or m.teacher
                         if ref_path is None and shared_ref is not None and _same_path(shared_ref, m.path):
                             ref_path = shared_ref  # the teacher of the compact models beside it: scored against itself
                         if ref_path is not None and m.onnx is None and _same_path(ref_path, m.path):
@@ -373,7 +209,7 @@ def evaluate(
                     results[split] = {"primary": primary, "metrics": metrics, "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
                 flops = m.flops(seq_len)
                 rows.append({
-                    "model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.compact else "teacher", "kind": m.kind,
+                    "model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.is_compact else "teacher", "kind": m.kind,
                     "params": m.params, "flops": flops, "flops_ratio": flops / full if flops and (full := m.full_flops(seq_len)) else None,
                     "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer, "results": results,
                 })

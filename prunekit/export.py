@@ -52,7 +52,8 @@ from .card import command_line, model_dir_of, write_card
 from .errors import PrunekitError
 from .flops import ModelShape
 from .io import atomic_write_text, check_output_file, output_slot
-from .modeling import MODEL_TYPE, CompactBertModel, CompactBertPreTrainedModel, load_compact
+from .loading import LoadedModel, has_tokenizer_files, load_model_dir
+from .modeling import CompactBertModel, CompactBertPreTrainedModel
 from .pooling import mean_pool
 from .system import int8_dot_product
 
@@ -60,78 +61,6 @@ log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 QUANTIZE = ("int8", "int8-static")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading either kind of model dir
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """What export and bench need of a model dir: the PyTorch reference, its compact view, its kind."""
-
-    path: Path
-    kind: str  # classification | regression | embedding
-    is_compact: bool
-    reference: nn.Module  # what parity is checked against (the transformers model for an original)
-    compact: CompactBertPreTrainedModel  # the same function as a compact model (exported through OnnxGraph)
-    tokenizer: object = None
-
-    @property
-    def config(self):
-        return self.compact.config
-
-
-def load_model_dir(path: str | os.PathLike, kind: str = "auto") -> LoadedModel:
-    """Load a compact model dir or an original Hugging Face BERT-family dir (one-line errors);
-    ``kind`` overrides what an original's config says (a compact config knows its kind)."""
-    p = Path(path)
-    if not p.is_dir():
-        raise PrunekitError(f"{path} is not a directory: give a model directory (with config.json)")
-    cfg = p / "config.json"
-    if not cfg.is_file():
-        raise PrunekitError(f"{path} has no config.json: it is not a model directory")
-    from .configs import model_type_of
-
-    model_type = model_type_of(cfg)  # the whole config checked (sizes, against the weights) before any use
-    tokenizer = _maybe_tokenizer(p)
-    if model_type == MODEL_TYPE:
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise here
-        try:
-            model = load_compact(p, backend="eager")
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        if kind not in ("auto", model.config.task_kind):
-            raise PrunekitError(f"{path} is a compact {model.config.task_kind} model, not {kind}")
-        base = model.config.base_model_name_or_path
-        if tokenizer is None and base and Path(base).is_dir():  # no tokenizer files: the teacher's
-            tokenizer = _maybe_tokenizer(Path(base))
-        return LoadedModel(p, model.config.task_kind, True, model, model, tokenizer)
-
-    from .architecture import Architecture
-    from .compact import compact
-    from .models import load_teacher
-
-    teacher = load_teacher(str(p), kind)
-    s = teacher.shape
-    full = Architecture(heads=[list(range(s.num_heads))] * s.num_layers,
-                        neurons=[list(range(s.intermediate_size))] * s.num_layers)
-    return LoadedModel(p, teacher.kind, False, teacher.model, compact(teacher, full), teacher.tokenizer)
-
-
-def _maybe_tokenizer(p: Path):
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(p))
-    except MemoryError:  # out of memory is not "no tokenizer files"
-        raise
-    except Exception:  # a model dir without tokenizer files still exports and benchmarks
-        return None
 
 
 def reference_output(loaded: LoadedModel, batch: dict) -> torch.Tensor:
@@ -139,7 +68,7 @@ def reference_output(loaded: LoadedModel, batch: dict) -> torch.Tensor:
     from .models import model_output
 
     with torch.no_grad():
-        return model_output(loaded.reference, loaded.kind, batch)
+        return model_output(loaded.model, loaded.kind, batch)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -632,8 +561,8 @@ def _abs_if_dir(path: Optional[str]) -> Optional[str]:
 
 
 def _tokenizer_dir(loaded: LoadedModel) -> Optional[str]:
-    if any((loaded.path / f).is_file() for f in TOKENIZER_FILES):
-        return str(loaded.path.resolve())
+    if has_tokenizer_files(Path(loaded.path)):
+        return str(Path(loaded.path).resolve())
     return _abs_if_dir(loaded.config.base_model_name_or_path) if loaded.is_compact else None
 
 
@@ -649,11 +578,11 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
     output_name = "embeddings" if loaded.kind == "embedding" else "logits"
     report = ExportReport(output=str(out), kind=loaded.kind, source=str(model_dir), is_compact=loaded.is_compact,
                           heads_per_layer=list(cfg.num_heads_per_layer), ffn_per_layer=list(cfg.intermediate_sizes),
-                          output_name=output_name, settings=asdict(s), source_abs=str(loaded.path.resolve()),
+                          output_name=output_name, settings=asdict(s), source_abs=str(Path(loaded.path).resolve()),
                           tokenizer=_tokenizer_dir(loaded),
-                          reference=_abs_if_dir(cfg.base_model_name_or_path) if loaded.is_compact else str(loaded.path.resolve()),
+                          reference=_abs_if_dir(cfg.base_model_name_or_path) if loaded.is_compact else str(Path(loaded.path).resolve()),
                           shape=ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None).to_dict(),
-                          params=sum(p.numel() for p in loaded.compact.parameters()),
+                          params=sum(p.numel() for p in loaded.compact_view.parameters()),
                           id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()},
                           command=command_line())
     reduce_range = s.quantize in QUANTIZE and int8_reduce_range()
@@ -661,7 +590,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
         report.notes.append(REDUCE_RANGE_NOTE)
     with output_slot(out, s.force, "file") as work:
         current = work / "model.onnx"
-        trace_to_onnx(loaded.compact, current, s.opset, output_name)
+        trace_to_onnx(loaded.compact_view, current, s.opset, output_name)
         _require(report, validate(current, loaded, "export", s.atol, seed=s.seed))
         if s.optimize and s.quantize == "int8-static":
             report.notes.append("static int8 quantizes the unfused graph (onnxruntime's quantizer cannot see into fused "

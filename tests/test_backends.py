@@ -17,7 +17,8 @@ from prunekit.bench import BenchSettings, bench
 from prunekit.system import cpu_info, native_bf16
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
-from prunekit.export import load_model_dir, random_inputs, reference_output
+from prunekit.export import random_inputs, reference_output
+from prunekit.loading import load_model_dir
 from test_export import compact_dir
 
 # max |backend - fp32 eager| / max |fp32 eager| per dtype: fp32 differs by summation order only
@@ -62,14 +63,14 @@ def test_cpu_backends_match_fp32_eager(tiny_models, tmp_path, kind):
             assert r.dtype == B.dtype_of(backend)
             rel, where = _worst_rel(r, loaded)
             assert rel <= REL_TOL[r.dtype], f"{model_dir.name} {backend}: rel diff {rel:.2e} at (seed, row, col) {where}"
-        assert not any(m.training for m in loaded.compact.modules())
+        assert not any(m.training for m in loaded.compact_view.modules())
 
 
 def test_packed_path_equals_padded(tiny_models, tmp_path):
     """sdpa-packed (fp32): every real token's hidden states as the padded path's, zeros at padding."""
     src, cfg = compact_dir(tiny_models, tmp_path, "bert12", "classification")
     loaded = load_model_dir(src)
-    model = loaded.compact
+    model = loaded.compact_view
     batch = random_inputs(cfg, 4, 20, seed=5)
     assert not bool(batch["attention_mask"].all())
     with torch.no_grad():
@@ -122,8 +123,8 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
     # weights' data_ptr, which dynamo cannot trace (found on an H100): compiled, the forward takes the
     # plain weights (inductor pads itself) and matches eager.
     torch._dynamo.reset()
-    before = loaded.compact.config.backend
-    m = loaded.compact.set_backend("sdpa", ffn_align=8)
+    before = loaded.compact_view.config.backend
+    m = loaded.compact_view.set_backend("sdpa", ffn_align=8)
     assert any(layer.ffn_width % 8 for layer in m._encoder().layers), "this test needs a width that is not a multiple of 8"
     batch = random_inputs(loaded.config, 2, 9, 5)
     with torch.no_grad():

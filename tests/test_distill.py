@@ -198,7 +198,7 @@ def test_best_checkpoint_is_kept(world, tmp_path, monkeypatch):
     assert [x["stage"] for x in evals] == [1, 2, 2] and r.best["step"] == evals[1]["step"]
     monkeypatch.setattr(D, "dev_metrics", real)
     from prunekit.batching import encode
-    from prunekit.evaluate import predict
+    from prunekit.scoring import predict
 
     model = load_compact(r.output_dir)
     dev = load_data(str(world["data"])).split(0.9, 42)[1]

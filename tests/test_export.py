@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from prunekit.cli import cli
 from prunekit.compact import compact
 from prunekit.errors import PrunekitError
-from prunekit.export import ExportSettings, export_onnx, load_model_dir, random_inputs, reference_output, session
+from prunekit.export import ExportSettings, export_onnx, random_inputs, reference_output, session
+from prunekit.loading import load_model_dir
 from prunekit.models import load_teacher
 from test_compact import edge_architecture, scramble
 
@@ -148,7 +149,7 @@ def test_model_left_in_eval_mode(tiny_models, tmp_path):
     src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
     loaded = load_model_dir(src)
     export_onnx(src, tmp_path / "e.onnx", loaded=loaded)
-    assert not any(m.training for m in loaded.compact.modules())
+    assert not any(m.training for m in loaded.compact_view.modules())
 
 
 def test_cli_and_bad_input(tiny_models, tmp_path):
