@@ -432,15 +432,16 @@ def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_c
 
     from pathlib import Path
 
-    from .evaluate import evaluate, format_table
+    from .evaluate import EvalSettings, evaluate, format_table
     from .io import check_output_file, rescue, write_output_file
 
     if json_out:
         check_output_file(Path(json_out), force)  # before the scoring, not after it
-    report = evaluate([model, *compare], data, list(splits) or None, reference=reference, kind=kind, text_column=text_column,
-                      pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples,
-                      max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device,
-                      backends=_names(backends) or None, calibration=calibration, tokenizer=tokenizer)
+    report = evaluate(EvalSettings(
+        models=[model, *compare], data=data, splits=list(splits) or None, text_column=text_column, pair_column=pair_column,
+        label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples, reference=reference, kind=kind,
+        max_length=max_length, batch_size=batch_size, seq_len=seq_len, device=device, backends=_names(backends) or None,
+        calibration=calibration, tokenizer=tokenizer))
     click.echo(format_table(report))
     if json_out:
         data = (json.dumps(report, indent=1) + "\n").encode("utf-8")

@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -35,7 +36,7 @@ from .data import data_key
 from .errors import PrunekitError
 from .flops import format_flops
 from .loading import LoadedModel, load_model
-from .models import check_max_length, model_output
+from .models import check_max_length
 from .scoring import predict, predict_with, score
 
 log = logging.getLogger(__name__)
@@ -84,137 +85,172 @@ def trained_on(model_path: Path) -> set[str]:
     return found
 
 
-def evaluate(
-    models: list[str],
-    data: str | None = None,
-    splits: list[str] | None = None,
-    *,
-    reference: str | None = None,
-    kind: str = "auto",
-    text_column: str | None = None,
-    pair_column: str | None = None,
-    label_column: str | None = None,
-    task: str | None = None,
-    glue_dir: str | None = None,
-    max_examples: int | None = None,
-    max_length: int = 128,
-    batch_size: int = 64,
-    seq_len: int = DEFAULT_SEQ_LEN,
-    device: str = "cpu",
-    backends: list[str] | None = None,
-    calibration: str | None = None,
-    tokenizer: str | None = None,
-) -> dict:
-    """Score every model (through every backend given) on every split; the report holds metrics,
-    parameters and FLOPs per model and backend. ``tokenizer``: for .onnx files."""
-    from .data import is_mnli_mismatched, load_data
+@dataclass
+class EvalSettings:
+    """``prunekit eval`` options."""
 
-    if not models:
-        raise PrunekitError("give at least one model to evaluate")
+    models: list = field(default_factory=list)  # model dirs, hub ids or .onnx files, scored side by side
+    data: Optional[str] = None  # GLUE task name or dir, CSV/TSV/JSONL/TXT file; None: the shipped corpus (unlabelled)
+    splits: Optional[list] = None  # a GLUE task's splits; None: dev (MNLI: dev_matched and dev_mismatched)
+    text_column: Optional[str] = None
+    pair_column: Optional[str] = None
+    label_column: Optional[str] = None
+    task: Optional[str] = None  # read the file as this GLUE task
+    glue_dir: Optional[str] = None
+    max_examples: Optional[int] = None
+    reference: Optional[str] = None  # what embedding models and unlabelled data are scored against; None: the teacher
+    kind: str = "auto"  # what a teacher dir outputs (compact dirs and .onnx files know)
+    max_length: int = 128  # token truncation
+    batch_size: int = 64
+    seq_len: int = DEFAULT_SEQ_LEN  # the length the analytic FLOPs are counted at
+    device: str = "cpu"
+    backends: Optional[list] = None  # score each model dir through these too; None: PyTorch fp32 as loaded
+    calibration: Optional[str] = None  # ort-int8-static's data; None: the shipped corpus
+    tokenizer: Optional[str] = None  # an .onnx file's tokenizer dir; None: beside it, or its export report's
+
+
+def evaluate(s: EvalSettings) -> dict:
+    """Score every model (through every backend given) on every split; the report holds metrics,
+    parameters and FLOPs per model and backend."""
+    from .backends import check_backend
     from .distributed import resolve_device
 
-    dev = resolve_device(device)  # one line for an unknown device or cuda on a machine without one
-    device = str(dev)
-    cols = dict(text_column=text_column, pair_column=pair_column, label_column=label_column, task=task, glue_dir=glue_dir, max_examples=max_examples)
-    given = list(splits) if splits else None
-    datasets = {s: load_data(data, s, **cols) for s in (given or ["dev"])}
-    if data is None and given is None:  # the shipped corpus has no dev split: say what is scored
-        datasets = {"corpus": datasets["dev"]}
+    if not s.models:
+        raise PrunekitError("give at least one model to evaluate")
+    dev = resolve_device(s.device)  # one line for an unknown device or cuda on a machine without one
+    datasets = _datasets(s)
+    for b in s.backends or ():
+        check_backend(b, dev.type)
+    loaded = _load_models(s, str(dev))
+    with tempfile.TemporaryDirectory(prefix="prunekit-eval-") as tmp:
+        scorer = _Scorer(s, str(dev), Path(tmp), shared_teacher=next((m.teacher for m in loaded if m.teacher), None))
+        rows = [scorer.row(m, backend, datasets) for m in loaded for backend in _backends_of(m, s.backends)]
+    _deltas(rows)
     first = next(iter(datasets.values()))
-    one_file = data is not None and Path(data).expanduser().is_file()
-    if given is None and first.task.name == "mnli" and not one_file and not is_mnli_mismatched(data, task):
+    return {"data": first.source, "task": first.task.name, "splits": list(datasets), "seq_len": s.seq_len, "models": rows}
+
+
+def _datasets(s: EvalSettings) -> dict:
+    """{split name: dataset}: the splits asked for; by default dev (MNLI: both dev sets; the
+    shipped corpus, which has no splits: ``corpus``)."""
+    from .data import is_mnli_mismatched, load_data
+
+    cols = dict(text_column=s.text_column, pair_column=s.pair_column, label_column=s.label_column, task=s.task,
+                glue_dir=s.glue_dir, max_examples=s.max_examples)
+    given = list(s.splits) if s.splits else None
+    datasets = {split: load_data(s.data, split, **cols) for split in (given or ["dev"])}
+    if s.data is None and given is None:  # the shipped corpus has no dev split: say what is scored
+        return {"corpus": datasets["dev"]}
+    first = next(iter(datasets.values()))
+    one_file = s.data is not None and Path(s.data).expanduser().is_file()
+    if given is None and first.task.name == "mnli" and not one_file and not is_mnli_mismatched(s.data, s.task):
         # MNLI (the task or its folder, not one file of it, nor mnli-mm) is reported on both dev sets
-        datasets = {"dev_matched": load_data(data, "dev_matched", **cols)}
+        datasets = {"dev_matched": load_data(s.data, "dev_matched", **cols)}
         try:
-            datasets["dev_mismatched"] = load_data(data, "dev_mismatched", **cols)
+            datasets["dev_mismatched"] = load_data(s.data, "dev_mismatched", **cols)
         except PrunekitError as e:  # a copy without the mismatched file: score what there is
             log.warning("%s; scoring MNLI's dev_matched set alone", e)
+    return datasets
 
-    from .backends import OnnxFile, build_runner, check_backend, dtype_of, onnx_file_runner
 
-    for b in backends or ():
-        check_backend(b, dev.type)
-    loaded = [load_model(m, kind, device, tokenizer) for m in models]
+def _load_models(s: EvalSettings, device: str) -> list[LoadedModel]:
+    """Every model, with a warning for one trained on this very data and for .onnx files given --backend."""
+    loaded = [load_model(m, s.kind, device, s.tokenizer) for m in s.models]
     for m in loaded:
-        if data_key(data) in trained_on(Path(m.path)):
+        if data_key(s.data) in trained_on(Path(m.path)):
             log.warning("%s was searched or distilled on %s: these scores are not on held-out data; give --data with "
-                        "examples it has not seen", m.path, data or "the shipped corpus")
-    files = [m.path for m in loaded if m.onnx is not None] if backends else []
+                        "examples it has not seen", m.path, s.data or "the shipped corpus")
+    files = [m.path for m in loaded if m.onnx is not None] if s.backends else []
     if files and len(files) == len(loaded):
         raise PrunekitError(f"--backend applies to model dirs, and {files[0]} is an exported .onnx file, which runs as "
                             "exported in onnxruntime: drop --backend, or give the model dir")
     for f in files:
         log.warning("--backend applies to model dirs: %s runs as exported in onnxruntime", f)
-    refs: dict[str, LoadedModel] = {}
-    ref_outputs: dict = {}
-    rows = []
-    dirs: dict = {}  # model path -> its loaded dir, shared by its backends
-    with tempfile.TemporaryDirectory(prefix="prunekit-eval-") as tmp:
+    return loaded
 
-        def runner_for(m: LoadedModel, backend: Optional[str]):
-            """(backend name, batch -> output): the model as loaded, an .onnx file as exported, or a backend."""
-            if isinstance(m.onnx, OnnxFile):
-                r = onnx_file_runner(m.onnx, m.path, str(dev))  # on cuda:N, onnxruntime's CUDA provider on GPU N
-                stage = (m.onnx.info.get("checks") or [{}])[-1].get("stage", "")
-                label = f"ort-{stage}" if stage in ("int8", "int8-static", "fp16") else "ort"  # static vs dynamic int8
-                return label, r.dtype, r.run
-            if backend is None:
-                return "torch", "fp32", lambda batch: model_output(m.model, m.kind, batch)
-            if m.path not in dirs:  # every runner deep-copies the model to its device, or exports it (on the CPU)
-                dirs[m.path] = m if str(dev) == "cpu" else load_model(m.path, m.kind, "cpu", tokenizer)
-            r = build_runner(dirs[m.path], m.path, backend, device, workdir=Path(tmp), calibration=calibration)
-            if r is None:
-                raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
-            return backend, r.dtype, r.run
 
-        def outputs(m: LoadedModel, run, ds) -> torch.Tensor:
-            data = encode(ds, m.tokenizer, max_length)
-            _check_max_length(m, data, max_length)
-            if m.model is not None and run is None:
-                return predict(m.model, m.kind, data, device, batch_size)
-            return predict_with(run, data, device, batch_size)
+def _backends_of(m: LoadedModel, backends: Optional[list]) -> list:
+    """The rows of one model: None is the model as loaded (PyTorch fp32, or an .onnx file as exported)."""
+    from .backends import dtype_of
 
-        shared_ref = next((x.teacher for x in loaded if x.teacher), None)
-        for m in loaded:
-            aligned = {split: m.align(ds) for split, ds in datasets.items()}  # labels in the model's class ids
-            todo = [None] if m.onnx is not None or not backends else list(backends)
-            if m.onnx is None and backends and not any(dtype_of(b) == "fp32" for b in backends):
-                # bf16/int8 rows are read against the model's own fp32 row: score it too (the
-                # model as loaded, in PyTorch), or their "vs fp32" column would be empty
-                todo.insert(0, None)
-            for backend in todo:
-                name, dtype, run = runner_for(m, backend)
-                results = {}
-                for split, ds in aligned.items():
-                    out = outputs(m, None if (backend is None and m.onnx is None) else run, ds)
-                    ref_out, ref_path = None, None
-                    if _needs_reference(m, ds):
-                        ref_path = reference or m.teacher
-                        if ref_path is None and shared_ref is not None and _same_path(shared_ref, m.path):
-                            ref_path = shared_ref  # the teacher of the compact models beside it: scored against itself
-                        if ref_path is not None and m.onnx is None and _same_path(ref_path, m.path):
-                            refs.setdefault(ref_path, m)
-                        if ref_path is None:
-                            why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
-                            raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
-                        if ref_path not in refs:
-                            refs[ref_path] = load_model(ref_path, m.kind if m.kind == "embedding" else "auto", device)
-                        r = refs[ref_path]
-                        if r.kind != m.kind:
-                            raise PrunekitError(f"the reference {ref_path} is a {r.kind} model but {m.path} is {m.kind}: compare like with like")
-                        if (ref_path, split) not in ref_outputs:
-                            ref_outputs[ref_path, split] = outputs(r, None if r.onnx is None else runner_for(r, None)[2], ds)
-                        ref_out = ref_outputs[ref_path, split]
-                    primary, metrics, against = score(m.kind, out, ds, ref_out)
-                    results[split] = {"primary": primary, "metrics": metrics, "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
-                flops = m.flops(seq_len)
-                rows.append({
-                    "model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.is_compact else "teacher", "kind": m.kind,
-                    "params": m.params, "flops": flops, "flops_ratio": flops / full if flops and (full := m.full_flops(seq_len)) else None,
-                    "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer, "results": results,
-                })
-    _deltas(rows)
-    return {"data": first.source, "task": first.task.name, "splits": list(datasets), "seq_len": seq_len, "models": rows}
+    if m.onnx is not None or not backends:
+        return [None]
+    if not any(dtype_of(b) == "fp32" for b in backends):
+        # bf16/int8 rows are read against the model's own fp32 row: score it too (the model as
+        # loaded, in PyTorch), or their "vs fp32" column would be empty
+        return [None, *backends]
+    return list(backends)
+
+
+class _Scorer:
+    """Scores one model through one backend on every split; loads each reference model, and
+    computes its outputs on each split, once."""
+
+    def __init__(self, s: EvalSettings, device: str, workdir: Path, shared_teacher: Optional[str]):
+        self.s, self.device, self.workdir, self.shared_teacher = s, device, workdir, shared_teacher
+        self.refs: dict[str, LoadedModel] = {}
+        self.ref_outputs: dict = {}
+        self.cpu_copies: dict = {}  # model path -> the model on the CPU, for the backends' runners
+
+    def runner(self, m: LoadedModel, backend: Optional[str]) -> tuple[str, str, Optional[Callable]]:
+        """(row name, dtype, batch -> output or None for the model as loaded)."""
+        from .backends import OnnxFile, build_runner, onnx_file_runner
+
+        if isinstance(m.onnx, OnnxFile):
+            r = onnx_file_runner(m.onnx, m.path, self.device)  # on cuda:N, onnxruntime's CUDA provider on GPU N
+            stage = (m.onnx.info.get("checks") or [{}])[-1].get("stage", "")
+            label = f"ort-{stage}" if stage in ("int8", "int8-static", "fp16") else "ort"  # static vs dynamic int8
+            return label, r.dtype, r.run
+        if backend is None:
+            return "torch", "fp32", None
+        if m.path not in self.cpu_copies:  # every runner deep-copies the model to its device, or exports it (on the CPU)
+            self.cpu_copies[m.path] = m if self.device == "cpu" else load_model(m.path, m.kind, "cpu", self.s.tokenizer)
+        r = build_runner(self.cpu_copies[m.path], m.path, backend, self.device, workdir=self.workdir,
+                         calibration=self.s.calibration)
+        if r is None:
+            raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
+        return backend, r.dtype, r.run
+
+    def outputs(self, m: LoadedModel, run: Optional[Callable], ds) -> torch.Tensor:
+        data = encode(ds, m.tokenizer, self.s.max_length)
+        _check_max_length(m, data, self.s.max_length)
+        if run is None:
+            return predict(m.model, m.kind, data, self.device, self.s.batch_size)
+        return predict_with(run, data, self.device, self.s.batch_size)
+
+    def reference_outputs(self, m: LoadedModel, split: str, ds) -> tuple[str, torch.Tensor]:
+        """(reference path, its outputs on ``ds``) for a model scored by fidelity."""
+        ref_path = self.s.reference or m.teacher
+        if ref_path is None and self.shared_teacher is not None and _same_path(self.shared_teacher, m.path):
+            ref_path = self.shared_teacher  # the teacher of the compact models beside it: scored against itself
+        if ref_path is not None and m.onnx is None and _same_path(ref_path, m.path):
+            self.refs.setdefault(ref_path, m)
+        if ref_path is None:
+            why = "an embedding model" if m.kind == "embedding" else "unlabelled data"
+            raise PrunekitError(f"{m.path} is scored on {why} by fidelity to a reference model: pass --reference MODEL")
+        if ref_path not in self.refs:
+            self.refs[ref_path] = load_model(ref_path, m.kind if m.kind == "embedding" else "auto", self.device)
+        r = self.refs[ref_path]
+        if r.kind != m.kind:
+            raise PrunekitError(f"the reference {ref_path} is a {r.kind} model but {m.path} is {m.kind}: compare like with like")
+        if (ref_path, split) not in self.ref_outputs:
+            self.ref_outputs[ref_path, split] = self.outputs(r, self.runner(r, None)[2], ds)
+        return ref_path, self.ref_outputs[ref_path, split]
+
+    def row(self, m: LoadedModel, backend: Optional[str], datasets: dict) -> dict:
+        name, dtype, run = self.runner(m, backend)
+        results = {}
+        for split, ds in datasets.items():
+            ds = m.align(ds)  # labels in the model's class ids
+            out = self.outputs(m, run, ds)
+            ref_path, ref_out = self.reference_outputs(m, split, ds) if _needs_reference(m, ds) else (None, None)
+            primary, metrics, against = score(m.kind, out, ds, ref_out)
+            results[split] = {"primary": primary, "metrics": metrics,
+                              "scored_against": ref_path if against == "reference" else "labels", "examples": len(ds)}
+        flops, full = m.flops(self.s.seq_len), m.full_flops(self.s.seq_len)
+        return {"model": m.path, "backend": name, "dtype": dtype, "type": "compact" if m.is_compact else "teacher",
+                "kind": m.kind, "params": m.params, "flops": flops, "flops_ratio": flops / full if flops and full else None,
+                "heads_per_layer": m.heads_per_layer, "ffn_per_layer": m.ffn_per_layer, "results": results}
 
 
 def _same_path(a: str, b: str) -> bool:

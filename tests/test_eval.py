@@ -13,7 +13,7 @@ from prunekit.architecture import Architecture
 from prunekit.cli import cli
 from prunekit.compact import compact_to_dir
 from prunekit.data import load_data
-from prunekit.evaluate import evaluate, format_table
+from prunekit.evaluate import EvalSettings, evaluate, format_table
 from prunekit.flops import model_flops
 from prunekit.metrics import compute_metrics
 from prunekit.models import load_teacher
@@ -64,7 +64,7 @@ def test_classification_metrics_hand_checked(models, tmp_path, monkeypatch):
     # predicted classes 1 0 1 1 0 0: 4 of 6 right; class 1: tp 2, fp 1, fn 1 -> precision = recall = F1 = 2/3
     logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [-1.0, 2.0], [3.0, 0.0], [0.5, 0.1]])
     _fixed_predictions(monkeypatch, logits)
-    report = evaluate([str(teacher)], str(data))
+    report = evaluate(EvalSettings([str(teacher)], data=str(data)))
     res = report["models"][0]["results"]["dev"]
     assert res["metrics"]["accuracy"] == pytest.approx(4 / 6) and res["metrics"]["f1"] == pytest.approx(2 / 3)
     assert res["metrics"] == compute_metrics(load_data(str(data)).task, logits, torch.tensor(labels))
@@ -77,7 +77,7 @@ def test_regression_metrics_equal_compute_metrics(models, tmp_path, monkeypatch)
     data = _csv(tmp_path / "r.csv", labels)
     preds = torch.tensor([[0.1], [0.3], [0.2], [0.9], [1.0]])  # ranks 1 3 2 4 5 vs 1 2 3 4 5: Spearman 0.9
     _fixed_predictions(monkeypatch, preds)
-    report = evaluate([str(teacher)], str(data))
+    report = evaluate(EvalSettings([str(teacher)], data=str(data)))
     m = report["models"][0]["results"]["dev"]["metrics"]
     assert m["spearman"] == pytest.approx(0.9)
     assert m == compute_metrics(load_data(str(data)).task, preds.flatten(), torch.tensor(labels))
@@ -87,15 +87,15 @@ def test_embedding_model_scored_against_its_teacher(models, tmp_path):
     teacher, student = models["embedding"]
     text = tmp_path / "t.txt"
     text.write_text("\n".join(make_sentences(12, seed=2)) + "\n")
-    report = evaluate([str(student)], str(text))
+    report = evaluate(EvalSettings([str(student)], data=str(text)))
     res = report["models"][0]["results"]["dev"]
     assert res["scored_against"] == str(teacher) and res["primary"] == "similarity_spearman"
     assert set(res["metrics"]) == {"similarity_spearman", "mean_cosine"}
-    same = evaluate([str(teacher)], str(text), reference=str(teacher))["models"][0]["results"]["dev"]["metrics"]
+    same = evaluate(EvalSettings([str(teacher)], data=str(text), reference=str(teacher)))["models"][0]["results"]["dev"]["metrics"]
     assert same["mean_cosine"] == pytest.approx(1.0) and same["similarity_spearman"] == pytest.approx(1.0)
     # a classifier on unlabelled data: agreement with the reference's predictions
     cls_teacher, cls_student = models["classification"]
-    agree = evaluate([str(cls_student)], str(text))["models"][0]["results"]["dev"]
+    agree = evaluate(EvalSettings([str(cls_student)], data=str(text)))["models"][0]["results"]["dev"]
     assert agree["primary"] == "teacher_agreement" and 0.0 <= agree["metrics"]["teacher_agreement"] <= 1.0
 
 
@@ -108,11 +108,11 @@ def test_mnli_reports_matched_and_mismatched(tmp_path):
         a, b = make_sentences(9, seed=len(split)), make_sentences(9, seed=len(split) + 1)
         rows = ["sentence1\tsentence2\tgold_label"] + [f"{x}\t{y}\t{names[i % 3]}" for i, (x, y) in enumerate(zip(a, b))]
         (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    report = evaluate([str(teacher)], str(folder))
+    report = evaluate(EvalSettings([str(teacher)], data=str(folder)))
     assert report["splits"] == ["dev_matched", "dev_mismatched"]
     assert set(report["models"][0]["results"]) == {"dev_matched", "dev_mismatched"}
     assert "dev_matched:accuracy" in format_table(report)
-    only = evaluate([str(teacher)], str(folder), ["dev_mismatched"])
+    only = evaluate(EvalSettings([str(teacher)], data=str(folder), splits=["dev_mismatched"]))
     assert only["splits"] == ["dev_mismatched"]
 
 
@@ -171,21 +171,21 @@ def test_eval_names_its_data_and_warns_on_training_data(models, tmp_path, caplog
     from prunekit.data import data_key
 
     teacher, student = models["embedding"]
-    report = evaluate([str(student)], None, max_examples=8)
+    report = evaluate(EvalSettings([str(student)], data=None, max_examples=8))
     assert list(report["models"][0]["results"]) == ["corpus"]
     text = tmp_path / "t.txt"
     text.write_text("\n".join(make_sentences(12, seed=3)) + "\n")
     caplog.clear()
-    evaluate([str(student)], str(text))
+    evaluate(EvalSettings([str(student)], data=str(text)))
     assert "not on held-out data" not in caplog.text
     arch = json.loads((student / "architecture.json").read_text())
     try:
         (student / "architecture.json").write_text(json.dumps({**arch, "data_source": data_key(str(text))}))
-        evaluate([str(student)], str(text))
+        evaluate(EvalSettings([str(student)], data=str(text)))
         assert f"{student} was searched or distilled on {text}: these scores are not on held-out data" in caplog.text
         caplog.clear()
         (student / "architecture.json").write_text(json.dumps({**arch, "data_source": "corpus"}))
-        evaluate([str(student)], None, max_examples=8)
+        evaluate(EvalSettings([str(student)], data=None, max_examples=8))
         assert "was searched or distilled on the shipped corpus" in caplog.text
     finally:
         (student / "architecture.json").write_text(json.dumps(arch))
