@@ -1,6 +1,7 @@
 """The `prunekit` command line: a thin click layer over the library functions."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -9,10 +10,54 @@ import time
 
 import click
 
+from .bench import BenchSettings
+from .distill import DistillSettings
 from .distributed import is_main_process, launched_size
 from .errors import PrunekitError
+from .evaluate import EvalSettings
+from .export import ExportSettings
+from .search import SearchSettings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def settings_option(settings_cls):
+    """``click.option`` for a verb whose options are the fields of ``settings_cls``: the default is
+    the field's, so each default is written once, in the settings dataclass the library reads."""
+    defaults = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.default is not dataclasses.MISSING}
+
+    def option(*decls: str, **kwargs):
+        dest = next((d for d in decls if not d.startswith("-")), None) or \
+            max((d for d in decls if d.startswith("--")), key=len)[2:].replace("-", "_")
+        if "default" in kwargs or dest not in defaults:
+            raise TypeError(f"{dest}: the default is {settings_cls.__name__}.{dest}'s (a field with a default)")
+        return click.option(*decls, default=defaults[dest], **kwargs)
+
+    return option
+
+
+search_option = settings_option(SearchSettings)
+distill_option = settings_option(DistillSettings)
+export_option = settings_option(ExportSettings)
+bench_option = settings_option(BenchSettings)
+eval_option = settings_option(EvalSettings)
+
+
+def _backend_help() -> tuple[str, str]:
+    """The --backend help of bench and eval, listed from the backends' registry (no list typed by hand)."""
+    from .backends import CPU_BACKENDS, CUDA_BACKENDS
+    from .bench import DEFAULT_BACKENDS
+
+    cpu, cuda = ", ".join(CPU_BACKENDS), ", ".join(CUDA_BACKENDS)
+    cuda_only = ", ".join(b for b in CUDA_BACKENDS if b not in CPU_BACKENDS)
+    bench = (f"Backend(s) to time (repeatable or comma-separated). cpu: {cpu}; cuda: {cuda}. Default: every one that "
+             f"runs on the device (cuda: {', '.join(DEFAULT_BACKENDS['cuda'])}).")
+    eval_ = (f"Score each model through these backends too (repeatable or comma-separated; the rows sit side by side): "
+             f"{cpu} (cuda also: {cuda_only}). Default: the model in PyTorch fp32 (an .onnx file: as exported).")
+    return bench, eval_
+
+
+BENCH_BACKEND_HELP, EVAL_BACKEND_HELP = _backend_help()
 
 
 def _friendly(fn):
@@ -97,18 +142,19 @@ def cli(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def data_options(fn):
+def data_options(option):
+    """The data options of search and distill (``option``: one of :func:`settings_option`'s)."""
     opts = [
-        click.option("--data", default=None, help="GLUE task name (sst2, mnli, ...), a GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus of real English sentences."),
-        click.option("--split", default="train", show_default=True, help="Split of a GLUE task (train, dev, test, dev_matched, dev_mismatched)."),
-        click.option("--glue-dir", default=None, help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR."),
-        click.option("--task", default=None, help="Treat the file as this GLUE task (its metrics and labels)."),
-        click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL (default: text, sentence, or the first of a hub pair: sentence1, premise, question1, question)."),
-        click.option("--pair-column", default=None, help="Second-text column for pair tasks (default: text_pair, or the partner of a hub pair: sentence2, hypothesis, question2, sentence)."),
-        click.option("--label-column", default=None, help="Label column (default: label if present)."),
-        click.option("--max-examples", type=int, default=None, help="Use only the first N examples."),
+        option("--data", help="GLUE task name (sst2, mnli, ...), a GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus of real English sentences."),
+        option("--split", show_default=True, help="Split of a GLUE task (train, dev, test, dev_matched, dev_mismatched)."),
+        option("--glue-dir", help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR."),
+        option("--task", help="Treat the file as this GLUE task (its metrics and labels)."),
+        option("--text-column", help="Text column of a CSV/TSV/JSONL (default: text, sentence, or the first of a hub pair: sentence1, premise, question1, question)."),
+        option("--pair-column", help="Second-text column for pair tasks (default: text_pair, or the partner of a hub pair: sentence2, hypothesis, question2, sentence)."),
+        option("--label-column", help="Label column (default: label if present)."),
+        option("--max-examples", type=int, help="Use only the first N examples."),
     ]
-    return _stack(opts)(fn)
+    return _stack(opts)
 
 
 def _stack(opts: list):
@@ -121,41 +167,41 @@ def _stack(opts: list):
     return apply
 
 
-def training_run_options(checkpoint_every: int):
+def training_run_options(option):
     """The options search and distill share for a long training run (device, precision, checkpoints, NaN steps)."""
     opts = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), default="auto", show_default=True,
-                     help="auto: bf16 autocast on CUDA, none on CPU; fp16 trains with dynamic loss scaling."),
-        click.option("--checkpoint-every", type=int, default=checkpoint_every, show_default=True, help="Steps between checkpoints."),
-        click.option("--max-nan-steps", type=int, default=10, show_default=True,
-                     help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),
+        option("--device", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), show_default=True,
+               help="auto: bf16 autocast on CUDA, none on CPU; fp16 trains with dynamic loss scaling."),
+        option("--checkpoint-every", type=int, show_default=True, help="Steps between checkpoints."),
+        option("--max-nan-steps", type=int, show_default=True,
+               help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),
     ]
     return _stack(opts)
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--model", default=None, help="Teacher: a local HF model dir or hub id (BERT-family). Default: the packaged all-MiniLM-L6-v2.")
-@click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default="auto", show_default=True, help="What the teacher outputs; auto reads the config (a bare encoder is an embedding model, mean-pooled).")
-@data_options
+@search_option("--model", help="Teacher: a local HF model dir or hub id (BERT-family). Default: the packaged all-MiniLM-L6-v2.")
+@search_option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), show_default=True, help="What the teacher outputs; auto reads the config (a bare encoder is an embedding model, mean-pooled).")
+@data_options(search_option)
 @click.option("-o", "--output", "output_dir", default=None, help="Run directory. Default: runs/<method>-<target>.")
-@click.option("--method", type=click.Choice(["search", "random", "head-importance", "magnitude"]), default="search", show_default=True, help="The gate search, or a baseline at the same FLOPs target.")
-@click.option("--target", type=float, default=0.3, show_default=True, help="FLOPs ratio to reach, in (0, 1].")
-@click.option("--tolerance", type=float, default=0.05, show_default=True, help="The achieved ratio lands in [(1-t)R, (1+t)R].")
-@click.option("--lambda-cost", type=float, default=2.0, show_default=True, help="Weight of the banded log-FLOPs loss.")
-@click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data.")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (overrides --epochs).")
-@click.option("--ramp-fraction", type=float, default=0.7, show_default=True, help="Fraction of the steps over which the target moves from 1.0 to --target.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation, and the sequence length the FLOPs are counted at.")
-@click.option("--lr", type=float, default=2e-5, show_default=True, help="Learning rate of the weights (trained jointly).")
-@click.option("--alpha-lr", type=float, default=1.0, show_default=True, help="Learning rate of the gate logits (on gradients per FLOP share).")
-@click.option("--alpha-optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True, help="sgd: gates move in proportion to their per-FLOP gradient; adam: each selected gate moves ~lr.")
-@click.option("--alpha-init", type=float, default=2.0, show_default=True, help="Initial gate logit (sigmoid(2) = 0.88).")
-@click.option("--topk-fraction", type=float, default=0.1, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
-@click.option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seeds the data order, the random baseline and the importance probes.")
-@training_run_options(checkpoint_every=50)
+@search_option("--method", type=click.Choice(["search", "random", "head-importance", "magnitude"]), show_default=True, help="The gate search, or a baseline at the same FLOPs target.")
+@search_option("--target", type=float, show_default=True, help="FLOPs ratio to reach, in (0, 1].")
+@search_option("--tolerance", type=float, show_default=True, help="The achieved ratio lands in [(1-t)R, (1+t)R].")
+@search_option("--lambda-cost", type=float, show_default=True, help="Weight of the banded log-FLOPs loss.")
+@search_option("--epochs", type=float, show_default=True, help="Passes over the data.")
+@search_option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
+@search_option("--ramp-fraction", type=float, show_default=True, help="Fraction of the steps over which the target moves from 1.0 to --target.")
+@search_option("--batch-size", type=int, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
+@search_option("--max-length", type=int, show_default=True, help="Token truncation, and the sequence length the FLOPs are counted at.")
+@search_option("--lr", type=float, show_default=True, help="Learning rate of the weights (trained jointly).")
+@search_option("--alpha-lr", type=float, show_default=True, help="Learning rate of the gate logits (on gradients per FLOP share).")
+@search_option("--alpha-optimizer", type=click.Choice(["sgd", "adam"]), show_default=True, help="sgd: gates move in proportion to their per-FLOP gradient; adam: each selected gate moves ~lr.")
+@search_option("--alpha-init", type=float, show_default=True, help="Initial gate logit (sigmoid(2) = 0.88).")
+@search_option("--topk-fraction", type=float, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
+@search_option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
+@search_option("--seed", type=int, show_default=True, help="Seeds the data order, the random baseline and the importance probes.")
+@training_run_options(search_option)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -262,15 +308,15 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
 @cli.command(name="export-onnx", context_settings=CONTEXT)
 @click.argument("model_dir")
 @click.option("-o", "--output", required=True, help="The .onnx file to write (atomically; with a <output>.json report beside it).")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
-@click.option("--fp16", is_flag=True, help="Convert to fp16 (for GPUs; inputs and outputs stay int64/fp32).")
-@click.option("--optimize", is_flag=True, help="onnxruntime's transformer fusions, attention fused per layer with that layer's head count.")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="int8 MatMuls for the CPU: dynamic, or static with --calibration; check the task metric with `prunekit eval`.")
-@click.option("--calibration", default=None, help="Static int8: data (file or GLUE task) whose sentences calibrate the activation ranges; 'corpus' for the shipped corpus.")
-@click.option("--calibration-examples", type=int, default=128, show_default=True, help="Sentences of --calibration to run.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max abs difference to PyTorch allowed for fp32 graphs.")
-@click.option("--int8-rtol", type=float, default=0.25, show_default=True, help="Max abs difference / max |output| allowed for the int8 graph.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@export_option("--opset", type=int, show_default=True, help="ONNX opset.")
+@export_option("--fp16", is_flag=True, help="Convert to fp16 (for GPUs; inputs and outputs stay int64/fp32).")
+@export_option("--optimize", is_flag=True, help="onnxruntime's transformer fusions, attention fused per layer with that layer's head count.")
+@export_option("--quantize", type=click.Choice(["int8"]), help="int8 MatMuls for the CPU: dynamic, or static with --calibration; check the task metric with `prunekit eval`.")
+@export_option("--calibration", help="Static int8: data (file or GLUE task) whose sentences calibrate the activation ranges; 'corpus' for the shipped corpus.")
+@export_option("--calibration-examples", type=int, show_default=True, help="Sentences of --calibration to run.")
+@export_option("--atol", type=float, show_default=True, help="Max abs difference to PyTorch allowed for fp32 graphs.")
+@export_option("--int8-rtol", type=float, show_default=True, help="Max abs difference / max |output| allowed for the int8 graph.")
+@export_option("--force", is_flag=True, help="Overwrite an existing output file.")
 @_friendly
 def export_onnx_cmd(model_dir, output, opset, fp16, optimize, quantize, calibration, calibration_examples, atol, int8_rtol,
                     force) -> None:
@@ -307,16 +353,16 @@ def _names(values) -> list[str]:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("models", nargs=-1, required=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--backend", "backends", multiple=True, help="Backend(s) to time (repeatable or comma-separated). cpu: torch-eager, torch-sdpa, torch-bf16, torch-bf16-packed, compile-fp32, compile-bf16, compile-bf16-packed, ort-fp32, ort-opt, ort-int8, ort-int8-static; cuda: torch-eager, torch-sdpa, torch-bf16, torch-bf16-packed, torch-fp16, torch-fp16-graph, compile-fp32, compile-bf16, compile-bf16-packed, compile-fp16, triton, triton-fp16, triton-fp16-graph, ort-cuda, ort-cuda-fp16. Default: every one that runs on the device (cuda: torch-sdpa, torch-fp16, torch-fp16-graph, compile-fp16, triton-fp16, triton-fp16-graph, ort-cuda, ort-cuda-fp16).")
-@click.option("--batch", type=int, default=16, show_default=True, help="Sentences per batch.")
-@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per sentence (fixed mode), or the cut-off length (real-length mode).")
-@click.option("--real-lengths", default=None, help="Data file or GLUE task whose sentences' token lengths are timed (padded per batch) instead of fixed lengths.")
-@click.option("--num-batches", type=int, default=4, show_default=True, help="Real-length mode: batches of the data per timed repeat.")
-@click.option("--repeats", type=int, default=10, show_default=True, help="Timed repeats (interleaved across models and backends).")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed repeats first.")
-@click.option("--threads", type=int, default=None, help="Threads for torch and onnxruntime (default: torch's default, the cores).")
-@click.option("--calibration", default=None, help="Data ort-int8-static calibrates on (default: the --real-lengths data, else the shipped corpus).")
+@bench_option("--device", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--backend", "backends", multiple=True, help=BENCH_BACKEND_HELP)
+@bench_option("--batch", type=int, show_default=True, help="Sentences per batch.")
+@bench_option("--seq-len", type=int, show_default=True, help="Tokens per sentence (fixed mode), or the cut-off length (real-length mode).")
+@bench_option("--real-lengths", help="Data file or GLUE task whose sentences' token lengths are timed (padded per batch) instead of fixed lengths.")
+@bench_option("--num-batches", type=int, show_default=True, help="Real-length mode: batches of the data per timed repeat.")
+@bench_option("--repeats", type=int, show_default=True, help="Timed repeats (interleaved across models and backends).")
+@bench_option("--warmup", type=int, show_default=True, help="Untimed repeats first.")
+@bench_option("--threads", type=int, help="Threads for torch and onnxruntime (default: torch's default, the cores).")
+@bench_option("--calibration", help="Data ort-int8-static calibrates on (default: the --real-lengths data, else the shipped corpus).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's measured FLOPs.")
 @click.option("-o", "--output", "output_dir", default=None, help="Results dir: bench.json, bench.md, bench.png (default: print the table only).")
 @click.option("--force", is_flag=True, help="Overwrite an existing results dir.")
@@ -344,31 +390,31 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("student")
-@click.option("--teacher", default=None, help="The teacher to distil from. Default: the model the student was compacted from (its config).")
-@data_options
-@click.option("--dev-data", default=None, help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")
-@click.option("--dev-split", default="dev", show_default=True, help="Split of a GLUE --dev-data.")
-@click.option("--dev-fraction", type=float, default=0.1, show_default=True, help="Share of --data held out as dev data when no --dev-data is given.")
-@click.option("--dev-max-examples", type=int, default=None, help="Use only the first N dev examples.")
+@distill_option("--teacher", help="The teacher to distil from. Default: the model the student was compacted from (its config).")
+@data_options(distill_option)
+@distill_option("--dev-data", help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")
+@distill_option("--dev-split", show_default=True, help="Split of a GLUE --dev-data.")
+@distill_option("--dev-fraction", type=float, show_default=True, help="Share of --data held out as dev data when no --dev-data is given.")
+@distill_option("--dev-max-examples", type=int, help="Use only the first N dev examples.")
 @click.option("-o", "--output", "output_dir", default=None, help="Distilled model directory. Default: <STUDENT>-distilled.")
-@click.option("--stage1-epochs", type=float, default=20.0, show_default=True, help="Epochs of stage 1 (hidden states, attention maps, embeddings).")
-@click.option("--stage2-epochs", type=float, default=3.0, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
-@click.option("--stage1-lr", type=float, default=5e-5, show_default=True, help="Peak learning rate of stage 1.")
-@click.option("--stage2-lr", type=float, default=3e-5, show_default=True, help="Peak learning rate of stage 2.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
-@click.option("--warmup", type=float, default=0.1, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay (weight matrices only).")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the soft targets (classification).")
-@click.option("--alpha-gold", type=float, default=0.0, show_default=True, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only).")
-@click.option("--dropout", type=float, default=None, help="Student dropout while training. Default: its config's.")
-@click.option("--augment-copies", type=int, default=4, show_default=True, help="Augmented copies per example (TinyBERT word replacement; 0: none).")
-@click.option("--augment-prob", type=float, default=0.4, show_default=True, help="Probability that a word is replaced in a copy.")
-@click.option("--augment-top-k", type=int, default=15, show_default=True, help="Replacement candidates per word.")
-@click.option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), default="both", show_default=True, help="Stages that train on the augmented data.")
-@click.option("--augment-mlm", default=None, help="A masked-LM model dir to propose replacements. Default: nearest neighbours in the teacher's input embeddings.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seeds the data order, dropout, the dev hold-out and the augmentation.")
-@training_run_options(checkpoint_every=200)
+@distill_option("--stage1-epochs", type=float, show_default=True, help="Epochs of stage 1 (hidden states, attention maps, embeddings).")
+@distill_option("--stage2-epochs", type=float, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
+@distill_option("--stage1-lr", type=float, show_default=True, help="Peak learning rate of stage 1.")
+@distill_option("--stage2-lr", type=float, show_default=True, help="Peak learning rate of stage 2.")
+@distill_option("--batch-size", type=int, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
+@distill_option("--warmup", type=float, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
+@distill_option("--weight-decay", type=float, show_default=True, help="AdamW weight decay (weight matrices only).")
+@distill_option("--max-length", type=int, show_default=True, help="Token truncation.")
+@distill_option("--temperature", type=float, show_default=True, help="Softmax temperature of the soft targets (classification).")
+@distill_option("--alpha-gold", type=float, show_default=True, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only).")
+@distill_option("--dropout", type=float, help="Student dropout while training. Default: its config's.")
+@distill_option("--augment-copies", type=int, show_default=True, help="Augmented copies per example (TinyBERT word replacement; 0: none).")
+@distill_option("--augment-prob", type=float, show_default=True, help="Probability that a word is replaced in a copy.")
+@distill_option("--augment-top-k", type=int, show_default=True, help="Replacement candidates per word.")
+@distill_option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), show_default=True, help="Stages that train on the augmented data.")
+@distill_option("--augment-mlm", help="A masked-LM model dir to propose replacements. Default: nearest neighbours in the teacher's input embeddings.")
+@distill_option("--seed", type=int, show_default=True, help="Seeds the data order, dropout, the dev hold-out and the augmentation.")
+@training_run_options(distill_option)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--stage1-lr, --stage2-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -398,24 +444,24 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
 
 @cli.command(name="eval", context_settings=CONTEXT)
 @click.argument("model")
-@click.option("--data", default=None, help="GLUE task name, GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus (unlabelled).")
+@eval_option("--data", help="GLUE task name, GLUE task dir, or a CSV/TSV/JSONL/TXT file. Default: the shipped corpus (unlabelled).")
 @click.option("--split", "splits", multiple=True, help="Split(s) of a GLUE task; repeat for several. Default: dev (MNLI: dev_matched and dev_mismatched).")
-@click.option("--glue-dir", default=None, help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR.")
-@click.option("--task", default=None, help="Treat the file as this GLUE task (its metrics and labels).")
-@click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL.")
-@click.option("--pair-column", default=None, help="Second-text column for pair tasks.")
-@click.option("--label-column", default=None, help="Label column (default: label if present).")
-@click.option("--max-examples", type=int, default=None, help="Use only the first N examples.")
+@eval_option("--glue-dir", help="Local GLUE folder (the GLUE download layout); default $GLUE_DIR.")
+@eval_option("--task", help="Treat the file as this GLUE task (its metrics and labels).")
+@eval_option("--text-column", help="Text column of a CSV/TSV/JSONL.")
+@eval_option("--pair-column", help="Second-text column for pair tasks.")
+@eval_option("--label-column", help="Label column (default: label if present).")
+@eval_option("--max-examples", type=int, help="Use only the first N examples.")
 @click.option("--compare", multiple=True, help="More models to score side by side (repeat the option); model dirs or .onnx files.")
-@click.option("--backend", "backends", multiple=True, help="Score each model through these backends too (repeatable or comma-separated; the rows sit side by side): torch-eager, torch-sdpa, torch-bf16, torch-bf16-packed, compile-fp32, compile-bf16, compile-bf16-packed, ort-fp32, ort-opt, ort-int8, ort-int8-static (cuda also: torch-fp16, torch-fp16-graph, compile-fp16, triton, triton-fp16, triton-fp16-graph, ort-cuda, ort-cuda-fp16). Default: the model in PyTorch fp32 (an .onnx file: as exported).")
-@click.option("--calibration", default=None, help="Data ort-int8-static calibrates on (default: the shipped corpus).")
-@click.option("--tokenizer", default=None, help="Tokenizer dir for an .onnx file (default: beside the file, else the model dir its export report names).")
-@click.option("--reference", default=None, help="Model that embedding models and unlabelled data are scored against. Default: a compact model's teacher.")
-@click.option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), default="auto", show_default=True, help="What a teacher dir outputs (compact dirs know).")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Token truncation.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Examples per forward pass.")
-@click.option("--seq-len", type=int, default=128, show_default=True, help="Sequence length the analytic FLOPs are counted at.")
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--backend", "backends", multiple=True, help=EVAL_BACKEND_HELP)
+@eval_option("--calibration", help="Data ort-int8-static calibrates on (default: the shipped corpus).")
+@eval_option("--tokenizer", help="Tokenizer dir for an .onnx file (default: beside the file, else the model dir its export report names).")
+@eval_option("--reference", help="Model that embedding models and unlabelled data are scored against. Default: a compact model's teacher.")
+@eval_option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), show_default=True, help="What a teacher dir outputs (compact dirs know).")
+@eval_option("--max-length", type=int, show_default=True, help="Token truncation.")
+@eval_option("--batch-size", type=int, show_default=True, help="Examples per forward pass.")
+@eval_option("--seq-len", type=int, show_default=True, help="Sequence length the analytic FLOPs are counted at.")
+@eval_option("--device", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON to this file (atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @_friendly
