@@ -253,17 +253,9 @@ class ExportSettings:
     calibration_examples: int = 128  # sentences run for calibration
     atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
     fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
-    # int8 (dynamic and static): max abs difference / max |output| on the random check inputs. A
-    # guard against a broken quantization (a wrong scale, a mis-fused layer, a wrong mask, a swapped
-    # output: errors of order 1), not an accuracy bound (eval --backend gives the metric). Measured:
-    # 1.1-6.1% (dynamic) and 0.8-5.0% (static) on BERT-base, TinyBERT-4L, MiniLM and their students
-    # with random weights (benchmarks/results cpu_best, cpu_speedup, precision_accuracy); the
-    # trained all-MiniLM-L6-v2 (the packaged model) 14% dynamic (9% its 30% cut), and 13% (dynamic,
-    # weights then per tensor) and 24% (static, calibrated on 24 sentences) on the tiny random-weight classifier of
-    # test_backends, whose logits are near 0 and so large relative errors: 0.1 would refuse those,
-    # 0.25 still catches an order-1 error. On random tokens this tracks the real error: for
-    # all-MiniLM-L6-v2 with per-tensor weights it was 0.33 where its embeddings of real sentences
-    # had cosine 0.964 to PyTorch's (see quantize_int8), so it is kept rather than a cosine.
+    # int8 (dynamic and static): max abs difference / max |output| on the random check inputs: a guard
+    # against a broken quantization (errors of order 1), not an accuracy bound (eval --backend gives
+    # the metric). Why 0.25: docs/method.md, "Measurements behind choices in the code".
     int8_rtol: float = 0.25
     force: bool = False
     seed: int = 0
@@ -399,26 +391,11 @@ def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused:
     quantized graph is saved without its stored intermediate shapes (``value_info``): with them,
     onnxruntime's session fuses every residual Add + LayerNormalization after a quantized MatMul
     into SkipLayerNormalization again; without, it infers symbolic shapes and leaves them apart.
-    Measured on 2 cores of an AMX Xeon, onnxruntime 1.31, batch 16 x 128, compact models at 30%
-    of the FLOPs (benchmarks/int8_profile.py, results in benchmarks/results/cpu_speedup.md):
-    quantizing the fully fused graph (as before) left SkipLayerNormalization (a scalar loop per
-    row in onnxruntime's CPU kernel, 2-3x slower than the Add and LayerNormalization it replaces)
-    at 41-47% of the int8 run, and int8 was 1.05x ort-fp32 on TinyBERT-4L and 1.25x on MiniLM-L6;
-    this way it is 1.60x and 1.97x (BERT-base's 30% model 3.10x instead of 1.86x, the original
-    3.57x instead of 2.87x), the output unchanged (relative difference to fp32 0.7-2.0%, as
-    before). ``reduce_range`` (within 3%), QUInt8 weights (U8U8: 0.75-1.0x), leaving narrow MatMuls
-    or Attention fp32, attention unfused, quantizing the unfused graph and the session's EXTENDED
-    level measured no faster.
-
-    Weights are per channel (one scale per output column) for accuracy, at no cost in speed
-    (16 x 128 on 2 shared cores: 0.90x the per-tensor time on all-MiniLM-L6-v2, 1.00x on its 30%
-    cut). One scale per tensor, as before, is set by a few outlier weights, mostly in the FFN down
-    projections: on the shipped corpus's first 256 sentences the packaged all-MiniLM-L6-v2's int8
-    embeddings had cosine 0.964 to PyTorch's (min 0.910), pairwise similarities Spearman 0.955,
-    the same nearest neighbour for 71% of sentences, and the export check's relative difference
-    0.33 (refused); per channel: cosine 0.993 (min 0.984), Spearman 0.991, check 0.14 (its 30% cut:
-    0.982 -> 0.996, 0.32 -> 0.09). Keeping the 6 FFN down projections fp32 did as well (0.994)
-    but slower; ``reduce_range`` made it worse (0.880)."""
+    This order made int8 1.5-1.7x faster than quantizing the fully fused graph (SkipLayerNormalization
+    is a slow scalar loop in onnxruntime's CPU kernel). Weights are per channel (one scale per output
+    column): per tensor, a few outlier weights set the scale and the packaged MiniLM's embeddings fell
+    to cosine 0.964 to PyTorch's (0.993 per channel), at no gain in speed. The measurements:
+    docs/method.md, "Measurements behind choices in the code"."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -455,8 +432,7 @@ def int8_reduce_range(isa: Optional[dict] = None) -> bool:
     """Whether int8 weights are quantized to 7 bits here: on an x86 CPU without an int8 dot product
     (AVX512-VNNI, AVX-VNNI, AMX-INT8), onnxruntime multiplies u8 activations by s8 weights with
     VPMADDUBSW, whose int16 sums of two products saturate; onnxruntime's documentation advises
-    ``reduce_range`` there. On the AVX2-only EPYC of 2026-12-03 the tiny test models' int8 outputs
-    differed from fp32 by 16-30% with 8-bit weights and stayed within the tests' 10% with 7 bits."""
+    ``reduce_range`` there (measured: docs/method.md)."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
@@ -506,12 +482,10 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict], reduce_range
     Only MatMuls with a constant weight are quantized (``MatMulConstBOnly``): the attention score
     and context products, LayerNorm, Softmax and GELU stay fp32; weights int8 per channel,
     activations uint8 (what VNNI multiplies). The FFN down projections stay fp32 too: their input,
-    the GELU output, is long-tailed, and one uint8 range for it cost the word-order MiniLM teacher
-    1.8 points of accuracy (0.868 -> 0.850) where keeping it fp32 cost none (0.870).
-    ``src`` must be the unfused graph:
-    onnxruntime's quantizer cannot see into fused ``Attention`` nodes, and in QDQ form (measured,
-    onnxruntime 1.31) it quantizes only the weights, which then run as fp32 ``MatMulNBits``, slower
-    than fp32; the operator form measured 1.1-1.2x dynamic int8 on MiniLM-L6 (AMX Xeon)."""
+    the GELU output, is long-tailed, and one uint8 range for it costs accuracy. ``src`` must be the
+    unfused graph: onnxruntime's quantizer cannot see into fused ``Attention`` nodes. The operator
+    form, not QDQ (which quantizes only the weights, then run slower than fp32). The measurements:
+    docs/method.md, "Measurements behind choices in the code"."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -190,12 +190,8 @@ def _gelu_in_gemm(x: torch.Tensor, exact_gelu: bool) -> bool:
     """Whether the Triton path computes each FFN up projection as one cuBLASLt GEMM with bias + GELU
     in its epilogue (``torch._addmm_activation``), instead of a GEMM and the exact ``bias_gelu``
     kernel: on CUDA in fp16/bf16, unless ``set_backend(..., exact_gelu=True)``. One pass less over
-    the FFN activations. On an H100 (BERT-base at 30% FLOPs, batch 128 x 128, fp16, CUDA graph) the
-    same call, patched into this path, took the forward from 3.02 to 2.74 ms. The logits' error
-    against fp32 went from 1.59e-3 to 1.64e-3 (benchmarks/results/gpu_probe_h100.md). The epilogue
-    is tanh GELU: an erf-GELU model then differs by up to 4.7e-4 per activation, an absolute error
-    of the size of fp16's rounding of activations near 2.7 (a step of 2e-3 there), though
-    relatively large where GELU is near zero (x = -2.7 gives -0.0093)."""
+    the FFN activations. The epilogue is tanh GELU, within 4.7e-4 of erf GELU per activation (the
+    size of fp16's rounding there). Its speed and error on an H100: docs/method.md."""
     return not exact_gelu and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -373,9 +369,8 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
         else:
             attend = lambda qkv, h, d: pk.fused_attention(qkv.view(b, t, -1), attention_mask, h, d).view(b * t, -1)  # noqa: E731
             unpack = lambda rows: rows.view(b, t, -1)  # noqa: E731
-        # Each lookup's indices contiguous: a strided index column sent the lookups to a generic
-        # gather kernel (H100 profile, 16k tokens: 107 us for the three; the original model's
-        # contiguous lookups took 31 us)
+        # Each lookup's indices contiguous: a strided index column sends the lookups to a generic,
+        # slower gather kernel (measured: docs/method.md)
         words_ids, type_ids, pos_ids = ids.t().contiguous()
         emb = self.embeddings
         words = emb.word_embeddings(words_ids)

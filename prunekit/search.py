@@ -1,6 +1,6 @@
 """`prunekit search`: learn which attention heads and FFN neurons to keep under a FLOPs target.
 
-The method (the README's "The method, and the choices we made"): a gate ``sigmoid(alpha)`` on every head and FFN neuron; the loss is
+The method (docs/method.md): a gate ``sigmoid(alpha)`` on every head and FFN neuron; the loss is
 the (normalised) MSE between the gated student's output and the unpruned teacher's, plus
 ``lambda_cost`` times a banded log-FLOPs loss; the target ratio moves linearly from 1.0 to the
 goal; only the top 10% of alpha gradients by magnitude are applied each step; the weights are
