@@ -20,67 +20,39 @@ runs compared (torch.profiler, onnxruntime's profiler): what takes the time.
 Timing on a shared machine: the script waits (up to ``--wait`` s) for the 1-minute load average to
 drop below ``--max-load`` before each shape, and records, besides the load average (which counts
 this script's own two threads), the CPU time other processes took during the run
-(``foreign_cpu``: 0 = the cores were ours alone). Writes ``benchmarks/results/cpu_best.{json,md}``.
+(``foreign_cpu``: 0 = the cores were ours alone). Writes ``benchmarks/results/cpu_best.{json,md}``
+(``-o`` for another folder; ``--merge`` replaces only the shapes timed now).
 
-    python benchmarks/cpu_best.py            # ~10-15 min on 2 cores
-    python benchmarks/cpu_best.py --quick -o /tmp/q   # tiny shapes, a smoke test of the script
+    .venv/bin/python benchmarks/cpu_best.py            # the published tables (~10-15 min on 2 cores)
+    .venv/bin/python benchmarks/cpu_best.py --quick -o /tmp/q   # tiny shapes, a smoke test of the script
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from random_models import QUICK_SHAPES as ALL_QUICK_SHAPES
+from random_models import SHAPES as ALL_SHAPES
+from random_models import make_compact, make_original
+from timing import Contention, wait_quiet
+
+from prunekit.backends import CPU_BACKENDS, build_runner
+from prunekit.bench import BenchSettings, bench, format_best
+from prunekit.export import random_inputs
+from prunekit.io import atomic_write_text
+from prunekit.loading import load_model_dir
+from prunekit.system import system_info
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from cpu_speedup import SHAPES as ALL_SHAPES, make_compact, make_original  # noqa: E402
-from prunekit.backends import CPU_BACKENDS, build_runner  # noqa: E402
-from prunekit.bench import BenchSettings, bench, format_best  # noqa: E402
-from prunekit.system import system_info  # noqa: E402
-from prunekit.export import load_model_dir, random_inputs  # noqa: E402
-from prunekit.io import atomic_write_text  # noqa: E402
-
 SHAPES = {k: ALL_SHAPES[k] for k in ("BERT-base", "TinyBERT-4L", "MiniLM-L6")}
-QUICK_SHAPES = {"tiny-4L": (4, 48, 4, 96)}
+QUICK_SHAPES = {k: ALL_QUICK_SHAPES[k] for k in ("tiny-4L",)}
 REAL_BACKENDS = ("torch-bf16", "torch-bf16-packed", "compile-bf16", "compile-bf16-packed", "ort-opt", "ort-int8", "ort-int8-static")
 TARGETS = {"best": 3.0, "ort-fp32": 3.2}
-
-
-class Contention:
-    """CPU time other processes took while this one ran: (busy - ours) / (wall x cores)."""
-
-    def __init__(self):
-        self.start = self._now()
-
-    @staticmethod
-    def _now():
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return busy / os.sysconf("SC_CLK_TCK"), r.ru_utime + r.ru_stime, time.time()
-
-    def foreign(self) -> float:
-        b0, o0, t0 = self.start
-        b1, o1, t1 = self._now()
-        return max(0.0, ((b1 - b0) - (o1 - o0)) / ((t1 - t0) * (os.cpu_count() or 1)))
-
-
-def wait_quiet(max_load: float, wait: float) -> float:
-    t0 = time.time()
-    while os.getloadavg()[0] > max_load and time.time() - t0 < wait:
-        time.sleep(10)
-    return os.getloadavg()[0]
 
 
 def torch_profile(runner, batch: dict, n: int = 3, top: int = 10) -> list:

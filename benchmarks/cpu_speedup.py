@@ -7,12 +7,14 @@ For TinyBERT-4L, MiniLM-L6, TinyBERT-6L and BERT-base shapes (random weights, em
    (``select_to_budget``), compacted, and timed side by side with the original by ``prunekit.bench``
    (interleaved, batch 16 x 128 tokens) in torch (SDPA) and onnxruntime fp32 (optionally int8).
 
-Writes ``benchmarks/results/cpu_speedup.{json,md}`` with the CPU, its ISA, threads, versions and the
-load average before and after. Timing on a shared machine is only meaningful when it is quiet: with
-the 1-minute load average above ``--max-load`` the script writes the FLOPs tables only and says so
-(``--ignore-load`` to time anyway, marked as such).
+Writes ``benchmarks/results/cpu_speedup.{json,md}`` (``-o`` for another folder) with the CPU, its
+ISA, threads, versions and the load average before and after; the section of ``int8_profile.py`` in
+both files is kept (``cpu_speedup_report.py`` renders the markdown). Timing on a shared machine is
+only meaningful when it is quiet: with the 1-minute load average above ``--max-load`` the script
+writes the FLOPs tables only and says so (``--ignore-load`` to time anyway, marked as such).
 
-    .venv/bin/python benchmarks/cpu_speedup.py                 # full run (~10-20 min on 2 cores)
+    # the published tables (~10-20 min on 2 quiet cores):
+    .venv/bin/python benchmarks/cpu_speedup.py --backends torch-sdpa ort-fp32 ort-int8
     .venv/bin/python benchmarks/cpu_speedup.py --quick -o /tmp/q   # tiny shapes, seconds (a smoke test)
 """
 from __future__ import annotations
@@ -20,59 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from cpu_speedup_report import to_markdown
+from random_models import QUICK_SHAPES, SHAPES, make_compact, make_original
+
+from prunekit.bench import BenchSettings, bench
+from prunekit.flops import ModelShape, model_flops
+from prunekit.io import atomic_write_text
+from prunekit.system import system_info
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from prunekit.architecture import Architecture  # noqa: E402
-from prunekit.bench import BenchSettings, bench  # noqa: E402
-from prunekit.system import cpu_info, system_info  # noqa: E402
-from prunekit.compact import compact  # noqa: E402
-from prunekit.flops import ModelShape, model_flops  # noqa: E402
-from prunekit.io import atomic_write_text  # noqa: E402
-from prunekit.models import load_teacher  # noqa: E402
-from prunekit.selection import select_to_budget  # noqa: E402
-
-SHAPES = {  # layers, hidden, heads, FFN
-    "TinyBERT-4L": (4, 312, 12, 1200),
-    "MiniLM-L6": (6, 384, 12, 1536),
-    "TinyBERT-6L": (6, 768, 12, 3072),
-    "BERT-base": (12, 768, 12, 3072),
-}
-QUICK_SHAPES = {"tiny-4L": (4, 48, 4, 96), "tiny-12L": (12, 32, 4, 64)}
 RATIOS = (1.0, 0.5, 0.3, 0.2)
-WORDS = "the a model small fast slow river stone light dark green".split()
-
-
-def make_original(path: Path, dims: tuple, seed: int) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    layers, hidden, heads, ffn = dims
-    path.mkdir(parents=True)
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(seed)
-    config = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn,
-                        architectures=["BertModel"])
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    return path
-
-
-def make_compact(original: Path, out: Path, ratio: float, seq_len: int, seed: int) -> dict:
-    teacher = load_teacher(str(original))
-    s = teacher.shape
-    g = torch.Generator().manual_seed(seed)
-    arch: Architecture = select_to_budget(torch.rand(s.num_layers, s.num_heads, generator=g),
-                                          torch.rand(s.num_layers, s.intermediate_size, generator=g), s, seq_len, ratio)
-    compact(teacher, arch).save_pretrained(out)
-    teacher.tokenizer.save_pretrained(out)
-    return {"target": ratio, "achieved": arch.flops_ratio(s, seq_len), "heads": arch.head_counts, "ffn": arch.ffn_widths}
 
 
 def flops_breakdown(shapes: dict, seq_len: int) -> list:
@@ -83,55 +47,6 @@ def flops_breakdown(shapes: dict, seq_len: int) -> list:
         rows.append({"shape": name, "layers": layers, "hidden": hidden, "heads": heads, "head_dim": hidden // heads,
                      "ffn": ffn, "total": f.total, **{f"flops_{k}": f.by_component[k] for k in ("qkv", "attention", "output", "ffn")}})
     return rows
-
-
-def to_markdown(res: dict) -> str:
-    cpu = res["system"]["cpu"]
-    isa = ", ".join(k for k, v in cpu["isa"].items() if v)
-    out = [f"# CPU speedup vs FLOPs ratio ({res['seq_len']} tokens)", "",
-           f"CPU: {cpu['model']} [{isa}], {res['threads']} threads; torch {res['system']['torch']}, onnxruntime "
-           f"{res['system']['onnxruntime']}, transformers {res['system']['transformers']}; {res['date']}.", "",
-           "## FLOPs per sequence (analytic, matrix products; a multiply-accumulate = 2)", "",
-           "| shape | layers x hidden, heads x dim, FFN | total GFLOPs | QKV | attention | output | FFN |", "|---|---|---|---|---|---|---|"]
-    for r in res["flops"]:
-        t = r["total"]
-        out.append(f"| {r['shape']} | {r['layers']} x {r['hidden']}, {r['heads']} x {r['head_dim']}, {r['ffn']} | {t / 1e9:.2f} | "
-                   + " | ".join(f"{r['flops_' + k] / t:.1%}" for k in ("qkv", "attention", "output", "ffn")) + " |")
-    out += [""]
-    if not res.get("speed"):
-        out += [f"Speed: not measured — {res['speed_note']}"]
-        return "\n".join(out) + "\n" + _int8_section(res)
-    out += [f"## Measured speedup, batch {res['batch']} x {res['seq_len']} tokens, random weights, random-priority architectures",
-            "", f"Load average before/after: {res['load_average']}. {res.get('speed_note', '')}", "",
-            "| shape | model (FLOPs ratio achieved) | backend | sentences/s | speedup | FLOPs speedup | measured / FLOPs |",
-            "|---|---|---|---|---|---|---|"]
-    for r in res["speed"]:
-        out.append(f"| {r['shape']} | {'original' if r['original'] else 'compact %.2f' % r['ratio']} | {r['backend']} | {r['sentences_per_s']:.1f} | {r['speedup']:.2f} | "
-                   f"{r['flops_speedup']:.2f} | {r['speedup_over_flops_speedup']:.2f} |")
-    return "\n".join(out + _int8_over_fp32(res)) + "\n" + _int8_section(res)
-
-
-def _int8_over_fp32(res: dict) -> list[str]:
-    """ort-int8 over ort-fp32 per model (sentences/s ratio, same run), when both were timed."""
-    speed = {(r["shape"], r["model"], r["backend"]): r for r in res["speed"]}
-    rows = [(r, speed.get((r["shape"], r["model"], "ort-int8"))) for r in res["speed"] if r["backend"] == "ort-fp32"]
-    rows = [(f, q) for f, q in rows if q]
-    if not rows:
-        return []
-    out = ["", "### int8 over fp32 (onnxruntime, same run)", "", "| shape | model | ort-int8 / ort-fp32 |", "|---|---|---|"]
-    for f, q in rows:
-        out.append(f"| {f['shape']} | {'original' if f['original'] else 'compact %.2f' % f['ratio']} | "
-                   f"{q['sentences_per_s'] / f['sentences_per_s']:.2f}x |")
-    return out
-
-
-def _int8_section(res: dict) -> str:
-    """benchmarks/int8_profile.py's section, when its results are in the JSON."""
-    if not res.get("int8_profile"):
-        return ""
-    from int8_profile import section
-
-    return "\n" + section(res["int8_profile"])
 
 
 def main() -> None:

@@ -18,15 +18,20 @@ Pipeline, all on CPU:
    embedding-neighbour augmented copy per sentence, best checkpoint by dev accuracy on 500
    separate sentences), then ``prunekit eval`` again on the 1,000 test sentences.
 
-    python benchmarks/distill_recovery.py            # the published numbers (~15-20 min on 2 idle cores)
-    python benchmarks/distill_recovery.py --quick    # a smoke run (~2 min)
+Writes ``benchmarks/results/distill_recovery.{json,md}`` (``--out`` for another path stem;
+``--quick`` writes ``distill_recovery_quick.*``) and leaves the models and data in ``--runs``
+(default ``runs/bench-distill``) for ``precision_accuracy.py`` and ``int8_agreement.py``.
+``benchmarks/results/distill_longer.md`` is a longer distillation of the same student through the
+CLI; the commands are in that file. From the repo root:
+
+    .venv/bin/python benchmarks/distill_recovery.py --threads 1   # the published numbers (one torch thread; ~25 min)
+    .venv/bin/python benchmarks/distill_recovery.py --quick       # a smoke run (~2 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import platform
 import random
 import time
 from pathlib import Path
@@ -105,14 +110,11 @@ def finetune_teacher(out: Path, train_path: Path, epochs: float, lr: float, batc
 
 def _cpu() -> str:
     """The CPU's model name and its widest vector ISA (figures are only comparable on the same one)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), platform.machine())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+    from prunekit.system import cpu_info
+
+    info = cpu_info()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if info["isa"][f]]
+    return f"{info['model']} ({', '.join(isa) or 'no AVX2'})"
 
 
 def main() -> None:
@@ -145,7 +147,8 @@ def main() -> None:
 
     from prunekit.compact import compact_to_dir
     from prunekit.distill import DistillSettings, distill
-    from prunekit.evaluate import evaluate, format_table
+    from prunekit.evaluate import EvalSettings, evaluate, format_table
+    from prunekit.io import atomic_write_text
     from prunekit.models import load_teacher
     from prunekit.search import SearchSettings, search
 
@@ -176,7 +179,7 @@ def main() -> None:
         phase(f"compact {name}", compact_to_dir, run.output_dir, out_dir=compacts[name], force=True, measure_fvcore=False)
 
     def ev(models):
-        return evaluate([str(m) for m in models], str(paths["test"]), max_length=128)
+        return evaluate(EvalSettings([str(m) for m in models], data=str(paths["test"]), max_length=128))
 
     before = phase("eval before distillation", ev, [teacher_dir, compacts["search"], compacts["random"]])
     print(format_table(before), flush=True)
@@ -218,8 +221,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "seconds": timings, "total_seconds": round(time.time() - t_all, 1),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "eval_before": before, "eval_after": after}, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".json"),
+                      json.dumps({"meta": meta, "rows": rows, "eval_before": before, "eval_after": after}, indent=1) + "\n")
     lines = [
         "| model | FLOPs ratio (T=128) | params | test accuracy compacted | test accuracy distilled | recovered |",
         "|---|---|---|---|---|---|",
@@ -232,7 +235,7 @@ def main() -> None:
     for r in rows[1:]:
         lines.append(f"- {r['model']}: heads per layer {r['heads_per_layer']}, FFN widths {r['ffn_per_layer']}")
     md = "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in meta.items()) + "\n"
-    out.with_suffix(".md").write_text(md)
+    atomic_write_text(out.with_suffix(".md"), md)
     print(md)
 
 

@@ -5,6 +5,7 @@ Made for one run on a lent GPU machine with its own torch/Triton/transformers, n
 prunekit not installed:
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_e2e.py            # from the repo root, < 4 minutes
+    bash benchmarks/gpu_session.sh                             # how the published files were made (--budget 85)
 
 It imports ``prunekit`` and ``prunekit_kernels`` from this checkout (``checkout_imports``), then for a BERT-base-shaped classifier and a
 MiniLM-L6-shaped embedding model with random weights (no downloads):
@@ -24,139 +25,46 @@ MiniLM-L6-shaped embedding model with random weights (no downloads):
    the graph variants have a fair baseline; a failed capture there cannot spoil the rest.
 
 Every case runs in its own try/except and the timings have a time budget, so nothing is lost to one
-failure. Writes ``$OUT/gpu_e2e.{json,md}`` (else ``benchmarks/results/``) and prints the markdown last.
-``--quick`` uses tiny shapes; without CUDA it runs Triton under ``TRITON_INTERPRET=1`` in fp32 and
-the "timings" are single wall-clock calls (a smoke test of this script only).
+failure. Writes ``gpu_e2e.{json,md}`` under ``--out``, else ``$OUT``, else ``benchmarks/results/``,
+and prints the markdown last; the published copies are ``benchmarks/results/gpu_e2e_h100.{json,md}``
+and ``gpu_e2e_h200.{json,md}``, renamed after the run with the device's name. ``--quick`` uses tiny
+shapes and writes ``gpu_e2e_quick.*``; without CUDA it runs Triton under ``TRITON_INTERPRET=1`` in
+fp32 and the "timings" are single wall-clock calls (a smoke test of this script only):
+
+    python benchmarks/gpu_e2e.py --quick --out /tmp/e2e        # on a CPU, a few minutes
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
+from checkout_imports import use_checkout
+from gpu_common import (
+    T0,
+    build_teacher,
+    environment,
+    graph_original,
+    inputs,
+    kernels_by_name,
+    log,
+    make_batch,
+    md_table,
+    model_configs,
+    out_dir,
+    rel_err,
+    set_attn,
+)
+from random_models import random_arch
+from timing import median_ms
 
-REPO = Path(__file__).resolve().parents[1]
-T0 = time.time()
 HEADLINE_TARGET = 3.0  # issue 4: compact-triton >= 3x original-SDPA at batch 128, fp16
 PACKING_TARGET = 1.5  # issue 4: padding-free >= 1.5x padded on a mixed batch (mean = max/3)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
-
-
-def import_prunekit(quick: bool):
-    """Make ``prunekit`` and ``prunekit_kernels`` importable from this checkout, nothing installed."""
-    from checkout_imports import use_checkout
-
-    use_checkout(quick)
-    import prunekit
-    import prunekit_kernels
-
-    return prunekit, prunekit_kernels
-
-
-# ------------------------------------------------------------------------------------------------
-def configs(quick: bool) -> dict:
-    if quick:
-        models = {
-            "bert-tiny": dict(kind="classification", num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128),
-            "minilm-tiny": dict(kind="embedding", num_hidden_layers=3, hidden_size=48, num_attention_heads=4, intermediate_size=96),
-        }
-        return dict(quick=True, models=models, vocab=120, max_pos=64, seq_len=16, batches=[1, 4], target=0.3,
-                    check_batch=3, warmup=5, rep=20, budget=240)
-    models = {
-        # BERT-base: 12 layers, 12 heads of 64, FFN 3072 (a GLUE classifier).
-        "bert-base": dict(kind="classification", num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
-        # all-MiniLM-L6-v2: 6 layers, 12 heads of 32, FFN 1536 (a sentence-embedding model).
-        "minilm-l6": dict(kind="embedding", num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
-    }
-    return dict(quick=False, models=models, vocab=30522, max_pos=512, seq_len=128, batches=[1, 32, 128], target=0.3,
-                check_batch=16, warmup=25, rep=100, budget=200)
-
-
-def environment() -> dict:
-    env = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-               platform=platform.platform(), threads=torch.get_num_threads())
-    for mod in ("triton", "transformers"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception as exc:  # noqa: BLE001
-            env[mod] = f"unavailable ({exc})"
-    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    return env
-
-
-def set_attn(model, name: str):
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(name)
-    else:  # older transformers
-        model.config._attn_implementation = name
-    return model
-
-
-def build_teacher(name: str, spec: dict, cfg: dict, dev: str):
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    from prunekit.flops import ModelShape
-    from prunekit.models import Teacher
-
-    spec = dict(spec)
-    kind = spec.pop("kind")
-    config = BertConfig(vocab_size=cfg["vocab"], max_position_embeddings=cfg["max_pos"], **spec)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        if kind == "embedding":
-            model = BertModel(config, add_pooling_layer=False)
-        else:
-            config.num_labels = 2
-            model = BertForSequenceClassification(config)
-    set_attn(model.eval(), "eager")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    shape = ModelShape.from_config(config, num_labels=0 if kind == "embedding" else 2)
-    return Teacher(model=model, tokenizer=None, kind=kind, name_or_path=name, shape=shape)
-
-
-def random_arch(shape, cfg: dict):
-    """The architecture at ``cfg["target"]`` of the FLOPs from random head/neuron priorities (seed 0):
-    uneven heads per layer, as a search gives, without running one."""
-    from prunekit.selection import select_to_budget
-
-    g = torch.Generator().manual_seed(0)
-    return select_to_budget(torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                            torch.rand(shape.num_layers, shape.intermediate_size, generator=g),
-                            shape, cfg["seq_len"], cfg["target"])
-
-
-def make_batch(batch: int, seq_len: int, vocab: int, mixed: bool, dev: str, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    if mixed:  # exponential-ish lengths like GLUE sentences, mean ~ seq_len / 3, one at the maximum
-        lens = torch.distributions.Exponential(3.0 / seq_len).sample((batch,)).clamp(1, seq_len).round().long()
-        lens[0] = seq_len
-    else:
-        lens = torch.full((batch,), seq_len)
-    mask = (torch.arange(seq_len)[None, :] < lens[:, None]).long()
-    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, seq_len), generator=g) * mask
-    return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "token_type_ids": torch.zeros_like(ids).to(dev),
-            "mean_len": float(lens.float().mean())}
-
-
-def inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "mean_len"}
-
-
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    den = ref.norm().item()
-    return (x - ref).norm().item() / den if den > 0 else (x - ref).norm().item()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,20 +142,6 @@ def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: 
     return rows
 
 
-def bench(fn, cfg: dict) -> float:
-    """Median ms: do_bench on CUDA; on CPU one wall-clock call (smoke test only)."""
-    with torch.inference_mode():
-        fn()  # compile / warm outside the timed region
-        if not torch.cuda.is_available():
-            t = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t) * 1e3
-        import triton.testing
-
-        torch.cuda.synchronize()
-        return float(triton.testing.do_bench(fn, warmup=cfg["warmup"], rep=cfg["rep"], return_mode="median"))
-
-
 COMPACT_VARIANTS = ("eager", "sdpa", "triton-padded", "triton", "triton unaligned", "triton-padded+graph", "triton+graph")
 
 
@@ -277,7 +171,7 @@ def time_model(name: str, original16, compact16, cfg: dict, dev: str, deadline: 
                     try:
                         with torch.inference_mode():
                             run = prepare(batch_size, cfg["seq_len"])
-                        ms = bench(lambda: run(**feed), cfg)
+                        ms = median_ms(lambda: run(**feed), warmup=cfg["warmup"], rep=cfg["rep"])
                         row.update(ms=ms, sentences_per_s=batch_size / (ms / 1e3), status="OK")
                     except Exception as exc:  # noqa: BLE001
                         traceback.print_exc(limit=3)
@@ -288,30 +182,6 @@ def time_model(name: str, original16, compact16, cfg: dict, dev: str, deadline: 
     set_attn(original16, "eager")
     compact16.set_backend("eager")
     return rows, batches
-
-
-def graph_original(model, feed: dict, with_mask: bool):
-    """The original model replayed from a CUDA graph (what a user could do to it too). Inputs as
-    transformers would use them without syncing: no mask (its own eager choice when nothing is
-    padded), or the key-padding mask already 4-D ([B, 1, 1, T], True = attend), which its mask
-    code returns as is (no data-dependent check inside the capture)."""
-    mask = feed["attention_mask"]
-    static = {"input_ids": feed["input_ids"].clone(), "token_type_ids": feed["token_type_ids"].clone()}
-    if with_mask:
-        static["attention_mask"] = mask[:, None, None, :].bool().clone()
-    from prunekit.cuda_graphs import capture_graph
-
-    graph, out = capture_graph(lambda: model(**static), torch.device("cuda"))
-
-    def run(input_ids, attention_mask, token_type_ids):
-        static["input_ids"].copy_(input_ids)
-        static["token_type_ids"].copy_(token_type_ids)
-        if "attention_mask" in static:
-            static["attention_mask"].copy_(attention_mask[:, None, None, :].bool())
-        graph.replay()
-        return out
-
-    return run, out
 
 
 def time_original_graphs(name: str, original16, kind: str, batches: list, cfg: dict, deadline: float) -> list[dict]:
@@ -340,7 +210,7 @@ def time_original_graphs(name: str, original16, kind: str, batches: list, cfg: d
                     run, out = graph_original(original16, feed, with_mask)
                     with torch.inference_mode():
                         got = model_output(lambda **kw: run(**kw), kind, feed).float()
-                    ms = bench(lambda: run(**feed), cfg)
+                    ms = median_ms(lambda: run(**feed), warmup=cfg["warmup"], rep=cfg["rep"])
                     row[f"ms_{'masked' if with_mask else 'unmasked'}"] = ms
                     if best is None or ms < best[0]:
                         best = (ms, rel_err(got, ref), with_mask)
@@ -370,28 +240,6 @@ KERNEL_CLASSES = (  # (class, substrings of a kernel name), first match wins
 def kernel_class(name: str) -> str:
     low = name.lower()
     return next((cls for cls, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other (adds, copies, casts)")
-
-
-def kernels_by_name(fn, reps: int = 5) -> list[dict]:
-    """Each CUDA kernel of one forward (torch.profiler over ``reps`` forwards): name, launches and
-    microseconds per forward, the longest first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.inference_mode():
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                fn()
-            torch.cuda.synchronize()
-    rows = []
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None)
-        if us is None:
-            us = getattr(e, "self_cuda_time_total", 0)
-        if us:
-            rows.append(dict(kernel=e.key, launches=e.count / reps, us=us / reps))
-    return sorted(rows, key=lambda r: -r["us"])
 
 
 def profile_forward(fn, reps: int = 5) -> dict:
@@ -452,21 +300,6 @@ def add_ratios(timings: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-def md_table(rows: list[dict], cols: list[str]) -> str:
-    def fmt(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        if isinstance(v, list):
-            return " ".join(str(x) for x in v)
-        return str(v)
-
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
-
 DEFAULT_NOTE = "default backend behaviour: padding-free, widths aligned to 8, no graph"
 
 
@@ -496,9 +329,9 @@ def headlines(result: dict) -> list[str]:
     return lines
 
 
-def write_report(out_dir: Path, stem: str, result: dict) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+def write_report(folder: Path, stem: str, result: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     env = result["environment"]
     md = [f"# prunekit end to end on {env['device']}\n",
           f"torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}, CUDA {env['cuda']}, "
@@ -527,7 +360,7 @@ def write_report(out_dir: Path, stem: str, result: dict) -> str:
                 f"{r['gpu_us'] / 1e3:.2f} ms of kernels, {r['launches_per_forward']:g} launches; {share}\n" if "gpu_us" in r
                 else f"{r['error']}\n"))
     text = "".join(md)
-    (out_dir / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.md").write_text(text)
     return text
 
 
@@ -538,18 +371,19 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds for the timings (default 200; 240 with --quick)")
     args = ap.parse_args()
 
-    cfg = configs(args.quick)
+    cfg = model_configs(args.quick)
     if args.budget is not None:
         cfg["budget"] = args.budget
-    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
+    results = out_dir(args.out)
     stem = "gpu_e2e_quick" if args.quick else "gpu_e2e"
     try:
-        import_prunekit(args.quick)
+        use_checkout(args.quick)
+        import prunekit_kernels  # noqa: F401 - the Triton backends need it; fail here, said in the results file
         from prunekit.compact import compact, count_params
     except Exception as exc:  # noqa: BLE001 - say why in the results file, then stop
         traceback.print_exc()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{stem}.json").write_text(json.dumps(dict(error=f"import failed: {type(exc).__name__}: {exc}",
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"{stem}.json").write_text(json.dumps(dict(error=f"import failed: {type(exc).__name__}: {exc}",
                                                                environment=environment()), indent=1, default=str))
         print(f"RESULT: FAIL (cannot import prunekit: {type(exc).__name__}: {exc})", flush=True)
         return 1
@@ -572,7 +406,7 @@ def main() -> int:
         try:
             teacher = build_teacher(name, spec, cfg, dev)
             shape = teacher.shape
-            arch = random_arch(shape, cfg)
+            arch = random_arch(shape, cfg["seq_len"], cfg["target"], seed=0)
             compact32 = compact(teacher, arch)
             info = dict(name=name, kind=teacher.kind, params_original=count_params(teacher.model),
                         params_compact=count_params(compact32), flops_ratio=arch.flops_ratio(shape, cfg["seq_len"]),
@@ -599,7 +433,7 @@ def main() -> int:
         log(f"original + CUDA graph: {name}")
         try:
             result["timings"] += time_original_graphs(name, original16, kind, batches, cfg, deadline + 25)
-        except Exception as exc:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             traceback.print_exc()
     originals.clear()
 
@@ -607,8 +441,8 @@ def main() -> int:
     result["timings"].sort(key=lambda r: (list(cfg["models"]).index(r["model"]), r["B"], r["regime"] != "fixed"))
     result["headlines"] = headlines(result)
     result["seconds"] = time.time() - T0
-    text = write_report(out_dir, stem, result)
-    log(f"wrote {out_dir / (stem + '.json')} and {stem}.md")
+    text = write_report(results, stem, result)
+    log(f"wrote {results / (stem + '.json')} and {stem}.md")
     n_bad = sum(c["status"] in ("FAIL", "ERROR") for c in result["checks"])
     print()
     print(text, flush=True)

@@ -4,6 +4,7 @@
 Made for a lent GPU machine with its own torch/Triton, no prunekit installed and no network:
 
     PYTHONUNBUFFERED=1 python benchmarks/gpu_kernels.py          # from the repo root
+    bash benchmarks/gpu_session.sh                               # how the published files were made (--budget 60 90)
 
 It imports ``prunekit_kernels`` from ``<repo>/kernels/`` (never imports prunekit), then
 
@@ -16,19 +17,23 @@ It imports ``prunekit_kernels`` from ``<repo>/kernels/`` (never imports prunekit
    sweep, and the epilogues against their torch equivalents.
 
 Each case runs inside its own try/except and the parts have time budgets, so one failure or a slow
-compile never loses the rest. Results go to ``$OUT/gpu_kernels.{json,md}`` when ``$OUT`` is set,
-else ``benchmarks/results/``. Exits 1 if any correctness case failed (after writing everything).
+compile never loses the rest. Writes ``gpu_kernels.{json,md}`` under ``--out``, else ``$OUT``, else
+``benchmarks/results/``; the published copies, renamed after each run with the device (and the
+session), are ``benchmarks/results/gpu_kernels_h100.{json,md}`` and
+``gpu_kernels_h200_run{1,2,3}.{json,md}``. Exits 1 if any correctness case failed (after writing
+everything).
 
-``--quick`` shrinks everything; without CUDA it runs the kernels under ``TRITON_INTERPRET=1`` and
-skips the timings, so the script can be smoke-tested on a CPU-only machine.
+``--quick`` shrinks everything and writes ``gpu_kernels_quick.*``; without CUDA it runs the kernels
+under ``TRITON_INTERPRET=1`` and its timings are single interpreted calls (``--skip-timings`` to
+leave them out), so the script can be smoke-tested on a CPU-only machine:
+
+    python benchmarks/gpu_kernels.py --quick --skip-timings --out /tmp/kernels
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 import traceback
@@ -36,33 +41,13 @@ import zlib
 from pathlib import Path
 
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-T0 = time.time()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
-
-
-def import_kernels(quick: bool):
-    """Import prunekit_kernels from this checkout without installing anything."""
-    from checkout_imports import use_checkout
-
-    use_checkout(quick)
-    import prunekit_kernels as pk
-
-    return pk
-
+from checkout_imports import use_checkout
+from gpu_common import T0, environment, log, md_table, mixed_lengths, out_dir, rel_err
+from timing import median_ms
 
 # ------------------------------------------------------------------------------------------------
 # Part 1: correctness
 # ------------------------------------------------------------------------------------------------
-def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    x, ref = x.double(), ref.double()
-    den = ref.norm().item()
-    num = (x - ref).norm().item()
-    return num / den if den > 0 else num
 
 
 class Checker:
@@ -268,18 +253,10 @@ def summarize(records: list[dict]) -> list[dict]:
 # Part 2: timings
 # ------------------------------------------------------------------------------------------------
 def bench(fn, quick: bool) -> float | None:
-    """Median ms of ``fn`` (triton.testing.do_bench on CUDA; one wall-clock call on CPU, which only
-    smoke-tests this code: interpreter timings mean nothing)."""
-    import triton
-
+    """Median ms of ``fn`` (:func:`timing.median_ms`; on CPU one interpreted call, which only
+    smoke-tests this code), or None when it fails (logged)."""
     try:
-        fn()  # compile / warm outside the timed region
-        if not torch.cuda.is_available():
-            t = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t) * 1e3
-        torch.cuda.synchronize()
-        return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=20 if quick else 100, return_mode="median"))
+        return median_ms(fn, warmup=10 if quick else 25, rep=20 if quick else 100)
     except Exception as exc:  # noqa: BLE001
         log(f"  bench failed: {type(exc).__name__}: {str(exc)[:200]}")
         return None
@@ -317,14 +294,6 @@ def torch_attention_fns(qkv: torch.Tensor, mask: torch.Tensor, h: int, d: int):
         return merge(torch.matmul(torch.softmax(scores, dim=-1), v))
 
     return dict(sdpa_bool=sdpa_bool, sdpa_additive=sdpa_additive, sdpa_nomask=sdpa_nomask, eager=eager)
-
-
-def mixed_lengths(batch: int, max_len: int, mean_frac: float, gen: torch.Generator) -> list[int]:
-    """Lengths with mean ~ mean_frac * max_len (exponential-ish, like GLUE), one at max_len."""
-    lens = torch.distributions.Exponential(1.0 / (mean_frac * max_len)).sample((batch,))
-    lens = lens.clamp(1, max_len).round().int().tolist()
-    lens[0] = max_len
-    return lens
 
 
 def timings(pk, cfg: dict, dev: str, deadline: float) -> dict:
@@ -398,7 +367,7 @@ def timings(pk, cfg: dict, dev: str, deadline: float) -> dict:
         batch, max_len = cfg["varlen_B"], cfg["bench_T"]
         row = dict(h=h, d=d, B=batch, max_T=max_len)
         try:
-            lens = mixed_lengths(batch, max_len, 1.0 / 3.0, gen)
+            lens = mixed_lengths(batch, max_len, 1.0 / 3.0).tolist()
             row["mean_len"] = round(sum(lens) / len(lens), 1)
             qkv = torch.randn(batch, max_len, 3 * h * d, device=dev, dtype=dtype)
             mask = (torch.arange(max_len)[None, :] < torch.tensor(lens)[:, None]).to(dev)
@@ -461,49 +430,9 @@ def timings(pk, cfg: dict, dev: str, deadline: float) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
-def fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.2e}"
-    return str(v)
-
-
-def md_table(rows: list[dict], cols: list[str]) -> str:
-    if not rows:
-        return "_(none)_\n"
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(out) + "\n"
-
-
-def environment() -> dict:
-    import triton
-
-    env = dict(
-        python=platform.python_version(),
-        torch=torch.__version__,
-        triton=triton.__version__,
-        cuda=torch.version.cuda,
-        platform=platform.platform(),
-        cpu_threads=torch.get_num_threads(),
-        triton_interpret=os.environ.get("TRITON_INTERPRET", "0"),
-    )
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        env.update(device=torch.cuda.get_device_name(0), sm=f"{p.major}.{p.minor}",
-                   sms=p.multi_processor_count, gpu_mem_gib=round(p.total_memory / 2**30, 1))
-    else:
-        env.update(device="cpu (Triton interpreter)")
-    return env
-
-
-def write_report(out_dir: Path, stem: str, result: dict) -> str:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+def write_report(folder: Path, stem: str, result: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
     env = result["environment"]
     md = [f"# prunekit Triton kernels on {env.get('device')}\n",
           "torch {torch}, triton {triton}, CUDA {cuda}, python {python}; {date}; total {secs:.0f} s\n\n".format(
@@ -539,7 +468,7 @@ def write_report(out_dir: Path, stem: str, result: dict) -> str:
     elif result.get("timings_skipped"):
         md.append(f"\n_Timings skipped: {result['timings_skipped']}_\n")
     text = "".join(md)
-    (out_dir / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.md").write_text(text)
     return text
 
 
@@ -583,7 +512,8 @@ def main() -> int:
                     help="seconds for the correctness part and for everything (default 270 480)")
     args = ap.parse_args()
 
-    pk = import_kernels(args.quick)
+    use_checkout(args.quick)
+    import prunekit_kernels as pk
     cfg = configs(args.quick)
     if args.budget is not None:
         cfg["budget_part1"], cfg["budget_total"] = args.budget
@@ -627,10 +557,10 @@ def main() -> int:
             result["timings_skipped"] = f"crashed: {exc}"
     result["seconds"] = time.time() - T0
 
-    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
+    results = out_dir(args.out)
     stem = "gpu_kernels_quick" if args.quick else "gpu_kernels"
-    text = write_report(out_dir, stem, result)
-    log(f"wrote {out_dir / (stem + '.json')} and {stem}.md")
+    text = write_report(results, stem, result)
+    log(f"wrote {results / (stem + '.json')} and {stem}.md")
     print()
     print(text, flush=True)
     print(f"RESULT: {'FAIL' if n_bad else 'PASS'} ({len(records)} correctness cases, {n_bad} failed, {n_skip} skipped)", flush=True)

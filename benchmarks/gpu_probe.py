@@ -5,7 +5,7 @@ kernels replayed from a CUDA graph) at 2.6x the original where the FLOPs say 3.3
 profile puts 22% of the compact model's GPU time in bias + residual + LayerNorm and 14% in
 bias + GELU. This script measures what that claim rests on, in one short call (~1 min):
 
-1. the device's two ceilings (METHOD.md): a large device-to-device copy (bytes read + written per
+1. the device's two ceilings: a large device-to-device copy (bytes read + written per
    second) and a large fp16 matrix product (FLOP/s);
 2. every kernel of one compact forward and one original forward by name (time and launches per
    forward), each memory-bound epilogue's achieved bandwidth against the copy ceiling (so
@@ -16,17 +16,21 @@ bias + GELU. This script measures what that claim rests on, in one short call (~
    + graph as the baseline in the same run, with each one's error against the fp32 model: the
    trade (one pass less over the FFN activations; tanh GELU vs erf GELU) decided by measurement.
 
-Writes ``gpu_probe.json`` / ``gpu_probe.md`` under ``$OUT`` (default benchmarks/results).
-``--quick``: tiny shapes on the CPU (a smoke test of the script; nothing is timed).
+It builds the same random BERT-base model and 30% architecture as ``gpu_e2e.py`` (``gpu_common``,
+``random_models``). Writes ``gpu_probe.{json,md}`` under ``--out``, else ``$OUT``, else
+``benchmarks/results/``; the published copy is ``benchmarks/results/gpu_probe_h100.{json,md}``
+(renamed after the run; the candidate's A/B numbers there were copied in from the run's log).
+``--quick``: tiny shapes on the CPU, ``gpu_probe_quick.*`` (a smoke test of the script; nothing is timed).
 
-    python benchmarks/gpu_probe.py
+    python benchmarks/gpu_probe.py              # on the GPU machine, from the repo root
+    bash benchmarks/gpu_session.sh              # how the published files were made
+    python benchmarks/gpu_probe.py --quick --out /tmp/probe   # a CPU smoke test
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 import traceback
@@ -34,31 +38,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from checkout_imports import use_checkout
+from gpu_common import (
+    T0,
+    build_teacher,
+    environment,
+    graph_original,
+    inputs,
+    kernels_by_name,
+    log,
+    make_batch,
+    model_configs,
+    out_dir,
+    rel_err,
+    set_attn,
+)
+from random_models import random_arch
+from timing import median_ms
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from gpu_e2e import (build_teacher, configs, environment, import_prunekit, inputs, make_batch,  # noqa: E402
-                     random_arch, rel_err, set_attn)
-
-T0 = time.time()
+REP_MS = 200  # do_bench's repeat time per measurement (its warm-up: median_ms's default 25 ms)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
-
-
-def median_ms(fn, on_gpu: bool, rep: int = 200) -> float:
-    with torch.inference_mode():
-        fn()
-        if not on_gpu:
-            t = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t) * 1e3
-        import triton.testing
-
-        torch.cuda.synchronize()
-        return float(triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+def kernel_table(fn, reps: int = 5) -> list[dict]:
+    """Each kernel of one forward (:func:`gpu_common.kernels_by_name`), rounded for the report."""
+    return [dict(kernel=r["kernel"][:110], launches=round(r["launches"], 1), us=round(r["us"], 1))
+            for r in kernels_by_name(fn, reps)]
 
 
 def ceilings(on_gpu: bool) -> dict:
@@ -67,21 +71,13 @@ def ceilings(on_gpu: bool) -> dict:
     n = (1 << 28) if on_gpu else (1 << 20)  # 512 MiB of fp16 on the GPU: far beyond its L2
     src = torch.randn(n, device=dev, dtype=torch.float16)
     dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), on_gpu)
+    ms = median_ms(lambda: dst.copy_(src), rep=REP_MS, on_gpu=on_gpu)
     m = 8192 if on_gpu else 256
     a = torch.randn(m, m, device=dev, dtype=torch.float16 if on_gpu else torch.float32)
     b = torch.randn_like(a)
-    mm_ms = median_ms(lambda: a @ b, on_gpu)
-    del src, dst, a, b
+    mm_ms = median_ms(lambda: a @ b, rep=REP_MS, on_gpu=on_gpu)
     return dict(copy_GBps=round(2 * n * 2 / ms / 1e6, 1), copy_ms=round(ms, 4),
                 matmul_TFLOPs=round(2 * m ** 3 / mm_ms / 1e9, 1), matmul_ms=round(mm_ms, 4))
-
-
-def kernels_by_name(fn, reps: int = 5) -> list[dict]:
-    """gpu_e2e's per-kernel profile, rounded for the report."""
-    from gpu_e2e import kernels_by_name as profile
-
-    return [dict(kernel=r["kernel"][:110], launches=round(r["launches"], 1), us=round(r["us"], 1)) for r in profile(fn, reps)]
 
 
 def epilogue_bandwidth(pk, n_tokens: int, hidden: int, ffn: int, on_gpu: bool) -> list[dict]:
@@ -97,16 +93,16 @@ def epilogue_bandwidth(pk, n_tokens: int, hidden: int, ffn: int, on_gpu: bool) -
     ub = torch.randn(ffn, device=dev, dtype=dt)
     size = x.element_size()
     out = []
-    ms = median_ms(lambda: pk.bias_residual_layernorm(x, bias, res, w, b, 1e-12), on_gpu)
+    ms = median_ms(lambda: pk.bias_residual_layernorm(x, bias, res, w, b, 1e-12), rep=REP_MS, on_gpu=on_gpu)
     out.append(dict(kernel="bias_residual_layernorm", shape=f"{n_tokens}x{hidden}", ms=round(ms, 4),
                     GBps=round(3 * n_tokens * hidden * size / ms / 1e6, 1)))
-    ms = median_ms(lambda: F.layer_norm(x + res + bias, (hidden,), w, b, 1e-12), on_gpu)
+    ms = median_ms(lambda: F.layer_norm(x + res + bias, (hidden,), w, b, 1e-12), rep=REP_MS, on_gpu=on_gpu)
     out.append(dict(kernel="torch add+add+layer_norm", shape=f"{n_tokens}x{hidden}", ms=round(ms, 4),
                     GBps=round(3 * n_tokens * hidden * size / ms / 1e6, 1)))
-    ms = median_ms(lambda: pk.bias_gelu(u, ub), on_gpu)
+    ms = median_ms(lambda: pk.bias_gelu(u, ub), rep=REP_MS, on_gpu=on_gpu)
     out.append(dict(kernel="bias_gelu", shape=f"{n_tokens}x{ffn}", ms=round(ms, 4),
                     GBps=round(2 * n_tokens * ffn * size / ms / 1e6, 1)))
-    ms = median_ms(lambda: F.gelu(u + ub), on_gpu)
+    ms = median_ms(lambda: F.gelu(u + ub), rep=REP_MS, on_gpu=on_gpu)
     out.append(dict(kernel="torch add+gelu", shape=f"{n_tokens}x{ffn}", ms=round(ms, 4),
                     GBps=round(2 * n_tokens * ffn * size / ms / 1e6, 1)))
     return out
@@ -117,16 +113,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU: a smoke test, no timings")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir(args.out)
+    results.mkdir(parents=True, exist_ok=True)
     on_gpu = torch.cuda.is_available() and not args.quick
     dev = "cuda" if on_gpu else "cpu"
     dtype = torch.float16 if on_gpu else torch.float32
-    _, pk = import_prunekit(args.quick)
-    from prunekit.compact import compact
+    use_checkout(args.quick)
+    import prunekit_kernels as pk
     from prunekit import modeling
+    from prunekit.compact import compact
 
-    cfg = configs(args.quick)
+    cfg = model_configs(args.quick)
     name = next(iter(cfg["models"]))
     spec = cfg["models"][name]
     result = dict(environment=environment(), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), quick=args.quick)
@@ -135,7 +132,7 @@ def main() -> int:
         log(f"ceilings {result['ceilings']}")
         teacher = build_teacher(name, spec, cfg, dev)
         shape = teacher.shape
-        arch = random_arch(shape, cfg)
+        arch = random_arch(shape, cfg["seq_len"], cfg["target"], seed=0)
         compact32 = compact(teacher, arch)
         compact16 = copy.deepcopy(compact32).to(dtype)
         original16 = teacher.model.to(dtype)
@@ -149,9 +146,9 @@ def main() -> int:
 
         if on_gpu:
             compact16.set_backend("triton")
-            result["kernels_compact_triton"] = kernels_by_name(lambda: compact16(**inputs(fixed)))
+            result["kernels_compact_triton"] = kernel_table(lambda: compact16(**inputs(fixed)))
             set_attn(original16, "sdpa")
-            result["kernels_original_sdpa"] = kernels_by_name(lambda: original16(**inputs(fixed)))
+            result["kernels_original_sdpa"] = kernel_table(lambda: original16(**inputs(fixed)))
         # the candidate: error against fp32 (the logits), then time under CUDA graphs, both regimes
         compact32.to(dev).set_backend("sdpa")
         with torch.inference_mode():
@@ -170,7 +167,7 @@ def main() -> int:
                 if on_gpu:
                     for regime, batch in (("fixed", fixed), ("mixed", mixed)):
                         runner = compact16.capture_cuda_graph(b, cfg["seq_len"])
-                        row[f"{regime}_graph_ms"] = round(median_ms(lambda: runner(**inputs(batch)), on_gpu), 4)
+                        row[f"{regime}_graph_ms"] = round(median_ms(lambda: runner(**inputs(batch)), rep=REP_MS, on_gpu=on_gpu), 4)
                         del runner
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc(limit=4)
@@ -178,11 +175,9 @@ def main() -> int:
             variants[label] = row
             log(f"  {row}")
         if on_gpu:  # the baseline, same run: the original with a CUDA graph (gpu_e2e's capture)
-            from gpu_e2e import graph_original
-
             for regime, batch in (("fixed", fixed), ("mixed", mixed)):
                 run, _ = graph_original(original16, inputs(batch), with_mask=regime == "mixed")
-                ms = median_ms(lambda: run(**inputs(batch)), on_gpu)
+                ms = median_ms(lambda: run(**inputs(batch)), rep=REP_MS, on_gpu=on_gpu)
                 for row in variants.values():
                     if f"{regime}_graph_ms" in row:
                         row[f"{regime}_x_vs_original_graph"] = round(ms / row[f"{regime}_graph_ms"], 3)
@@ -196,7 +191,7 @@ def main() -> int:
         result["error"] = f"{type(exc).__name__}: {exc}"[:400]
     result["seconds"] = round(time.time() - T0, 1)
     stem = "gpu_probe_quick" if args.quick else "gpu_probe"
-    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (results / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     lines = [f"# GPU probe on {result['environment']['device']}", "", f"ceilings: {result.get('ceilings')}", ""]
     for e in result.get("epilogues", []):
         share = f", {e['GBps'] / result['ceilings']['copy_GBps']:.0%} of copy" if result.get("ceilings") else ""
@@ -213,7 +208,7 @@ def main() -> int:
     if "error" in result:
         lines.append(f"\nERROR: {result['error']}")
     text = "\n".join(lines) + "\n"
-    (out_dir / f"{stem}.md").write_text(text)
+    (results / f"{stem}.md").write_text(text)
     print(text, flush=True)
     print(f"RESULT: {'FAIL' if 'error' in result else 'PASS'} ({result['seconds']} s)", flush=True)
     return 1 if "error" in result else 0

@@ -7,7 +7,11 @@
 #   3. prunekit's tests on CUDA (every CUDA backend and fp16 export first, then search, compact, CUDA graphs, distill,
 #      fp16 training with loss scaling);
 #   4. the kernels' correctness cases and attention timings.
-# Usage (repo root): bash benchmarks/gpu_session.sh   — writes logs and results under $OUT.
+# Usage (repo root): bash benchmarks/gpu_session.sh
+# Writes under $OUT (default benchmarks/results): the logs e2e.log, probe.log, bench_cli.log, pytest_cuda.log and
+# kernels.log, and the scripts' results gpu_e2e.{json,md}, gpu_probe.{json,md}, gpu_bench/ and gpu_kernels.{json,md}.
+# The published files are these renamed after the run with the device (gpu_e2e_h100.*, gpu_e2e_h200.*, gpu_probe_h100.*,
+# gpu_bench_h100/, gpu_kernels_h100.*, gpu_kernels_h200_run{1,2,3}.*, pytest_cuda_h100.log, pytest_cuda_h200.log).
 set -u
 R=$(pwd)
 OUT=${OUT:-$R/benchmarks/results}
@@ -16,8 +20,10 @@ T="timeout -k 5"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 $T 30 python -c "import torch, triton, transformers, onnx, onnxruntime as o; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'onnx', onnx.__version__, 'onnxruntime', o.__version__, o.get_available_providers())" 2>&1 | tail -1
 
-# prunekit and prunekit_kernels from this checkout, nothing installed.
-export PYTHONPATH="$R:$R/kernels"
+# prunekit and prunekit_kernels from this checkout, nothing installed (benchmarks/checkout_imports.py
+# says how; the Python scripts call it themselves, pytest below needs the variable).
+PYTHONPATH=$(python benchmarks/checkout_imports.py)
+export PYTHONPATH
 
 $T 120 python benchmarks/gpu_e2e.py --budget 85 > "$OUT/e2e.log" 2>&1; echo "gpu_e2e rc=$?"
 $T 50 python benchmarks/gpu_probe.py > "$OUT/probe.log" 2>&1; echo "gpu_probe rc=$?"

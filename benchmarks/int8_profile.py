@@ -12,10 +12,12 @@ the FLOPs (the same random-priority architecture as ``cpu_speedup.py``) and opti
    variant's relative difference to the fp32 graph's output on the timed batch (max abs / max |fp32|).
 
 Results go into ``benchmarks/results/cpu_speedup.json`` (key ``int8_profile``) and the section
-"Why int8 adds little on the small shapes" of ``cpu_speedup.md``; ``cpu_speedup.py`` keeps both
-when it regenerates its tables. With the 1-minute load average above ``--max-load`` nothing is timed.
+"Why int8 adds little on the small shapes" of ``cpu_speedup.md`` (rendered by
+``cpu_speedup_report.py``); ``cpu_speedup.py`` keeps both when it regenerates its tables. In a
+folder (``-o``) without a ``cpu_speedup.json`` it writes ``int8_profile.json`` instead. With the
+1-minute load average above ``--max-load`` nothing is timed.
 
-    .venv/bin/python benchmarks/int8_profile.py                       # ~5 min on 2 cores
+    .venv/bin/python benchmarks/int8_profile.py --originals           # the published section (~5 min on 2 cores)
     .venv/bin/python benchmarks/int8_profile.py --shapes TinyBERT-4L --repeats 3 -o /tmp/p   # a smoke run
 """
 from __future__ import annotations
@@ -34,18 +36,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from cpu_speedup_report import INT8_RATIO as RATIO
+from cpu_speedup_report import PROFILED, int8_section, to_markdown
+from random_models import SHAPES, make_compact, make_original
+
+from prunekit.export import CPU_FUSION, ExportSettings, drop_value_info, export_onnx, optimize_graph
+from prunekit.io import atomic_write_text
+from prunekit.system import system_info
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from cpu_speedup import SHAPES, make_compact, make_original, to_markdown  # noqa: E402
-from prunekit.system import system_info  # noqa: E402
-from prunekit.export import CPU_FUSION, ExportSettings, export_onnx, optimize_graph  # noqa: E402
-from prunekit.io import atomic_write_text  # noqa: E402
-
-RATIO = 0.3
-PROFILED = ("fp32 (ort-fp32)", "int8 on the fused graph (old ort-int8)", "int8 now (ort-int8)")
 
 
 def _quantize(src: Path, dst: Path, **kw) -> Path:
@@ -75,11 +74,7 @@ def _narrow_matmuls(path: Path, limit: int = 64) -> list[str]:
 
 def _strip_shapes(path: Path) -> Path:
     """Drop the stored intermediate shapes, as :func:`prunekit.export.quantize_int8` does."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
+    drop_value_info(path)
     return path
 
 
@@ -187,82 +182,6 @@ def time_interleaved(paths: dict, feed: dict, threads: int, repeats: int, warmup
     return out
 
 
-def section(p: dict) -> str:
-    """The markdown section cpu_speedup.md carries."""
-    out = ["## Why int8 adds little on the small shapes", "",
-           f"Measured by `benchmarks/int8_profile.py` ({p['date']}, onnxruntime {p['onnxruntime']}, {p['threads']} threads, "
-           f"batch {p['batch']} x {p['seq_len']}, load average {p['load_average']}). Compact models at {RATIO:.0%} of the FLOPs "
-           "(random-priority architectures, as above).", "",
-           "### Kernel time per op type (ms per batch, onnxruntime profiler)", ""]
-    for name, prof in p["profiles"].items():
-        out += [f"**{name}**", "", "| op type | " + " | ".join(prof) + " |", "|---|" + "---|" * len(prof)]
-        ops = sorted({o for v in prof.values() for o in v["ops_ms"]}, key=lambda o: -max(v["ops_ms"].get(o, 0) for v in prof.values()))
-        for o in ops:
-            cells = [v["ops_ms"].get(o, 0.0) for v in prof.values()]
-            if max(cells) >= 0.2:
-                out.append(f"| {o} | " + " | ".join(f"{c:.1f}" if c else "" for c in cells) + " |")
-        out += ["| **whole run** | " + " | ".join(f"**{v['run_ms']:.1f}**" for v in prof.values()) + " |", ""]
-    out += ["### Variants, timed interleaved with ort-fp32 (medians; ratio = fp32 / variant)", "",
-            "Relative difference: max |variant - fp32| / max |fp32| on the timed batch (the export's own int8 check "
-            "compares with PyTorch on padded inputs).", ""]
-    names = list(p["timing"])
-    rows = list(dict.fromkeys(k for t in p["timing"].values() for k in t))
-    out += ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for r in rows:
-        cells = []
-        for n in names:
-            v = p["timing"][n].get(r)
-            cells.append(f"{v['x_over_fp32']:.2f}x ({v['median_ms']:.0f} ms, {v['rel_diff_vs_fp32']:.1%})" if v else "")
-        out.append(f"| {r} | " + " | ".join(cells) + " |")
-    out += ["", *summary(p)]
-    return "\n".join(out) + "\n"
-
-
-def summary(p: dict) -> list[str]:
-    """What the profile says, in numbers (the reasons are in WHY)."""
-    lines = []
-    for name, prof in p["profiles"].items():
-        fp32, old, now = (prof[k] for k in PROFILED)
-
-        def share(v, op):
-            return v["ops_ms"].get(op, 0.0) / max(sum(v["ops_ms"].values()), 1e-9)
-
-        def part(v, k):
-            return v["parts_ms"].get(k, 0.0)
-
-        ffn, att = "output and FFN products", "attention (Q/K/V, scores, softmax, context)"
-        rest32 = sum(fp32["ops_ms"].values()) - part(fp32, ffn) - part(fp32, att)
-        rest8 = sum(now["ops_ms"].values()) - part(now, ffn) - part(now, att)
-        lines.append(f"- {name}: on the fused graph SkipLayerNormalization took {share(old, 'SkipLayerNormalization'):.0%} of the "
-                     f"int8 kernel time, QAttention {share(old, 'QAttention'):.0%}, DynamicQuantizeMatMul "
-                     f"{share(old, 'DynamicQuantizeMatMul'):.0%}. Now, fp32 -> int8: output and FFN products {part(fp32, ffn):.1f} -> "
-                     f"{part(now, ffn):.1f} ms ({part(fp32, ffn) / max(part(now, ffn), 1e-9):.1f}x, activation quantization "
-                     f"included), attention {part(fp32, att):.1f} -> {part(now, att):.1f} ms, everything else (LayerNorm, Adds, "
-                     f"GELU, embeddings, quantize/dequantize) {rest32:.1f} -> {rest8:.1f} ms.")
-    return lines + [""] + WHY
-
-
-WHY = [
-    "Why: not the narrow layers first, but the fully fused graph. onnxruntime's CPU SkipLayerNormalization (fp32) "
-    "is a scalar loop per row with a division per element; measured alone on [16, 128, H] it takes 1.5 ms (H=312) "
-    "and 3.6 ms (H=768) where the Add and LayerNormalization it replaces take 0.66 and 1.23 ms, and on the small "
-    "shapes it was 40-47% of the int8 run (on the big ones the int8 products dominate and hid it). Leaving it out of "
-    "the transformer optimizer is not enough: with the graph's stored intermediate shapes onnxruntime's session "
-    "fuses the residual Add + LayerNormalization after each quantized MatMul back into SkipLayerNormalization (row "
-    "\"shapes kept\"). ort-int8 now (`prunekit.export.quantize_int8`) fuses Attention per layer (reading the 2D "
-    "mask), LayerNorm and BiasGelu but not SkipLayerNormalization, quantizes, and drops the stored shapes.",
-    "",
-    "What remains, and why TinyBERT-4L still gains least: its output and FFN products run 2.1x faster in int8 "
-    "(hidden 312, FFN about 350) where MiniLM-L6's run 2.9x (384, about 500), so narrow layers do pay VNNI/AMX less "
-    "(activation quantization and per-call overhead weigh more); and LayerNorm, residual Adds, GELU and the "
-    "quantize steps stay fp32, now about 40% of the int8 run.",
-    "",
-    "The fused fp32 graph (ort-opt, and the old ort-int8) reads the padding mask as sequence lengths: on "
-    "left-padded inputs its output differs from PyTorch (measured 5% of max |output| on MiniLM-L6 at 30%), where "
-    "ort-fp32 and the new ort-int8 (2D mask) are exact.",
-]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
@@ -314,12 +233,12 @@ def main() -> None:
     res = json.loads(res_path.read_text()) if res_path.is_file() else None
     if res is None:
         atomic_write_text(out / "int8_profile.json", json.dumps(p, indent=2) + "\n")
-        print(section(p))
+        print(int8_section(p))
         return
     res["int8_profile"] = p
     atomic_write_text(res_path, json.dumps(res, indent=2) + "\n")
     atomic_write_text(out / "cpu_speedup.md", to_markdown(res))
-    print(section(p))
+    print(int8_section(p))
 
 
 if __name__ == "__main__":

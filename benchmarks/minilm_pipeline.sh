@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default end to end on the CPU: packaged all-MiniLM-L6-v2, shipped corpus split into
 # 4,000 sentences to learn from and 1,000 held out; search to 30% FLOPs, compact, distill, eval.
+# Writes benchmarks/results/minilm_pipeline.json (the eval report) and minilm_pipeline.txt (its table); the runs
+# go under runs/pipeline/.
 # Usage (repo root, after `make setup`): bash benchmarks/minilm_pipeline.sh   (~15 min on 2 cores)
 set -euo pipefail
 PK=${PK:-.venv/bin/prunekit}

@@ -8,9 +8,10 @@ the 1,000 test sentences through each backend; static int8 calibrates on 128 tra
 (never the test ones). Then ``prunekit bench`` times both models on the same backends on the
 test sentences' real lengths (batches of 16 padded to their longest; the compact model also on its
 padding-free ``torch-bf16-packed``), after waiting for a quiet machine as ``cpu_best.py`` does, so
-each accuracy stands next to its speed. Writes ``benchmarks/results/precision_accuracy.{json,md}``.
+each accuracy stands next to its speed. Writes ``benchmarks/results/precision_accuracy.{json,md}``
+(``-o`` for another folder).
 
-    python benchmarks/precision_accuracy.py          # ~4 min on 2 quiet cores
+    .venv/bin/python benchmarks/precision_accuracy.py          # the published tables (~4 min on 2 quiet cores)
 """
 from __future__ import annotations
 
@@ -21,17 +22,14 @@ import time
 from pathlib import Path
 
 import torch
+from timing import Contention, wait_quiet
+
+from prunekit.bench import BenchSettings, bench, format_best
+from prunekit.evaluate import EvalSettings, evaluate, format_table
+from prunekit.io import atomic_write_text
+from prunekit.system import system_info
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from cpu_best import Contention, wait_quiet  # noqa: E402
-from prunekit.bench import BenchSettings, bench, format_best  # noqa: E402
-from prunekit.system import system_info  # noqa: E402
-from prunekit.evaluate import evaluate, format_table  # noqa: E402
-from prunekit.io import atomic_write_text  # noqa: E402
-
 BACKENDS = ("torch-sdpa", "torch-bf16", "compile-bf16", "ort-fp32", "ort-int8", "ort-int8-static")
 COMPACT_ONLY = ("torch-bf16-packed", "compile-bf16-packed")  # the compact model's padding-free paths
 
@@ -54,11 +52,11 @@ def main() -> None:
         sys.exit(f"missing {', '.join(missing)}: run `python benchmarks/distill_recovery.py --runs {runs}` first")
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    report = evaluate([str(runs / "teacher"), str(runs / "search-distilled")], str(runs / "data" / "test.jsonl"),
-                      backends=a.backends, calibration=str(runs / "data" / "train.jsonl"), max_length=128)
+    report = evaluate(EvalSettings([str(runs / "teacher"), str(runs / "search-distilled")], data=str(runs / "data" / "test.jsonl"),
+                                   backends=a.backends, calibration=str(runs / "data" / "train.jsonl"), max_length=128))
     # The compact model's padding-free paths (an original has none): scored against its fp32 too.
-    packed = evaluate([str(runs / "search-distilled")], str(runs / "data" / "test.jsonl"),
-                      backends=["torch-sdpa", *COMPACT_ONLY], max_length=128)
+    packed = evaluate(EvalSettings([str(runs / "search-distilled")], data=str(runs / "data" / "test.jsonl"),
+                                   backends=["torch-sdpa", *COMPACT_ONLY], max_length=128))
     report["models"] += [row for row in packed["models"] if row["backend"] in COMPACT_ONLY]
     print(format_table(report), flush=True)
     speed = None
@@ -86,7 +84,7 @@ def main() -> None:
     rows = ["| model | backend | dtype | test accuracy | change vs its fp32 | F1 | sentences/s |", "|---|---|---|---|---|---|---|"]
     for row in report["models"]:
         r = row["results"]["dev"]
-        who = "teacher (MiniLM-L6, fine-tuned)" if row["type"] == "teacher" else f"compact 30% FLOPs, distilled"
+        who = "teacher (MiniLM-L6, fine-tuned)" if row["type"] == "teacher" else "compact 30% FLOPs, distilled"
         d = r.get("primary_delta")
         rows.append(f"| {who} | {row['backend']} | {row['dtype']} | {r['metrics']['accuracy']:.4f} | "
                     f"{'-' if d is None else f'{100 * d:+.1f} pt'} | {r['metrics'].get('f1', float('nan')):.4f} | "

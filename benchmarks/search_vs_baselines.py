@@ -6,37 +6,31 @@ the unpruned teacher on the held-out 20%: the Spearman correlation between the p
 similarities of the pruned and the teacher embeddings (does it rank sentence pairs the same way?)
 and the mean cosine between each sentence's pruned and teacher embedding.
 
-    python benchmarks/search_vs_baselines.py            # ~25 min on 2 CPU cores
-    python benchmarks/search_vs_baselines.py --targets 0.3 --steps 100   # a quick look
+Writes ``benchmarks/results/search_vs_baselines.{json,md}`` (``--out`` for another path stem; the
+search runs go under ``--runs``, default ``runs/bench-search``). From the repo root:
+
+    .venv/bin/python benchmarks/search_vs_baselines.py            # the published table (~25 min on 2 CPU cores)
+    .venv/bin/python benchmarks/search_vs_baselines.py --targets 0.3 --steps 100 --out /tmp/svb   # a quick look
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from prunekit.data import load_data
-from prunekit.fidelity import masked_outputs, compare_outputs
+from prunekit.io import atomic_write_text
 from prunekit.models import load_teacher
+from prunekit.scoring import compare_outputs, masked_outputs
 from prunekit.search import SearchSettings, search
+from prunekit.system import cpu_info
 
 # "search" trains the weights jointly with the gates (the default); "search-frozen" learns only the
 # gates (--freeze-weights). Every architecture is scored on the teacher's own weights.
 METHODS = ("search", "search-frozen", "head-importance", "magnitude", "random")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -87,12 +81,11 @@ def main() -> None:
 
     meta = {
         "model": "all-MiniLM-L6-v2 (packaged)", "train_sentences": len(train), "held_out_sentences": len(held),
-        "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+        "cpu": cpu_info()["model"], "threads": torch.get_num_threads(),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "search_epochs": args.epochs, "search_steps": args.steps,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         "| target | method | FLOPs ratio | similarity Spearman | mean cosine | heads per layer | FFN width per layer |",
         "|---|---|---|---|---|---|---|",
@@ -100,7 +93,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['target']} | {r['method']} | {r['flops_ratio']:.3f} | {r['similarity_spearman']:.3f} | {r['mean_cosine']:.3f} | {r['heads']} | {r['ffn']} |")
     md = "\n".join(lines) + "\n\n" + ", ".join(f"{k}: {v}" for k, v in meta.items()) + "\n"
-    out.with_suffix(".md").write_text(md)
+    atomic_write_text(out.with_suffix(".md"), md)
     print(md)
 
 
