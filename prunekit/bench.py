@@ -178,8 +178,10 @@ def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, 
     return out
 
 
-def bench(s: BenchSettings) -> dict:
-    """Run the benchmark; returns the results dict (see :func:`format_table` for the rows)."""
+def _checked(s: BenchSettings) -> BenchSettings:
+    """The settings checked (one line each), with the device resolved once ("auto" -> cpu or cuda)."""
+    from .distributed import resolve_device
+
     if not s.models:
         raise PrunekitError("give at least one model dir (the original first, then compact ones)")
     for name in ("batch", "repeats", "num_batches"):
@@ -187,35 +189,16 @@ def bench(s: BenchSettings) -> dict:
             raise PrunekitError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(s, name)}")
     if s.warmup < 0:
         raise PrunekitError(f"--warmup must be >= 0, got {s.warmup}")
-    from .distributed import resolve_device
-
-    s = replace(s, device=str(resolve_device(s.device)))  # "auto" -> cpu or cuda, once, for everything below
+    s = replace(s, device=str(resolve_device(s.device)))
     if s.threads is not None and s.threads < 1:
         raise PrunekitError(f"--threads must be >= 1, got {s.threads}")
-    notes: list = []
-    backends = _check_backends(s, notes)
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    device = s.device
-    names = _unique_names(s.models)
-    loaded = [load_model_dir(m) for m in s.models]
-    late = next((n for n, lm in zip(names[1:], loaded[1:]) if not lm.is_compact), None)
-    if loaded[0].is_compact and late is not None:  # speedups are over the first model: the original goes first
-        raise PrunekitError(f"give the original model first: {s.models[0]} is a compact model, {late} an original")
-    vocab = {lm.config.vocab_size for lm in loaded}
-    if len(vocab) > 1:
-        raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
-    batches = _batches(s, loaded, device)
-    sentences = sum(b["input_ids"].shape[0] for b in batches)
-    models_info = []
-    for name, lm in zip(names, loaded):
-        models_info.append({"name": name, "path": str(lm.path), "compact": lm.is_compact, "kind": lm.kind,
-                            "params": sum(p.numel() for p in lm.compact_view.parameters()),
-                            "heads_per_layer": list(lm.config.num_heads_per_layer),
-                            "ffn_per_layer": list(lm.config.intermediate_sizes),
-                            "flops": _flops(lm, batches, s.fvcore, notes, name)})
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as tmp:
+    return s
+
+
+def _time(s: BenchSettings, backends: list, names: list, loaded: list, batches: list, notes: list) -> list:
+    """Every runner that can run here, warmed up, then timed over ``s.repeats`` repeats interleaved
+    (every runner once per repeat, so a change in the machine's load reaches them all alike)."""
+    with tempfile.TemporaryDirectory(prefix="prunekit-bench-") as tmp:  # the runners' exported files
         runners = []
         for backend in backends:
             for name, lm in zip(names, loaded):
@@ -242,15 +225,19 @@ def bench(s: BenchSettings) -> dict:
             if r.captures and r.captures() > before:
                 notes.append(f"{r.model} {r.backend}: {r.captures() - before} CUDA graph capture(s) inside the timed repeats "
                              "(a batch shape the warm-up did not run): its times include them; use --warmup 1 or more")
-    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return runners
 
+
+def _rows(runners: list, models_info: list, names: list, num_batches: int, sentences: int, notes: list) -> list:
+    """One row per runner: latency, throughput, size, FLOPs, and the speedup over the first model on
+    the same backend (a compact-only backend against its counterpart), and over its FLOPs speedup."""
     rows = []
     by_name = {m["name"]: m for m in models_info}
     for r in runners:
         med = statistics.median(r.times)
         m = by_name[r.model]
-        rows.append({"model": r.model, "backend": r.backend, "dtype": r.dtype, "latency_median_ms": 1e3 * med / len(batches),
-                     "latency_p90_ms": 1e3 * float(np.percentile(r.times, 90)) / len(batches),
+        rows.append({"model": r.model, "backend": r.backend, "dtype": r.dtype, "latency_median_ms": 1e3 * med / num_batches,
+                     "latency_p90_ms": 1e3 * float(np.percentile(r.times, 90)) / num_batches,
                      "sentences_per_s": sentences / med, "size_bytes": r.size_bytes, "params": m["params"],
                      "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
     notes.extend(noise_notes(rows))
@@ -261,6 +248,39 @@ def bench(s: BenchSettings) -> dict:
         row["speedup"] = row["sentences_per_s"] / base["sentences_per_s"] if base else None
         row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"]
         row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] else None
+    return rows
+
+
+def bench(s: BenchSettings) -> dict:
+    """Run the benchmark; returns the results dict (see :func:`format_table` for the rows)."""
+    s = _checked(s)
+    notes: list = []
+    backends = _check_backends(s, notes)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = s.device
+    names = _unique_names(s.models)
+    loaded = [load_model_dir(m) for m in s.models]
+    late = next((n for n, lm in zip(names[1:], loaded[1:]) if not lm.is_compact), None)
+    if loaded[0].is_compact and late is not None:  # speedups are over the first model: the original goes first
+        raise PrunekitError(f"give the original model first: {s.models[0]} is a compact model, {late} an original")
+    vocab = {lm.config.vocab_size for lm in loaded}
+    if len(vocab) > 1:
+        raise PrunekitError(f"the models have different vocabularies ({sorted(vocab)}): compare models of one base model")
+    batches = _batches(s, loaded, device)
+    sentences = sum(b["input_ids"].shape[0] for b in batches)
+    models_info = []
+    for name, lm in zip(names, loaded):
+        models_info.append({"name": name, "path": str(lm.path), "compact": lm.is_compact, "kind": lm.kind,
+                            "params": sum(p.numel() for p in lm.compact_view.parameters()),
+                            "heads_per_layer": list(lm.config.num_heads_per_layer),
+                            "ffn_per_layer": list(lm.config.intermediate_sizes),
+                            "flops": _flops(lm, batches, s.fvcore, notes, name)})
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    runners = _time(s, backends, names, loaded, batches, notes)
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    rows = _rows(runners, models_info, names, len(batches), sentences, notes)
     return {"settings": asdict(s), "system": system_info(device), "threads": torch.get_num_threads(),
             "load_average": {"start": load_start, "end": load_end}, "mode": "real-lengths" if s.real_lengths else "fixed",
             "batches": [list(b["input_ids"].shape) for b in batches], "sentences_per_repeat": sentences,

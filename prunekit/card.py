@@ -105,7 +105,8 @@ def model_dir_of(onnx_file: Path) -> Optional[Path]:
 
 def render_card(model_dir: Path, name: Optional[str] = None) -> str:
     """The card's text for ``model_dir`` (a compact or distilled model dir), called ``name`` (default:
-    the dir's name), from the files in it alone."""
+    the dir's name), from the files in it alone. (Over 80 lines: it reads top to bottom as the card
+    does, one section after another; split, the template would be scattered over helpers.)"""
     from huggingface_hub import ModelCard, ModelCardData
 
     compact = read_json(model_dir / "compact_report.json") if (model_dir / "compact_report.json").is_file() else None

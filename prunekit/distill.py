@@ -29,6 +29,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,7 @@ from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 from .portable import write_sentence_transformers_files
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
-from .training import LossScale, NonFiniteGuard, check_total_steps, skipped_in
+from .training import APPLIED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
 
@@ -441,42 +442,50 @@ def distill(
     teacher: Teacher | None = None,
     train_data=None,
     dev_data=None,
-    _interrupt_after: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> DistillResult:
     """Distil a compact model dir into a new compact model dir (written atomically). The CLI's entry point.
 
     Under torchrun / accelerate launch with N processes it runs data-parallel (:mod:`prunekit.distributed`):
     ``batch_size`` is the global batch, each process takes 1/N of it; rank 0 evaluates on the dev data
-    and writes the run dir (the result on the other ranks has no dev metrics)."""
+    and writes the run dir (the result on the other ranks has no dev metrics). ``on_step(step)``:
+    called after every step, once its evaluation and checkpoint (if due) are written."""
     settings.validate()
     with launched(settings.device) as (world, device):
         if settings.batch_size < world.size:
             raise PrunekitError(f"--batch-size {settings.batch_size} is the global batch, shared by {world.size} processes: give at least {world.size}")
-        return _distill(settings, world, device, force, resume, progress, teacher, train_data, dev_data, _interrupt_after)
+        out = Path(settings.output_dir)
+        if Path(settings.student).resolve() == out.resolve():
+            raise PrunekitError("the output directory is the student's own directory: choose another -o")
+        with run_work_dir(out, settings, world, force=force, resume=resume, resume_free=_RESUME_FREE, options=RESUME_OPTIONS,
+                          resumable=(AUGMENTED_CACHE,)) as changed:
+            run = _Run(settings, world, device, partial_dir(out), progress)
+            run.inputs = _inputs(settings, teacher, train_data, dev_data)  # every input checked before any work
+            on_main(world, lambda: start_work_dir(run.work, settings.to_json()))
+            run.prepare()
+            run.train(resume, changed, on_step)
+            result = run.result()
+            on_main(world, lambda: run.write_output(out, force or resume))
+            return result
 
 
-def _distill(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
-             teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None) -> DistillResult:
-    out = Path(settings.output_dir)
-    if Path(settings.student).resolve() == out.resolve():
-        raise PrunekitError("the output directory is the student's own directory: choose another -o")
-    with run_work_dir(out, settings, world, force=force, resume=resume, resume_free=_RESUME_FREE, options=RESUME_OPTIONS,
-                      resumable=(AUGMENTED_CACHE,)) as changed:
-        return _distill_locked(settings, world, device, force, resume, progress, teacher, train_data, dev_data, _interrupt_after, changed)
+@dataclass
+class _Inputs:
+    """What a run starts from, every one checked: the student, its teacher, the data."""
+
+    student: CompactBertPreTrainedModel
+    student_dir: Path
+    student_tok: object  # the student dir's own tokenizer, if it has one
+    teacher: Teacher
+    kind: str
+    train: object  # TextDataset, labels in the teacher's class ids
+    dev: object
 
 
-def _distill_locked(settings: DistillSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
-                    teacher: Teacher | None, train_data, dev_data, _interrupt_after: int | None, changed: dict) -> DistillResult:
-    """The run, with its output locked and its work dir checked (:func:`prunekit.run_dir.run_work_dir`)."""
-    from tqdm.auto import tqdm
-
-    from .search import _autocast
-
-    out = Path(settings.output_dir)
+def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_data) -> _Inputs:
+    """Load and check the student, the data and the teacher: everything that can be wrong with the
+    inputs fails here, before any work."""
     student_dir = Path(settings.student)
-    work = partial_dir(out)
-
-    # Everything that can be wrong with the inputs fails before any work: student, data, teacher.
     if not student_dir.is_dir():
         raise PrunekitError(f"student model directory not found: {student_dir} (give what `prunekit compact` wrote)")
     student = _quiet(load_compact, student_dir)
@@ -515,188 +524,204 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
         raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {len(dev)} in the dev data ({where}): {fix}")
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
-
     stage_steps(settings, {1: len(train), 2: len(train)})  # an absurd epoch count fails now (augmentation only adds steps)
-    on_main(world, lambda: start_work_dir(work, settings.to_json()))
-    teacher.model.to(device).eval()
-    student.to(device)
-    if settings.dropout is not None:
-        set_dropout(student, settings.dropout)
-    tokenizer = teacher.tokenizer
-    backend = student.config.backend
-    fast_backend = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
+    return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev)
 
-    plain = encode(train, tokenizer, settings.max_length)
-    plain_orig = torch.ones(len(plain), dtype=torch.bool)
-    aug_enc, aug_orig = plain, plain_orig
-    if settings.augments(1) or settings.augments(2):  # made (or read from its cache) on rank 0, sent to the others
-        aug = broadcast_object(on_main(world, lambda: _augmented(settings, train, teacher, work, device, progress)), world)
-        aug_enc = encode(aug.dataset, tokenizer, settings.max_length)
-        aug_orig = torch.tensor(aug.is_original, dtype=torch.bool)
-    stage_data = {1: (aug_enc, aug_orig) if settings.augments(1) else (plain, plain_orig),
-                  2: (aug_enc, aug_orig) if settings.augments(2) else (plain, plain_orig)}
-    bs = settings.batch_size
-    steps = stage_steps(settings, {st: len(stage_data[st][0]) for st in (1, 2)})
-    s1, total = steps[1], steps[1] + steps[2]
-    per_epoch2 = max(1, math.ceil(len(stage_data[2][0]) / bs))
 
-    dev_enc = encode(dev, tokenizer, settings.max_length)
-    student.config.backend = fast_backend
-    metric, teacher_dev, before, teacher_dev_out = "", {}, {}, None
-    if world.main:  # the dev metric picks the best checkpoint, which rank 0 keeps
-        teacher_dev_out = predict(teacher.model, kind, dev_enc, device, settings.eval_batch_size)
-        metric, teacher_dev = dev_metrics(kind, teacher_dev_out, teacher_dev_out, dev)
-        _, before = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
+FAST_BACKEND = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
 
-    ckpt_root, log_path = work / "checkpoints", work / "distill_log.jsonl"
-    start, history = 0, []
-    best = {"step": None, "stage": None, "value": None, "metrics": None}
-    opt_state = None
-    found = latest_checkpoint(ckpt_root, world) if resume else None
-    if found is not None:
-        start, tensors, meta = found
-        with restoring(ckpt_root):
-            student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-            best = meta["best"]
-        opt_state = (tensors, meta)
-        log.info("resuming from step %d", start)
-    history = on_main(world, lambda: restart_log(log_path, start, changed)) or []  # [] on the other ranks
-    # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
-    train_model = student
-    if world.distributed:
-        train_model = data_parallel(student, device, find_unused_parameters=True)
 
-    stage_now, opt, order, bar = None, None, None, None
-    guard = NonFiniteGuard(settings.max_nan_steps, "a lower --stage1-lr / --stage2-lr, or --mixed-precision no", announce=world.main,
-                           skipped=broadcast_object(skipped_in(history), world))
-    # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
-    scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
-    scaler.scale, scaler.good, scaler.overflows = broadcast_object((scaler.scale, scaler.good, scaler.overflows), world)
-    scaler.announce_overflow = world.main
-    kept_heads = [list(h) for h in student.config.kept_heads]
-    with open_log(log_path, world) as log_file:
-        for step in range(start, total):
-            stage = 1 if step < s1 else 2
-            if stage != stage_now:  # set up the stage: optimizer (restored if resuming inside it), data, bar
-                if bar is not None:
-                    bar.close()
-                stage_now, base = stage, (0 if stage == 1 else s1)
-                lr = settings.stage1_lr if stage == 1 else settings.stage2_lr
-                # Weight decay on matrices only (not biases, LayerNorms), as BERT fine-tuning does.
-                params = [p for p in student.parameters() if p.requires_grad]
-                groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
-                          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-                opt = torch.optim.AdamW(groups, lr=lr)
-                prefix = f"opt{stage}"
-                if opt_state is not None and prefix in opt_state[1]:
-                    with restoring(ckpt_root):
-                        restore_optimizer(prefix, opt, *opt_state)
-                opt_state = None
-                data, orig = stage_data[stage]
-                order = batch_order(len(data), bs, settings.seed + stage, start_step=step - base, shuffle=True)
-                desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
-                bar = tqdm(total=steps[stage], initial=step - base, disable=not (progress and world.main), desc=desc, unit="step",
-                           dynamic_ncols=True)
-                student.config.backend = "eager" if stage == 1 else fast_backend
-            factor = lr_factor(step - base, steps[stage], settings.warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr * factor
-            # Dropout depends on the step (and the process) only: resumable.
-            torch.manual_seed(settings.seed * 1_000_003 + step + 1_000_000_007 * world.rank)
-            student.train()
-            idx = next(order)  # the global batch; this process takes its share
-            mine, real = shard(idx, world)
-            batch = {k: v.to(device) for k, v in collate(data, mine.tolist()).items()}
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-            # Means over the global batch (its real tokens, examples, original examples), so the shares add up.
-            glob = idx.tolist() if world.distributed else None
-            with _autocast(device, settings.mixed_precision):
-                if stage == 1:
-                    with torch.no_grad():
-                        t_out = teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
-                    s_out = train_model(**inputs, output_hidden_states=True, output_attentions=True)
-                    tokens = sum(len(data.input_ids[i]) for i in glob) if glob else None
-                    loss, parts = intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], settings, tokens)
-                else:
-                    with torch.no_grad():
-                        t_pred = model_output(teacher.model, kind, inputs)
-                    s_pred = model_output(train_model, kind, inputs)
-                    loss, parts = prediction_loss(kind, s_pred, t_pred, settings, batch.get("labels"), orig[mine].to(device),
-                                                  len(glob) if glob else None, int(orig[idx].sum()) if glob else None)
-            opt.zero_grad(set_to_none=True)
-            done = step + 1
-            scaler.backward(loss * (world.size * float(real)))  # DDP averages: the sum of the shares
-            loss, parts, loss_finite = _reduce_shares(loss * float(real), parts, real, world)
-            scaler.unscale_(params)
-            # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
-            norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf)
-            why = guard.reason(loss_finite, grad_norm=norm)
-            if scaler.overflowed(loss_finite, why is None):  # nothing applied; a smaller scale next
-                record = {**scaler.overflow_record(done), "stage": stage}
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-            elif why is not None:  # nothing is applied: weights and optimizer moments stay as they were
-                record = guard.skip(done, why)
-                history.append({**record, "stage": stage})
-                log_file.write(json.dumps({**record, "stage": stage}) + "\n")
-                guard.stop_if_persistent(done)
-            else:
-                guard.applied()
-                scaler.applied()
-                opt.step()
-                record = {"step": done, "stage": stage, "loss": round(loss, 6), **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor,
-                          **scaler.record()}
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            bar.update(1)
-            # Rank 0 alone evaluates and writes; on_main tells every rank if that fails (a full disk),
-            # so none is left waiting in the next step's collective.
-            if is_eval_point(done, s1, steps[2], per_epoch2):
-                def evaluate_dev():
-                    nonlocal best
-                    student.config.backend = fast_backend
-                    _, m = dev_metrics(kind, predict(student, kind, dev_enc, device, settings.eval_batch_size), teacher_dev_out, dev)
-                    student.config.backend = "eager" if stage == 1 else fast_backend
-                    value = m.get(metric, float("nan"))
-                    rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
-                    history.append(rec)
-                    with run_writes(f"the run log or the best weights of step {done} in {work}"):
-                        log_file.write(json.dumps(rec) + "\n")
-                        if not math.isnan(value) and (best["value"] is None or value > best["value"]):
-                            _save_best(work, student, done)
-                            best = {"step": done, "stage": stage, "value": value, "metrics": m}
-                        log_file.flush()
+class _Run:
+    """One distillation run: :meth:`prepare` (devices, the stages' data, the dev set), :meth:`train`
+    (both stages, checkpoints, the best weights by the dev metric), :meth:`write_output` (rank 0)."""
 
-                on_main(world, evaluate_dev)
-            if done % settings.checkpoint_every == 0 or done == s1 or done == total:
-                def checkpoint():
-                    if guard.streak:  # not in the middle of a run of skipped steps
-                        return
-                    with run_writes(f"the run log or checkpoint of step {done} in {work}"):
-                        log_file.flush()
-                        tensors = {f"student.{k}": v for k, v in student.state_dict().items()}
-                        meta = {"best": best}
-                        flatten_optimizer(f"opt{stage}", opt, tensors, meta)
-                        write_checkpoint(ckpt_root, done, tensors, meta)
-                        _drop_unneeded_best(work, ckpt_root, best)
+    def __init__(self, settings: DistillSettings, world: World, device: torch.device, work: Path, progress: bool):
+        self.s, self.world, self.device, self.work, self.progress = settings, world, device, work, progress
+        self.inputs: _Inputs | None = None
+        self.best = {"step": None, "stage": None, "value": None, "metrics": None}
+        self.metric, self.teacher_dev, self.before, self.teacher_dev_out = "", {}, {}, None
+        self.history: list[dict] = []
+        self.book: StepBook | None = None
 
-                on_main(world, checkpoint)
-            if _interrupt_after is not None and done >= _interrupt_after:
-                raise KeyboardInterrupt  # tests: simulate a kill after this step
-    if bar is not None:
-        bar.close()
-    student.config.backend = backend
-    student.eval().to("cpu")
-    teacher.model.to("cpu")
-    skipped = guard.skipped
-    result = DistillResult(output_dir=out, metric=metric, teacher_dev=teacher_dev, before=before, best=best, steps=total, log=history,
-                           skipped_steps=skipped, overflow_steps=scaler.overflows)
+    # -- set-up ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        s, inp, world, device = self.s, self.inputs, self.world, self.device
+        inp.teacher.model.to(device).eval()
+        inp.student.to(device)
+        if s.dropout is not None:
+            set_dropout(inp.student, s.dropout)
+        self.backend = inp.student.config.backend
+        tokenizer = inp.teacher.tokenizer
+        self.plain = encode(inp.train, tokenizer, s.max_length)
+        plain_orig = torch.ones(len(self.plain), dtype=torch.bool)
+        self.aug_enc, aug_orig = self.plain, plain_orig
+        if s.augments(1) or s.augments(2):  # made (or read from its cache) on rank 0, sent to the others
+            aug = broadcast_object(on_main(world, lambda: _augmented(s, inp.train, inp.teacher, self.work, device, self.progress)), world)
+            self.aug_enc = encode(aug.dataset, tokenizer, s.max_length)
+            aug_orig = torch.tensor(aug.is_original, dtype=torch.bool)
+        self.stage_data = {st: (self.aug_enc, aug_orig) if s.augments(st) else (self.plain, plain_orig) for st in (1, 2)}
+        self.steps = stage_steps(s, {st: len(self.stage_data[st][0]) for st in (1, 2)})
+        self.s1, self.total = self.steps[1], self.steps[1] + self.steps[2]
+        self.per_epoch2 = max(1, math.ceil(len(self.stage_data[2][0]) / s.batch_size))
+        self.dev_enc = encode(inp.dev, tokenizer, s.max_length)
+        inp.student.config.backend = FAST_BACKEND
+        if world.main:  # the dev metric picks the best checkpoint, which rank 0 keeps
+            self.teacher_dev_out = predict(inp.teacher.model, inp.kind, self.dev_enc, device, s.eval_batch_size)
+            self.metric, self.teacher_dev = dev_metrics(inp.kind, self.teacher_dev_out, self.teacher_dev_out, inp.dev)
+            self.before = self.dev_score()
 
-    def write_output() -> None:
-        """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record."""
+    def dev_score(self) -> dict:
+        inp = self.inputs
+        student_out = predict(inp.student, inp.kind, self.dev_enc, self.device, self.s.eval_batch_size)
+        return dev_metrics(inp.kind, student_out, self.teacher_dev_out, inp.dev)[1]
+
+    def _stage_optimizer(self, stage: int, opt_state, ckpt_root: Path) -> torch.optim.Optimizer:
+        """AdamW for ``stage``, restored when a resumed run stopped inside it. Weight decay on
+        matrices only (not biases, LayerNorms), as BERT fine-tuning does."""
+        s = self.s
+        params = [p for p in self.inputs.student.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=s.stage1_lr if stage == 1 else s.stage2_lr)
+        if opt_state is not None and f"opt{stage}" in opt_state[1]:
+            with restoring(ckpt_root):
+                restore_optimizer(f"opt{stage}", opt, *opt_state)
+        return opt
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self, resume: bool, changed: dict, on_step: Callable[[int], None] | None) -> None:
+        from tqdm.auto import tqdm
+
+        s, inp, world, device = self.s, self.inputs, self.world, self.device
+        student = inp.student
+        ckpt_root, log_path = self.work / "checkpoints", self.work / "distill_log.jsonl"
+        start, opt_state = 0, None
+        found = latest_checkpoint(ckpt_root, world) if resume else None
+        if found is not None:
+            start, tensors, meta = found
+            with restoring(ckpt_root):
+                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+                self.best = meta["best"]
+            opt_state = (tensors, meta)
+            log.info("resuming from step %d", start)
+        self.history = on_main(world, lambda: restart_log(log_path, start, changed)) or []  # [] on the other ranks
+        # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
+        train_model = data_parallel(student, device, find_unused_parameters=True) if world.distributed else student
+        stage_now, opt, order, bar = None, None, None, None
+        kept_heads = [list(h) for h in student.config.kept_heads]
+        with open_log(log_path, world) as log_file:
+            self.book = book = StepBook(self.history, log_file, world, s.mixed_precision, s.max_nan_steps,
+                                        "a lower --stage1-lr / --stage2-lr, or --mixed-precision no")
+            for step in range(start, self.total):
+                stage = 1 if step < self.s1 else 2
+                if stage != stage_now:  # set up the stage: optimizer (restored if resuming inside it), data, bar
+                    if bar is not None:
+                        bar.close()
+                    stage_now, base = stage, (0 if stage == 1 else self.s1)
+                    opt, opt_state = self._stage_optimizer(stage, opt_state, ckpt_root), None
+                    lr = s.stage1_lr if stage == 1 else s.stage2_lr
+                    params = [p for p in student.parameters() if p.requires_grad]
+                    data, orig = self.stage_data[stage]
+                    order = batch_order(len(data), s.batch_size, s.seed + stage, start_step=step - base, shuffle=True)
+                    desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
+                    bar = tqdm(total=self.steps[stage], initial=step - base, disable=not (self.progress and world.main), desc=desc,
+                               unit="step", dynamic_ncols=True)
+                    student.config.backend = "eager" if stage == 1 else FAST_BACKEND
+                factor = lr_factor(step - base, self.steps[stage], s.warmup)
+                for g in opt.param_groups:
+                    g["lr"] = lr * factor
+                # Dropout depends on the step (and the process) only: resumable.
+                torch.manual_seed(s.seed * 1_000_003 + step + 1_000_000_007 * world.rank)
+                student.train()
+                idx = next(order)  # the global batch; this process takes its share
+                mine, real = shard(idx, world)
+                loss, parts = self._loss(stage, train_model, data, orig, idx, mine, kept_heads)
+                opt.zero_grad(set_to_none=True)
+                done = step + 1
+                book.scaler.backward(loss * (world.size * float(real)))  # DDP averages: the sum of the shares
+                loss, parts, loss_finite = _reduce_shares(loss * float(real), parts, real, world)
+                book.scaler.unscale_(params)
+                # The norm is computed anyway (clipping); a NaN/inf one means a non-finite gradient.
+                norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
+                if book.settle(done, loss_finite, NonFiniteGuard.reason(loss_finite, grad_norm=norm), {"stage": stage}) == APPLIED:
+                    opt.step()
+                    record = book.applied({"step": done, "stage": stage, "loss": round(loss, 6),
+                                           **{k: round(v, 6) for k, v in parts.items()}, "lr": lr * factor})
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                bar.update(1)
+                # Rank 0 alone evaluates and writes; on_main tells every rank if that fails (a full disk),
+                # so none is left waiting in the next step's collective.
+                if is_eval_point(done, self.s1, self.steps[2], self.per_epoch2):
+                    on_main(world, lambda: self._evaluate_dev(done, stage, log_file))
+                if done % s.checkpoint_every == 0 or done == self.s1 or done == self.total:
+                    on_main(world, lambda: self._checkpoint(done, stage, opt, log_file, ckpt_root))
+                if on_step is not None:
+                    on_step(done)
+        if bar is not None:
+            bar.close()
+        student.config.backend = self.backend
+        student.eval().to("cpu")
+        inp.teacher.model.to("cpu")
+
+    def _loss(self, stage: int, train_model, data, orig, idx, mine, kept_heads) -> tuple[torch.Tensor, dict]:
+        """This process's share of the step's loss, and its parts: the layers (stage 1) or the
+        predictions (stage 2), as means over the global batch so the shares add up."""
+        s, inp, device = self.s, self.inputs, self.device
+        batch = {k: v.to(device) for k, v in collate(data, mine.tolist()).items()}
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        glob = idx.tolist() if self.world.distributed else None  # the global batch's real tokens, examples, originals
+        with autocast(device, s.mixed_precision):
+            if stage == 1:
+                with torch.no_grad():
+                    t_out = inp.teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
+                s_out = train_model(**inputs, output_hidden_states=True, output_attentions=True)
+                tokens = sum(len(data.input_ids[i]) for i in glob) if glob else None
+                return intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], s, tokens)
+            with torch.no_grad():
+                t_pred = model_output(inp.teacher.model, inp.kind, inputs)
+            s_pred = model_output(train_model, inp.kind, inputs)
+            return prediction_loss(inp.kind, s_pred, t_pred, s, batch.get("labels"), orig[mine].to(device),
+                                   len(glob) if glob else None, int(orig[idx].sum()) if glob else None)
+
+    def _evaluate_dev(self, done: int, stage: int, log_file) -> None:
+        """The dev metric after step ``done``; the best weights so far kept in the work dir (rank 0)."""
+        student = self.inputs.student
+        student.config.backend = FAST_BACKEND
+        m = self.dev_score()
+        student.config.backend = "eager" if stage == 1 else FAST_BACKEND
+        value = m.get(self.metric, float("nan"))
+        rec = {"step": done, "stage": stage, "dev": {k: round(v, 6) for k, v in m.items()}}
+        self.history.append(rec)
+        with run_writes(f"the run log or the best weights of step {done} in {self.work}"):
+            log_file.write(json.dumps(rec) + "\n")
+            if not math.isnan(value) and (self.best["value"] is None or value > self.best["value"]):
+                _save_best(self.work, student, done)
+                self.best = {"step": done, "stage": stage, "value": value, "metrics": m}
+            log_file.flush()
+
+    def _checkpoint(self, done: int, stage: int, opt, log_file, ckpt_root: Path) -> None:
+        if self.book.guard.streak:  # not in the middle of a run of skipped steps
+            return
+        with run_writes(f"the run log or checkpoint of step {done} in {self.work}"):
+            log_file.flush()
+            tensors = {f"student.{k}": v for k, v in self.inputs.student.state_dict().items()}
+            meta = {"best": self.best}
+            flatten_optimizer(f"opt{stage}", opt, tensors, meta)
+            write_checkpoint(ckpt_root, done, tensors, meta)
+            _drop_unneeded_best(self.work, ckpt_root, self.best)
+
+    # -- the outputs -------------------------------------------------------------------------------
+    def result(self) -> DistillResult:
+        return DistillResult(output_dir=Path(self.s.output_dir), metric=self.metric, teacher_dev=self.teacher_dev,
+                             before=self.before, best=self.best, steps=self.total, log=self.history,
+                             skipped_steps=self.book.guard.skipped, overflow_steps=self.book.scaler.overflows)
+
+    def write_output(self, out: Path, overwrite: bool) -> None:
+        """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record (rank 0)."""
         from safetensors.torch import load_file
 
+        s, inp, work, best = self.s, self.inputs, self.work, self.best
+        student, metric = inp.student, self.metric
         if best["step"] is not None:
             try:
                 student.load_state_dict(load_file(str(_best_path(work, best["step"]))))
@@ -707,38 +732,38 @@ def _distill_locked(settings: DistillSettings, world: World, device: torch.devic
                 ) from None
         else:
             log.warning("no dev evaluation gave a number; keeping the last weights")
-        if best["value"] is not None and before.get(metric) is not None and best["value"] < before[metric]:
-            log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"], before[metric])
+        if best["value"] is not None and self.before.get(metric) is not None and best["value"] < self.before[metric]:
+            log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"],
+                        self.before[metric])
         # Assembled in a folder of its own inside the work dir, then renamed into place: a kill before
         # the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
         final = work / "output"
         shutil.rmtree(final, ignore_errors=True)
         final.mkdir()
         _quiet(save_compact, student, final)
-        (student_tok or tokenizer).save_pretrained(final)
-        if kind == "embedding":
-            write_sentence_transformers_files(final, str(student_dir), student.config.hidden_size, settings.max_length)
+        (inp.student_tok or inp.teacher.tokenizer).save_pretrained(final)
+        if inp.kind == "embedding":
+            write_sentence_transformers_files(final, str(inp.student_dir), student.config.hidden_size, s.max_length)
         for name in ("architecture.json", "compact_report.json"):  # what the student was cut from, and its cost
-            if (student_dir / name).is_file():
-                shutil.copyfile(student_dir / name, final / name)
+            if (inp.student_dir / name).is_file():
+                shutil.copyfile(inp.student_dir / name, final / name)
         for name in ("settings.json", "distill_log.jsonl"):
             shutil.copyfile(work / name, final / name)
+        scaler = self.book.scaler
         report = {
-            "student": str(student_dir), "teacher": teacher.name_or_path, "kind": kind, "metric": metric,
-            "teacher_dev": teacher_dev, "before": before, "best": best, "steps": {"stage1": s1, "stage2": steps[2]},
-            "train_examples": len(plain), "augmented_examples": len(aug_enc) if aug_enc is not plain else 0, "dev_examples": len(dev_enc),
-            "dev_source": dev.source, "skipped_steps": skipped, "command": command_line(),
+            "student": str(inp.student_dir), "teacher": inp.teacher.name_or_path, "kind": inp.kind, "metric": metric,
+            "teacher_dev": self.teacher_dev, "before": self.before, "best": best,
+            "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "train_examples": len(self.plain),
+            "augmented_examples": len(self.aug_enc) if self.aug_enc is not self.plain else 0, "dev_examples": len(self.dev_enc),
+            "dev_source": inp.dev.source, "skipped_steps": self.book.guard.skipped, "command": command_line(),
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }
         atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
         write_card(final, name=out.name)
         if out.exists():
-            check_output_dir(out, force or resume)
+            check_output_dir(out, overwrite)
         publish_dir(final, out)
         shutil.rmtree(work, ignore_errors=True)
-
-    on_main(world, write_output)
-    return result
 
 
 def _reduce_shares(loss: torch.Tensor, parts: dict, real: bool, world: World) -> tuple[float, dict, bool]:

@@ -16,6 +16,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
 from .card import command_line
 from .checkpoint import checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .data import data_key
-from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
+from .distributed import World, all_reduce_sum, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -33,7 +34,7 @@ from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .selection import select_to_budget
-from .training import MAX_TOTAL_STEPS, LossScale, NonFiniteGuard, check_total_steps, grads_finite, skipped_in
+from .training import APPLIED, MAX_TOTAL_STEPS, SKIPPED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
 
@@ -199,18 +200,6 @@ def _checkpoint(log_file, ckpt_root: Path, step: int, alphas: GateLogits, studen
 # ---------------------------------------------------------------- the search
 
 
-def _autocast(device: torch.device, mixed_precision: str):
-    mp = mixed_precision
-    if mp == "auto":
-        mp = "bf16" if device.type == "cuda" else "no"
-    if mp == "no":
-        return torch.autocast(device_type=device.type, enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
-    if dtype is None:
-        raise PrunekitError(f"unknown --mixed-precision {mixed_precision!r}: use auto, no, bf16 or fp16")
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _normalised_mse(student_out: torch.Tensor, teacher_out: torch.Tensor, teacher_batch: torch.Tensor | None = None) -> torch.Tensor:
     """MSE divided by the teacher output's mean square, so that lambda means the same for any head.
 
@@ -229,171 +218,184 @@ def run_gate_search(
     device: torch.device,
     resume: bool,
     progress: bool = True,
-    _interrupt_after: int | None = None,
+    on_step: Callable[[int], None] | None = None,
     world: World = World(),
     changed: dict | None = None,
 ) -> tuple[Architecture, list[dict], int, torch.Tensor, torch.Tensor]:
     """The differentiable search itself; rank 0 writes checkpoints and search_log.jsonl into ``work``.
-    ``changed``: the settings a --resume changed (logged). Returns the architecture, the log, the step
-    count and the final gate logits (head, FFN)."""
-    from tqdm.auto import tqdm
+    ``changed``: the settings a --resume changed (logged); ``on_step(step)``: called after every step
+    that is not skipped for a NaN/inf, once its checkpoint is written. Returns the architecture, the
+    log, the step count and the final gate logits (head, FFN)."""
+    run = _GateSearch(settings, teacher, data, work, device, world)
+    start_step = run.restore(resume, changed)
+    run.loop(start_step, progress, on_step)
+    return run.architecture(), run.history, run.total_steps, run.alphas.head.detach().cpu(), run.alphas.ffn.detach().cpu()
 
-    shape, seq_len = teacher.shape, settings.max_length
-    torch.manual_seed(settings.seed)
-    student = copy.deepcopy(teacher.model).to(device)
-    student.eval()  # dropout off: the gates and the FLOPs loss are the regularisers
-    train_weights = not settings.freeze_weights
-    # The embeddings are never pruned and hold most of a small model's parameters: they stay frozen,
-    # which also keeps the weight update cheap. The encoder layers (and any pooler/classifier) train.
-    for name, p in student.named_parameters():
-        p.requires_grad_(train_weights and ".embeddings." not in f".{name}")
-    gates = Gates(student, shape)
-    alphas = GateLogits(shape, settings.alpha_init).to(device)
-    if settings.alpha_optimizer == "adam":
-        opts = {"opt_alpha": torch.optim.Adam(alphas.parameters(), lr=settings.alpha_lr)}
-    else:
-        opts = {"opt_alpha": torch.optim.SGD(alphas.parameters(), lr=settings.alpha_lr)}
-    if train_weights:
-        opts["opt_weights"] = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
 
-    total_steps = settings.total_steps(len(data))
-    ckpt_root = work / "checkpoints"
-    log_path = work / "search_log.jsonl"
-    start_step, history = 0, []
-    found = latest_checkpoint(ckpt_root, world) if resume else None
-    if found is not None:
-        start_step, tensors, meta = found
-        with restoring(ckpt_root), torch.no_grad():
-            alphas.head.copy_(tensors["alpha.head"])
-            alphas.ffn.copy_(tensors["alpha.ffn"])
-            if train_weights:
-                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
-            for prefix, opt in opts.items():
-                restore_optimizer(prefix, opt, tensors, meta)
-        for prefix, lr in (("opt_alpha", settings.alpha_lr), ("opt_weights", settings.lr)):  # these may change on --resume
-            for g in opts[prefix].param_groups if prefix in opts else ():
-                g["lr"] = lr
-        log.info("resuming from step %d", start_step)
-    history = on_main(world, lambda: restart_log(log_path, start_step, changed)) or []  # [] on the other ranks
-    # Data parallel: DDP averages the weight gradients; the gate logits' are all-reduced below.
-    forward_model = student
-    if world.distributed and train_weights:
-        forward_model = data_parallel(student, device)
+class _GateSearch:
+    """The state of a gate search: the student (a copy of the teacher), its gates, their logits
+    (alphas), the optimizers, and the run log."""
 
-    teacher_out = data.teacher_out
-    full_flops = model_flops(shape, seq_len).total
-    head_share, neuron_share = shape.head_cost(seq_len) / full_flops, shape.neuron_cost(seq_len) / full_flops
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and world.main), desc="search", unit="step", dynamic_ncols=True)
-    trained = [alphas.head, alphas.ffn] + [p for p in student.parameters() if p.requires_grad]
-    guard = NonFiniteGuard(settings.max_nan_steps, "a lower --lr / --alpha-lr, or --mixed-precision no", announce=world.main,
-                           skipped=broadcast_object(skipped_in(history), world))
-    # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
-    scaler = LossScale.from_history(settings.mixed_precision == "fp16", history)
-    scaler.scale, scaler.good, scaler.overflows = broadcast_object((scaler.scale, scaler.good, scaler.overflows), world)
-    scaler.announce_overflow = world.main
-    saved_at = start_step if found is not None else None
-    order = batch_order(len(data), settings.batch_size, settings.seed, start_step=start_step, shuffle=True)
-    with open_log(log_path, world) as log_file:
-        def end_of_step(done: int) -> None:
-            nonlocal saved_at
-            if done % settings.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
-                on_main(world, lambda: _checkpoint(log_file, ckpt_root, done, alphas, student if train_weights else None, opts))
-                saved_at = done
-            if _interrupt_after is not None and done >= _interrupt_after:
-                raise KeyboardInterrupt  # tests: simulate a kill after this step
+    def __init__(self, settings: SearchSettings, teacher: Teacher, data: EncodedData, work: Path, device: torch.device,
+                 world: World):
+        self.s, self.teacher, self.data, self.work, self.device, self.world = settings, teacher, data, work, device, world
+        self.shape, self.seq_len = teacher.shape, settings.max_length
+        torch.manual_seed(settings.seed)
+        self.student = student = copy.deepcopy(teacher.model).to(device)
+        student.eval()  # dropout off: the gates and the FLOPs loss are the regularisers
+        self.train_weights = not settings.freeze_weights
+        # The embeddings are never pruned and hold most of a small model's parameters: they stay frozen,
+        # which also keeps the weight update cheap. The encoder layers (and any pooler/classifier) train.
+        for name, p in student.named_parameters():
+            p.requires_grad_(self.train_weights and ".embeddings." not in f".{name}")
+        self.gates = Gates(student, self.shape)
+        self.alphas = alphas = GateLogits(self.shape, settings.alpha_init).to(device)
+        alpha_opt = torch.optim.Adam if settings.alpha_optimizer == "adam" else torch.optim.SGD
+        self.opts = {"opt_alpha": alpha_opt(alphas.parameters(), lr=settings.alpha_lr)}
+        if self.train_weights:
+            self.opts["opt_weights"] = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.lr,
+                                                         weight_decay=0.0)
+        self.total_steps = settings.total_steps(len(data))
+        self.ckpt_root, self.log_path = work / "checkpoints", work / "search_log.jsonl"
+        self.history: list[dict] = []
+        self.saved_at: int | None = None  # the step of the newest checkpoint
+        self.book: StepBook | None = None
 
-        for step in range(start_step, total_steps):
-            idx = next(order)  # the global batch; this process takes its share
-            local, real = shard(idx, world)
-            batch = {k: v.to(device) for k, v in collate(data, local.tolist()).items()}
-            target = target_at(step + 1, total_steps, settings.target, settings.ramp_fraction)
-            head_p, ffn_p = alphas.probs()
-            with torch.no_grad():
-                hard_h, hard_f = alphas.hard()
-                discrete = float(expected_flops_ratio(shape, seq_len, hard_h, hard_f))
-            with _autocast(device, settings.mixed_precision), gates.active(head_p, ffn_p):
-                out = model_output(forward_model, teacher.kind, batch)
-            mse = _normalised_mse(out, teacher_out[local].to(device), teacher_out[idx].to(device)) * float(real)
-            expected = expected_flops_ratio(shape, seq_len, head_p, ffn_p)
-            cost = flops_loss(expected, discrete, target, settings.tolerance)
-            # Every process adds the (replicated) FLOPs loss; averaging over processes then gives the
-            # sum of the MSE shares plus the FLOPs loss once: the single-process gradient.
-            loss = world.size * mse + settings.lambda_cost * cost
-            for opt in opts.values():
-                opt.zero_grad(set_to_none=True)
-            scaler.backward(loss)
-            mse, loss_finite = _reduce_gate_grads(alphas, mse, bool(torch.isfinite(loss)), world)
-            loss = mse + settings.lambda_cost * cost.detach()
-            loss_ok = loss_finite and bool(torch.isfinite(loss))
-            scaler.unscale_(trained)
-            if scaler.enabled and scaler.overflowed(loss_ok, grads_finite(trained)):  # nothing applied; a smaller scale next
-                record = scaler.overflow_record(step + 1)
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
+    def restore(self, resume: bool, changed: dict | None) -> int:
+        """The step to start from: the newest intact checkpoint's on --resume (alphas, weights and
+        optimizers restored; the learning rates as now given), else 0. Also restarts the run log."""
+        s, alphas, start_step = self.s, self.alphas, 0
+        found = latest_checkpoint(self.ckpt_root, self.world) if resume else None
+        if found is not None:
+            start_step, tensors, meta = found
+            with restoring(self.ckpt_root), torch.no_grad():
+                alphas.head.copy_(tensors["alpha.head"])
+                alphas.ffn.copy_(tensors["alpha.ffn"])
+                if self.train_weights:
+                    self.student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+                for prefix, opt in self.opts.items():
+                    restore_optimizer(prefix, opt, tensors, meta)
+            for prefix, lr in (("opt_alpha", s.alpha_lr), ("opt_weights", s.lr)):  # these may change on --resume
+                for g in self.opts[prefix].param_groups if prefix in self.opts else ():
+                    g["lr"] = lr
+            self.saved_at = start_step
+            log.info("resuming from step %d", start_step)
+        self.history = on_main(self.world, lambda: restart_log(self.log_path, start_step, changed)) or []  # [] on the other ranks
+        return start_step
+
+    def loop(self, start_step: int, progress: bool, on_step: Callable[[int], None] | None) -> None:
+        from tqdm.auto import tqdm
+
+        s, world = self.s, self.world
+        # Data parallel: DDP averages the weight gradients; the gate logits' are all-reduced in the step.
+        self.forward_model = data_parallel(self.student, self.device) if world.distributed and self.train_weights else self.student
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not (progress and world.main), desc="search", unit="step",
+                   dynamic_ncols=True)
+        order = batch_order(len(self.data), s.batch_size, s.seed, start_step=start_step, shuffle=True)
+        with open_log(self.log_path, world) as log_file:
+            self.book = StepBook(self.history, log_file, world, s.mixed_precision, s.max_nan_steps,
+                                 "a lower --lr / --alpha-lr, or --mixed-precision no")
+            for step in range(start_step, self.total_steps):
+                outcome, record = self.step(step, next(order))
+                if record is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{record['discrete_ratio']:.3f}",
+                                    target=f"{record['target']:.3f}", refresh=False)
                 bar.update(1)
-                end_of_step(step + 1)  # routine in fp16: checkpoints go on
-                continue
-            why = guard.reason(loss_ok, trained)
-            if why is not None:  # nothing is applied: alphas, weights and optimizer moments stay as they were
-                record = guard.skip(step + 1, why)
-                history.append(record)
-                log_file.write(json.dumps(record) + "\n")
-                bar.update(1)
-                guard.stop_if_persistent(step + 1)
-                continue
-            guard.applied()
-            scaler.applied()
-            # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
-            # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
-            alphas.head.grad.div_(head_share)
-            alphas.ffn.grad.div_(neuron_share)
-            # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
-            grads = [alphas.head.grad, alphas.ffn.grad]
-            masks = topk_mask(grads, settings.topk_fraction)
-            before = [alphas.head.detach().clone(), alphas.ffn.detach().clone()]
-            for g, m in zip(grads, masks):
-                g.mul_(m)
-            opts["opt_alpha"].step()
-            with torch.no_grad():
-                for p, b, m in zip((alphas.head, alphas.ffn), before, masks):
-                    p.copy_(torch.where(m, p, b))
-            if train_weights:
-                opts["opt_weights"].step()
-            record = {
-                "step": step + 1,
-                "loss": round(loss.item(), 6),
-                "mse": round(mse.item(), 6),
-                "flops_loss": round(cost.item(), 6),
-                "target": round(target, 6),
-                "expected_ratio": round(expected.item(), 6),
-                "discrete_ratio": round(discrete, 6),
-                **scaler.record(),
-            }
-            history.append(record)
-            log_file.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{discrete:.3f}", target=f"{target:.3f}", refresh=False)
-            bar.update(1)
-            end_of_step(step + 1)
-        # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
-        # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
-        if saved_at != total_steps:
-            on_main(world, lambda: _checkpoint(log_file, ckpt_root, total_steps, alphas, student if train_weights else None, opts))
-    bar.close()
-    gates.remove()
+                if outcome == SKIPPED:  # a NaN/inf step: no checkpoint of it
+                    continue
+                done = step + 1
+                if done % s.checkpoint_every == 0:  # rank 0 writes; a failure there reaches every rank
+                    self.checkpoint(log_file, done)
+                if on_step is not None:
+                    on_step(done)
+            # The final state is always checkpointed, even when the last steps were skipped (NaN/inf):
+            # `compact --weights search` takes the weights from the newest checkpoint, next to the final gates.
+            if self.saved_at != self.total_steps:
+                self.checkpoint(log_file, self.total_steps)
+        bar.close()
+        self.gates.remove()
 
-    hard_h, hard_f = alphas.hard()
-    arch = Architecture.from_masks(hard_h, hard_f, {"projected": False})
-    ratio = arch.flops_ratio(shape, seq_len)
-    lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
-    if not lo <= ratio <= hi:
-        # The band is a promise: when the gates end outside it, keep the groups with the largest alpha
-        # until the budget is met (a threshold on alpha instead of 0).
-        log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
-        arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, settings.target, {"projected": True, "gate_ratio": ratio})
-    arch.meta["skipped_steps"] = guard.skipped  # non-finite loss or gradients, before a resume too
-    if scaler.enabled:
-        arch.meta["overflow_steps"] = scaler.overflows  # fp16 loss scaling's skipped steps
-    return arch, history, total_steps, alphas.head.detach().cpu(), alphas.ffn.detach().cpu()
+    def checkpoint(self, log_file, step: int) -> None:
+        student = self.student if self.train_weights else None
+        on_main(self.world, lambda: _checkpoint(log_file, self.ckpt_root, step, self.alphas, student, self.opts))
+        self.saved_at = step
+
+    def step(self, step: int, idx: torch.Tensor) -> tuple[str, dict | None]:
+        """One step on the global batch ``idx`` (this process takes its share): the gated student's
+        distance to the teacher plus the FLOPs loss, then the top-k gate update and the weights'.
+        Returns the outcome and, for an applied step, its log record."""
+        s, world, device, alphas, shape, seq_len = self.s, self.world, self.device, self.alphas, self.shape, self.seq_len
+        local, real = shard(idx, world)
+        batch = {k: v.to(device) for k, v in collate(self.data, local.tolist()).items()}
+        target = target_at(step + 1, self.total_steps, s.target, s.ramp_fraction)
+        head_p, ffn_p = alphas.probs()
+        with torch.no_grad():
+            hard_h, hard_f = alphas.hard()
+            discrete = float(expected_flops_ratio(shape, seq_len, hard_h, hard_f))
+        with autocast(device, s.mixed_precision), self.gates.active(head_p, ffn_p):
+            out = model_output(self.forward_model, self.teacher.kind, batch)
+        teacher_out = self.data.teacher_out
+        mse = _normalised_mse(out, teacher_out[local].to(device), teacher_out[idx].to(device)) * float(real)
+        expected = expected_flops_ratio(shape, seq_len, head_p, ffn_p)
+        cost = flops_loss(expected, discrete, target, s.tolerance)
+        # Every process adds the (replicated) FLOPs loss; averaging over processes then gives the
+        # sum of the MSE shares plus the FLOPs loss once: the single-process gradient.
+        loss = world.size * mse + s.lambda_cost * cost
+        for opt in self.opts.values():
+            opt.zero_grad(set_to_none=True)
+        scaler = self.book.scaler
+        scaler.backward(loss)
+        mse, loss_finite = _reduce_gate_grads(alphas, mse, bool(torch.isfinite(loss)), world)
+        loss = mse + s.lambda_cost * cost.detach()
+        loss_ok = loss_finite and bool(torch.isfinite(loss))
+        trained = [alphas.head, alphas.ffn] + [p for p in self.student.parameters() if p.requires_grad]
+        scaler.unscale_(trained)
+        outcome = self.book.settle(step + 1, loss_ok, NonFiniteGuard.reason(loss_ok, trained))
+        if outcome != APPLIED:  # nothing applied: alphas, weights and optimizer moments stay as they were
+            return outcome, None
+        self.update_gates()
+        if self.train_weights:
+            self.opts["opt_weights"].step()
+        return outcome, self.book.applied({
+            "step": step + 1, "loss": round(loss.item(), 6), "mse": round(mse.item(), 6), "flops_loss": round(cost.item(), 6),
+            "target": round(target, 6), "expected_ratio": round(expected.item(), 6), "discrete_ratio": round(discrete, 6),
+        })
+
+    def update_gates(self) -> None:
+        """The gate logits' step: gradients per FLOP, only the top-k of them applied."""
+        alphas, shape, seq_len = self.alphas, self.shape, self.seq_len
+        full_flops = model_flops(shape, seq_len).total
+        # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
+        # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
+        alphas.head.grad.div_(shape.head_cost(seq_len) / full_flops)
+        alphas.ffn.grad.div_(shape.neuron_cost(seq_len) / full_flops)
+        # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
+        grads = [alphas.head.grad, alphas.ffn.grad]
+        masks = topk_mask(grads, self.s.topk_fraction)
+        before = [alphas.head.detach().clone(), alphas.ffn.detach().clone()]
+        for g, m in zip(grads, masks):
+            g.mul_(m)
+        self.opts["opt_alpha"].step()
+        with torch.no_grad():
+            for p, b, m in zip((alphas.head, alphas.ffn), before, masks):
+                p.copy_(torch.where(m, p, b))
+
+    def architecture(self) -> Architecture:
+        """The kept heads and neurons: the gates' hard decisions, or, when they ended outside the
+        target's band, the groups with the largest alpha until the budget is met."""
+        s, shape, seq_len, alphas = self.s, self.shape, self.seq_len, self.alphas
+        hard_h, hard_f = alphas.hard()
+        arch = Architecture.from_masks(hard_h, hard_f, {"projected": False})
+        ratio = arch.flops_ratio(shape, seq_len)
+        lo, hi = (1 - s.tolerance) * s.target, (1 + s.tolerance) * s.target
+        if not lo <= ratio <= hi:  # the band is a promise: a threshold on alpha instead of 0
+            log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
+            arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target,
+                                    {"projected": True, "gate_ratio": ratio})
+        arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
+        if self.book.scaler.enabled:
+            arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
+        return arch
 
 
 def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool, world: World) -> tuple[torch.Tensor, bool]:
@@ -431,7 +433,7 @@ def search(
     progress: bool = True,
     teacher: Teacher | None = None,
     dataset=None,
-    _interrupt_after: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> SearchResult:
     """Run one search (or baseline) and write its run dir atomically. The library entry point of the CLI.
 
@@ -441,23 +443,19 @@ def search(
     with launched(settings.device) as (world, device):
         if settings.batch_size < world.size:
             raise PrunekitError(f"--batch-size {settings.batch_size} is the global batch, shared by {world.size} processes: give at least {world.size}")
-        return _search(settings, world, device, force, resume, progress, teacher, dataset, _interrupt_after)
+        return _search(settings, world, device, force, resume, progress, teacher, dataset, on_step)
 
 
 def _search(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
-            teacher: Teacher | None, dataset, _interrupt_after: int | None) -> SearchResult:
+            teacher: Teacher | None, dataset, on_step: Callable[[int], None] | None) -> SearchResult:
     with run_work_dir(Path(settings.output_dir), settings, world, force=force, resume=resume, resume_free=_RESUME_FREE,
                       options=RESUME_OPTIONS) as changed:
-        return _search_locked(settings, world, device, force, resume, progress, teacher, dataset, _interrupt_after, changed)
+        return _search_locked(settings, world, device, force, resume, progress, teacher, dataset, on_step, changed)
 
 
-def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
-                   teacher: Teacher | None, dataset, _interrupt_after: int | None, changed: dict) -> SearchResult:
-    """The run, with its output locked and its work dir checked (:func:`prunekit.run_dir.run_work_dir`)."""
-    from .plot import plot_architecture
-
-    out = Path(settings.output_dir)
-    work = partial_dir(out)
+def _inputs(settings: SearchSettings, world: World, device: torch.device, teacher: Teacher | None, dataset):
+    """The data, the teacher and the teacher's outputs on every example (computed once, shared by
+    the processes), each checked: everything that can be wrong fails before the run dir is started."""
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 
@@ -487,13 +485,23 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
     mine = list(range(world.rank, len(encoded), world.size))
     own = teacher_outputs(teacher, encoded.subset(mine) if world.distributed else encoded, device, batch_size=max(settings.batch_size, 64))
     encoded.teacher_out = gather_rows(own, len(encoded), world)
+    return teacher, dataset, encoded
 
+
+def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
+                   teacher: Teacher | None, dataset, on_step: Callable[[int], None] | None, changed: dict) -> SearchResult:
+    """The run, with its output locked and its work dir checked (:func:`prunekit.run_dir.run_work_dir`)."""
+    from .plot import plot_architecture
+
+    out = Path(settings.output_dir)
+    work = partial_dir(out)
+    teacher, dataset, encoded = _inputs(settings, world, device, teacher, dataset)
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
     history: list[dict] = []
     steps = 0
     alphas = None
     if settings.method == "search":
-        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, _interrupt_after, world, changed)
+        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, on_step, world, changed)
     else:  # the baselines are cheap and deterministic: every process computes the same architecture
         arch = run_baseline(settings, teacher, encoded, device)
     teacher.model.to("cpu")

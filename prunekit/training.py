@@ -1,5 +1,6 @@
 """What the two training loops (search, distill) share: skipping steps whose loss or gradients are
-not finite, and fp16's loss scaling (:class:`LossScale`).
+not finite, fp16's loss scaling (:class:`LossScale`), the per-step outcome and log
+(:class:`StepBook`), and the autocast of ``--mixed-precision``.
 
 A NaN or inf loss (an overflow in mixed precision, a poisoned batch, a learning rate too high)
 must not reach the weights: the step is skipped (no optimizer update), logged and counted, and
@@ -10,6 +11,7 @@ continues from them with a lower learning rate, another ``--mixed-precision`` or
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Iterable
 
@@ -157,3 +159,67 @@ MAX_TOTAL_STEPS = 10**9
 def check_total_steps(total: int, what: str) -> None:
     if total > MAX_TOTAL_STEPS:
         raise PrunekitError(f"{what} come to {total:.3g} steps; a run may have at most {MAX_TOTAL_STEPS:.0e}: give fewer")
+
+
+def autocast(device: torch.device, mixed_precision: str):
+    """The autocast context of ``--mixed-precision`` (auto: bf16 on CUDA, none on the CPU)."""
+    mp = mixed_precision
+    if mp == "auto":
+        mp = "bf16" if device.type == "cuda" else "no"
+    if mp == "no":
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+    if dtype is None:
+        raise PrunekitError(f"unknown --mixed-precision {mixed_precision!r}: use auto, no, bf16 or fp16")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+APPLIED, OVERFLOW, SKIPPED = "applied", "overflow", "skipped"
+
+
+class StepBook:
+    """The per-step bookkeeping both training loops share: after the backward pass (and the
+    gradients' unscaling), :meth:`settle` decides whether the step is applied, skipped for an fp16
+    overflow (the loss scale settling) or skipped for a NaN/inf loss or gradients (counted; the run
+    stops after ``max_nan_steps`` in a row), and writes the skipped steps' records; an applied
+    step's record goes through :meth:`applied`. Every record goes to ``history`` and the run log.
+    The guard's and the loss scale's state come from the log of a resumed run, the same on every
+    process (rank 0's)."""
+
+    def __init__(self, history: list[dict], log_file, world, mixed_precision: str, max_nan_steps: int, hint: str):
+        from .distributed import broadcast_object
+
+        self.history, self.log_file = history, log_file
+        self.guard = NonFiniteGuard(max_nan_steps, hint, announce=world.main,
+                                    skipped=broadcast_object(skipped_in(history), world))
+        # fp16 autocast needs loss scaling (its gradients flush to zero without it); the state from the log
+        self.scaler = LossScale.from_history(mixed_precision == "fp16", history)
+        s = self.scaler
+        s.scale, s.good, s.overflows = broadcast_object((s.scale, s.good, s.overflows), world)
+        s.announce_overflow = world.main
+
+    def write(self, record: dict) -> None:
+        self.history.append(record)
+        self.log_file.write(json.dumps(record) + "\n")
+
+    def settle(self, step: int, loss_finite: bool, why: str | None, extra: dict | None = None) -> str:
+        """APPLIED (apply the update, then log it with :meth:`applied`), OVERFLOW or SKIPPED (nothing
+        is applied; the record is written). ``why``: :meth:`NonFiniteGuard.reason`'s answer; ``extra``:
+        fields every record of this step carries (distill's stage)."""
+        extra = extra or {}
+        if self.scaler.overflowed(loss_finite, why is None):  # nothing applied; a smaller scale next
+            self.write({**self.scaler.overflow_record(step), **extra})
+            return OVERFLOW
+        if why is not None:  # nothing applied: weights and optimizer moments stay as they were
+            self.write({**self.guard.skip(step, why), **extra})
+            self.guard.stop_if_persistent(step)
+            return SKIPPED
+        self.guard.applied()
+        self.scaler.applied()
+        return APPLIED
+
+    def applied(self, record: dict) -> dict:
+        """Log an applied step (with the loss scale's state under fp16); returns the record."""
+        record = {**record, **self.scaler.record()}
+        self.write(record)
+        return record

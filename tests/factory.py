@@ -110,3 +110,14 @@ def labelled_csv(path: Path, n: int = 48, seed: int = 1) -> Path:
     sents = make_sentences(n, seed=seed)
     path.write_text("text,label\n" + "\n".join(f"{s},{int('river' in s or 'tree' in s)}" for s in sents) + "\n")
     return path
+
+
+def stop_after(n: int):
+    """An ``on_step`` callback for search and distill that stops the run like a kill (KeyboardInterrupt)
+    once step ``n`` is done (its checkpoint, if due, written)."""
+
+    def on_step(step: int) -> None:
+        if step >= n:
+            raise KeyboardInterrupt
+
+    return on_step

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from factory import SEQ, WORDS, kept_arch, labelled_csv, make_compact_dir, make_sentences, make_tiny_model, real_tokenizer, scrambled_teacher_dir
+from factory import SEQ, WORDS, kept_arch, labelled_csv, make_compact_dir, make_sentences, make_tiny_model, real_tokenizer, scrambled_teacher_dir, stop_after
 from prunekit.architecture import Architecture
 from prunekit.augment import WordReplacer, augment_dataset, build_replacer
 from prunekit.cli import cli
@@ -162,7 +162,7 @@ def test_resume_gives_same_weights(world, tmp_path):
     full = distill(settings(world, tmp_path / "full" / "out", **kw), progress=False)
     s = settings(world, tmp_path / "cut" / "out", **kw)
     with pytest.raises(KeyboardInterrupt):
-        distill(s, progress=False, _interrupt_after=8)  # killed in stage 1 after step 8: last checkpoint at 6
+        distill(s, progress=False, on_step=stop_after(8))  # killed in stage 1 after step 8: last checkpoint at 6
     partial = tmp_path / "cut" / "out.partial"
     assert partial.is_dir() and not (tmp_path / "cut" / "out").exists()
     assert sorted(p.name for p in (partial / "checkpoints").glob("step-*"))[-1] == "step-0000006"

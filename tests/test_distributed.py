@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factory import SEQ, kept_arch, make_compact_dir, make_sentences, scrambled_teacher_dir
+from factory import SEQ, kept_arch, make_compact_dir, make_sentences, scrambled_teacher_dir, stop_after
 from prunekit.distill import DistillSettings, distill
 from prunekit.search import SearchSettings, search
 
@@ -101,7 +101,7 @@ def test_search_checkpoint_of_one_process_resumes_on_two(search_inputs, tmp_path
     one = search(_search_settings(tmp_path / "one", model, data), progress=False)
     s = _search_settings(tmp_path / "cut", model, data)
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=10)  # one process; checkpoints at steps 4 and 8
+        search(s, progress=False, on_step=stop_after(10))  # one process; checkpoints at steps 4 and 8
     torchrun(_search_args(s) + ["--resume"], tmp_path)  # two processes from step 8
     cut = tmp_path / "cut"
     assert json.loads((cut / "architecture.json").read_text())["layers"] == json.loads((one.output_dir / "architecture.json").read_text())["layers"]

@@ -14,6 +14,7 @@ import prunekit.search as S
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from prunekit.search import SearchSettings, search
+from factory import stop_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,7 +121,7 @@ def test_search_resumes_after_a_nan_stop_with_a_lower_learning_rate(tiny_models,
     assert json.loads((r.output_dir / "settings.json").read_text())["lr"] == 1e-5
     other = SearchSettings(**{**s.__dict__, "output_dir": str(tmp_path / "other")})
     with pytest.raises(KeyboardInterrupt):
-        search(other, progress=False, _interrupt_after=2)
+        search(other, progress=False, on_step=stop_after(2))
     with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(seed\).*only --lr, --alpha-lr,"):
         search(SearchSettings(**{**other.__dict__, "seed": 7}), progress=False, resume=True)  # what changes the result may not
 
@@ -200,7 +201,7 @@ def test_distill_resume_may_change_the_learning_rates(distill_world, tmp_path):
 
     s = _distill_settings(distill_world, tmp_path / "out", stage2_epochs=1)
     with pytest.raises(KeyboardInterrupt):
-        D.distill(s, progress=False, _interrupt_after=3)  # checkpoint at step 2
+        D.distill(s, progress=False, on_step=stop_after(3))  # checkpoint at step 2
     changed = dict(stage1_lr=1e-5, stage2_lr=1e-5, mixed_precision="no", max_nan_steps=4)
     r = D.distill(D.DistillSettings(**{**s.__dict__, **changed}), progress=False, resume=True)
     assert r.log[2] == {"step": 2, "resumed_with": {"stage1_lr": [5e-5, 1e-5], "stage2_lr": [3e-5, 1e-5], "mixed_precision": ["auto", "no"],
@@ -271,7 +272,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(uninterrupted_sear
     full_settings, full = uninterrupted_search
     s = SearchSettings(**{**full_settings.__dict__, "output_dir": str(tmp_path / "run")})
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=7)  # checkpoints at steps 3 and 6
+        search(s, progress=False, on_step=stop_after(7))  # checkpoints at steps 3 and 6
     ckpts = tmp_path / "run.partial" / "checkpoints"
     _corrupt(ckpts / "step-0000006", how)
     resumed = search(s, progress=False, resume=True)
@@ -301,7 +302,7 @@ def test_distill_corrupt_checkpoint_falls_back(distill_world, uninterrupted_dist
     full = uninterrupted_distill
     s = _distill_settings(distill_world, tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
-        D.distill(s, progress=False, _interrupt_after=5)  # checkpoints at steps 2 and 4
+        D.distill(s, progress=False, on_step=stop_after(5))  # checkpoints at steps 2 and 4
     _corrupt(tmp_path / "cut.partial" / "checkpoints" / "step-0000004", how)
     resumed = D.distill(s, progress=False, resume=True)
     assert any("step-0000004 is corrupt" in r.getMessage() for r in caplog.records), caplog.text
@@ -669,7 +670,7 @@ def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tin
     # the default scale, 2**16, fits: no overflow; resumed, the clean-step count goes on
     s = _settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8)
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=6)
+        search(s, progress=False, on_step=stop_after(6))
     r = search(s, progress=False, resume=True)
     log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == list(range(1, 9)) and r.skipped_steps == 0 and r.overflow_steps == 0
@@ -683,7 +684,7 @@ def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tin
                         real_init(self, enabled, 2.0 ** 20, growth_interval))
     s2 = _settings(tmp_path, tiny_models("minilm6"), text_file, mixed_precision="fp16", max_steps=8, output_dir=str(tmp_path / "run2"))
     with pytest.raises(KeyboardInterrupt):
-        search(s2, progress=False, _interrupt_after=2)  # step 2 overflowed: its checkpoint is written all the same
+        search(s2, progress=False, on_step=stop_after(2))  # step 2 overflowed: its checkpoint is written all the same
     assert (tmp_path / "run2.partial" / "checkpoints" / "step-0000002").is_dir()
     r = search(s2, progress=False, resume=True)
     log = [json.loads(x) for x in (r.output_dir / "search_log.jsonl").read_text().splitlines()]
@@ -696,7 +697,7 @@ def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tin
     assert fresh.log == r.log  # the resumed run is the uninterrupted one
     ds = _distill_settings(distill_world, tmp_path / "dout2", mixed_precision="fp16")
     with pytest.raises(KeyboardInterrupt):
-        D.distill(ds, progress=False, _interrupt_after=2)
+        D.distill(ds, progress=False, on_step=stop_after(2))
     d = D.distill(ds, progress=False, resume=True)
     train = [x for x in d.log if "dev" not in x]
     assert [x.get("overflow", "")[:30] for x in train[:2]] == ["fp16 gradients overflowed; los"] * 2 and "loss" in train[2]

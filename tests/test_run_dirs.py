@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError, ResumableError
 from prunekit.search import SearchSettings, search
+from factory import stop_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +72,7 @@ def test_a_second_process_on_a_run_dir_is_refused_and_touches_nothing(tiny_model
     out = tmp_path / "runs" / "F"
     s = _search_settings(out, tiny_models("minilm6"), text_file)
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=4)  # a checkpoint at step 3
+        search(s, progress=False, on_step=stop_after(4))  # a checkpoint at step 3
     partial = out.with_name("F.partial")
     before = _tree(partial)
 
@@ -250,7 +251,7 @@ def test_search_failing_before_its_first_checkpoint_removes_its_work_dir(tiny_mo
 def test_a_corrupt_only_checkpoint_says_the_run_starts_from_step_0(tiny_models, text_file, tmp_path, caplog):
     s = _search_settings(tmp_path / "run", tiny_models("minilm6"), text_file)
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=4)  # one checkpoint: step 3
+        search(s, progress=False, on_step=stop_after(4))  # one checkpoint: step 3
     ckpt = tmp_path / "run.partial" / "checkpoints" / "step-0000003"
     (ckpt / "state.json").write_text("{not json")
     r = search(s, progress=False, resume=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factory import make_sentences
+from factory import make_sentences, stop_after
 from prunekit.architecture import Architecture
 from prunekit.data import load_data
 from prunekit.models import load_teacher
@@ -91,7 +91,7 @@ def test_resume_gives_same_architecture(tiny_models, text_file, tmp_path, freeze
 
     s = _settings(tmp_path / "cut", model=model, data=str(text_file), max_steps=14, freeze_weights=freeze, checkpoint_every=3)
     with pytest.raises(KeyboardInterrupt):
-        search(s, progress=False, _interrupt_after=8)  # killed after step 8: last checkpoint at step 6
+        search(s, progress=False, on_step=stop_after(8))  # killed after step 8: last checkpoint at step 6
     partial = tmp_path / "cut" / "run.partial"
     assert partial.is_dir() and not (tmp_path / "cut" / "run").exists()
     assert sorted(p.name for p in (partial / "checkpoints").glob("step-*"))[-1] == "step-0000006"
