@@ -16,7 +16,7 @@ from .distributed import is_main_process, launched_size
 from .errors import PrunekitError
 from .evaluate import EvalSettings
 from .export import ExportSettings
-from .search import SearchSettings
+from .search import METHODS, SearchSettings
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -185,7 +185,7 @@ def training_run_options(option):
 @search_option("--kind", type=click.Choice(["auto", "classification", "regression", "embedding"]), show_default=True, help="What the teacher outputs; auto reads the config (a bare encoder is an embedding model, mean-pooled).")
 @data_options(search_option)
 @click.option("-o", "--output", "output_dir", default=None, help="Run directory. Default: runs/<method>-<target>.")
-@search_option("--method", type=click.Choice(["search", "random", "head-importance", "magnitude"]), show_default=True, help="The gate search, or a baseline at the same FLOPs target.")
+@search_option("--method", type=click.Choice(list(METHODS)), show_default=True, help="The gate search, or a baseline at the same FLOPs target: random, uniform (the same number of heads and neurons in every layer, chosen at random), head importance, magnitude.")
 @search_option("--target", type=float, show_default=True, help="FLOPs ratio to reach, in (0, 1].")
 @search_option("--tolerance", type=float, show_default=True, help="The achieved ratio lands in [(1-t)R, (1+t)R].")
 @search_option("--lambda-cost", type=float, show_default=True, help="Weight of the banded log-FLOPs loss.")

@@ -33,12 +33,12 @@ from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
-from .selection import select_to_budget
+from .selection import select_to_budget, uniform_architecture
 from .training import APPLIED, MAX_TOTAL_STEPS, SKIPPED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
 
-METHODS = ("search", "random", "head-importance", "magnitude")
+METHODS = ("search", "random", "uniform", "head-importance", "magnitude")
 
 
 @dataclass
@@ -415,6 +415,8 @@ def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, 
     from . import baselines
 
     shape = teacher.shape
+    if settings.method == "uniform":
+        return uniform_architecture(shape, settings.max_length, settings.target, torch.Generator().manual_seed(settings.seed), {})
     if settings.method == "random":
         g = torch.Generator().manual_seed(settings.seed)
         head_p, ffn_p = baselines.random_scores(shape, g)

@@ -48,3 +48,23 @@ def select_to_budget(
     head_mask = keep[:nh].view_as(head_priority).float()
     ffn_mask = keep[nh:].view_as(ffn_priority).float()
     return Architecture.from_masks(head_mask, ffn_mask, meta)
+
+
+def uniform_architecture(shape: ModelShape, seq_len: int, target: float, generator: torch.Generator,
+                         meta: dict | None = None) -> Architecture:
+    """The same number of heads and of FFN neurons in every layer, at ``target`` x the original FLOPs:
+    what is done by hand. Each layer keeps the share of its heads closest to the target's share of a
+    layer's cost (fewer where that much does not fit), then as many neurons as the rest of the layer's
+    budget pays for; which heads and neurons is random (``generator``)."""
+    full = model_flops(shape, seq_len).total
+    per_layer = (target * full - shape.top_cost()) / shape.num_layers
+    head_cost, neuron_cost = shape.head_cost(seq_len), shape.neuron_cost(seq_len)
+    share = per_layer / (shape.num_heads * head_cost + shape.intermediate_size * neuron_cost)
+    heads = min(round(share * shape.num_heads), max(0, int(per_layer // head_cost)), shape.num_heads)
+    neurons = min(max(0, int((per_layer - heads * head_cost) // neuron_cost)), shape.intermediate_size)
+    head_mask = torch.zeros(shape.num_layers, shape.num_heads)
+    ffn_mask = torch.zeros(shape.num_layers, shape.intermediate_size)
+    for layer in range(shape.num_layers):
+        head_mask[layer, torch.randperm(shape.num_heads, generator=generator)[:heads]] = 1.0
+        ffn_mask[layer, torch.randperm(shape.intermediate_size, generator=generator)[:neurons]] = 1.0
+    return Architecture.from_masks(head_mask, ffn_mask, meta)

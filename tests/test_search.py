@@ -63,7 +63,7 @@ def test_search_prunes_gates_without_projection_given_time(tiny_models, text_fil
     assert result.log[-1]["discrete_ratio"] == pytest.approx(result.achieved_ratio, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["random", "head-importance", "magnitude"])
+@pytest.mark.parametrize("method", ["random", "uniform", "head-importance", "magnitude"])
 @pytest.mark.parametrize("kind", ["embedding", "classification"])
 def test_baselines_hit_same_target(tiny_models, tmp_path, method, kind):
     data = tmp_path / "data.csv"

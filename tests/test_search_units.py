@@ -4,7 +4,7 @@ import torch
 
 from prunekit.flops import ModelShape, model_flops
 from prunekit.search import flops_loss, target_at, topk_mask
-from prunekit.selection import select_to_budget
+from prunekit.selection import select_to_budget, uniform_architecture
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ def test_flops_loss_bands(discrete, sign):
     if sign == 0:
         assert float(loss) == 0.0
         return
-    assert float(loss) == pytest.approx(sign * torch.log(torch.tensor(0.4)).item())
+    assert float(loss.detach()) == pytest.approx(sign * torch.log(torch.tensor(0.4)).item())
     loss.backward()
     # above the band the gradient lowers the expected cost, below it raises it
     assert (e.grad > 0) if sign > 0 else (e.grad < 0)
@@ -70,3 +70,25 @@ def test_select_to_budget_full_target_keeps_everything():
     arch = select_to_budget(torch.rand(2, 2), torch.rand(2, 16), shape, 16, 1.0)
     assert arch.head_counts == [2, 2] and arch.ffn_widths == [16, 16]
     assert model_flops(shape, 16).total == arch.flops(shape, 16).total
+
+
+UNIFORM_SHAPES = {
+    "bert-base": ModelShape(num_layers=12, hidden_size=768, num_heads=12, head_dim=64, intermediate_size=3072, num_labels=2),
+    "tinybert4": ModelShape(num_layers=4, hidden_size=312, num_heads=12, head_dim=26, intermediate_size=1200),
+    "minilm6": ModelShape(num_layers=6, hidden_size=384, num_heads=12, head_dim=32, intermediate_size=1536),
+}
+
+
+@pytest.mark.parametrize("name", list(UNIFORM_SHAPES))
+@pytest.mark.parametrize("target", [0.9, 0.7, 0.5, 0.3, 0.1])
+def test_uniform_baseline_same_widths_in_every_layer_at_the_target(name, target):
+    """--method uniform: every layer keeps the same head count and FFN width, the FLOPs land in the
+    band a search promises (within 5% of the target), and which heads and neurons depends on the seed."""
+    shape = UNIFORM_SHAPES[name]
+    arch = uniform_architecture(shape, 128, target, torch.Generator().manual_seed(0))
+    assert len(set(arch.head_counts)) == 1 and len(set(arch.ffn_widths)) == 1
+    assert 0.95 * target <= arch.flops_ratio(shape, 128) <= 1.0 * target + 1e-9
+    share_heads = arch.head_counts[0] / shape.num_heads
+    assert abs(share_heads - target) <= 0.5 / shape.num_heads + 0.1  # the heads' share follows the target's
+    other = uniform_architecture(shape, 128, target, torch.Generator().manual_seed(1))
+    assert other.head_counts == arch.head_counts and (other.heads != arch.heads or other.neurons != arch.neurons)
