@@ -38,6 +38,7 @@ from .batching import batch_order, collate, encode
 from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
+from .data import data_key
 from .errors import PrunekitError
 from .scoring import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
@@ -167,6 +168,7 @@ class DistillResult:
     log: list[dict] = field(default_factory=list)
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
     overflow_steps: int = 0  # fp16: steps skipped while the loss scale settled
+    dev_warning: str | None = None  # the dev set looks seen by the teacher (see dev_set_warning)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,6 +482,7 @@ class _Inputs:
     kind: str
     train: object  # TextDataset, labels in the teacher's class ids
     dev: object
+    dev_held_out: bool = False  # the dev set is a share of --data (no --dev-data given)
 
 
 def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_data) -> _Inputs:
@@ -501,6 +504,9 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
         dev = dev_data
     elif settings.dev_data is not None:
         dev = _load(settings, settings.dev_data, settings.dev_split, settings.dev_max_examples, **cols)
+        if train_data is None and data_key(settings.dev_data) == data_key(settings.data) and settings.dev_split == settings.split:
+            log.warning("--dev-data is the training data (%s): the best checkpoint is picked on examples the student "
+                        "trains on; give held-out examples", settings.dev_data)
     else:
         train, dev = train.split(1.0 - settings.dev_fraction, settings.seed)
     if teacher is None:
@@ -525,7 +531,27 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
     stage_steps(settings, {1: len(train), 2: len(train)})  # an absurd epoch count fails now (augmentation only adds steps)
-    return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev)
+    held_out = dev_data is None and settings.dev_data is None
+    return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev, held_out)
+
+
+# A teacher this good on the dev set held out of --data has most likely been fine-tuned on it.
+SEEN_DEV_SCORE = 0.95
+
+
+def dev_set_warning(inp: _Inputs, metric: str, teacher_dev: dict, dev_fraction: float) -> str | None:
+    """What to say when the dev set (which picks the best checkpoint) is a share of --data: a teacher
+    fine-tuned on --data has seen it, and its labels are then memorised, not held out. A warning when
+    the teacher's score there says so (>= SEEN_DEV_SCORE), None otherwise (the run log says where the
+    dev set came from either way)."""
+    if not inp.dev_held_out or inp.dev.labels is None or inp.kind == "embedding":
+        return None
+    score = teacher_dev.get(metric)
+    if score is None or score < SEEN_DEV_SCORE:
+        return None
+    return (f"the teacher scores {metric} {score:.3f} on the dev set held out of --data ({dev_fraction:g} of it): it was "
+            f"most likely fine-tuned on these examples, so the best checkpoint is picked on labels it memorised; give "
+            f"--dev-data with examples the teacher has not seen (its own held-out or dev split)")
 
 
 FAST_BACKEND = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
@@ -542,6 +568,7 @@ class _Run:
         self.metric, self.teacher_dev, self.before, self.teacher_dev_out = "", {}, {}, None
         self.history: list[dict] = []
         self.book: StepBook | None = None
+        self.dev_warning: str | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -569,6 +596,9 @@ class _Run:
             self.teacher_dev_out = predict(inp.teacher.model, inp.kind, self.dev_enc, device, s.eval_batch_size)
             self.metric, self.teacher_dev = dev_metrics(inp.kind, self.teacher_dev_out, self.teacher_dev_out, inp.dev)
             self.before = self.dev_score()
+            self.dev_warning = dev_set_warning(inp, self.metric, self.teacher_dev, s.dev_fraction)
+            if self.dev_warning:
+                log.warning("%s", self.dev_warning)
 
     def dev_score(self) -> dict:
         inp = self.inputs
@@ -714,7 +744,8 @@ class _Run:
     def result(self) -> DistillResult:
         return DistillResult(output_dir=Path(self.s.output_dir), metric=self.metric, teacher_dev=self.teacher_dev,
                              before=self.before, best=self.best, steps=self.total, log=self.history,
-                             skipped_steps=self.book.guard.skipped, overflow_steps=self.book.scaler.overflows)
+                             skipped_steps=self.book.guard.skipped, overflow_steps=self.book.scaler.overflows,
+                             dev_warning=self.dev_warning)
 
     def write_output(self, out: Path, overwrite: bool) -> None:
         """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record (rank 0)."""
@@ -755,7 +786,8 @@ class _Run:
             "teacher_dev": self.teacher_dev, "before": self.before, "best": best,
             "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "train_examples": len(self.plain),
             "augmented_examples": len(self.aug_enc) if self.aug_enc is not self.plain else 0, "dev_examples": len(self.dev_enc),
-            "dev_source": inp.dev.source, "skipped_steps": self.book.guard.skipped, "command": command_line(),
+            "dev_source": inp.dev.source, "dev_held_out_of_data": inp.dev_held_out, "dev_warning": self.dev_warning,
+            "skipped_steps": self.book.guard.skipped, "command": command_line(),
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }
         atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")

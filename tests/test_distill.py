@@ -291,3 +291,38 @@ def test_cli_distill_default_output_and_message(world, tmp_path):
                    "--batch-size", "16", "--max-length", str(SEQ), "--augment-copies", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "dev accuracy: teacher" in result.output and (tmp_path / "student-distilled" / "model.safetensors").is_file()
+
+# ------------------------------------------------------------------------------------------------
+def _teacher_scores(monkeypatch, value: float) -> None:
+    """The teacher's dev score (the call that compares the teacher's outputs with themselves) set to ``value``."""
+    import prunekit.distill as D
+
+    real = D.dev_metrics
+
+    def scripted(kind, outputs, teacher_outputs, dev):
+        name, m = real(kind, outputs, teacher_outputs, dev)
+        return name, ({**m, name: value} if outputs is teacher_outputs else m)
+
+    monkeypatch.setattr(D, "dev_metrics", scripted)
+
+
+def test_dev_set_the_teacher_has_seen_is_named(world, tmp_path, monkeypatch):
+    """The dev set held out of --data, where the teacher scores near-perfectly (it was fine-tuned on
+    --data): the CLI says so in one note and asks for --dev-data, and the report records it. With
+    --dev-data, or a teacher that is not near-perfect there, no note."""
+    _teacher_scores(monkeypatch, 0.99)
+    r = _cli(_args(world, world["compact"], tmp_path / "held"))
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "accuracy 0.990 on the dev set held out of --data" in notes[0] and "--dev-data" in notes[0]
+    report = json.loads((tmp_path / "held" / "distill_report.json").read_text())
+    assert report["dev_held_out_of_data"] is True and "fine-tuned on these examples" in report["dev_warning"]
+
+    dev = labelled_csv(tmp_path / "dev.csv", seed=7)
+    r = _cli(_args(world, world["compact"], tmp_path / "given", "--dev-data", str(dev)))
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    assert json.loads((tmp_path / "given" / "distill_report.json").read_text())["dev_held_out_of_data"] is False
+
+    _teacher_scores(monkeypatch, 0.80)
+    r = _cli(_args(world, world["compact"], tmp_path / "honest"))
+    assert r.exit_code == 0 and "note:" not in r.output, r.output
