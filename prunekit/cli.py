@@ -399,6 +399,8 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @click.option("-o", "--output", "output_dir", default=None, help="Distilled model directory. Default: <STUDENT>-distilled.")
 @distill_option("--stage1-epochs", type=float, show_default=True, help="Epochs of stage 1 (hidden states, attention maps, embeddings).")
 @distill_option("--stage2-epochs", type=float, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
+@distill_option("--budget", help="A time (45m, 2h, 1h30m) or a step count (3000steps) for the whole run, in place of the epochs: split between the stages by --stage1-share, a time turned into steps by each stage's seconds per step measured on this machine first.")
+@distill_option("--stage1-share", type=float, show_default=True, help="With --budget: the share of it that stage 1 gets; stage 2 gets the rest.")
 @distill_option("--stage1-lr", type=float, show_default=True, help="Peak learning rate of stage 1.")
 @distill_option("--stage2-lr", type=float, show_default=True, help="Peak learning rate of stage 2.")
 @distill_option("--batch-size", type=int, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")

@@ -27,6 +27,9 @@ import logging
 import math
 import os
 import shutil
+import statistics
+import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .batching import batch_order, collate, encode
+from .budget import Plan, format_duration, parse_budget, split
 from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
@@ -78,6 +82,8 @@ class DistillSettings:
     output_dir: str = "runs/distill"
     stage1_epochs: float = 20.0
     stage2_epochs: float = 3.0
+    budget: str | None = None  # a time (45m, 2h) or steps (3000steps) in place of the epochs; see prunekit.budget
+    stage1_share: float = 0.5  # with --budget: the share of it stage 1 gets (the rest: stage 2)
     stage1_lr: float = 5e-5
     stage2_lr: float = 3e-5
     batch_size: int = 32
@@ -112,6 +118,10 @@ class DistillSettings:
                 raise PrunekitError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.stage1_epochs < 0 or self.stage2_epochs < 0 or self.stage1_epochs + self.stage2_epochs <= 0:
             raise PrunekitError("--stage1-epochs and --stage2-epochs must be >= 0, and not both 0")
+        if self.budget is not None:
+            parse_budget(self.budget)
+        if not 0.0 <= self.stage1_share <= 1.0:
+            raise PrunekitError(f"--stage1-share must be in [0, 1], got {self.stage1_share}")
         if self.stage1_lr <= 0 or self.stage2_lr <= 0:
             raise PrunekitError("learning rates must be > 0")
         if self.batch_size < 1:
@@ -147,11 +157,13 @@ class DistillSettings:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+AUGMENTED_CACHE = "augmented.jsonl"  # in the work dir: made once (slow), reused by a --resume
+PLAN_FILE = "plan.json"  # in the work dir: each stage's steps and the time estimate, reused by a --resume
+
 # The options that may differ between a run and its --resume (the help of --resume and the README say
 # the same): the first four are what to change when a run stopped on NaN/inf steps (the change is
 # logged); --device and --checkpoint-every do not change the result, nor does eval_batch_size (a
 # setting of the library, with no option).
-AUGMENTED_CACHE = "augmented.jsonl"  # in the work dir: made once (slow), reused by a --resume
 
 RESUME_OPTIONS = ("--stage1-lr", "--stage2-lr", "--mixed-precision", "--max-nan-steps", "--device", "--checkpoint-every")
 _RESUME_FREE = resume_free_settings(RESUME_OPTIONS, "eval_batch_size")
@@ -530,7 +542,8 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
         raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {len(dev)} in the dev data ({where}): {fix}")
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
         raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
-    stage_steps(settings, {1: len(train), 2: len(train)})  # an absurd epoch count fails now (augmentation only adds steps)
+    if settings.budget is None:  # an absurd epoch count fails now (augmentation only adds steps)
+        stage_steps(settings, {1: len(train), 2: len(train)})
     held_out = dev_data is None and settings.dev_data is None
     return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev, held_out)
 
@@ -587,18 +600,69 @@ class _Run:
             self.aug_enc = encode(aug.dataset, tokenizer, s.max_length)
             aug_orig = torch.tensor(aug.is_original, dtype=torch.bool)
         self.stage_data = {st: (self.aug_enc, aug_orig) if s.augments(st) else (self.plain, plain_orig) for st in (1, 2)}
-        self.steps = stage_steps(s, {st: len(self.stage_data[st][0]) for st in (1, 2)})
-        self.s1, self.total = self.steps[1], self.steps[1] + self.steps[2]
         self.per_epoch2 = max(1, math.ceil(len(self.stage_data[2][0]) / s.batch_size))
         self.dev_enc = encode(inp.dev, tokenizer, s.max_length)
         inp.student.config.backend = FAST_BACKEND
+        eval_seconds = 0.0
         if world.main:  # the dev metric picks the best checkpoint, which rank 0 keeps
             self.teacher_dev_out = predict(inp.teacher.model, inp.kind, self.dev_enc, device, s.eval_batch_size)
             self.metric, self.teacher_dev = dev_metrics(inp.kind, self.teacher_dev_out, self.teacher_dev_out, inp.dev)
+            t0 = time.perf_counter()
             self.before = self.dev_score()
+            eval_seconds = time.perf_counter() - t0
             self.dev_warning = dev_set_warning(inp, self.metric, self.teacher_dev, s.dev_fraction)
             if self.dev_warning:
                 log.warning("%s", self.dev_warning)
+        self.plan = broadcast_object(on_main(world, lambda: self._plan(eval_seconds)), world)  # rank 0's, on every rank
+        self.steps = {1: self.plan.stage1_steps, 2: self.plan.stage2_steps}
+        self.s1, self.total = self.steps[1], self.steps[1] + self.steps[2]
+
+    def _plan(self, eval_seconds: float) -> Plan:
+        """Each stage's steps (from the epochs, or from --budget; a resumed run's from its plan.json)
+        and the time they are expected to take on this machine, said before the run starts (rank 0)."""
+        s, path = self.s, self.work / PLAN_FILE
+        if s.budget is not None and path.is_file():  # a resumed run goes on with the plan it made
+            plan = Plan(**json.loads(path.read_text(encoding="utf-8")))
+        else:
+            per_step = {str(st): self._seconds_per_step(st) for st in (1, 2)}
+            if s.budget is None:
+                steps = stage_steps(s, {st: len(self.stage_data[st][0]) for st in (1, 2)})
+                s1, s2 = steps[1], steps[2]
+            else:
+                s1, s2 = split(parse_budget(s.budget), s.stage1_share, per_step, eval_seconds, self.per_epoch2)
+            plan = Plan(s1, s2, per_step, eval_seconds, s.budget)
+            atomic_write_text(path, json.dumps(plan.to_dict(), indent=1) + "\n")
+        line = (f"distill: {plan.stage1_steps + plan.stage2_steps} steps (stage 1: {plan.stage1_steps}, stage 2: "
+                f"{plan.stage2_steps}){f' for --budget {s.budget}' if s.budget else ''}, about "
+                f"{format_duration(plan.estimate(self.per_epoch2))} on this machine")
+        log.info("%s", line)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        return plan
+
+    def _seconds_per_step(self, stage: int, repeats: int = 3) -> float:
+        """A training step's seconds for ``stage`` on this machine: the median of a few forward and
+        backward passes on one batch after a warm-up, nothing applied (the gradients are dropped; the
+        loop reseeds every step, so nothing here changes the run)."""
+        student, data = self.inputs.student, self.stage_data[stage][0]
+        if len(data) == 0:
+            return 0.0
+        backend = student.config.backend
+        student.config.backend = "eager" if stage == 1 else FAST_BACKEND
+        student.train()
+        idx = torch.arange(min(self.s.batch_size, len(data)))
+        kept = [list(h) for h in student.config.kept_heads]
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss, _ = self._loss(stage, student, data, self.stage_data[stage][1], idx, idx, kept)
+            loss.backward()
+            times.append(time.perf_counter() - t0)
+        student.zero_grad(set_to_none=True)
+        student.config.backend = backend
+        return statistics.median(times[1:])
 
     def dev_score(self) -> dict:
         inp = self.inputs
@@ -784,7 +848,7 @@ class _Run:
         report = {
             "student": str(inp.student_dir), "teacher": inp.teacher.name_or_path, "kind": inp.kind, "metric": metric,
             "teacher_dev": self.teacher_dev, "before": self.before, "best": best,
-            "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "train_examples": len(self.plain),
+            "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "plan": self.plan.to_dict(), "train_examples": len(self.plain),
             "augmented_examples": len(self.aug_enc) if self.aug_enc is not self.plain else 0, "dev_examples": len(self.dev_enc),
             "dev_source": inp.dev.source, "dev_held_out_of_data": inp.dev_held_out, "dev_warning": self.dev_warning,
             "skipped_steps": self.book.guard.skipped, "command": command_line(),

@@ -172,6 +172,8 @@ def test_distill_skips_a_non_finite_step(distill_world, tmp_path, monkeypatch, h
         return {**params, **moments}
 
     def poisoned(*args, **kwargs):
+        if not optimizers:  # the seconds-per-step probe before the run (no optimizer yet): not a training step
+            return real(*args, **kwargs)
         states.append(snapshot(optimizers[-1]))  # the state this step starts from: after the step before
         loss, parts = real(*args, **kwargs)
         calls["n"] += 1
