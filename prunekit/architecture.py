@@ -46,7 +46,7 @@ class Architecture:
         return self.flops(shape, seq_len).total / model_flops(shape, seq_len).total
 
     @classmethod
-    def from_masks(cls, head_mask: torch.Tensor, ffn_mask: torch.Tensor, meta: dict | None = None) -> "Architecture":
+    def from_masks(cls, head_mask: torch.Tensor, ffn_mask: torch.Tensor, meta: dict | None = None) -> Architecture:
         heads = [torch.nonzero(row > 0.5).flatten().tolist() for row in head_mask]
         neurons = [torch.nonzero(row > 0.5).flatten().tolist() for row in ffn_mask]
         return cls(heads, neurons, dict(meta or {}))
@@ -102,7 +102,7 @@ class Architecture:
         atomic_write_text(Path(path), json.dumps(self.to_json(shape, seq_len), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, shape: ModelShape | None = None) -> "Architecture":
+    def load(cls, path: str | os.PathLike, shape: ModelShape | None = None) -> Architecture:
         path = Path(path)
         if path.is_dir():
             path = path / "architecture.json"

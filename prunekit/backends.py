@@ -42,9 +42,9 @@ import copy
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -108,14 +108,14 @@ def check_backend(backend: str, device: str, onnx_file: bool = False) -> None:
         raise PrunekitError(f"unknown backend {backend!r} for --device {device}: use {', '.join(known)}")
 
 
-def _cxx_compiler() -> Optional[str]:
+def _cxx_compiler() -> str | None:
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if name and shutil.which(name):
             return name
     return None
 
 
-def _c_compiler() -> Optional[str]:
+def _c_compiler() -> str | None:
     """The C compiler Triton builds its CUDA launcher with on first use ($CC, else gcc, else clang)."""
     for name in (os.environ.get("CC"), "gcc", "clang"):
         if name and shutil.which(name):
@@ -123,7 +123,7 @@ def _c_compiler() -> Optional[str]:
     return None
 
 
-def unavailable(backend: str, device: str = "cpu") -> Optional[str]:
+def unavailable(backend: str, device: str = "cpu") -> str | None:
     """Why ``backend`` cannot run on this machine (one line), or None when it can."""
     if backend.startswith("ort"):
         try:
@@ -167,8 +167,8 @@ class Runner:
     dtype: str = "fp32"
     notes: list = field(default_factory=list)
     times: list = field(default_factory=list)  # seconds per repeat (bench)
-    onnx_path: Optional[Path] = None  # the file an onnxruntime runner runs (to profile it)
-    captures: Optional[Callable[[], int]] = None  # *-graph backends: CUDA graphs captured so far
+    onnx_path: Path | None = None  # the file an onnxruntime runner runs (to profile it)
+    captures: Callable[[], int] | None = None  # *-graph backends: CUDA graphs captured so far
 
 
 @dataclass
@@ -179,7 +179,7 @@ class OnnxFile:
     info: dict
 
     @property
-    def kind(self) -> Optional[str]:
+    def kind(self) -> str | None:
         return self.info.get("kind")
 
 
@@ -232,13 +232,13 @@ def _check_onnx_report(side: Path, info) -> dict:
     return info
 
 
-def _ort_session(f: OnnxFile, device: str = "cpu", threads: Optional[int] = None):
+def _ort_session(f: OnnxFile, device: str = "cpu", threads: int | None = None):
     from .export import ort_providers, session
 
     providers = ort_providers(device)
     try:
         return session(f.path, providers, threads)
-    except Exception as e:  # not an ONNX model, or one this onnxruntime cannot run
+    except Exception as e:  # noqa: BLE001 - not an ONNX model, or one this onnxruntime cannot run
         raise PrunekitError(f"onnxruntime cannot load {f.path}: {str(e).splitlines()[0][:200]}") from None
 
 
@@ -381,7 +381,7 @@ def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
     return fn
 
 
-def _torch_model(loaded, backend: str, device: str = "cpu") -> Optional[nn.Module]:
+def _torch_model(loaded, backend: str, device: str = "cpu") -> nn.Module | None:
     """A private copy of the model on ``device`` in the backend's dtype, with its attention
     implementation set once (runners are timed interleaved, so a shared model would switch
     implementation before every call). Moved before the backend is set: ``triton`` checks the
@@ -401,7 +401,7 @@ def _torch_model(loaded, backend: str, device: str = "cpu") -> Optional[nn.Modul
     return model
 
 
-def _torch_runner(loaded, name: str, backend: str, device: str) -> Optional[Runner]:
+def _torch_runner(loaded, name: str, backend: str, device: str) -> Runner | None:
     model = _torch_model(loaded, backend, device)
     if model is None:
         return None
@@ -463,8 +463,8 @@ def _onnx_run(sess, pool: bool) -> Callable[[dict], torch.Tensor]:
     return run
 
 
-def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optional[int],
-                calibration: Optional[str], device: str = "cpu") -> Optional[Runner]:
+def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: int | None,
+                calibration: str | None, device: str = "cpu") -> Runner | None:
     from .export import ExportSettings, export_onnx, ort_providers, session
 
     on_cuda = backend.startswith("ort-cuda")
@@ -494,7 +494,7 @@ def _ort_runner(loaded, name: str, backend: str, workdir: Path, threads: Optiona
     return Runner(name, backend, _onnx_run(sess, False), path.stat().st_size, dtype_of(backend), notes, onnx_path=path)
 
 
-def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
+def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: int | None = None) -> Runner:
     """The ``ort`` backend: an exported file as it is."""
     sess = _ort_session(f, device, threads)
     if torch.device(device).type == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":  # e.g. CUDA libraries missing
@@ -507,8 +507,8 @@ def onnx_file_runner(f: OnnxFile, name: str, device: str = "cpu", threads: Optio
     return Runner(name, "ort", _onnx_run(sess, True), f.path.stat().st_size, dtype, onnx_path=f.path)
 
 
-def build_runner(source, name: str, backend: str, device: str = "cpu", threads: Optional[int] = None,
-                 workdir: Optional[Path] = None, calibration: Optional[str] = None) -> Optional[Runner]:
+def build_runner(source, name: str, backend: str, device: str = "cpu", threads: int | None = None,
+                 workdir: Path | None = None, calibration: str | None = None) -> Runner | None:
     """A runner of ``source`` (a loaded model dir or an :class:`OnnxFile`) on ``backend``; None when
     the backend does not apply to this model (triton for an original). ``workdir`` holds the ONNX
     files an ``ort-*`` backend exports; ``calibration`` is the data ``ort-int8-static`` calibrates

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -24,7 +24,7 @@ class EncodedData:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
-    def subset(self, idx: list[int]) -> "EncodedData":
+    def subset(self, idx: list[int]) -> EncodedData:
         """The examples at ``idx`` (teacher outputs are left out)."""
         return EncodedData([self.input_ids[i] for i in idx], None if self.token_type_ids is None else [self.token_type_ids[i] for i in idx],
                            self.pad_id, None if self.labels is None else self.labels[idx])

@@ -35,16 +35,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from .errors import PrunekitError
 from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
-from .loading import LoadedModel, load_model_dir
+from .errors import PrunekitError
 from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes, rescue
+from .loading import LoadedModel, load_model_dir
 from .system import system_info
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,15 @@ class BenchSettings:
 
     models: list = field(default_factory=list)  # model dirs; the first is the reference (the original)
     device: str = "cpu"
-    backends: Optional[list] = None  # None: DEFAULT_BACKENDS[device]
+    backends: list | None = None  # None: DEFAULT_BACKENDS[device]
     batch: int = 16
     seq_len: int = 128
-    real_lengths: Optional[str] = None  # a data file (or GLUE task): time its sentences' real lengths
+    real_lengths: str | None = None  # a data file (or GLUE task): time its sentences' real lengths
     num_batches: int = 4  # real-length mode: batches of the data timed per repeat
     repeats: int = 10
     warmup: int = 2
-    threads: Optional[int] = None  # None: torch's default (the cores)
-    calibration: Optional[str] = None  # ort-int8-static's data; None: real_lengths' data, else the shipped corpus
+    threads: int | None = None  # None: torch's default (the cores)
+    calibration: str | None = None  # ort-int8-static's data; None: real_lengths' data, else the shipped corpus
     fvcore: bool = True
     seed: int = 0
 
@@ -99,7 +98,7 @@ def _check_backends(s: BenchSettings, notes: list) -> list:
 
 
 def _build(lm: LoadedModel, name: str, backend: str, s: BenchSettings, workdir: Path, batch: dict,
-           notes: list) -> Optional[Runner]:
+           notes: list) -> Runner | None:
     try:
         r = build_runner(lm, name, backend, s.device, s.threads, workdir, s.calibration or s.real_lengths)
     except PrunekitError as e:  # this backend cannot take this model: say so, time the rest
@@ -173,7 +172,7 @@ def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, 
         try:
             out["fvcore"] = fvcore_flops(loaded.compact_view, loaded.kind, t, cfg.vocab_size)["matmul"]
             out["fvcore_seq_len"] = t
-        except Exception as e:  # fvcore's tracer is not ours to fix; the analytic count stands
+        except Exception as e:  # noqa: BLE001 - fvcore's tracer is not ours to fix; the analytic count stands
             notes.append(f"{name}: fvcore could not count ({str(e).splitlines()[0][:120]})")
     return out
 

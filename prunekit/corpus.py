@@ -20,8 +20,8 @@ import re
 import sys
 import sysconfig
 import tokenize
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 

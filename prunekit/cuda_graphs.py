@@ -3,7 +3,7 @@ by the packed token count) and :func:`capture_graph`, which the bench backends s
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -65,8 +65,8 @@ class CudaGraphRunner:
     directly (same results, no graph), so that one code path serves both.
     """
 
-    def __init__(self, model: "CompactBertPreTrainedModel", batch_size: int, seqlen: int, *,
-                 token_granularity: Optional[int] = None, clone_outputs: bool = True, warmup: int = 2,
+    def __init__(self, model: CompactBertPreTrainedModel, batch_size: int, seqlen: int, *,
+                 token_granularity: int | None = None, clone_outputs: bool = True, warmup: int = 2,
                  fallback: bool = False):
         if batch_size < 1 or seqlen < 1:
             raise PrunekitError(f"CudaGraphRunner: batch_size and seqlen must be >= 1, got {batch_size} and {seqlen}")
@@ -103,7 +103,7 @@ class CudaGraphRunner:
                            "token_type_ids": torch.zeros(self.batch_size, self.seqlen, **z)}
             self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs are replayed one at a time
 
-    def capacity_for(self, num_tokens: int) -> Optional[int]:
+    def capacity_for(self, num_tokens: int) -> int | None:
         """The packed-row capacity (graph key) for a batch with ``num_tokens`` real tokens."""
         if not self.packed:
             return None
@@ -133,8 +133,8 @@ class CudaGraphRunner:
         self.graphs[capacity] = capture_graph(lambda: self.model(**kwargs), self.device, self.warmup, self._pool)
         return self.graphs[capacity]
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 token_type_ids: Optional[torch.Tensor] = None):
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None):
         self._check(input_ids, attention_mask, token_type_ids)
         if not self.graphed:
             with torch.inference_mode():

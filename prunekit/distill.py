@@ -30,9 +30,9 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +41,26 @@ from .batching import batch_order, collate, encode
 from .budget import Plan, format_duration, parse_budget, split
 from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
-from .distributed import World, all_reduce_sum, broadcast_object, data_parallel, latest_checkpoint, launched, on_main, open_log, shard
 from .data import data_key
+from .distributed import (
+    World,
+    all_reduce_sum,
+    broadcast_object,
+    data_parallel,
+    latest_checkpoint,
+    launched,
+    on_main,
+    open_log,
+    shard,
+)
 from .errors import PrunekitError
-from .scoring import predict, score
 from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, publish_dir
 from .modeling import CompactBertPreTrainedModel, load_compact, save_compact
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
 from .portable import write_sentence_transformers_files
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
+from .scoring import predict, score
 from .training import APPLIED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
@@ -152,7 +162,7 @@ class DistillSettings:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DistillSettings":
+    def from_dict(cls, data: dict) -> DistillSettings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

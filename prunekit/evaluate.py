@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -90,23 +90,23 @@ class EvalSettings:
     """``prunekit eval`` options."""
 
     models: list = field(default_factory=list)  # model dirs, hub ids or .onnx files, scored side by side
-    data: Optional[str] = None  # GLUE task name or dir, CSV/TSV/JSONL/TXT file; None: the shipped corpus (unlabelled)
-    splits: Optional[list] = None  # a GLUE task's splits; None: dev (MNLI: dev_matched and dev_mismatched)
-    text_column: Optional[str] = None
-    pair_column: Optional[str] = None
-    label_column: Optional[str] = None
-    task: Optional[str] = None  # read the file as this GLUE task
-    glue_dir: Optional[str] = None
-    max_examples: Optional[int] = None
-    reference: Optional[str] = None  # what embedding models and unlabelled data are scored against; None: the teacher
+    data: str | None = None  # GLUE task name or dir, CSV/TSV/JSONL/TXT file; None: the shipped corpus (unlabelled)
+    splits: list | None = None  # a GLUE task's splits; None: dev (MNLI: dev_matched and dev_mismatched)
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str | None = None
+    task: str | None = None  # read the file as this GLUE task
+    glue_dir: str | None = None
+    max_examples: int | None = None
+    reference: str | None = None  # what embedding models and unlabelled data are scored against; None: the teacher
     kind: str = "auto"  # what a teacher dir outputs (compact dirs and .onnx files know)
     max_length: int = 128  # token truncation
     batch_size: int = 64
     seq_len: int = DEFAULT_SEQ_LEN  # the length the analytic FLOPs are counted at
     device: str = "cpu"
-    backends: Optional[list] = None  # score each model dir through these too; None: PyTorch fp32 as loaded
-    calibration: Optional[str] = None  # ort-int8-static's data; None: the shipped corpus
-    tokenizer: Optional[str] = None  # an .onnx file's tokenizer dir; None: beside it, or its export report's
+    backends: list | None = None  # score each model dir through these too; None: PyTorch fp32 as loaded
+    calibration: str | None = None  # ort-int8-static's data; None: the shipped corpus
+    tokenizer: str | None = None  # an .onnx file's tokenizer dir; None: beside it, or its export report's
 
 
 def evaluate(s: EvalSettings) -> dict:
@@ -169,7 +169,7 @@ def _load_models(s: EvalSettings, device: str) -> list[LoadedModel]:
     return loaded
 
 
-def _backends_of(m: LoadedModel, backends: Optional[list]) -> list:
+def _backends_of(m: LoadedModel, backends: list | None) -> list:
     """The rows of one model: None is the model as loaded (PyTorch fp32, or an .onnx file as exported)."""
     from .backends import dtype_of
 
@@ -186,13 +186,13 @@ class _Scorer:
     """Scores one model through one backend on every split; loads each reference model, and
     computes its outputs on each split, once."""
 
-    def __init__(self, s: EvalSettings, device: str, workdir: Path, shared_teacher: Optional[str]):
+    def __init__(self, s: EvalSettings, device: str, workdir: Path, shared_teacher: str | None):
         self.s, self.device, self.workdir, self.shared_teacher = s, device, workdir, shared_teacher
         self.refs: dict[str, LoadedModel] = {}
         self.ref_outputs: dict = {}
         self.cpu_copies: dict = {}  # model path -> the model on the CPU, for the backends' runners
 
-    def runner(self, m: LoadedModel, backend: Optional[str]) -> tuple[str, str, Optional[Callable]]:
+    def runner(self, m: LoadedModel, backend: str | None) -> tuple[str, str, Callable | None]:
         """(row name, dtype, batch -> output or None for the model as loaded)."""
         from .backends import OnnxFile, build_runner, onnx_file_runner
 
@@ -211,7 +211,7 @@ class _Scorer:
             raise PrunekitError(f"backend {backend} does not apply to {m.path} (the compact model's kernels)")
         return backend, r.dtype, r.run
 
-    def outputs(self, m: LoadedModel, run: Optional[Callable], ds) -> torch.Tensor:
+    def outputs(self, m: LoadedModel, run: Callable | None, ds) -> torch.Tensor:
         data = encode(ds, m.tokenizer, self.s.max_length)
         _check_max_length(m, data, self.s.max_length)
         if run is None:
@@ -237,7 +237,7 @@ class _Scorer:
             self.ref_outputs[ref_path, split] = self.outputs(r, self.runner(r, None)[2], ds)
         return ref_path, self.ref_outputs[ref_path, split]
 
-    def row(self, m: LoadedModel, backend: Optional[str], datasets: dict) -> dict:
+    def row(self, m: LoadedModel, backend: str | None, datasets: dict) -> dict:
         name, dtype, run = self.runner(m, backend)
         results = {}
         for split, ds in datasets.items():

@@ -40,9 +40,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -164,7 +164,7 @@ def random_inputs(config, batch: int, length: int, seed: int) -> dict[str, torch
             "token_type_ids": types * mask}
 
 
-def session(path: str | os.PathLike, providers: Optional[list] = None, threads: Optional[int] = None):
+def session(path: str | os.PathLike, providers: list | None = None, threads: int | None = None):
     """An onnxruntime session; threads do not spin while idle (so they do not steal another runtime's cores)."""
     import onnxruntime as ort
 
@@ -197,7 +197,7 @@ class Check:
 
 
 def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, relative: bool = False,
-             providers: Optional[list] = None, seed: int = 0) -> Check:
+             providers: list | None = None, seed: int = 0) -> Check:
     """Run the ONNX file and the PyTorch model on random padded inputs of shapes other than the
     traced one (padded on the right, and once on the left); the largest difference over them.
 
@@ -232,7 +232,7 @@ def validate(path: Path, loaded: LoadedModel, stage: str, tolerance: float, rela
 # ------------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------------
-def ort_providers(device: str) -> Optional[list]:
+def ort_providers(device: str) -> list | None:
     """onnxruntime's providers for ``device``: on cuda:N the CUDA provider on GPU N (onnxruntime's
     own default is GPU 0), the CPU after it; None on the CPU."""
     dev = torch.device(device)
@@ -248,8 +248,8 @@ class ExportSettings:
     opset: int = 17
     fp16: bool = False  # for GPU: weights and compute in fp16, inputs/outputs stay as they are
     optimize: bool = False  # onnxruntime.transformers optimizer, per-layer head counts detected
-    quantize: Optional[str] = None  # "int8": dynamic int8 MatMuls (CPU); "int8-static": calibrated on `calibration`
-    calibration: Optional[str] = None  # int8-static: data (file or GLUE task) to calibrate on; None: the shipped corpus
+    quantize: str | None = None  # "int8": dynamic int8 MatMuls (CPU); "int8-static": calibrated on `calibration`
+    calibration: str | None = None  # int8-static: data (file or GLUE task) to calibrate on; None: the shipped corpus
     calibration_examples: int = 128  # sentences run for calibration
     atol: float = 1e-4  # fp32 graphs: max abs difference to PyTorch
     fp16_rtol: float = 2e-2  # fp16: max abs difference / max |output|
@@ -259,7 +259,7 @@ class ExportSettings:
     int8_rtol: float = 0.25
     force: bool = False
     seed: int = 0
-    device: Optional[str] = None  # the GPU the fp16 check runs on (cuda:N); None: the CUDA provider's default when there is a GPU
+    device: str | None = None  # the GPU the fp16 check runs on (cuda:N); None: the CUDA provider's default when there is a GPU
 
 
 @dataclass
@@ -277,12 +277,12 @@ class ExportReport:
     size_bytes: int = 0
     settings: dict = field(default_factory=dict)
     source_abs: str = ""  # what eval reads from: the model dir, its tokenizer, its reference
-    tokenizer: Optional[str] = None
-    reference: Optional[str] = None  # the teacher a compact model was cut from; an original itself
+    tokenizer: str | None = None
+    reference: str | None = None  # the teacher a compact model was cut from; an original itself
     shape: dict = field(default_factory=dict)  # prunekit.flops.ModelShape of the original
     params: int = 0
-    id2label: Optional[dict] = None  # the classes' names, for lining up labels by name in eval
-    command: Optional[str] = None  # the prunekit command that made it (for the model card)
+    id2label: dict | None = None  # the classes' names, for lining up labels by name in eval
+    command: str | None = None  # the prunekit command that made it (for the model card)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -324,7 +324,7 @@ def trace_to_onnx(model: CompactBertPreTrainedModel, path: Path, opset: int, out
 
 
 def optimize_graph(src: Path, dst: Path, heads_per_layer: list, attention: bool = True, fp16: bool = False,
-                   fusion: Optional[dict] = None) -> dict:
+                   fusion: dict | None = None) -> dict:
     """onnxruntime.transformers optimizer with per-layer head detection; returns fusion statistics.
 
     The fused Attention nodes' ``num_heads`` are compared, in graph order, with the layers' head
@@ -377,7 +377,7 @@ INT8_NOTE = ("dynamic int8 quantizes the exported graph after its own fusions (A
              "BiasGelu; no SkipLayerNormalization, slower on the CPU than the Add and LayerNorm it replaces)")
 
 
-def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Optional[Callable[[Path], None]] = None,
+def quantize_int8(src: Path, dst: Path, heads_per_layer: list = (), check_fused: Callable[[Path], None] | None = None,
                   reduce_range: bool = False) -> dict:
     """Dynamic int8 of ``src``, the graph as exported (unfused): weights int8 per output channel, activations
     quantized per batch (``DynamicQuantizeLinear``, u8; onnxruntime's U8S8 kernels, VNNI/AMX) in
@@ -428,7 +428,7 @@ REDUCE_RANGE_NOTE = (
     "kernels for it saturate; the file runs on any x86 CPU (one made on a VNNI CPU is less exact on CPUs without)")
 
 
-def int8_reduce_range(isa: Optional[dict] = None) -> bool:
+def int8_reduce_range(isa: dict | None = None) -> bool:
     """Whether int8 weights are quantized to 7 bits here: on an x86 CPU without an int8 dot product
     (AVX512-VNNI, AVX-VNNI, AMX-INT8), onnxruntime multiplies u8 activations by s8 weights with
     VPMADDUBSW, whose int16 sums of two products saturate; onnxruntime's documentation advises
@@ -450,7 +450,7 @@ def drop_value_info(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def calibration_batches(loaded: LoadedModel, data: Optional[str], examples: int, batch: int = 16,
+def calibration_batches(loaded: LoadedModel, data: str | None, examples: int, batch: int = 16,
                         max_length: int = 128) -> list[dict]:
     """Real sentences (``data``: a file or GLUE task; None: the shipped corpus), tokenized with the
     model's tokenizer and padded per batch: what static int8 measures activation ranges on."""
@@ -529,19 +529,19 @@ def quantize_int8_static(src: Path, dst: Path, batches: list[dict], reduce_range
             f.unlink(missing_ok=True)
 
 
-def _abs_if_dir(path: Optional[str]) -> Optional[str]:
+def _abs_if_dir(path: str | None) -> str | None:
     """A local dir as an absolute path (the report is read from elsewhere); a hub id as it is."""
     return str(Path(path).resolve()) if path and Path(path).is_dir() else path
 
 
-def _tokenizer_dir(loaded: LoadedModel) -> Optional[str]:
+def _tokenizer_dir(loaded: LoadedModel) -> str | None:
     if has_tokenizer_files(Path(loaded.path)):
         return str(Path(loaded.path).resolve())
     return _abs_if_dir(loaded.config.base_model_name_or_path) if loaded.is_compact else None
 
 
-def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, settings: Optional[ExportSettings] = None,
-                loaded: Optional[LoadedModel] = None, write_report: bool = True) -> ExportReport:
+def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, settings: ExportSettings | None = None,
+                loaded: LoadedModel | None = None, write_report: bool = True) -> ExportReport:
     """Export, (optimize), (fp16 | int8), validate every stage, and move the result to ``output``."""
     s = settings or ExportSettings()
     _check_settings(s)

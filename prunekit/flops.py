@@ -8,8 +8,8 @@ Counts are per sequence of ``seq_len`` tokens (batch 1).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 COMPONENTS = ("qkv", "attention", "output", "ffn")
 
@@ -26,7 +26,7 @@ class ModelShape:
     num_labels: int = 0  # 0: a bare encoder used for embeddings (no pooler/classifier counted)
 
     @classmethod
-    def from_config(cls, config, num_labels: int | None = None) -> "ModelShape":
+    def from_config(cls, config, num_labels: int | None = None) -> ModelShape:
         """The shape of a transformers BERT-family config, or of the original a compact config was cut
         from (its ``head_dim``; no classifier counted for an embedding model)."""
         heads = config.num_attention_heads
@@ -81,7 +81,7 @@ class FlopsReport:
     by_component: dict[str, int]
     per_layer: list[int]
 
-    def ratio_to(self, other: "FlopsReport") -> float:
+    def ratio_to(self, other: FlopsReport) -> float:
         return self.total / other.total
 
     def shares(self) -> dict[str, float]:

@@ -10,7 +10,7 @@ search), hard (a 0/1 mask, the discretised architecture) or a differentiable all
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

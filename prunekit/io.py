@@ -10,8 +10,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import PrunekitError
 
@@ -55,7 +56,7 @@ def give_plain_modes(root: Path) -> None:
     :func:`file_mode`), before it is published: files written through a temp file are created 0o600
     (mkstemp; safetensors' ``save_file``, hence ``save_pretrained``'s weights), dirs by mkdtemp 0o700."""
     fmode, dmode = file_mode(), dir_mode()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _, filenames in os.walk(root):
         os.chmod(dirpath, dmode)
         for name in filenames:
             path = os.path.join(dirpath, name)

@@ -49,8 +49,6 @@ model's own GELU there.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,7 +71,7 @@ class CompactBertConfig(portable.CompactBertConfig):
     def __init__(self, **kwargs):  # an __init__ of its own: transformers >= 5.25 makes a config class without one a dataclass
         super().__init__(**kwargs)
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         if self.backend not in ATTENTION_BACKENDS:
             return f"unknown backend {self.backend!r}: use one of {', '.join(ATTENTION_BACKENDS)}"
         return super().problem()
@@ -226,8 +224,8 @@ class CompactBertPreTrainedModel(portable.CompactBertPreTrainedModel):
     def backend(self) -> str:
         return self.config.backend
 
-    def set_backend(self, backend: str, ffn_align: Optional[int] = None,
-                    exact_gelu: bool = False) -> "CompactBertPreTrainedModel":
+    def set_backend(self, backend: str, ffn_align: int | None = None,
+                    exact_gelu: bool = False) -> CompactBertPreTrainedModel:
         """Switch attention implementation; ``triton`` is checked against this model's device now.
 
         ``ffn_align``: multiple to pad QKV/FFN widths to at inference (see :meth:`CompactLayer.aligned_weights`);
@@ -248,7 +246,7 @@ class CompactBertPreTrainedModel(portable.CompactBertPreTrainedModel):
         self._encoder()._exact_gelu = bool(exact_gelu)
         return self
 
-    def _encoder(self) -> "CompactBertModel":
+    def _encoder(self) -> CompactBertModel:
         return self if isinstance(self, CompactBertModel) else self.bert
 
     def capture_cuda_graph(self, batch_size: int, seqlen: int, **kwargs):
@@ -265,7 +263,7 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
 
     def __init__(self, config: CompactBertConfig):
         super().__init__(config)
-        self._ffn_align: Optional[int] = None  # None: automatic (see set_backend)
+        self._ffn_align: int | None = None  # None: automatic (see set_backend)
         self._exact_gelu = False  # see set_backend
 
     def _align_for(self, device: torch.device, backend: str) -> int:
@@ -276,14 +274,14 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        token_capacity: Optional[int] = None,
-        packed_indices: Optional[torch.Tensor] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        token_capacity: int | None = None,
+        packed_indices: torch.Tensor | None = None,
     ) -> BaseModelOutput:
         """``token_capacity`` (``triton`` backend only): pack the real tokens into exactly this many
         rows (>= the real tokens; the rest are spare) instead of asking the GPU how many there are:
@@ -311,14 +309,14 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
         return super().forward(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
                                output_attentions, return_dict)
 
-    def layer_weights(self, x: torch.Tensor, backend: str) -> Optional[list]:
+    def layer_weights(self, x: torch.Tensor, backend: str) -> list | None:
         """Aligned weight copies (:meth:`CompactLayer.aligned_weights`) on a GPU, and only where no
         gradient can be asked of the parameters."""
         align = 1 if torch.is_grad_enabled() else self._align_for(x.device, backend)
         return [layer.aligned_weights(align) for layer in self.layers] if align > 1 else None
 
     def _forward_packed(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
-                        indices: Optional[torch.Tensor] = None):
+                        indices: torch.Tensor | None = None):
         """``sdpa-packed``: the rows of the real tokens through every layer, attention padded."""
         b, t = input_ids.shape
         mask = attention_mask
@@ -343,7 +341,7 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
                                hidden_states=tuple(unpack(h) for h in hidden) if output_hidden_states else None)
 
     def _forward_triton(self, input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states, packed: bool,
-                        token_capacity: Optional[int] = None):
+                        token_capacity: int | None = None):
         if self.training:
             raise PrunekitError("the triton backend is inference-only: call model.eval(), or use backend 'sdpa' for training")
         pk = _kernels_for_forward(input_ids.device)
@@ -440,7 +438,7 @@ def save_compact(model: CompactBertPreTrainedModel, model_dir) -> None:
     (Path(model_dir) / portable.FILE_NAME).write_text(text, encoding="utf-8")
 
 
-def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> CompactBertPreTrainedModel:
+def load_compact(path, backend: str | None = None, device: str = "cpu") -> CompactBertPreTrainedModel:
     """Load a compact model dir (classification or bare encoder from its config); one-line errors."""
     from pathlib import Path
 
@@ -462,7 +460,7 @@ def load_compact(path, backend: Optional[str] = None, device: str = "cpu") -> Co
         model, info = cls.from_pretrained(str(path), config=config, use_safetensors=True, output_loading_info=True)
     except MemoryError:  # not a corrupt file: the machine is out of memory, and should say so
         raise
-    except Exception as e:  # a truncated or corrupt safetensors file, or mismatched shapes
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt safetensors file, or mismatched shapes
         raise PrunekitError(f"cannot load {weights} (corrupt or incomplete?): {str(e).splitlines()[0][:200]}") from None
     missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
     if missing:

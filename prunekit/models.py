@@ -4,9 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -170,7 +170,7 @@ def load_teacher(name_or_path: str | os.PathLike | None = None, kind: str = "aut
             raise PrunekitError(f"cannot load weights or tokenizer from {name}: {str(e).splitlines()[0][:200]}") from None
         except MemoryError:  # not a corrupt file: the machine (or an allocation we failed to prevent)
             raise
-        except Exception as e:  # safetensors header errors and the like: a corrupt file
+        except Exception as e:  # noqa: BLE001 - safetensors header errors and the like: a corrupt file
             raise PrunekitError(f"cannot load the model in {name} (corrupt or incomplete files?): {str(e).splitlines()[0][:200]}") from None
     model.eval().to(device)
     for p in model.parameters():

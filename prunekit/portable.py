@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from .io import atomic_write_text
 
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def local_dir(name_or_path: Optional[str]) -> Optional[Path]:
+def local_dir(name_or_path: str | None) -> Path | None:
     """The local folder of a model: the dir itself, or a hub id's snapshot in the local hub cache
     (nothing is downloaded); None when there is neither."""
     if name_or_path is None:
@@ -35,7 +34,7 @@ def local_dir(name_or_path: Optional[str]) -> Optional[Path]:
         return None
 
 
-def write_sentence_transformers_files(dst: Path, source: Optional[str], hidden_size: int, max_seq_length: int) -> None:
+def write_sentence_transformers_files(dst: Path, source: str | None, hidden_size: int, max_seq_length: int) -> None:
     """Make ``dst`` (a compact embedding model dir) load with ``SentenceTransformer(dst, trust_remote_code=True)``:
     the files of ``source`` (the teacher's, or the student's: a dir, or a hub id in the local hub
     cache) when it is a sentence-transformers model, else a Transformer + mean pooling."""

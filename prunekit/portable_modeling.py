@@ -27,7 +27,6 @@ heads (neurons) masked: the residual plus the projection's bias, normalised.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,15 +63,15 @@ class CompactBertConfig(PretrainedConfig):
         hidden_size: int = 768,
         num_hidden_layers: int = 12,
         num_attention_heads: int = 12,
-        head_dim: Optional[int] = None,
-        num_heads_per_layer: Optional[list] = None,
-        kept_heads: Optional[list] = None,
+        head_dim: int | None = None,
+        num_heads_per_layer: list | None = None,
+        kept_heads: list | None = None,
         intermediate_size: int = 3072,
-        intermediate_sizes: Optional[list] = None,
+        intermediate_sizes: list | None = None,
         hidden_act: str = "gelu",
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
-        classifier_dropout: Optional[float] = None,
+        classifier_dropout: float | None = None,
         max_position_embeddings: int = 512,
         type_vocab_size: int = 2,
         initializer_range: float = 0.02,
@@ -80,7 +79,7 @@ class CompactBertConfig(PretrainedConfig):
         pad_token_id: int = 0,
         position_style: str = "absolute",
         base_model_type: str = "bert",
-        base_model_name_or_path: Optional[str] = None,
+        base_model_name_or_path: str | None = None,
         task_kind: str = "embedding",
         backend: str = "eager",
         **kwargs,
@@ -115,7 +114,7 @@ class CompactBertConfig(PretrainedConfig):
         if problem:
             self.reject(problem)
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """What makes this config unusable, or None."""
         n = self.num_hidden_layers
         if not (len(self.num_heads_per_layer) == len(self.kept_heads) == len(self.intermediate_sizes) == n):
@@ -193,7 +192,7 @@ class CompactLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.attn_dropout = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, add_mask, backend: str, need_probs: bool = False, weights: Optional[tuple] = None):
+    def forward(self, x: torch.Tensor, add_mask, backend: str, need_probs: bool = False, weights: tuple | None = None):
         """x [B, T, hidden] (padded). ``weights``: ``(qkv_w, qkv_b, up_w, up_b, down_w)`` to multiply
         with instead of the layer's own, whose outputs are sliced to the layer's widths (prunekit
         passes copies padded to aligned widths on a GPU)."""
@@ -253,19 +252,19 @@ class CompactBertModel(CompactBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def layer_weights(self, x: torch.Tensor, backend: str) -> Optional[list]:
+    def layer_weights(self, x: torch.Tensor, backend: str) -> list | None:
         """Per layer, weights to multiply with instead of its own (see :meth:`CompactLayer.forward`), or None."""
         return None
 
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
     ) -> BaseModelOutput:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -312,13 +311,13 @@ class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor] = None,
-        token_type_ids: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
-        labels: Optional[torch.Tensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **encoder_kwargs,
     ) -> SequenceClassifierOutput:
         """``encoder_kwargs``: what the encoder's forward takes besides (prunekit's backends take more)."""
@@ -327,7 +326,7 @@ class CompactBertForSequenceClassification(CompactBertPreTrainedModel):
         res = self.classify(out, labels)
         return res if return_dict is not False else res.to_tuple()
 
-    def classify(self, out: BaseModelOutput, labels: Optional[torch.Tensor]) -> SequenceClassifierOutput:
+    def classify(self, out: BaseModelOutput, labels: torch.Tensor | None) -> SequenceClassifierOutput:
         """The head on the encoder's output: logits from the first token, and the loss given labels."""
         pooled = torch.tanh(self.pooler(out.last_hidden_state[:, 0]))
         logits = self.classifier(self.dropout(pooled))

@@ -9,8 +9,8 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .checkpoint import checkpoint_dirs
 from .io import fsync_path

@@ -11,7 +11,7 @@ teacher's own weights, before any fine-tuning (the search-vs-baselines benchmark
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

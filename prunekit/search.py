@@ -14,9 +14,9 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -24,9 +24,27 @@ from torch import nn
 from .architecture import Architecture, config_hash
 from .batching import EncodedData, batch_order, collate, encode, teacher_outputs
 from .card import command_line
-from .checkpoint import checkpoint_dirs, flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
+from .checkpoint import (
+    checkpoint_dirs,
+    flatten_optimizer,
+    restart_log,
+    restore_optimizer,
+    restoring,
+    run_writes,
+    write_checkpoint,
+)
 from .data import data_key
-from .distributed import World, all_reduce_sum, data_parallel, gather_rows, latest_checkpoint, launched, on_main, open_log, shard
+from .distributed import (
+    World,
+    all_reduce_sum,
+    data_parallel,
+    gather_rows,
+    latest_checkpoint,
+    launched,
+    on_main,
+    open_log,
+    shard,
+)
 from .errors import PrunekitError
 from .flops import expected_flops_ratio, model_flops
 from .gates import GateLogits, Gates
@@ -111,7 +129,7 @@ class SearchSettings:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSettings":
+    def from_dict(cls, data: dict) -> SearchSettings:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -219,14 +237,14 @@ def run_gate_search(
     resume: bool,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
-    world: World = World(),
+    world: World | None = None,
     changed: dict | None = None,
 ) -> tuple[Architecture, list[dict], int, torch.Tensor, torch.Tensor]:
     """The differentiable search itself; rank 0 writes checkpoints and search_log.jsonl into ``work``.
     ``changed``: the settings a --resume changed (logged); ``on_step(step)``: called after every step
     that is not skipped for a NaN/inf, once its checkpoint is written. Returns the architecture, the
     log, the step count and the final gate logits (head, FFN)."""
-    run = _GateSearch(settings, teacher, data, work, device, world)
+    run = _GateSearch(settings, teacher, data, work, device, world or World())
     start_step = run.restore(resume, changed)
     run.loop(start_step, progress, on_step)
     return run.architecture(), run.history, run.total_steps, run.alphas.head.detach().cpu(), run.alphas.ffn.detach().cpu()

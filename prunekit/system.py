@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -31,13 +30,13 @@ def cpu_info() -> dict:
     return {"model": name, "isa": isa, "logical_cpus": os.cpu_count()}
 
 
-def native_bf16(isa: Optional[dict] = None) -> bool:
+def native_bf16(isa: dict | None = None) -> bool:
     """Whether the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16); without, bf16 is emulated."""
     isa = cpu_info()["isa"] if isa is None else isa
     return bool(isa.get("avx512_bf16") or isa.get("amx_bf16"))
 
 
-def int8_dot_product(isa: Optional[dict] = None) -> bool:
+def int8_dot_product(isa: dict | None = None) -> bool:
     """Whether the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
     Without one, onnxruntime's u8 x s8 kernels on x86 multiply with VPMADDUBSW, whose int16 pair sums
     saturate on 8-bit weights; quantizing weights to 7 bits (``reduce_range``) keeps them in range."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -53,7 +53,7 @@ class LossScale:
         self.announce_overflow = True  # log overflows (off on ranks other than 0)
 
     @classmethod
-    def from_history(cls, enabled: bool, history: list[dict], **kwargs) -> "LossScale":
+    def from_history(cls, enabled: bool, history: list[dict], **kwargs) -> LossScale:
         """The scaler a resumed run continues with: the state of the last step the log records."""
         ls = cls(enabled, **kwargs)
         # the last step the log records (applied or overflowed): without a scale (a stretch in bf16
