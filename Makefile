@@ -1,6 +1,7 @@
 # One entry point for newcomers and CI.
 #   make demo         set up (locked versions) and run the main job
-#   make test         set up (locked versions) and run the test suite
+#   make lint         ruff: unused/undefined names, import order, likely bugs (pyproject.toml [tool.ruff])
+#   make test         set up (locked versions), lint, and run the test suite (all of it, slow tests included)
 #   make test-latest  set up the newest versions pyproject.toml's ranges allow, in .venv-latest, and run the suite
 #   make lock         test-latest, then write what it installed to requirements.lock
 VENV ?= .venv
@@ -12,7 +13,7 @@ LOCK := requirements.lock
 # the newest torch the range allows.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-latest lock clean
+.PHONY: setup demo lint test test-latest lock clean
 
 # Exact versions from the lock (a constraints file: it pins every package the resolver picks, and
 # leaves a platform's own extras to pyproject.toml's ranges). The build runs without isolation so the
@@ -31,7 +32,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/prunekit search --force
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Lint first: it takes a second, the suite about ten minutes.
+test: setup lint
 	$(PY) -m pytest -q
 
 # The newest of everything (torch excepted, see TORCH_SPEC), always from scratch: drift shows up here
