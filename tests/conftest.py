@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import make_sentences, make_tiny_model  # noqa: F401  (re-exported for fixtures)
+from factory import make_sentences, make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""Tiny random BERT models and sentences the tests make themselves (imported by conftest and tests)."""
+"""What the tests make themselves and check with (imported by conftest and the test files): tiny
+random BERT models and sentences, compact models and search run dirs cut from them, and the check
+that a command failed with one clear error line."""
+from __future__ import annotations
+
 import random
 from pathlib import Path
 
@@ -110,6 +114,97 @@ def labelled_csv(path: Path, n: int = 48, seed: int = 1) -> Path:
     sents = make_sentences(n, seed=seed)
     path.write_text("text,label\n" + "\n".join(f"{s},{int('river' in s or 'tree' in s)}" for s in sents) + "\n")
     return path
+
+
+# Compact models with uneven heads, search run dirs, random batches.
+def scramble(model, seed: int) -> None:
+    """Weights well away from the tiny init (std 0.02), so that parity is tested on outputs of size ~1."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.2 * noise if "LayerNorm.weight" in name else 0.3 * noise)
+
+
+def edge_architecture(shape, seed: int):
+    """Random kept sets, plus: layer 0 keeps everything, layer 1 no heads, layer 2 no FFN, layer 3
+    nothing at all, layer 4 (if any) a single head."""
+    import torch
+
+    from prunekit.architecture import Architecture
+
+    g = torch.Generator().manual_seed(seed)
+    heads = (torch.rand(shape.num_layers, shape.num_heads, generator=g) < 0.5).float()
+    ffn = (torch.rand(shape.num_layers, shape.intermediate_size, generator=g) < 0.5).float()
+    heads[0], ffn[0] = 1.0, 1.0
+    heads[1] = 0.0
+    ffn[2] = 0.0
+    heads[3], ffn[3] = 0.0, 0.0
+    if shape.num_layers > 4:
+        heads[4] = 0.0
+        heads[4, shape.num_heads - 1] = 1.0
+    return Architecture.from_masks(heads, ffn)
+
+
+def uneven_compact_dir(tiny_models, tmp_path: Path, shape: str, kind: str, seed: int = 3):
+    """A compact model with uneven heads (full layer, no heads, no FFN, nothing, single head) cut from
+    a scrambled tiny teacher and saved under ``tmp_path``: (its dir, its config)."""
+    from prunekit.compact import compact
+    from prunekit.models import load_teacher
+
+    teacher = load_teacher(str(tiny_models(shape, kind)))
+    scramble(teacher.model, seed)
+    model = compact(teacher, edge_architecture(teacher.shape, seed))
+    out = tmp_path / f"{shape}-{kind}-compact"
+    model.save_pretrained(out)
+    return out, model.config
+
+
+def make_run_dir(path: Path, teacher, arch, seq_len: int = 32) -> Path:
+    """A search run dir holding ``arch`` as the search of ``teacher`` would have written it."""
+    from prunekit.architecture import config_hash
+
+    path.mkdir(parents=True, exist_ok=True)
+    arch.meta = {
+        "method": "random",
+        "base_model": {
+            "name_or_path": teacher.name_or_path,
+            "model_type": teacher.config.model_type,
+            "kind": teacher.kind,
+            "config_hash": config_hash(teacher.shape, teacher.config.vocab_size),
+        },
+    }
+    arch.save(path / "architecture.json", teacher.shape, seq_len)
+    return path
+
+
+def random_batch(vocab: int, batch: int, length: int, seed: int) -> dict:
+    """Random token ids with padding (row 0 full length) and random token types."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    lens = torch.randint(1, length + 1, (batch,), generator=g)
+    lens[0] = length
+    mask = (torch.arange(length)[None, :] < lens[:, None]).long()
+    types = (torch.rand(batch, length, generator=g) < 0.5).long()
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
+
+
+# What every bad input must get from the CLI.
+def assert_one_line_error(result, *needles: str) -> str:
+    """``result`` (a click ``Result``) failed as every bad input must: exit status 2 and exactly one
+    non-empty output line, ``error: ...``, holding each of ``needles``; no traceback. Returns the line."""
+    out = result.output
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert result.exit_code == 2, f"exit {result.exit_code}, not 2: {out}\n{result.exception!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"not one error line:\n{out}"
+    assert "Traceback" not in out, out
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in: {lines[0]}"
+    return lines[0]
 
 
 def stop_after(n: int):

@@ -11,15 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from factory import make_sentences
+from factory import assert_one_line_error, make_sentences, uneven_compact_dir
 from prunekit import backends as B
 from prunekit.bench import BenchSettings, bench
-from prunekit.system import cpu_info, native_bf16
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from prunekit.export import random_inputs, reference_output
 from prunekit.loading import load_model_dir
-from test_export import compact_dir
 
 # max |backend - fp32 eager| / max |fp32 eager| per dtype: fp32 differs by summation order only
 # (measured <= 7e-7); bf16 keeps 8 bits of mantissa (2^-8 = 0.4% per rounding; measured <= 1.5e-2
@@ -47,7 +45,7 @@ def _worst_rel(runner, loaded, seeds=(1, 2)) -> tuple[float, tuple]:
 
 @pytest.mark.parametrize("kind", ("embedding", "classification"))
 def test_cpu_backends_match_fp32_eager(tiny_models, tmp_path, kind):
-    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", kind)
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "minilm6", kind)
     assert 0 in cfg.num_heads_per_layer and len(set(cfg.num_heads_per_layer)) > 2  # uneven, with no-head layers
     calib = tmp_path / "calib.txt"
     calib.write_text("\n".join(make_sentences(24, seed=7)) + "\n")
@@ -68,7 +66,7 @@ def test_cpu_backends_match_fp32_eager(tiny_models, tmp_path, kind):
 
 def test_packed_path_equals_padded(tiny_models, tmp_path):
     """sdpa-packed (fp32): every real token's hidden states as the padded path's, zeros at padding."""
-    src, cfg = compact_dir(tiny_models, tmp_path, "bert12", "classification")
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "bert12", "classification")
     loaded = load_model_dir(src)
     model = loaded.compact_view
     batch = random_inputs(cfg, 4, 20, seed=5)
@@ -87,24 +85,34 @@ def test_packed_path_equals_padded(tiny_models, tmp_path):
     model.eval().set_backend("eager")
 
 
-def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
-    """fullgraph=True: a graph break in the compact model fails here; fp32 and bf16 against eager."""
+@pytest.fixture(scope="module")
+def compiled_classifier(tiny_models, tmp_path_factory):
+    """A tiny compact classifier with uneven heads, loaded, for the torch.compile tests (skipped
+    where inductor cannot compile: no C++ compiler)."""
     why = B.unavailable("compile-fp32")
     if why:
         pytest.skip(why)
-    from prunekit import portable_modeling as modeling  # the padded forward (and its _capturing) lives there
+    src, _ = uneven_compact_dir(tiny_models, tmp_path_factory.mktemp("compile"), "tinybert4", "classification")
+    return load_model_dir(src)
 
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
-    loaded = load_model_dir(src)
+
+@pytest.mark.parametrize("backend", ("compile-fp32", "compile-bf16"))
+def test_compile_compact_is_one_graph(compiled_classifier, backend):
+    """fullgraph=True: a graph break in the compact model fails here; fp32 and bf16 against eager."""
+    loaded = compiled_classifier
     torch._dynamo.reset()
-    for backend in ("compile-fp32", "compile-bf16"):
-        r = B.build_runner(loaded, "c", backend)
-        rel, where = _worst_rel(r, loaded, seeds=(1,))
-        assert rel <= REL_TOL[r.dtype], f"{backend}: rel diff {rel:.2e} at {where}"
-    # The padding-free path compiled with dynamic shapes: batches of other sizes, lengths and real-token
-    # counts (one without padding) run the same graph, each within bf16's reach of fp32 eager: on
-    # these batches every bf16 backend (eager, packed, compiled) measured 2.2-6.6% (this tiny
-    # classifier's logits are small), so twice the single-batch tolerance.
+    r = B.build_runner(loaded, "c", backend)
+    rel, where = _worst_rel(r, loaded, seeds=(1,))
+    assert rel <= REL_TOL[r.dtype], f"{backend}: rel diff {rel:.2e} at {where}"
+
+
+def test_compiled_packed_path_is_one_graph_for_every_batch_shape(compiled_classifier, tiny_models):
+    """The padding-free path compiled with dynamic shapes: batches of other sizes, lengths and real-token
+    counts (one without padding) run the same graph, each within bf16's reach of fp32 eager: on
+    these batches every bf16 backend (eager, packed, compiled) measured 2.2-6.6% (this tiny
+    classifier's logits are small), so twice the single-batch tolerance."""
+    loaded = compiled_classifier
+    torch._dynamo.reset()
     r = B.build_runner(loaded, "c", "compile-bf16-packed")
     frames = []
     for b, t, seed in ((3, 12, 1), (5, 20, 2), (2, 7, 3), (4, 9, 4)):
@@ -118,22 +126,35 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
     # one graph for all four shapes (without dynamic=True: [1, 2, 2, 2]); a batch or length of 1 would
     # compile once more (dynamo specialises sizes 0 and 1), which eval's last batch may pay
     assert frames[-1] == frames[0], f"compile-bf16-packed recompiled for a new batch shape: {frames}"
+    # the original model has no padding-free path
     assert B.build_runner(load_model_dir(tiny_models("tinybert4", "classification")), "o", "compile-bf16-packed") is None
-    # On CUDA the compact model multiplies with widths padded to multiples of 8, copies cached by the
-    # weights' data_ptr, which dynamo cannot trace (found on an H100): compiled, the forward takes the
-    # plain weights (inductor pads itself) and matches eager.
+
+
+def test_compile_takes_the_plain_weights_when_widths_are_padded(compiled_classifier):
+    """On CUDA the compact model multiplies with widths padded to multiples of 8, copies cached by the
+    weights' data_ptr, which dynamo cannot trace (found on an H100): compiled, the forward takes the
+    plain weights (inductor pads itself) and matches eager."""
+    loaded = compiled_classifier
     torch._dynamo.reset()
     before = loaded.compact_view.config.backend
     m = loaded.compact_view.set_backend("sdpa", ffn_align=8)
-    assert any(layer.ffn_width % 8 for layer in m._encoder().layers), "this test needs a width that is not a multiple of 8"
-    batch = random_inputs(loaded.config, 2, 9, 5)
-    with torch.no_grad():
-        ref = m(**batch).logits
-        got = torch.compile(m, fullgraph=True)(**batch).logits
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
-    m.set_backend(before)
-    # On CUDA, `_capturing` asks torch.cuda whether a graph is being captured, which dynamo cannot
-    # trace: the forward must not ask while it is compiled (emulated: here tensors are never on CUDA).
+    try:
+        assert any(layer.ffn_width % 8 for layer in m._encoder().layers), "this test needs a width that is not a multiple of 8"
+        batch = random_inputs(loaded.config, 2, 9, 5)
+        with torch.no_grad():
+            ref = m(**batch).logits
+            got = torch.compile(m, fullgraph=True)(**batch).logits
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    finally:
+        m.set_backend(before)
+
+
+def test_compiled_forward_does_not_ask_whether_a_cuda_graph_is_captured(compiled_classifier, monkeypatch):
+    """On CUDA, `_capturing` asks torch.cuda whether a graph is being captured, which dynamo cannot
+    trace: the forward must not ask while it is compiled (emulated: here tensors are never on CUDA)."""
+    from prunekit import portable_modeling as modeling  # the padded forward (and its _capturing) lives there
+
+    loaded = compiled_classifier
     assert not modeling._capturing(torch.zeros(1))
     monkeypatch.setattr(modeling, "_capturing", lambda x: torch.cuda.is_current_stream_capturing())
     torch._dynamo.reset()
@@ -142,41 +163,64 @@ def test_compile_compact_is_one_graph(tiny_models, tmp_path, monkeypatch):
     assert rel <= REL_TOL["fp32"], f"compile-fp32 as on CUDA: rel diff {rel:.2e} at {where}"
 
 
-def test_isa_detection_and_missing_backends(tiny_models, tmp_path, monkeypatch):
-    info = cpu_info()
-    assert info["model"] and info["logical_cpus"] >= 1
-    assert all(isinstance(v, bool) for v in info["isa"].values())
-    if info["isa"]["avx512f"] or info["isa"]["amx_bf16"]:  # these imply AVX2 on every x86 CPU that has them
-        assert info["isa"]["avx2"]
-    assert native_bf16(info["isa"]) == (info["isa"]["avx512_bf16"] or info["isa"]["amx_bf16"])
-    # no C++ compiler: inductor cannot compile on the CPU
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """No C or C++ compiler on PATH or in CC/CXX."""
     monkeypatch.setattr(B.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
-    assert "C++ compiler" in B.unavailable("compile-bf16")
-    # no onnxruntime
+    monkeypatch.delenv("CC", raising=False)
+
+
+@pytest.fixture
+def no_onnxruntime(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+
+def test_without_a_cxx_compiler_inductor_backends_say_so(no_compiler):
+    assert "C++ compiler" in B.unavailable("compile-bf16")
+
+
+def test_without_onnxruntime_ort_backends_say_so(no_onnxruntime):
     assert "onnxruntime is not installed" in B.unavailable("ort-int8")
-    if not torch.cuda.is_available():  # every backend asked for on CUDA says why not (was an UnboundLocalError)
-        assert B.unavailable("torch-sdpa", "cuda") == "torch sees no CUDA device"
-        assert B.unavailable("triton-fp16", "cuda") == "torch sees no CUDA device"
-    # no C compiler (CXX and `which` are gone above): Triton cannot build its CUDA launcher
-    with monkeypatch.context() as m:
-        m.delenv("CC", raising=False)
-        m.setattr(torch.cuda, "is_available", lambda: True)
-        for backend in ("triton-fp16", "triton-fp16-graph", "compile-fp16"):
-            assert "C compiler" in B.unavailable(backend, "cuda"), backend
-        assert B.unavailable("torch-fp16", "cuda") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("backend", ("torch-sdpa", "triton-fp16"))
+def test_cuda_backends_without_cuda_say_so(backend):
+    """Every backend asked for on CUDA says why not (was an UnboundLocalError)."""
+    assert B.unavailable(backend, "cuda") == "torch sees no CUDA device"
+
+
+@pytest.mark.parametrize("backend, needs_c", (("triton-fp16", True), ("triton-fp16-graph", True), ("compile-fp16", True),
+                                              ("torch-fp16", False)))
+def test_without_a_c_compiler_triton_cannot_build_its_cuda_launcher(no_compiler, monkeypatch, backend, needs_c):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    why = B.unavailable(backend, "cuda")
+    if needs_c:
+        assert why and "C compiler" in why, why
+    else:
+        assert why is None, why
+
+
+def test_bench_skips_backends_that_cannot_run_here_with_a_note(tiny_models, no_compiler, no_onnxruntime):
     orig = str(tiny_models("tinybert4", "embedding"))
     res = bench(BenchSettings(models=[orig], backends=["torch-sdpa", "compile-fp32", "ort-fp32"], batch=2, seq_len=8,
                               repeats=1, warmup=0, threads=1, fvcore=False))
     assert [r["backend"] for r in res["rows"]] == ["torch-sdpa"]
     assert any(n.startswith("compile-fp32: skipped (") for n in res["notes"])
     assert any(n.startswith("ort-fp32: skipped (onnxruntime is not installed") for n in res["notes"])
+
+
+def test_eval_on_a_backend_that_cannot_run_here_is_one_line(tiny_models, tmp_path, no_onnxruntime):
+    orig = str(tiny_models("tinybert4", "embedding"))
     data = tmp_path / "t.txt"
     data.write_text("\n".join(make_sentences(6)) + "\n")
     r = CliRunner().invoke(cli, ["eval", orig, "--data", str(data), "--reference", orig, "--backend", "ort-fp32", "--max-length", "32"])
-    assert r.exit_code == 2 and r.output.strip().splitlines() == [
-        "error: backend ort-fp32 cannot run here: onnxruntime is not installed (pip install onnxruntime)"], r.output
+    line = assert_one_line_error(r)
+    assert line == "error: backend ort-fp32 cannot run here: onnxruntime is not installed (pip install onnxruntime)"
+
+
+def test_an_unknown_backend_is_refused():
     with pytest.raises(PrunekitError, match="unknown backend 'torch-fp8'"):
         B.check_backend("torch-fp8", "cpu")
 
@@ -187,21 +231,52 @@ def _labelled(path, n=24):
     return path
 
 
-def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
-    teacher = tiny_models("tinybert4", "classification")
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
-    data = _labelled(tmp_path / "d.csv")
-    run = CliRunner().invoke
-    onnx_fp32, onnx_int8 = tmp_path / "m.onnx", tmp_path / "m8.onnx"
-    r = run(cli, ["export-onnx", str(src), "-o", str(onnx_fp32), "--optimize"])
+@pytest.fixture(scope="module")
+def classifier_onnx(tiny_models, tmp_path_factory):
+    """A tiny compact classifier, labelled data, and the classifier exported twice: fp32 (--optimize)
+    and int8 (static, calibrated on the data); also the int8 export's output."""
+    root = tmp_path_factory.mktemp("classifier-onnx")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        src, _ = uneven_compact_dir(tiny_models, root, "tinybert4", "classification")
+        data = _labelled(root / "d.csv")
+        fp32, int8 = root / "m.onnx", root / "m8.onnx"
+        r = CliRunner().invoke(cli, ["export-onnx", str(src), "-o", str(fp32), "--optimize"])
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(cli, ["export-onnx", str(src), "-o", str(int8), "--optimize", "--quantize", "int8",
+                                     "--calibration", str(data)])
+        assert r.exit_code == 0, r.output
+    finally:
+        torch.set_num_threads(n)
+    return {"root": root, "src": src, "data": data, "fp32": fp32, "int8": int8, "int8_output": r.output}
+
+
+@pytest.fixture(scope="module")
+def embedding_onnx(tiny_models, tmp_path_factory):
+    """A tiny compact embedding model exported to ONNX, and unlabelled text."""
+    root = tmp_path_factory.mktemp("embedding-onnx")
+    emb, _ = uneven_compact_dir(tiny_models, root, "tinybert4", "embedding")
+    f = root / "e.onnx"
+    r = CliRunner().invoke(cli, ["export-onnx", str(emb), "-o", str(f)])
     assert r.exit_code == 0, r.output
-    r = run(cli, ["export-onnx", str(src), "-o", str(onnx_int8), "--optimize", "--quantize", "int8", "--calibration", str(data)])
-    assert r.exit_code == 0, r.output
-    assert "int8-static" in r.output and "--optimize left off" in r.output
-    assert any(n.op_type == "QLinearMatMul" for n in onnx.load(str(onnx_int8)).graph.node)
+    text = root / "t.txt"
+    text.write_text("\n".join(make_sentences(10, seed=3)) + "\n")
+    return {"onnx": f, "text": text}
+
+
+def test_calibrated_int8_export_is_static_and_unoptimized(classifier_onnx):
+    out = classifier_onnx["int8_output"]
+    assert "int8-static" in out and "--optimize left off" in out
+    assert any(n.op_type == "QLinearMatMul" for n in onnx.load(str(classifier_onnx["int8"])).graph.node)
+
+
+def test_eval_through_backends_and_onnx_files(classifier_onnx, tmp_path):
+    c = classifier_onnx
     out = tmp_path / "r.json"
-    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-eager,torch-bf16", "--backend", "ort-int8",
-                  "--compare", str(onnx_fp32), "--compare", str(onnx_int8), "--json", str(out), "--seq-len", "32", "--max-length", "32"])
+    r = CliRunner().invoke(cli, ["eval", str(c["src"]), "--data", str(c["data"]), "--backend", "torch-eager,torch-bf16",
+                                 "--backend", "ort-int8", "--compare", str(c["fp32"]), "--compare", str(c["int8"]),
+                                 "--json", str(out), "--seq-len", "32", "--max-length", "32"])
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["models"]
     assert [(x["backend"], x["dtype"]) for x in rows] == [("torch-eager", "fp32"), ("torch-bf16", "bf16"), ("ort-int8", "int8"),
@@ -213,55 +288,84 @@ def test_eval_backends_and_onnx_files(tiny_models, tmp_path, monkeypatch):
     # the ONNX rows know their model from the export report: compact, its FLOPs and params
     assert rows[3]["type"] == "compact" and rows[3]["flops"] == rows[0]["flops"] and rows[3]["params"] == rows[0]["params"]
     assert "vs fp32" in r.output and "ort-int8-static (int8)" in r.output
-    # no fp32 backend given: the model's own fp32 row is scored too, so bf16 still has its change
-    r = run(cli, ["eval", str(src), "--data", str(data), "--backend", "torch-bf16", "--json", str(out), "--max-length", "32", "--force"])
+
+
+def test_eval_without_an_fp32_backend_scores_the_fp32_model_too(classifier_onnx, tmp_path):
+    """No fp32 backend given: the model's own fp32 row is scored too, so bf16 still has its change."""
+    c = classifier_onnx
+    out = tmp_path / "r.json"
+    r = CliRunner().invoke(cli, ["eval", str(c["src"]), "--data", str(c["data"]), "--backend", "torch-bf16", "--json", str(out),
+                                 "--max-length", "32"])
     assert r.exit_code == 0, r.output
-    rows2 = json.loads(out.read_text())["models"]
-    assert [(x["backend"], x["dtype"]) for x in rows2] == [("torch", "fp32"), ("torch-bf16", "bf16")]
-    assert rows2[0]["results"]["dev"]["metrics"]["accuracy"] == acc[0]
-    assert rows2[1]["results"]["dev"]["primary_delta"] == pytest.approx(acc[1] - acc[0])
-    # an embedding model's ONNX file is scored against the teacher its report names
-    emb, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
-    f = tmp_path / "e.onnx"
-    assert run(cli, ["export-onnx", str(emb), "-o", str(f)]).exit_code == 0
-    text = tmp_path / "t.txt"
-    text.write_text("\n".join(make_sentences(10, seed=3)) + "\n")
-    r = run(cli, ["eval", str(f), "--data", str(text), "--max-length", "32"])
+    rows = json.loads(out.read_text())["models"]
+    assert [(x["backend"], x["dtype"]) for x in rows] == [("torch", "fp32"), ("torch-bf16", "bf16")]
+    acc = [x["results"]["dev"]["metrics"]["accuracy"] for x in rows]
+    assert rows[0]["results"]["dev"]["primary_delta"] is None
+    assert rows[1]["results"]["dev"]["primary_delta"] == pytest.approx(acc[1] - acc[0])
+
+
+def test_eval_scores_an_embedding_onnx_file_against_its_teacher(embedding_onnx, tiny_models):
+    """An embedding model's ONNX file is scored against the teacher its export report names."""
+    e = embedding_onnx
+    r = CliRunner().invoke(cli, ["eval", str(e["onnx"]), "--data", str(e["text"]), "--max-length", "32"])
     assert r.exit_code == 0 and "similarity_spearman" in r.output, r.output
     assert "scored by fidelity to" in r.output and str(tiny_models("tinybert4", "embedding")) in r.output
-    # an ONNX file asked to run on CUDA where it cannot: one line, never a quiet run on the CPU
-    if not torch.cuda.is_available():
-        with pytest.raises(PrunekitError, match=r"cannot run .*e\.onnx on cuda: torch sees no CUDA device"):
-            B.build_runner(B.load_onnx_file(f), "m", "ort", device="cuda")
-        import onnxruntime as ort
 
-        # CUDA present and listed, but the provider does not load (missing CUDA libraries): onnxruntime
-        # falls back to the CPU by itself, which must not pass for a CUDA run
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-        for device in ("cuda", "cuda:1"):
-            with pytest.raises(PrunekitError, match="fell back to CPUExecutionProvider instead of CUDA|cannot load"):
-                B.build_runner(B.load_onnx_file(f), "m", "ort", device=device)
-        monkeypatch.undo()
-    # on cuda:N onnxruntime's CUDA provider is asked for GPU N (its default is GPU 0)
-    from prunekit.export import ort_providers, session
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_onnx_file_asked_to_run_on_cuda_without_cuda_is_refused(embedding_onnx):
+    """One line, never a quiet run on the CPU."""
+    with pytest.raises(PrunekitError, match=r"cannot run .*e\.onnx on cuda: torch sees no CUDA device"):
+        B.build_runner(B.load_onnx_file(embedding_onnx["onnx"]), "m", "ort", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device", ("cuda", "cuda:1"))
+def test_an_onnx_file_whose_cuda_provider_does_not_load_is_refused(embedding_onnx, monkeypatch, device):
+    """CUDA present and listed, but the provider does not load (missing CUDA libraries): onnxruntime
+    falls back to the CPU by itself, which must not pass for a CUDA run."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(PrunekitError, match="fell back to CPUExecutionProvider instead of CUDA|cannot load"):
+        B.build_runner(B.load_onnx_file(embedding_onnx["onnx"]), "m", "ort", device=device)
+
+
+def test_ort_providers_ask_for_the_gpu_of_the_device():
+    """On cuda:N onnxruntime's CUDA provider is asked for GPU N (its default is GPU 0)."""
+    from prunekit.export import ort_providers
 
     assert ort_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
     assert ort_providers("cuda")[0] == ("CUDAExecutionProvider", {"device_id": 0}) and ort_providers("cpu") is None
 
+
+def test_a_provider_the_onnxruntime_build_lacks_is_left_out(embedding_onnx, monkeypatch):
+    """Options and all: the session runs on what the build has."""
     import onnxruntime as ort
 
-    with monkeypatch.context() as m:  # a provider this build lacks is left out, options and all
-        m.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-        assert session(f, ort_providers("cuda:1")).get_providers() == ["CPUExecutionProvider"]
-    # bad input: one line each
-    for args, msg in ((["eval", str(f), "--data", str(text), "--kind", "classification", "--max-length", "32"], "is a embedding model"),
-                      (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--calibration", str(data)], "--quantize int8"),
-                      (["eval", str(f), "--data", str(text), "--backend", "torch-bf16", "--max-length", "32"],
-                       "--backend applies to model dirs"),
-                      (["eval", str(teacher), "--data", str(data), "--backend", "triton"], "backend 'triton' runs on cuda only")):
-        r = run(cli, args)
-        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+    from prunekit.export import ort_providers, session
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert session(embedding_onnx["onnx"], ort_providers("cuda:1")).get_providers() == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("case", ("--kind on an ONNX file", "--calibration without --quantize", "--backend on an ONNX file",
+                                  "a CUDA-only backend on the CPU"))
+def test_eval_and_export_bad_input_is_one_line(classifier_onnx, embedding_onnx, tiny_models, tmp_path, case):
+    c, e = classifier_onnx, embedding_onnx
+    f, text, src, data = str(e["onnx"]), str(e["text"]), str(c["src"]), str(c["data"])
+    args, msg = {
+        "--kind on an ONNX file": (["eval", f, "--data", text, "--kind", "classification", "--max-length", "32"],
+                                   "is a embedding model"),
+        "--calibration without --quantize": (["export-onnx", src, "-o", str(tmp_path / "x.onnx"), "--calibration", data],
+                                             "--quantize int8"),
+        "--backend on an ONNX file": (["eval", f, "--data", text, "--backend", "torch-bf16", "--max-length", "32"],
+                                      "--backend applies to model dirs"),
+        "a CUDA-only backend on the CPU": (["eval", str(tiny_models("tinybert4", "classification")), "--data", data,
+                                            "--backend", "triton"], "backend 'triton' runs on cuda only"),
+    }[case]
+    assert_one_line_error(CliRunner().invoke(cli, args), msg)
 
 
 def test_recompile_limit_is_raised_only_inside_a_compiled_runner():
@@ -309,7 +413,7 @@ def test_shape_graphs_keys_inputs_and_eviction(tiny_models, tmp_path, kind):
     """The graph bookkeeping of the *-graph backends, on the CPU: one graph per shape and padding,
     a batch without padding captured without a mask, new inputs reach a replayed graph, the oldest
     graph dropped past `keep`; outputs equal the model's own (original: the 4-D mask form)."""
-    src, cfg = compact_dir(tiny_models, tmp_path, "tinybert4", kind)
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", kind)
     for model_dir in (src, tiny_models("tinybert4", kind)):
         loaded = load_model_dir(model_dir)
         model = B._torch_model(loaded, "torch-fp16-graph").eval()
@@ -349,7 +453,7 @@ CUDA_REL_TOL = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.04}  # fp16: 11 mantissa b
 def test_cuda_backends_match_fp32(tiny_models, tmp_path, kind):
     """Every CUDA backend against fp32 eager on the CPU, for a compact model with uneven heads and
     no-head layers and for its original, on padded and unpadded batches (graphs replayed twice)."""
-    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", kind)
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "minilm6", kind)
     for model_dir in (src, tiny_models("minilm6", kind)):
         loaded = load_model_dir(model_dir)
         # torch.compile once (compact model): each compile takes seconds, and the CPU tests cover the rest

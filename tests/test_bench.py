@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from factory import assert_one_line_error, uneven_compact_dir
 from prunekit.bench import BenchSettings, bench
-from prunekit.system import cpu_info
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
-from test_export import compact_dir
+from prunekit.system import ISA_FLAGS, cpu_info, native_bf16
 
 
 def test_bench_cli_writes_table_json_png(tiny_models, tmp_path):
     orig = tiny_models("minilm6", "embedding")
-    comp, _ = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    comp, _ = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
     out = tmp_path / "res"
     r = CliRunner().invoke(cli, ["bench", str(orig), str(comp), "--batch", "2", "--seq-len", "8", "--repeats", "2",
                                  "--warmup", "1", "--threads", "1", "--backend", "torch-sdpa", "--backend", "ort-fp32",
@@ -57,17 +59,34 @@ def test_bench_cli_writes_table_json_png(tiny_models, tmp_path):
 
 def test_bench_real_lengths(tiny_models, tmp_path, text_file):
     orig = tiny_models("tinybert4", "classification")
-    comp, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    comp, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
     res = bench(BenchSettings(models=[str(orig), str(comp)], batch=4, seq_len=32, real_lengths=str(text_file), num_batches=3,
                               repeats=1, warmup=0, threads=1, fvcore=False, backends=["torch-eager", "ort-fp32"]))
     assert res["mode"] == "real-lengths" and len(res["batches"]) == 3 and res["sentences_per_repeat"] == 12
-    assert max(b[1] for b in res["batches"]) <= 32 and len({b[1] for b in res["batches"]}) >= 1
+    # each batch as wide as its longest sentence ([CLS], a token a word, [SEP]), not padded to --seq-len
+    words = [len(line.split()) for line in text_file.read_text().splitlines()[:12]]
+    assert res["batches"] == [[4, max(words[i:i + 4]) + 2] for i in (0, 4, 8)]
+    assert len({b[1] for b in res["batches"]}) > 1, "the widths should differ, or the test shows nothing"
     assert len(res["rows"]) == 4
 
 
-def test_cpu_info_is_sensible():
+def test_cpu_info_reads_the_cpu_model_flags_and_count():
+    """What bench reports about the CPU: /proc/cpuinfo's model name and flags, os.cpu_count()."""
     info = cpu_info()
-    assert info["model"] and info["logical_cpus"] >= 1 and set(info["isa"]) >= {"avx2", "avx512f", "amx_bf16"}
+    assert info["logical_cpus"] == os.cpu_count() and set(info["isa"]) == set(ISA_FLAGS)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        fields = [line.partition(":") for line in cpuinfo.read_text().splitlines()]
+        model = next((v.strip() for k, _, v in fields if k.strip() == "model name"), None)
+        flags = next((set(v.split()) for k, _, v in fields if k.strip() == "flags"), set())
+        if model:
+            assert info["model"] == model
+        assert info["isa"] == {k: k in flags for k in ISA_FLAGS}
+    assert info["model"]
+    isa = info["isa"]
+    if isa["avx512f"] or isa["amx_bf16"]:  # these imply AVX2 on every x86 CPU that has them
+        assert isa["avx2"]
+    assert native_bf16(isa) == (isa["avx512_bf16"] or isa["amx_bf16"])
 
 
 def test_bad_input(tiny_models, tmp_path):
@@ -84,8 +103,7 @@ def test_bad_input(tiny_models, tmp_path):
     if not torch.cuda.is_available():
         cases += ((["bench", orig, "--device", "cuda"], "this machine has no CUDA GPU"),)
     for args, msg in cases:
-        r = runner.invoke(cli, args)
-        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, (args, r.output)
+        assert_one_line_error(runner.invoke(cli, args), msg)
     with pytest.raises(PrunekitError, match="at least one model"):
         bench(BenchSettings(models=[]))
 

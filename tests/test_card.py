@@ -8,9 +8,15 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from factory import SEQ, kept_arch, labelled_csv, scrambled_teacher_dir
-from test_compact import edge_architecture, make_run_dir
-
+from factory import (
+    SEQ,
+    assert_one_line_error,
+    edge_architecture,
+    kept_arch,
+    labelled_csv,
+    make_run_dir,
+    scrambled_teacher_dir,
+)
 from prunekit import card as C
 from prunekit.cli import cli
 from prunekit.distill import DistillSettings, distill
@@ -23,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def table_rows(text: str, heading: str) -> list[list[str]]:
     """The body rows of the first markdown table after ``heading``."""
     section = text.split(heading, 1)[1]
-    rows = [l for l in section.splitlines() if l.startswith("|")]
+    rows = [ln for ln in section.splitlines() if ln.startswith("|")]
     return [[c.strip() for c in r.strip("|").split("|")] for r in rows[2:] if not r.startswith("## ")]
 
 
@@ -78,8 +84,7 @@ def test_card_adds_a_bench_table_and_refuses_bad_dirs(tiny_models, tmp_path):
     assert f"prunekit export-onnx {tmp_path / 'm'} -o {tmp_path / 'm' / 'onnx' / 'model.onnx'}" in text.split("## How it was made")[1]
     for args, says in ((["card", str(tmp_path / "nowhere")], "not a model dir"),
                        (["card", str(tmp_path / "m"), "--bench", str(tmp_path)], "has no bench.md")):
-        res = runner.invoke(cli, args)
-        assert res.exit_code == 2 and res.output.startswith("error:") and says in res.output, res.output
+        assert_one_line_error(runner.invoke(cli, args), says)
 
 
 def test_distilled_card_shows_the_metric_before_and_after(tmp_path):

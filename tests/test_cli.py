@@ -4,7 +4,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from factory import make_sentences
+from factory import assert_one_line_error, make_sentences
 from prunekit.cli import cli
 
 VERBS = ("search", "compact", "distill", "export-onnx", "bench", "eval")
@@ -42,18 +42,9 @@ def test_search_cli_end_to_end(tiny_models, text_file, tmp_path):
     assert 0.475 <= arch["achieved_flops_ratio"] <= 0.525
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("target", ["0", "-0.2", "1.5", "nan"])
 def test_target_outside_range(tiny_models, text_file, tmp_path, target):
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--target", target)), "--target", "(0, 1]")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--target", target)), "--target", "(0, 1]")
     assert not list(tmp_path.glob("run*"))
 
 
@@ -62,13 +53,13 @@ def test_model_dir_not_bert(tmp_path, text_file):
 
     d = tmp_path / "gpt2"
     GPT2Config(n_layer=1, n_head=2, n_embd=8).save_pretrained(d)
-    _one_line_error(run(_search_args(tmp_path, d, text_file)), "not BERT-family")
+    assert_one_line_error(run(_search_args(tmp_path, d, text_file)), "not BERT-family")
 
 
 def test_model_dir_missing_or_empty(tmp_path, text_file):
-    _one_line_error(run(_search_args(tmp_path, tmp_path / "nope", text_file)), "not found")
+    assert_one_line_error(run(_search_args(tmp_path, tmp_path / "nope", text_file)), "not found")
     (tmp_path / "empty").mkdir()
-    _one_line_error(run(_search_args(tmp_path, tmp_path / "empty", text_file)), "config.json")
+    assert_one_line_error(run(_search_args(tmp_path, tmp_path / "empty", text_file)), "config.json")
 
 
 def test_corrupt_weights(tiny_models, tmp_path, text_file):
@@ -77,42 +68,42 @@ def test_corrupt_weights(tiny_models, tmp_path, text_file):
     d = tmp_path / "broken"
     shutil.copytree(tiny_models(), d)
     (d / "model.safetensors").write_bytes(b"\x00" * 100)
-    _one_line_error(run(_search_args(tmp_path, d, text_file)), "broken")
+    assert_one_line_error(run(_search_args(tmp_path, d, text_file)), "broken")
 
 
 def test_missing_data_file(tiny_models, tmp_path):
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), tmp_path / "missing.csv")), "missing.csv")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), tmp_path / "missing.csv")), "missing.csv")
 
 
 def test_malformed_jsonl(tiny_models, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine line"}\n{not json\n')
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), bad)), "line 2")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), bad)), "line 2")
 
 
 def test_label_column_that_does_not_exist(tiny_models, tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "\n".join(f"{s},1" for s in make_sentences(10)) + "\n")
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), data, "--label-column", "gold")), "gold")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), data, "--label-column", "gold")), "gold")
 
 
 def test_empty_data(tiny_models, tmp_path):
     data = tmp_path / "empty.txt"
     data.write_text("\n\n")
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), data)))
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), data)))
 
 
 def test_existing_output_needs_force(tiny_models, text_file, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("precious")
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), text_file)), "--force")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), text_file)), "--force")
     assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
     result = run(_search_args(tmp_path, tiny_models(), text_file, "--force"))
     assert result.exit_code == 0 and not (tmp_path / "run" / "keep.txt").exists()
 
 
 def test_resume_without_partial_run(tiny_models, text_file, tmp_path):
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--resume")), "nothing to resume")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--resume")), "nothing to resume")
 
 
 def test_cuda_requested_without_gpu(tiny_models, text_file, tmp_path):
@@ -120,9 +111,9 @@ def test_cuda_requested_without_gpu(tiny_models, text_file, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    _one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--device", "cuda")), "cuda")
+    assert_one_line_error(run(_search_args(tmp_path, tiny_models(), text_file, "--device", "cuda")), "cuda")
 
 
 @pytest.mark.parametrize("args", [["export-onnx", "x", "-o", "x.onnx"], ["bench", "x"]])
 def test_export_and_bench_reject_a_missing_model_dir(args):
-    _one_line_error(run(args), "not a directory")
+    assert_one_line_error(run(args), "not a directory")

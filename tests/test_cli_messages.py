@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from factory import kept_arch, make_compact_dir, make_sentences
+from factory import assert_one_line_error, kept_arch, make_compact_dir, make_sentences
 from prunekit.cli import cli
 from prunekit.data import load_data
 
@@ -18,13 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def run(args):
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def _one_line_error(result, *needles):
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +33,21 @@ def pair(tmp_path_factory, tiny_models):
 
 def test_compact_refuses_a_compact_model(pair, tmp_path):
     _, compact, _ = pair
-    _one_line_error(run(["compact", compact, "-o", tmp_path / "again"]), "is a compact model already", "prunekit search")
+    assert_one_line_error(run(["compact", compact, "-o", tmp_path / "again"]), "is a compact model already", "prunekit search")
     assert not (tmp_path / "again").exists()
 
 
 def test_a_compact_model_as_teacher(pair, tmp_path):
     teacher, compact, texts = pair
     r = run(["search", "--model", compact, "--data", texts, "-o", tmp_path / "s", "--max-steps", "2"])
-    _one_line_error(r, "is a compact model", "give the teacher it was cut from", str(teacher))
+    assert_one_line_error(r, "is a compact model", "give the teacher it was cut from", str(teacher))
 
 
 def test_a_classifier_head_the_model_does_not_have(pair, tmp_path):
     teacher, _, texts = pair
     for kind in ("classification", "regression"):
         r = run(["search", "--model", teacher, "--kind", kind, "--data", texts, "-o", tmp_path / kind, "--max-steps", "2"])
-        _one_line_error(r, f"has no {kind} head", "leave --kind at auto")
+        assert_one_line_error(r, f"has no {kind} head", "leave --kind at auto")
 
 
 def test_a_typo_in_a_relative_path_is_not_a_hub_lookup(pair, tmp_path, monkeypatch):
@@ -62,14 +55,14 @@ def test_a_typo_in_a_relative_path_is_not_a_hub_lookup(pair, tmp_path, monkeypat
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
-    _one_line_error(run(["eval", "runs/nope", "--data", texts]), "model directory not found: runs/nope")
+    assert_one_line_error(run(["eval", "runs/nope", "--data", texts]), "model directory not found: runs/nope")
     assert time.perf_counter() - t0 < 20  # not the hub's retries (30 s and more offline)
 
 
 def test_click_usage_errors_are_one_line(tmp_path):
-    _one_line_error(run(["search", "--target", "abc"]), "Invalid value for '--target'", "search --help`)")
-    _one_line_error(run(["export-onnx", "x", "-o", tmp_path / "m.onnx", "--quantize", "int4"]), "'--quantize'")
-    _one_line_error(run(["no-such-verb"]), "No such command")
+    assert_one_line_error(run(["search", "--target", "abc"]), "Invalid value for '--target'", "search --help`)")
+    assert_one_line_error(run(["export-onnx", "x", "-o", tmp_path / "m.onnx", "--quantize", "int4"]), "'--quantize'")
+    assert_one_line_error(run(["no-such-verb"]), "No such command")
     assert run(["--help"]).exit_code == 0 and run(["search", "--help"]).output.startswith("Usage:")
 
 
@@ -77,7 +70,7 @@ def test_click_usage_errors_are_one_line(tmp_path):
                                                 ("--max-length", "4", "--max-length must be >= 8 tokens, got 4")])
 def test_one_option_per_message(pair, tmp_path, opt, value, needle):
     teacher, _, texts = pair
-    _one_line_error(run(["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", opt, value]), needle)
+    assert_one_line_error(run(["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", opt, value]), needle)
 
 
 def test_search_says_when_it_projected(pair, tmp_path):
@@ -106,10 +99,10 @@ def test_eval_teacher_first_against_its_students(pair, tmp_path):
 def test_bench_original_first_and_backends_that_apply(pair, tmp_path):
     teacher, compact, _ = pair
     common = ["--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0", "--no-fvcore"]
-    _one_line_error(run(["bench", compact, teacher, "--backend", "torch-eager", *common]),
-                    "give the original model first", "is a compact model")
-    _one_line_error(run(["bench", teacher, "--backend", "torch-bf16-packed", *common]),
-                    "no backend could run these models", "compact models only")
+    assert_one_line_error(run(["bench", compact, teacher, "--backend", "torch-eager", *common]),
+                          "give the original model first", "is a compact model")
+    assert_one_line_error(run(["bench", teacher, "--backend", "torch-bf16-packed", *common]),
+                          "no backend could run these models", "compact models only")
 
 
 def test_first_string_column_as_text_is_said(tmp_path, caplog):
@@ -129,7 +122,7 @@ def test_distill_checks_the_students_architecture_file(pair, tmp_path):
     (broken / "architecture.json").write_text("{oops")
     r = run(["distill", broken, "--teacher", teacher, "--data", texts, "-o", tmp_path / "d", "--stage1-epochs", "0.1",
              "--stage2-epochs", "0.1"])
-    _one_line_error(r, "architecture.json")
+    assert_one_line_error(r, "architecture.json")
     assert not (tmp_path / "d").exists()
 
 
@@ -137,13 +130,13 @@ def test_kind_against_the_models_own_head(tiny_models, pair, tmp_path):
     _, _, texts = pair
     cls = tiny_models("minilm6", "classification")
     r = run(["search", "--model", cls, "--kind", "regression", "--data", texts, "-o", tmp_path / "r", "--max-steps", "2"])
-    _one_line_error(r, "is a classifier with 2 labels, not a regression model")
+    assert_one_line_error(r, "is a classifier with 2 labels, not a regression model")
 
 
 def test_eval_an_original_beside_another_teachers_student(tiny_models, pair, tmp_path):
     _, compact, texts = pair  # cut from minilm6; tinybert4 is no teacher of it
     other = tiny_models("tinybert4", "embedding")
-    _one_line_error(run(["eval", other, "--compare", compact, "--data", texts]), "pass --reference MODEL")
+    assert_one_line_error(run(["eval", other, "--compare", compact, "--data", texts]), "pass --reference MODEL")
 
 
 def test_a_cuda_index_the_machine_lacks_is_one_line(monkeypatch):
@@ -174,4 +167,4 @@ def test_devices_prunekit_does_not_run_on_are_one_line(pair, tmp_path, device):
     for args in (["eval", compact, "--data", texts], ["bench", teacher, compact],
                  ["search", "--model", teacher, "--data", texts, "-o", tmp_path / "s", "--max-steps", "2"],
                  ["distill", compact, "--data", texts, "-o", tmp_path / "d"]):
-        _one_line_error(run(args + ["--device", device]), "--device", device)
+        assert_one_line_error(run(args + ["--device", device]), "--device", device)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from transformers.activations import ACT2FN
 
-import prunekit
-from prunekit.architecture import Architecture, config_hash
+from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble
+from prunekit.architecture import Architecture
 from prunekit.cli import cli
 from prunekit.compact import compact, compact_to_dir, fvcore_flops
 from prunekit.errors import PrunekitError
@@ -26,41 +26,6 @@ from prunekit.models import Teacher, load_teacher, model_output
 SHAPES = ("tinybert4", "minilm6", "bert12")
 HAS_FVCORE = importlib.util.find_spec("fvcore") is not None
 KINDS = ("embedding", "classification", "regression")
-
-
-def scramble(model: torch.nn.Module, seed: int) -> None:
-    """Weights well away from the tiny init (std 0.02), so that parity is tested on outputs of size ~1."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.2 * noise if "LayerNorm.weight" in name else 0.3 * noise)
-
-
-def edge_architecture(shape: ModelShape, seed: int) -> Architecture:
-    """Random kept sets, plus: layer 0 keeps everything, layer 1 no heads, layer 2 no FFN, layer 3
-    nothing at all, layer 4 (if any) a single head."""
-    g = torch.Generator().manual_seed(seed)
-    heads = (torch.rand(shape.num_layers, shape.num_heads, generator=g) < 0.5).float()
-    ffn = (torch.rand(shape.num_layers, shape.intermediate_size, generator=g) < 0.5).float()
-    heads[0], ffn[0] = 1.0, 1.0
-    heads[1] = 0.0
-    ffn[2] = 0.0
-    heads[3], ffn[3] = 0.0, 0.0
-    if shape.num_layers > 4:
-        heads[4] = 0.0
-        heads[4, shape.num_heads - 1] = 1.0
-    return Architecture.from_masks(heads, ffn)
-
-
-def random_batch(vocab: int, batch: int, length: int, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, vocab, (batch, length), generator=g)
-    lens = torch.randint(1, length + 1, (batch,), generator=g)
-    lens[0] = length
-    mask = (torch.arange(length)[None, :] < lens[:, None]).long()
-    types = (torch.rand(batch, length, generator=g) < 0.5).long()
-    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types * mask}
 
 
 def gated_output(teacher: Teacher, arch: Architecture, batch: dict) -> torch.Tensor:
@@ -81,21 +46,6 @@ def scrambled_teacher(tiny_models, shape: str, kind: str, seed: int = 0) -> Teac
     teacher = load_teacher(str(tiny_models(shape, kind)))
     scramble(teacher.model, seed)
     return teacher
-
-
-def make_run_dir(path: Path, teacher: Teacher, arch: Architecture, seq_len: int = 32) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    arch.meta = {
-        "method": "random",
-        "base_model": {
-            "name_or_path": teacher.name_or_path,
-            "model_type": teacher.config.model_type,
-            "kind": teacher.kind,
-            "config_hash": config_hash(teacher.shape, teacher.config.vocab_size),
-        },
-    }
-    arch.save(path / "architecture.json", teacher.shape, seq_len)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,8 +291,7 @@ def test_cli_compact(tiny_models, tmp_path):
     assert report["compact"]["flops_fvcore"] == (report["compact"]["flops_analytic"] if HAS_FVCORE else None)
     assert report["original"]["flops_fvcore"] == (report["original"]["flops_analytic"] if HAS_FVCORE else None)
 
-    again = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out")])
-    assert again.exit_code == 2 and "already exists" in again.output and "--force" in again.output
+    assert_one_line_error(runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out")]), "already exists", "--force")
     forced = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out"), "--force", "--no-fvcore"])
     assert forced.exit_code == 0, forced.output
     # Default output: beside the run dir.
@@ -367,10 +316,7 @@ def test_bad_inputs(tiny_models, tmp_path):
     run = make_run_dir(tmp_path / "run", teacher, edge_architecture(teacher.shape, 71))
 
     def fails(args, match):
-        res = runner.invoke(cli, ["compact", *args])
-        assert res.exit_code == 2, res.output
-        lines = [line for line in res.output.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], res.output
+        assert_one_line_error(runner.invoke(cli, ["compact", *args]), match)
         assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
     fails([str(tmp_path / "missing"), "-o", str(tmp_path / "out")], "run directory not found")
@@ -461,7 +407,7 @@ def test_aligned_widths_keep_outputs_and_saved_shapes(tiny_models, tmp_path):
         assert all(a is b for a, b in zip(layer.aligned_weights(8), layer.aligned_weights(8)))  # cached
         assert layer.aligned_weights(1)[2] is (layer.up.weight if layer.up is not None else None)
     # The copies follow an in-place change of the weights, and are never part of the saved model.
-    layer = next(l for l in model.bert.layers if l.up is not None and l.ffn_width % 8)
+    layer = next(la for la in model.bert.layers if la.up is not None and la.ffn_width % 8)
     with torch.no_grad():
         layer.up.weight.mul_(1.5)
     changed_eager = run_output(model.set_backend("eager"), "classification", batch)
@@ -482,7 +428,7 @@ def test_aligned_widths_keep_outputs_and_saved_shapes(tiny_models, tmp_path):
         assert frozen.bert.layers[0].attn_norm.weight.is_inference()
         out = frozen(**batch).logits
         assert (out - run_output(model.set_backend("eager"), "classification", batch)).abs().max() < 1e-5
-        layer = next(l for l in frozen.bert.layers if l.up is not None and l.ffn_width % 8)
+        layer = next(la for la in frozen.bert.layers if la.up is not None and la.ffn_width % 8)
         assert all(a is b for a, b in zip(layer.aligned_weights(8), layer.aligned_weights(8)))
 
 
@@ -707,10 +653,10 @@ def test_architecture_is_checked_against_the_whole_model(tiny_models, tmp_path):
         "a 13-head shape": (lambda d: d["shape"].update(num_heads=d["shape"]["num_heads"] + 1), "with head count"),
         "a 13-layer shape": (lambda d: d["shape"].update(num_layers=13), "with layer count 13"),
     }
-    for name, (edit, says) in cases.items():
+    for edit, says in cases.values():  # each error line names what is wrong
         bad = json.loads(json.dumps(good))
         edit(bad)
         (run / "architecture.json").write_text(json.dumps(bad))
         r = runner.invoke(cli, ["compact", str(run), "-o", str(tmp_path / "out"), "--no-fvcore"])
-        assert r.exit_code == 2 and says in r.output and r.output.startswith("error:"), (name, r.output)
+        assert_one_line_error(r, says)
         assert not (tmp_path / "out").exists()

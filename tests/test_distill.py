@@ -11,7 +11,19 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from factory import SEQ, WORDS, kept_arch, labelled_csv, make_compact_dir, make_sentences, make_tiny_model, real_tokenizer, scrambled_teacher_dir, stop_after
+from factory import (
+    SEQ,
+    WORDS,
+    assert_one_line_error,
+    kept_arch,
+    labelled_csv,
+    make_compact_dir,
+    make_sentences,
+    make_tiny_model,
+    real_tokenizer,
+    scrambled_teacher_dir,
+    stop_after,
+)
 from prunekit.architecture import Architecture
 from prunekit.augment import WordReplacer, augment_dataset, build_replacer
 from prunekit.cli import cli
@@ -21,7 +33,6 @@ from prunekit.distill import DistillSettings, attention_loss, distill, intermedi
 from prunekit.errors import PrunekitError
 from prunekit.modeling import load_compact
 from prunekit.models import load_teacher
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,13 +224,6 @@ def _cli(args):
     return CliRunner().invoke(cli, args)
 
 
-def _one_line_error(result, needle):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert needle.lower() in lines[0].lower(), lines[0]
-
-
 def _args(world, student, out, *extra):
     return ["distill", str(student), "--data", str(world["data"]), "-o", str(out), "--stage1-epochs", "1", "--stage2-epochs", "1",
             "--batch-size", "16", "--max-length", str(SEQ), "--augment-copies", "0", "--quiet", *extra]
@@ -227,14 +231,14 @@ def _args(world, student, out, *extra):
 
 def test_bad_inputs_one_line_each(world, tmp_path):
     root = world["root"]
-    _one_line_error(_cli(_args(world, tmp_path / "nope", tmp_path / "o1")), "not found")
+    assert_one_line_error(_cli(_args(world, tmp_path / "nope", tmp_path / "o1")), "not found")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(world["compact"], corrupt)
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
-    _one_line_error(_cli(_args(world, corrupt, tmp_path / "o2")), "corrupt")
+    assert_one_line_error(_cli(_args(world, corrupt, tmp_path / "o2")), "corrupt")
     (corrupt / "model.safetensors").unlink()
-    _one_line_error(_cli(_args(world, corrupt, tmp_path / "o3")), "missing")
+    assert_one_line_error(_cli(_args(world, corrupt, tmp_path / "o3")), "missing")
 
     # a teacher of another vocabulary (same shape), and one whose tokenizer maps tokens differently
     other = real_tokenizer(make_tiny_model(tmp_path / "other-vocab", "minilm6", "classification"))
@@ -243,7 +247,7 @@ def test_bad_inputs_one_line_each(world, tmp_path):
 
     cfg["vocab_size"] += 7
     BertForSequenceClassification(BertConfig(**cfg)).save_pretrained(other)
-    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o4", "--teacher", str(other))), "vocabulary mismatch")
+    assert_one_line_error(_cli(_args(world, world["compact"], tmp_path / "o4", "--teacher", str(other))), "vocabulary mismatch")
     swapped = tmp_path / "swapped"
     shutil.copytree(world["teacher"], swapped)
     for f in ("tokenizer.json", "tokenizer_config.json"):
@@ -251,20 +255,20 @@ def test_bad_inputs_one_line_each(world, tmp_path):
     vocab = (swapped / "vocab.txt").read_text().splitlines()
     vocab[10], vocab[11] = vocab[11], vocab[10]
     (swapped / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o5", "--teacher", str(swapped))), "vocabulary mismatch")
+    assert_one_line_error(_cli(_args(world, world["compact"], tmp_path / "o5", "--teacher", str(swapped))), "vocabulary mismatch")
 
     other_shape = make_tiny_model(tmp_path / "other-shape", "tinybert4", "classification")
-    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o6", "--teacher", str(other_shape))), "not compacted from")
+    assert_one_line_error(_cli(_args(world, world["compact"], tmp_path / "o6", "--teacher", str(other_shape))), "not compacted from")
 
     unlabelled = tmp_path / "u.txt"
     unlabelled.write_text("\n".join(make_sentences(20)) + "\n")
     args = _args(world, world["compact"], tmp_path / "o7", "--alpha-gold", "0.5")
     args[args.index("--data") + 1] = str(unlabelled)
-    _one_line_error(_cli(args), "alpha-gold")
+    assert_one_line_error(_cli(args), "alpha-gold")
 
     (tmp_path / "o8").mkdir()
-    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o8")), "--force")
-    _one_line_error(_cli(_args(world, world["compact"], tmp_path / "o9", "--resume")), "nothing to resume")
+    assert_one_line_error(_cli(_args(world, world["compact"], tmp_path / "o8")), "--force")
+    assert_one_line_error(_cli(_args(world, world["compact"], tmp_path / "o9", "--resume")), "nothing to resume")
     for out in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o9"):
         assert not (tmp_path / out).exists(), out
     assert root.exists()
@@ -278,7 +282,7 @@ def test_nan_loss_skips_then_stops(world, tmp_path):
         model.bert.layers[0].qkv.weight[0, 0] = float("nan")
     model.save_pretrained(nan_dir)
     result = _cli(_args(world, nan_dir, tmp_path / "out", "--stage1-epochs", "4"))
-    _one_line_error(result, "NaN")
+    assert_one_line_error(result, "NaN")
     assert not (tmp_path / "out").exists()
     log = [json.loads(x) for x in (tmp_path / "out.partial" / "distill_log.jsonl").read_text().splitlines()]
     assert len(log) == 10 and all(r.get("skipped") for r in log)
@@ -291,6 +295,7 @@ def test_cli_distill_default_output_and_message(world, tmp_path):
                    "--batch-size", "16", "--max-length", str(SEQ), "--augment-copies", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "dev accuracy: teacher" in result.output and (tmp_path / "student-distilled" / "model.safetensors").is_file()
+
 
 # ------------------------------------------------------------------------------------------------
 def _teacher_scores(monkeypatch, value: float) -> None:

@@ -30,7 +30,7 @@ from factory import SEQ, kept_arch, make_compact_dir, make_sentences, scrambled_
 from prunekit.distill import DistillSettings, distill
 from prunekit.search import SearchSettings, search
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # two torchrun processes per test: ~10 s each
 
 ATOL = 1e-4
 LOSS_RTOL = 1e-4

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from factory import make_sentences, make_tiny_model
+from factory import assert_one_line_error, make_sentences, make_tiny_model
 from prunekit.architecture import Architecture
 from prunekit.cli import cli
 from prunekit.compact import compact_to_dir
@@ -140,29 +140,23 @@ def test_cli_compare_table_and_json(models, tmp_path):
     assert s_row["heads_per_layer"] == [2] * 6
 
 
-def _one_line_error(result, needle):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle.lower() in lines[0].lower(), result.output
-
-
 def test_eval_bad_inputs(models, tmp_path):
     teacher, student = models["embedding"]
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")
-    _one_line_error(_run(["eval", str(onnx)]), "onnxruntime cannot load")
+    assert_one_line_error(_run(["eval", str(onnx)]), "onnxruntime cannot load")
     text = tmp_path / "t.txt"
     text.write_text("\n".join(make_sentences(6)) + "\n")
-    _one_line_error(_run(["eval", str(teacher), "--data", str(text)]), "--reference")
-    _one_line_error(_run(["eval", str(tmp_path / "missing-model"), "--data", str(text)]), "not found")
+    assert_one_line_error(_run(["eval", str(teacher), "--data", str(text)]), "--reference")
+    assert_one_line_error(_run(["eval", str(tmp_path / "missing-model"), "--data", str(text)]), "not found")
     cls_teacher, _ = models["classification"]
     three = _csv(tmp_path / "three.csv", [0, 1, 2, 0, 1, 2])
-    _one_line_error(_run(["eval", str(cls_teacher), "--data", str(three)]), "labels")
+    assert_one_line_error(_run(["eval", str(cls_teacher), "--data", str(three)]), "labels")
     _, cls_student = models["classification"]
-    _one_line_error(_run(["eval", str(cls_student), "--data", str(text), "--reference", str(teacher)]), "like with like")
-    _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "tpu"]), "unknown --device 'tpu'")
+    assert_one_line_error(_run(["eval", str(cls_student), "--data", str(text), "--reference", str(teacher)]), "like with like")
+    assert_one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "tpu"]), "unknown --device 'tpu'")
     if not torch.cuda.is_available():
-        _one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "cuda"]), "no CUDA GPU")
+        assert_one_line_error(_run(["eval", str(student), "--data", str(text), "--device", "cuda"]), "no CUDA GPU")
 
 
 def test_eval_names_its_data_and_warns_on_training_data(models, tmp_path, caplog):

@@ -7,34 +7,21 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 
+from factory import assert_one_line_error, uneven_compact_dir
 from prunekit.cli import cli
-from prunekit.compact import compact
 from prunekit.errors import PrunekitError
 from prunekit.export import ExportSettings, export_onnx, random_inputs, reference_output, session
 from prunekit.loading import load_model_dir
-from prunekit.models import load_teacher
-from test_compact import edge_architecture, scramble
 
 SHAPES = ("tinybert4", "minilm6", "bert12")
-
-
-def compact_dir(tiny_models, tmp_path, shape: str, kind: str, seed: int = 3):
-    """A compact model with uneven heads: full layer, no heads, no FFN, nothing, single head."""
-    teacher = load_teacher(str(tiny_models(shape, kind)))
-    scramble(teacher.model, seed)
-    model = compact(teacher, edge_architecture(teacher.shape, seed))
-    out = tmp_path / f"{shape}-{kind}-compact"
-    model.save_pretrained(out)
-    return out, model.config
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("kind", ("embedding", "classification"))
 def test_parity_compact_and_original(tiny_models, tmp_path, shape, kind):
-    src, cfg = compact_dir(tiny_models, tmp_path, shape, kind)
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, shape, kind)
     assert 0 in cfg.num_heads_per_layer and 0 in cfg.intermediate_sizes
     for model_dir in (src, tiny_models(shape, kind)):
         out = tmp_path / f"{model_dir.name}.onnx"
@@ -53,7 +40,7 @@ def test_parity_compact_and_original(tiny_models, tmp_path, shape, kind):
 
 
 def test_dynamic_axes_and_padding(tiny_models, tmp_path):
-    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "classification")
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "classification")
     out = tmp_path / "m.onnx"
     export_onnx(src, out)
     loaded = load_model_dir(src)
@@ -67,7 +54,7 @@ def test_dynamic_axes_and_padding(tiny_models, tmp_path):
 
 
 def test_int8_within_loose_tolerance(tiny_models, tmp_path):
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
     out = tmp_path / "q.onnx"
     r = export_onnx(src, out, ExportSettings(optimize=True, quantize="int8"))
     q = r.checks[-1]
@@ -99,7 +86,7 @@ def test_int8_fusion_check_catches_a_wrong_mask_format(tiny_models, tmp_path, mo
     import prunekit.export as E
 
     monkeypatch.setattr(E, "CPU_FUSION", {k: v for k, v in E.CPU_FUSION.items() if k != "attention_mask_format"})
-    src, _ = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
     with pytest.raises(PrunekitError, match="int8-fusion graph differs from PyTorch"):
         export_onnx(src, tmp_path / "q.onnx", ExportSettings(quantize="int8"))
     assert not list(tmp_path.glob("q.onnx*"))
@@ -108,7 +95,7 @@ def test_int8_fusion_check_catches_a_wrong_mask_format(tiny_models, tmp_path, mo
 def test_int8_any_padding_side(tiny_models, tmp_path):
     """int8 attention reads the 2D mask: left padding is as exact as right padding (the default
     fused Attention reads sequence lengths, which assumes right padding)."""
-    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
     out = tmp_path / "q.onnx"
     export_onnx(src, out, ExportSettings(quantize="int8"))
     sess, loaded = session(out), load_model_dir(src)
@@ -123,7 +110,7 @@ def test_int8_any_padding_side(tiny_models, tmp_path):
 
 
 def test_failed_check_leaves_nothing(tiny_models, tmp_path):
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
     out = tmp_path / "bad.onnx"
     with pytest.raises(PrunekitError, match="differs from PyTorch"):
         export_onnx(src, out, ExportSettings(quantize="int8", int8_rtol=1e-9))
@@ -134,11 +121,10 @@ def test_int8_failure_names_the_option(tiny_models, tmp_path):
     """An int8 graph over the tolerance: one line naming --int8-rtol with a value that accepts it."""
     import re
 
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
     out = str(tmp_path / "q.onnx")
     r = CliRunner().invoke(cli, ["export-onnx", str(src), "-o", out, "--quantize", "int8", "--int8-rtol", "1e-6"])
-    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
-    assert "int8 graph differs from PyTorch" in r.output and "nothing was written" in r.output
+    assert_one_line_error(r, "int8 graph differs from PyTorch", "nothing was written")
     rtol = re.search(r"`export-onnx --int8-rtol ([0-9.e-]+)` accepts it", r.output).group(1)
     assert "prunekit eval --backend ort-int8" in r.output
     r = CliRunner().invoke(cli, ["export-onnx", str(src), "-o", out, "--quantize", "int8", "--int8-rtol", rtol])
@@ -146,29 +132,27 @@ def test_int8_failure_names_the_option(tiny_models, tmp_path):
 
 
 def test_model_left_in_eval_mode(tiny_models, tmp_path):
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "embedding")
     loaded = load_model_dir(src)
     export_onnx(src, tmp_path / "e.onnx", loaded=loaded)
     assert not any(m.training for m in loaded.compact_view.modules())
 
 
 def test_cli_and_bad_input(tiny_models, tmp_path):
-    src, _ = compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "tinybert4", "classification")
     runner = CliRunner()
     out = tmp_path / "c.onnx"
     r = runner.invoke(cli, ["export-onnx", str(src), "-o", str(out), "--optimize"])
     assert r.exit_code == 0, r.output
     assert "max abs diff" in r.output and "CPUExecutionProvider" in r.output and "attention fused in 2 of 2" in r.output
-    r = runner.invoke(cli, ["export-onnx", str(src), "-o", str(out)])
-    assert r.exit_code == 2 and "already exists" in r.output
+    assert_one_line_error(runner.invoke(cli, ["export-onnx", str(src), "-o", str(out)]), "already exists")
     (tmp_path / "empty").mkdir()
     for args, msg in ((["export-onnx", str(tmp_path / "empty"), "-o", str(tmp_path / "x.onnx")], "not a model directory"),
                       (["export-onnx", str(out), "-o", str(tmp_path / "x.onnx")], "not a directory"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "empty")], "is a directory: give a file name"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "empty"), "--force"], "is a directory: give a file name"),
                       (["export-onnx", str(src), "-o", str(tmp_path / "x.onnx"), "--fp16", "--quantize", "int8"], "exclude")):
-        r = runner.invoke(cli, args)
-        assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert_one_line_error(runner.invoke(cli, args), msg)
 
 
 @pytest.mark.parametrize("optimize", (False, True))
@@ -177,7 +161,7 @@ def test_fp16_export_runs_and_matches(tiny_models, tmp_path, optimize):
     stored in fp16, inputs and output as in fp32 (int64 ids, float32 output), the output within
     fp16's tolerance of PyTorch fp32 on fresh batches, for a compact model with no-head layers and
     for its original; with --optimize the per-layer fused Attention survives the conversion."""
-    src, cfg = compact_dir(tiny_models, tmp_path, "minilm6", "classification")
+    src, cfg = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "classification")
     for model_dir in (src, tiny_models("minilm6", "classification")):
         out = tmp_path / f"{model_dir.name}-{optimize}.onnx"
         r = export_onnx(model_dir, out, ExportSettings(optimize=optimize, fp16=True))
@@ -238,7 +222,7 @@ def test_int8_check_catches_a_broken_graph(tiny_models, tmp_path):
     business, not this guard's.)"""
     from prunekit.export import validate
 
-    src, _ = compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
+    src, _ = uneven_compact_dir(tiny_models, tmp_path, "minilm6", "embedding")
     out = tmp_path / "q.onnx"
     r = export_onnx(src, out, ExportSettings(quantize="int8"))
     honest = r.checks[-1]

@@ -1,10 +1,9 @@
-"""Labels in a model's terms (class ids matched by name with config.id2label), and the loaders'
-column and quoting rules: GLUE-style TSV, hub-style pair columns, long fields, MNLI splits."""
+"""Labels in a model's terms: class ids matched by name with config.id2label, in eval, distill,
+the search's head importance and the exported file, and MNLI's splits."""
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import types
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from factory import make_tiny_model
+from factory import assert_one_line_error, make_tiny_model
 from prunekit.cli import cli
 from prunekit.data import GLUE_TASKS, TextDataset, align_labels, load_data, model_label_names
 from prunekit.distill import _align
@@ -187,80 +186,10 @@ def test_eval_scores_mnli_in_the_models_label_order(mnli_model, tmp_path):
 
 def test_eval_names_a_label_the_model_lacks(mnli_model, tmp_path):
     p = _write(tmp_path / "nli.csv", ["text,label", "a,entailment", "b,maybe"])
-    r = CliRunner().invoke(cli, ["eval", str(mnli_model), "--data", str(p)])
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert r.exit_code == 2 and len(lines) == 1 and "'maybe' that the model does not have" in lines[0], r.output
+    assert_one_line_error(CliRunner().invoke(cli, ["eval", str(mnli_model), "--data", str(p)]), "'maybe' that the model does not have")
 
 
-# ------------------------------------------------------------------------------ loaders
-
-
-def test_tsv_quotes_are_text_glue_style(tmp_path):
-    p = _write(tmp_path / "q.tsv", ["text\tlabel", '"This movie is great.\t1', "The plot drags.\t0",
-                                    'I loved it anyway."\t1', '"the bird sleeps"\t0'])
-    ds = load_data(p)
-    assert ds.texts == ['"This movie is great.', "The plot drags.", 'I loved it anyway."', '"the bird sleeps"']
-    assert ds.labels == [1, 0, 1, 0]
-    # a field holding a tab or a newline needs CSV quoting, which is read when the lines do not split evenly
-    q = _write(tmp_path / "pandas.tsv", ["text\tlabel", '"line one\nline two"\t1', '"tab\there"\t0'])
-    assert load_data(q).texts == ["line one\nline two", "tab\there"]
-    bad = _write(tmp_path / "bad.tsv", ["text\tlabel", "a\tb\tc", "d\t0"])
-    with pytest.raises(PrunekitError, match=r"malformed TSV at line 2: 3 fields but the header has 2"):
-        load_data(bad)
-
-
-def test_tsv_written_with_csv_quoting(tmp_path):
-    import csv
-
-    rows = [("He said \"great movie\" twice", 1), ("plain text", 0), ("tab\tinside", 1)]
-    for name, quoting in (("pandas.tsv", csv.QUOTE_MINIMAL), ("r.tsv", csv.QUOTE_NONNUMERIC)):
-        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter="\t", quoting=quoting)
-            w.writerow(["text", "label"])
-            w.writerows(rows if name == "r.tsv" else rows[:2])  # without a tab, lines split evenly either way
-        ds = load_data(tmp_path / name)
-        assert ds.texts == [t for t, _ in (rows if name == "r.tsv" else rows[:2])] and ds.labels is not None
-
-
-def test_long_csv_field(tmp_path):
-    long = "word " * 40_000  # 200 KB, over the csv module's default field limit
-    p = tmp_path / "long.csv"
-    p.write_text(f'text,label\n"{long}",1\nshort,0\n', encoding="utf-8")
-    assert load_data(p).texts[0] == long
-
-
-@pytest.mark.parametrize("cols, text, pair", [
-    (("premise", "hypothesis"), "premise", "hypothesis"),
-    (("question1", "question2"), "question1", "question2"),
-    (("question", "sentence"), "question", "sentence"),
-    (("idx", "sentence1", "sentence2"), "sentence1", "sentence2"),
-])
-def test_hub_pair_columns(tmp_path, cols, text, pair):
-    rows = [{c: f"{c} {i}" for c in cols} | {"label": i % 2} for i in range(4)]
-    p = tmp_path / "d.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    ds = load_data(p)
-    assert ds.texts[0] == f"{text} 0" and ds.pairs is not None and ds.pairs[0] == f"{pair} 0"
-    # naming the text column takes its partner
-    assert load_data(p, text_column=text).pairs[0] == f"{pair} 0"
-    # a one-sentence task takes no pair by name
-    if "sentence" in cols:
-        assert load_data(p, task="sst2").pairs is None
-
-
-def test_hub_stsb_test_labels_are_hidden(monkeypatch):
-    class Split(dict):
-        column_names = property(lambda self: list(self))
-
-    def load_dataset(path, name, split):
-        return Split(sentence1=["a", "b"], sentence2=["c", "d"], label=[-1.0, -1.0], idx=[0, 1])
-
-    Split.__len__ = lambda self: 2
-    monkeypatch.delenv("GLUE_DIR", raising=False)
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    assert load_data("stsb", "test").labels is None
-
-
+# ------------------------------------------------------------------------------ search, export, a partial MNLI folder
 def test_search_head_importance_reads_labels_in_the_models_ids(mnli_model, tmp_path, monkeypatch):
     from prunekit import baselines
     from prunekit.search import SearchSettings, search
@@ -296,15 +225,6 @@ def test_exported_file_keeps_the_class_names(mnli_model, tmp_path):
     r = CliRunner().invoke(cli, ["eval", str(onnx_path), "--data", str(p), "--json", str(out), "--force"])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["models"][0]["results"]["dev"]["metrics"]["accuracy"] == pytest.approx(0.75)
-
-
-def test_empty_text_cell_is_an_error(tmp_path):
-    p = _write(tmp_path / "e.csv", ["text,text_pair,label", "a,b,1", ",c,0"])
-    with pytest.raises(PrunekitError, match="line 3 has no text in column 'text'"):
-        load_data(p)
-    q = _write(tmp_path / "p.tsv", ["text\ttext_pair\tlabel", "a\t \t1"])
-    with pytest.raises(PrunekitError, match="line 2 has no pair text in column 'text_pair'"):
-        load_data(q)
 
 
 def test_mnli_folder_without_its_mismatched_file(mnli_model, tmp_path, caplog):

@@ -1,4 +1,6 @@
-"""Long runs: NaN/inf steps are skipped and counted, and a run that keeps failing stops cleanly."""
+"""Long runs: NaN/inf steps are skipped and counted, and a run that keeps failing stops cleanly; a corrupt
+checkpoint falls back to the one before; a run killed (kill -9, or os._exit at a chosen point) resumes
+to the uninterrupted result; fp16 trains with loss scaling."""
 from __future__ import annotations
 
 import json
@@ -11,10 +13,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import prunekit.search as S
+from factory import assert_one_line_error, stop_after
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from prunekit.search import SearchSettings, search
-from factory import stop_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,10 +77,7 @@ def test_search_stops_when_nan_persists_and_keeps_the_good_checkpoint(tiny_model
     _poison_mse(monkeypatch, set(range(5, 100)))
     args = ["search", "--model", str(tiny_models("minilm6")), "--data", str(text_file), "-o", str(tmp_path / "run"), "--max-steps", "12",
             "--batch-size", "8", "--max-length", "32", "--checkpoint-every", "2", "--max-nan-steps", "3", "--quiet"]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "NaN/inf for 3 steps in a row (last at step 7)" in lines[0], result.output
+    assert_one_line_error(CliRunner().invoke(cli, args), "NaN/inf for 3 steps in a row (last at step 7)")
     assert not (tmp_path / "run").exists()
     partial = tmp_path / "run.partial"
     ckpts = sorted(p.name for p in (partial / "checkpoints").glob("step-*"))
@@ -443,6 +442,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert (a / log).read_text() == (b / log).read_text()
 
 
+@pytest.mark.slow
 def test_search_killed_at_random_points_resumes_to_the_uninterrupted_result(search_cli, tmp_path):
     common, full = search_cli
     landed = _run_killing([*common, "-o", str(tmp_path / "cut")], tmp_path / "cut", "search_log.jsonl", SEARCH_FILES, 40, kills=4, seed=6)
@@ -450,6 +450,7 @@ def test_search_killed_at_random_points_resumes_to_the_uninterrupted_result(sear
     _assert_same_run(full, tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_distill_killed_at_random_points_resumes_to_the_uninterrupted_result(distill_cli, tmp_path):
     common, full = distill_cli
     report = json.loads((full / "distill_report.json").read_text())
@@ -486,6 +487,7 @@ def _finish(common: list[str], out: Path, resume: bool) -> None:
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,step", [("work-dir", 0), ("ckpt-tensors", 6), ("ckpt-rename", 6), ("publish", 0)])
 def test_search_crash_at_a_chosen_point_then_resume(search_cli, tmp_path, point, step):
     common, full = search_cli
@@ -497,8 +499,7 @@ def test_search_crash_at_a_chosen_point_then_resume(search_cli, tmp_path, point,
         assert not out.exists() and (tmp_path / ".cut.old" / "older-run").exists() and partial.is_dir()
         # Run again as before (no --resume, no --force): the older output is put back, and the error says
         # that --resume publishes the finished run rather than --force discarding it.
-        r = CliRunner().invoke(cli, [*common, "-o", str(out)])
-        assert r.exit_code == 2 and "pass --resume to finish that run" in r.output, r.output
+        assert_one_line_error(CliRunner().invoke(cli, [*common, "-o", str(out)]), "pass --resume to finish that run")
         assert (out / "older-run").exists() and partial.is_dir()
     else:
         _crash(common, out, point, step)
@@ -513,6 +514,7 @@ def test_search_crash_at_a_chosen_point_then_resume(search_cli, tmp_path, point,
     _assert_same_run(full, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,step", [("ckpt-tensors", 4), ("ckpt-rename", 8)])
 def test_distill_crash_at_a_chosen_point_then_resume(distill_cli, tmp_path, point, step):
     common, full = distill_cli

@@ -70,6 +70,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow  # a child Python that imports torch and transformers: ~10 s each
 @pytest.mark.parametrize("where", ["root", "tests", "outside"])
 def test_imports_and_cli_from_anywhere(where, tmp_path):
     cwd = {"root": REPO, "tests": REPO / "tests", "outside": tmp_path}[where]
@@ -86,6 +87,7 @@ def test_imports_and_cli_from_anywhere(where, tmp_path):
     assert "search" in "\n".join(help_text) and "Commands:" in "\n".join(help_text), proc.stdout[-2000:]
 
 
+@pytest.mark.slow  # a child pytest that imports torch and transformers: ~10 s each
 @pytest.mark.parametrize("where", ["tests", "outside"])
 def test_pytest_collects_from_anywhere(where, tmp_path):
     """The suite from tests/ or from outside the clone (the root is how `make test` runs it)."""

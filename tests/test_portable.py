@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory import make_sentences
-from test_compact import edge_architecture, make_run_dir, random_batch
-
+from factory import edge_architecture, make_run_dir, make_sentences, random_batch
 from prunekit.compact import compact_to_dir
 from prunekit.modeling import load_compact
 from prunekit.models import load_teacher
@@ -44,7 +42,7 @@ def without_prunekit(code: str, tmp_path: Path) -> dict:
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)  # a trust_remote_code prompt fails at once
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT")), None)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line is not None, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(line[len("RESULT"):])
 
@@ -65,9 +63,10 @@ def test_dir_carries_its_modeling_code(tiny_models, tmp_path):
     assert cfg["auto_map"] == {"AutoConfig": f"{module}.CompactBertConfig", "AutoModel": f"{module}.CompactBertModel",
                                "AutoModelForSequenceClassification": f"{module}.CompactBertForSequenceClassification"}
     text = (out / FILE_NAME).read_text()
-    assert "prunekit" not in "".join(l for l in text.splitlines() if l.lstrip().startswith(("import ", "from ")))
+    assert "prunekit" not in "".join(ln for ln in text.splitlines() if ln.lstrip().startswith(("import ", "from ")))
 
 
+@pytest.mark.slow  # a child Python that imports transformers: ~10 s
 def test_classifier_loads_with_stock_transformers(tiny_models, tmp_path):
     out, teacher = compact_dir(tiny_models, tmp_path, "bert12", "classification", seed=31)
     batch = random_batch(teacher.config.vocab_size, 3, 10, seed=32)
@@ -120,6 +119,7 @@ def test_prunekit_still_takes_its_own_classes(tiny_models, tmp_path):
     assert type(AutoModelForSequenceClassification.from_pretrained(out)) is CompactBertForSequenceClassification
 
 
+@pytest.mark.slow
 def test_embedding_model_loads_with_stock_transformers_and_sentence_transformers(tiny_models, tmp_path):
     out, teacher = compact_dir(tiny_models, tmp_path, "tinybert4", "embedding", seed=41)
     assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
@@ -153,6 +153,7 @@ if {has_st}:
     torch.testing.assert_close(torch.tensor(got["st"]), mine, **TOL)  # no Normalize module: the raw mean
 
 
+@pytest.mark.slow
 def test_onnx_export_runs_in_plain_onnxruntime_with_the_models_tokenizer(tiny_models, tmp_path):
     """The README's snippet: onnxruntime and the model dir's tokenizer, no prunekit."""
     from transformers import AutoTokenizer

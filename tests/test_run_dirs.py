@@ -3,7 +3,6 @@
 checkpoint, and errors that say what to do."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -15,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from factory import assert_one_line_error, stop_after
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError, ResumableError
 from prunekit.search import SearchSettings, search
-from factory import stop_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,15 +32,6 @@ def _search_args(s: SearchSettings, *extra: str) -> list[str]:
     return ["search", "--model", s.model, "--data", s.data, "-o", s.output_dir, "--max-steps", str(s.max_steps), "--batch-size",
             str(s.batch_size), "--max-length", str(s.max_length), "--checkpoint-every", str(s.checkpoint_every), "--target",
             str(s.target), "--quiet", *extra]
-
-
-def _one_error_line(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def _tree(root: Path) -> dict:
@@ -81,7 +71,7 @@ def test_a_second_process_on_a_run_dir_is_refused_and_touches_nothing(tiny_model
     try:
         assert holder.stdout.readline().strip() == "locked"
         for extra in (("--resume",), (), ("--force",)):
-            line = _one_error_line(CliRunner().invoke(cli, _search_args(s, *extra)))
+            line = assert_one_line_error(CliRunner().invoke(cli, _search_args(s, *extra)))
             assert line == f"error: another prunekit process (pid {holder.pid}) is writing {out}; wait for it to finish or stop it"
         assert _tree(partial) == before and not out.exists()
         with pytest.raises(PrunekitError, match="another prunekit process"):  # the library refuses alike (distill too)
@@ -182,9 +172,9 @@ def _distill_args(world, out: Path, *extra: str) -> list[str]:
 
 def test_distill_with_too_few_dev_sentences_says_how_to_fix_it_and_the_corrected_command_runs(embedding_world, tmp_path):
     out = tmp_path / "out"
-    _one_error_line(CliRunner().invoke(cli, _distill_args(embedding_world, out, "--max-examples", "16")),
-                    "embedding fidelity needs at least 3 sentences, got 2 in the dev data (held out as --dev-fraction 0.1 of 16 examples)",
-                    "give more data, a larger --dev-fraction, or --dev-data")
+    assert_one_line_error(CliRunner().invoke(cli, _distill_args(embedding_world, out, "--max-examples", "16")),
+                          "embedding fidelity needs at least 3 sentences, got 2 in the dev data (held out as --dev-fraction 0.1 of 16 examples)",
+                          "give more data, a larger --dev-fraction, or --dev-data")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out.partial, no lock file
     r = CliRunner().invoke(cli, _distill_args(embedding_world, out, "--max-examples", "16", "--dev-fraction", "0.25"))
     assert r.exit_code == 0, r.output
@@ -201,7 +191,7 @@ def test_distill_failing_after_its_work_dir_is_made_removes_it(embedding_world, 
         raise PrunekitError("embedding fidelity needs at least 3 sentences, got 2")
 
     monkeypatch.setattr(D, "dev_metrics", fails)
-    _one_error_line(CliRunner().invoke(cli, _distill_args(embedding_world, tmp_path / "out")), "at least 3 sentences")
+    assert_one_line_error(CliRunner().invoke(cli, _distill_args(embedding_world, tmp_path / "out")), "at least 3 sentences")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -275,8 +265,8 @@ def test_a_corrupt_newest_checkpoint_still_says_it_uses_the_one_before(tmp_path,
 # ------------------------------------------------------------------------------------------------
 # 5. What may change on --resume: the refusal, the help and the README agree, and name real options
 def _resume_refusal(kind: str, tmp_path: Path) -> str:
-    from prunekit.run_dir import start_work_dir
     from prunekit.io import partial_dir
+    from prunekit.run_dir import start_work_dir
 
     out = tmp_path / kind
     if kind == "search":
@@ -329,8 +319,8 @@ def test_a_file_as_the_output_is_not_a_directory_first(kind, force, tmp_path, mo
     Path("README.md").write_text("precious")
     args = (["search", "--model", "m", "--data", "d"] if kind == "search" else ["distill", "student"]) + ["-o", "README.md"]
     for resume in ([], ["--resume"]):
-        line = _one_error_line(CliRunner().invoke(cli, [*args, *resume, *(["--force"] if force else [])]),
-                               "output path README.md exists and is not a directory")
+        line = assert_one_line_error(CliRunner().invoke(cli, [*args, *resume, *(["--force"] if force else [])]),
+                                     "output path README.md exists and is not a directory")
         assert "--force" not in line
     assert Path("README.md").read_text() == "precious" and sorted(os.listdir(".")) == ["README.md"]
 
@@ -346,7 +336,7 @@ def test_distill_failing_after_augmenting_keeps_the_augmented_data(embedding_wor
     monkeypatch.setattr(D, "intermediate_loss", fails)
     args = _distill_args(embedding_world, tmp_path / "out", "--dev-fraction", "0.25")
     args[args.index("--augment-copies") + 1] = "1"
-    _one_error_line(CliRunner().invoke(cli, args), "out of memory")
+    assert_one_line_error(CliRunner().invoke(cli, args), "out of memory")
     assert (tmp_path / "out.partial" / "augmented.jsonl").is_file()
 
 
@@ -366,6 +356,6 @@ def test_the_lock_file_is_never_followed_through_a_link(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="no fcntl")
 def test_a_refused_run_leaves_no_parent_dirs(tiny_models, text_file, tmp_path):
     s = _search_settings(tmp_path / "new" / "sub" / "run", tiny_models("minilm6"), text_file)
-    _one_error_line(CliRunner().invoke(cli, _search_args(s, "--resume")), "nothing to resume")
+    assert_one_line_error(CliRunner().invoke(cli, _search_args(s, "--resume")), "nothing to resume")
     assert not (tmp_path / "new").exists()
-    _one_error_line(CliRunner().invoke(cli, _search_args(_search_settings(Path("."), s.model, s.data))), "names no directory")
+    assert_one_line_error(CliRunner().invoke(cli, _search_args(_search_settings(Path("."), s.model, s.data))), "names no directory")

@@ -13,8 +13,6 @@ imported (in the environment of the process: slow; for tests). :func:`triton_ava
 """
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
 from .attention import (
@@ -47,7 +45,7 @@ __all__ = [
 ]
 
 
-def triton_available(device: Optional[Union[str, torch.device]] = None) -> tuple[bool, str]:
+def triton_available(device: str | torch.device | None = None) -> tuple[bool, str]:
     """Whether the kernels can run on ``device`` (default: CUDA if present, else CPU), and why.
 
     Returns ``(ok, reason)``; ``reason`` is a one-line explanation suited to a log or an error.

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
 
 import torch
 
@@ -251,7 +250,7 @@ def _num_sms(device: torch.device) -> int:
     return _num_sms_cached(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms_cached(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -262,10 +261,10 @@ def _launch_config(
     head_dim: int,
     dtype: torch.dtype,
     device: torch.device,
-    block_m: Optional[int],
-    block_n: Optional[int],
-    num_warps: Optional[int],
-    num_stages: Optional[int],
+    block_m: int | None,
+    block_n: int | None,
+    num_warps: int | None,
+    num_stages: int | None,
 ) -> tuple[int, int, int, int, int]:
     """Block sizes for T <= 512 and head dims <= 64 on Hopper/Ampere; callers may override each.
 
@@ -341,7 +340,7 @@ def _check_device(name: str, device: torch.device) -> None:
         )
 
 
-def _check_out(name: str, out: Optional[torch.Tensor], shape: tuple, like: torch.Tensor) -> torch.Tensor:
+def _check_out(name: str, out: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     if out is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device:
@@ -360,7 +359,7 @@ def _row_stride(t: torch.Tensor) -> int:
     return t.stride(1) if t.shape[1] > 1 else t.stride(0)
 
 
-def _default_scale(head_dim: int, scale: Optional[float]) -> float:
+def _default_scale(head_dim: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
@@ -369,16 +368,16 @@ def _default_scale(head_dim: int, scale: Optional[float]) -> float:
 # --------------------------------------------------------------------------------------------------
 def fused_attention(
     qkv: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
+    attention_mask: torch.Tensor | None,
     num_heads: int,
     head_dim: int,
-    scale: Optional[float] = None,
+    scale: float | None = None,
     *,
-    out: Optional[torch.Tensor] = None,
-    block_m: Optional[int] = None,
-    block_n: Optional[int] = None,
-    num_warps: Optional[int] = None,
-    num_stages: Optional[int] = None,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Self-attention of a padded batch straight from its packed QKV projection.
 
@@ -440,13 +439,13 @@ def fused_attention_varlen(
     max_seqlen: int,
     num_heads: int,
     head_dim: int,
-    scale: Optional[float] = None,
+    scale: float | None = None,
     *,
-    out: Optional[torch.Tensor] = None,
-    block_m: Optional[int] = None,
-    block_n: Optional[int] = None,
-    num_warps: Optional[int] = None,
-    num_stages: Optional[int] = None,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Self-attention of sequences packed without padding (FlashAttention's varlen layout).
 
@@ -507,10 +506,10 @@ def _compute_dtype(dtype: torch.dtype, upcast: bool) -> torch.dtype:
 
 def fused_attention_reference(
     qkv: torch.Tensor,
-    attention_mask: Optional[torch.Tensor],
+    attention_mask: torch.Tensor | None,
     num_heads: int,
     head_dim: int,
-    scale: Optional[float] = None,
+    scale: float | None = None,
     *,
     upcast: bool = True,
 ) -> torch.Tensor:
@@ -537,7 +536,7 @@ def fused_attention_varlen_reference(
     max_seqlen: int,
     num_heads: int,
     head_dim: int,
-    scale: Optional[float] = None,
+    scale: float | None = None,
     *,
     upcast: bool = True,
 ) -> torch.Tensor:

@@ -16,8 +16,6 @@ what a same-precision PyTorch model would do.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -146,7 +144,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _check_out(name: str, out: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def _check_out(name: str, out: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     if out is None:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype or out.device != x.device:
@@ -160,7 +158,7 @@ def _check_out(name: str, out: Optional[torch.Tensor], x: torch.Tensor) -> torch
 
 
 def bias_gelu(
-    x: torch.Tensor, bias: Optional[torch.Tensor], *, out: Optional[torch.Tensor] = None
+    x: torch.Tensor, bias: torch.Tensor | None, *, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``gelu(x + bias)`` (exact erf GELU) over the last dim; ``x`` is ``[..., N]``, bias ``[N]``."""
     name = "bias_gelu"
@@ -189,13 +187,13 @@ def bias_gelu(
 
 def bias_residual_layernorm(
     x: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     residual: torch.Tensor,
     weight: torch.Tensor,
     ln_bias: torch.Tensor,
     eps: float = 1e-12,
     *,
-    out: Optional[torch.Tensor] = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``LayerNorm(x + bias + residual)`` over the last dim, statistics in fp32.
 
@@ -238,7 +236,7 @@ def bias_residual_layernorm(
 
 
 def bias_gelu_reference(
-    x: torch.Tensor, bias: Optional[torch.Tensor], *, upcast: bool = True
+    x: torch.Tensor, bias: torch.Tensor | None, *, upcast: bool = True
 ) -> torch.Tensor:
     """``F.gelu(x + bias)`` (approximate="none"), in fp32 when ``upcast``, returned in x's dtype."""
     dt = torch.float32 if upcast and x.dtype != torch.float64 else x.dtype
@@ -250,7 +248,7 @@ def bias_gelu_reference(
 
 def bias_residual_layernorm_reference(
     x: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     residual: torch.Tensor,
     weight: torch.Tensor,
     ln_bias: torch.Tensor,

@@ -19,8 +19,6 @@ re-numbered; position embeddings are added before attention).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -61,7 +59,7 @@ def unpad_input(
 
 
 def unpad_indices(
-    attention_mask: torch.Tensor, capacity: Optional[int] = None
+    attention_mask: torch.Tensor, capacity: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Flat indices of the real tokens of a ``[B, T]`` mask, ``cu_seqlens`` and ``max_seqlen``.
 
