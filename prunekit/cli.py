@@ -186,7 +186,7 @@ def training_run_options(option):
 @data_options(search_option)
 @click.option("-o", "--output", "output_dir", default=None, help="Run directory. Default: runs/<method>-<target>.")
 @search_option("--method", type=click.Choice(list(METHODS)), show_default=True, help="The gate search, or a baseline at the same FLOPs target: random, uniform (the same number of heads and neurons in every layer, chosen at random), head importance, magnitude.")
-@search_option("--target", type=float, show_default=True, help="FLOPs ratio to reach, in (0, 1].")
+@search_option("--target", type=float, show_default=True, help="Ratio to reach, in (0, 1]: of the FLOPs, or with --cost latency of the latency on --backend.")
 @search_option("--tolerance", type=float, show_default=True, help="The achieved ratio lands in [(1-t)R, (1+t)R].")
 @search_option("--lambda-cost", type=float, show_default=True, help="Weight of the banded log-FLOPs loss.")
 @search_option("--epochs", type=float, show_default=True, help="Passes over the data.")
@@ -201,21 +201,38 @@ def training_run_options(option):
 @search_option("--topk-fraction", type=float, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
 @search_option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
 @search_option("--seed", type=int, show_default=True, help="Seeds the data order, the random baseline and the importance probes.")
+@search_option("--cost", type=click.Choice(["flops", "latency"]), show_default=True, help="What --target is a ratio of: the analytic FLOPs, or the latency on --backend predicted by a model fitted to timings of models of the teacher's shape (measured once, then cached).")
+@search_option("--backend", help="--cost latency: the backend whose latency is targeted (as in `prunekit bench --backend`).")
+@search_option("--latency-batch", type=int, show_default=True, help="--cost latency: the batch size the latency is measured at.")
+@search_option("--latency-seq-len", type=int, help="--cost latency: the sequence length it is measured at. Default: --max-length.")
+@search_option("--latency-threads", type=int, help="--cost latency: CPU threads while measuring. Default: torch's (the cores).")
+@search_option("--latency-repeats", type=int, show_default=True, help="--cost latency: timed repeats per measured model (the median is taken).")
+@search_option("--latency-table", help="--cost latency: the latency table's file (reused when it matches this machine and backend, else refused). Default: a cache under ~/.cache/prunekit/latency ($PRUNEKIT_CACHE).")
+@search_option("--reprofile", is_flag=True, help="--cost latency: measure the latency table again, even when one matches.")
+@click.option("--target-speedup", type=float, default=None, help="The speedup to reach instead of --target: --target 1/S (of the FLOPs, or of the latency).")
 @training_run_options(search_option)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
 def search(resume: bool, force: bool, quiet: bool, **options) -> None:
-    """Learn which attention heads and FFN neurons to keep under a FLOPs target.
+    """Learn which attention heads and FFN neurons to keep under a FLOPs target (or, with
+    --cost latency, a latency target on one backend, from a latency model measured on this machine).
 
     Writes a run directory with architecture.json, alpha.safetensors, search_log.jsonl,
-    settings.json and architecture.png. Data-parallel on several GPUs or CPU processes:
+    settings.json and architecture.png (and latency_table.json with --cost latency). Data-parallel on several GPUs or CPU processes:
     `torchrun --nproc_per_node N -m prunekit search ...` (or `accelerate launch`).
     """
     from .search import SearchSettings
     from .search import search as run_search
 
+    speedup = options.pop("target_speedup")
+    if speedup is not None:
+        if click.get_current_context().get_parameter_source("target") == click.core.ParameterSource.COMMANDLINE:
+            raise PrunekitError("give --target or --target-speedup, not both")
+        if not speedup >= 1.0 or speedup == float("inf"):
+            raise PrunekitError(f"--target-speedup must be a finite number >= 1 (2 = twice as fast), got {speedup}")
+        options["target"] = 1.0 / speedup
     if options["output_dir"] is None:
         options["output_dir"] = os.path.join("runs", f"{options['method']}-{options['target']:g}")
     settings = SearchSettings(**options)
@@ -224,10 +241,16 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
         return
     arch = result.architecture
     click.echo(f"architecture: {result.output_dir / 'architecture.json'}")
-    click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
+    of = "the FLOPs"
+    if settings.cost == "latency":
+        of = f"the predicted latency on {settings.backend}"
+        click.echo(f"predicted latency ratio {result.achieved_ratio:.4f} on {settings.backend} (target {result.target:.4g}, "
+                   f"tolerance {settings.tolerance}); FLOPs ratio {arch.meta['flops_ratio']:.4f}")
+    else:
+        click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
     if arch.meta.get("projected"):
         gate = arch.meta.get("gate_ratio")
-        click.echo(f"projected: the gates ended outside the band{f' (at {gate:.3f} of the FLOPs)' if isinstance(gate, float) else ''}; "
+        click.echo(f"projected: the gates ended outside the band{f' (at {gate:.3f} of {of})' if isinstance(gate, float) else ''}; "
                    f"the groups with the largest alpha were kept to meet the target. More steps (--epochs, "
                    f"--max-steps) let the search itself reach it")
     _echo_flops_breakdown(result.output_dir / "architecture.json")

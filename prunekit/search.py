@@ -6,6 +6,10 @@ the (normalised) MSE between the gated student's output and the unpruned teacher
 goal; only the top 10% of alpha gradients by magnitude are applied each step; the weights are
 trained jointly unless ``freeze_weights``. The same entry point runs the baselines
 (random, head importance, magnitude) at the same FLOPs target and writes the same outputs.
+
+With ``cost="latency"`` the ratios (expected, discrete, the band, the final projection) are of the
+latency on ``backend`` that :mod:`prunekit.latency`'s measured model predicts; the schedule and the
+banded log loss are the same.
 """
 from __future__ import annotations
 
@@ -51,12 +55,13 @@ from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
-from .selection import select_to_budget, uniform_architecture
+from .selection import select_to_budget, select_to_latency, uniform_architecture
 from .training import APPLIED, MAX_TOTAL_STEPS, SKIPPED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
 
 METHODS = ("search", "random", "uniform", "head-importance", "magnitude")
+COSTS = ("flops", "latency")
 
 
 @dataclass
@@ -95,10 +100,20 @@ class SearchSettings:
     checkpoint_every: int = 50
     importance_batches: int = 16  # head-importance: batches to accumulate |dL/dmask| over
     max_nan_steps: int = 10
+    cost: str = "flops"  # what --target is a ratio of: flops (analytic) | latency (measured on --backend)
+    backend: str | None = None  # --cost latency: the backend whose latency is measured (prunekit.backends)
+    latency_batch: int = 16  # the batch and sequence length the latency is measured at
+    latency_seq_len: int | None = None  # None: --max-length
+    latency_threads: int | None = None  # None: torch's default
+    latency_repeats: int = 10
+    latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
+    reprofile: bool = False  # measure the table again even when one matches
 
     def validate(self) -> None:
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0) or math.isnan(self.target):
-            raise PrunekitError(f"--target must be in (0, 1] (a FLOPs ratio, e.g. 0.3), got {self.target}")
+            what = "a latency ratio" if self.cost == "latency" else "a FLOPs ratio"
+            raise PrunekitError(f"--target must be in (0, 1] ({what}, e.g. 0.3), got {self.target}")
+        self.validate_cost()
         if not 0.0 <= self.tolerance < 1.0:
             raise PrunekitError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.method not in METHODS:
@@ -124,6 +139,28 @@ class SearchSettings:
             raise PrunekitError(f"--max-steps must be in 1..{MAX_TOTAL_STEPS}, got {self.max_steps}")
         if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
             raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
+
+    def validate_cost(self) -> None:
+        """The --cost options: a latency target needs a known --backend; its options are refused with FLOPs."""
+        if self.cost not in COSTS:
+            raise PrunekitError(f"unknown --cost {self.cost!r}: choose one of {', '.join(COSTS)}")
+        if self.cost == "flops":
+            given = [o for o, v in (("--backend", self.backend), ("--latency-table", self.latency_table),
+                                    ("--reprofile", self.reprofile)) if v]
+            if given:
+                raise PrunekitError(f"{', '.join(given)} apply to --cost latency only (this search targets FLOPs)")
+            return
+        from .backends import BACKENDS
+
+        if self.backend is None or self.backend not in BACKENDS or self.backend == "ort":
+            known = ", ".join(b for b in BACKENDS if b != "ort")
+            raise PrunekitError(f"--cost latency needs --backend, one of {known}; got {self.backend!r}")
+        if self.method == "uniform":
+            raise PrunekitError("--method uniform targets FLOPs only for now: use --cost flops, or another method")
+        for name in ("latency_batch", "latency_seq_len", "latency_threads", "latency_repeats"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PrunekitError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -239,12 +276,14 @@ def run_gate_search(
     on_step: Callable[[int], None] | None = None,
     world: World | None = None,
     changed: dict | None = None,
+    latency=None,
 ) -> tuple[Architecture, list[dict], int, torch.Tensor, torch.Tensor]:
     """The differentiable search itself; rank 0 writes checkpoints and search_log.jsonl into ``work``.
     ``changed``: the settings a --resume changed (logged); ``on_step(step)``: called after every step
     that is not skipped for a NaN/inf, once its checkpoint is written. Returns the architecture, the
-    log, the step count and the final gate logits (head, FFN)."""
-    run = _GateSearch(settings, teacher, data, work, device, world or World())
+    log, the step count and the final gate logits (head, FFN). ``latency``: the
+    :class:`prunekit.latency.LatencyModel` the ratios come from (None: FLOPs)."""
+    run = _GateSearch(settings, teacher, data, work, device, world or World(), latency)
     start_step = run.restore(resume, changed)
     run.loop(start_step, progress, on_step)
     return run.architecture(), run.history, run.total_steps, run.alphas.head.detach().cpu(), run.alphas.ffn.detach().cpu()
@@ -255,8 +294,9 @@ class _GateSearch:
     (alphas), the optimizers, and the run log."""
 
     def __init__(self, settings: SearchSettings, teacher: Teacher, data: EncodedData, work: Path, device: torch.device,
-                 world: World):
+                 world: World, latency=None):
         self.s, self.teacher, self.data, self.work, self.device, self.world = settings, teacher, data, work, device, world
+        self.latency = latency  # a LatencyModel: the ratios are of predicted latency, not FLOPs
         self.shape, self.seq_len = teacher.shape, settings.max_length
         torch.manual_seed(settings.seed)
         self.student = student = copy.deepcopy(teacher.model).to(device)
@@ -342,19 +382,19 @@ class _GateSearch:
         """One step on the global batch ``idx`` (this process takes its share): the gated student's
         distance to the teacher plus the FLOPs loss, then the top-k gate update and the weights'.
         Returns the outcome and, for an applied step, its log record."""
-        s, world, device, alphas, shape, seq_len = self.s, self.world, self.device, self.alphas, self.shape, self.seq_len
+        s, world, device, alphas = self.s, self.world, self.device, self.alphas
         local, real = shard(idx, world)
         batch = {k: v.to(device) for k, v in collate(self.data, local.tolist()).items()}
         target = target_at(step + 1, self.total_steps, s.target, s.ramp_fraction)
         head_p, ffn_p = alphas.probs()
         with torch.no_grad():
             hard_h, hard_f = alphas.hard()
-            discrete = float(expected_flops_ratio(shape, seq_len, hard_h, hard_f))
+            discrete = float(self.cost_ratio(hard_h, hard_f))
         with autocast(device, s.mixed_precision), self.gates.active(head_p, ffn_p):
             out = model_output(self.forward_model, self.teacher.kind, batch)
         teacher_out = self.data.teacher_out
         mse = _normalised_mse(out, teacher_out[local].to(device), teacher_out[idx].to(device)) * float(real)
-        expected = expected_flops_ratio(shape, seq_len, head_p, ffn_p)
+        expected = self.cost_ratio(head_p, ffn_p)
         cost = flops_loss(expected, discrete, target, s.tolerance)
         # Every process adds the (replicated) FLOPs loss; averaging over processes then gives the
         # sum of the MSE shares plus the FLOPs loss once: the single-process gradient.
@@ -379,14 +419,25 @@ class _GateSearch:
             "target": round(target, 6), "expected_ratio": round(expected.item(), 6), "discrete_ratio": round(discrete, 6),
         })
 
+    def cost_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor) -> torch.Tensor:
+        """The (differentiable) ratio under gates: of the FLOPs, or of the latency model's prediction."""
+        if self.latency is None:
+            return expected_flops_ratio(self.shape, self.seq_len, head_gates, ffn_gates)
+        return self.latency.expected_ratio(head_gates, ffn_gates)
+
     def update_gates(self) -> None:
         """The gate logits' step: gradients per FLOP, only the top-k of them applied."""
         alphas, shape, seq_len = self.alphas, self.shape, self.seq_len
-        full_flops = model_flops(shape, seq_len).total
-        # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
-        # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
-        alphas.head.grad.div_(shape.head_cost(seq_len) / full_flops)
-        alphas.ffn.grad.div_(shape.neuron_cost(seq_len) / full_flops)
+        if self.latency is None:
+            full_flops = model_flops(shape, seq_len).total
+            # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
+            # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
+            alphas.head.grad.div_(shape.head_cost(seq_len) / full_flops)
+            alphas.ffn.grad.div_(shape.neuron_cost(seq_len) / full_flops)
+        else:  # per share of the latency: a head's and a neuron's average cost in the latency model
+            head_share, neuron_share = self.latency.mean_group_costs()
+            alphas.head.grad.div_(head_share)
+            alphas.ffn.grad.div_(neuron_share)
         # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
         grads = [alphas.head.grad, alphas.ffn.grad]
         masks = topk_mask(grads, self.s.topk_fraction)
@@ -404,16 +455,26 @@ class _GateSearch:
         s, shape, seq_len, alphas = self.s, self.shape, self.seq_len, self.alphas
         hard_h, hard_f = alphas.hard()
         arch = Architecture.from_masks(hard_h, hard_f, {"projected": False})
-        ratio = arch.flops_ratio(shape, seq_len)
+        ratio = arch_ratio(arch, shape, seq_len, self.latency)
         lo, hi = (1 - s.tolerance) * s.target, (1 + s.tolerance) * s.target
         if not lo <= ratio <= hi:  # the band is a promise: a threshold on alpha instead of 0
             log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
-            arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target,
-                                    {"projected": True, "gate_ratio": ratio})
+            meta = {"projected": True, "gate_ratio": ratio}
+            if self.latency is None:
+                arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target, meta)
+            else:
+                arch = select_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta)
         arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
         if self.book.scaler.enabled:
             arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
         return arch
+
+
+def arch_ratio(arch: Architecture, shape, seq_len: int, latency=None) -> float:
+    """What the target is a ratio of, for ``arch``: its FLOPs ratio, or its predicted latency ratio."""
+    if latency is None:
+        return arch.flops_ratio(shape, seq_len)
+    return latency.ratio(arch.head_counts, arch.ffn_widths)
 
 
 def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool, world: World) -> tuple[torch.Tensor, bool]:
@@ -429,7 +490,7 @@ def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool,
     return flat[-2], bool(flat[-1] == 0)
 
 
-def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device) -> Architecture:
+def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device, latency=None) -> Architecture:
     from . import baselines
 
     shape = teacher.shape
@@ -442,6 +503,8 @@ def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, 
         head_p, ffn_p = baselines.magnitude_scores(teacher.model, shape)
     else:
         head_p, ffn_p = baselines.head_importance_scores(teacher, data, settings, device)
+    if latency is not None:
+        return select_to_latency(head_p, ffn_p, latency, settings.target, {})
     return select_to_budget(head_p, ffn_p, shape, settings.max_length, settings.target, {})
 
 
@@ -473,9 +536,11 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
         return _search_locked(settings, world, device, force, resume, progress, teacher, dataset, on_step, changed)
 
 
-def _inputs(settings: SearchSettings, world: World, device: torch.device, teacher: Teacher | None, dataset):
-    """The data, the teacher and the teacher's outputs on every example (computed once, shared by
-    the processes), each checked: everything that can be wrong fails before the run dir is started."""
+def _inputs(settings: SearchSettings, world: World, device: torch.device, teacher: Teacher | None, dataset,
+            saved_table: Path | None = None):
+    """The data, the teacher, the latency model (``--cost latency``; else None) and the teacher's outputs
+    on every example (computed once, shared by the processes), each checked: everything that can be
+    wrong fails before the run dir is started. ``saved_table``: a resumed run's own latency table."""
     if dataset is None:  # before the model: a bad data file fails fast
         from .data import load_data
 
@@ -499,13 +564,57 @@ def _inputs(settings: SearchSettings, world: World, device: torch.device, teache
         raise PrunekitError("the data has no examples: give a file with at least one text")
     settings.total_steps(len(dataset))  # an absurd --epochs fails here, before the teacher's outputs are computed
     check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
+    latency = _latency_model(settings, teacher, device, world, saved_table)
     teacher.model.to(device)
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
     # The teacher's outputs, cached once: each process computes every size-th example, all get all.
     mine = list(range(world.rank, len(encoded), world.size))
     own = teacher_outputs(teacher, encoded.subset(mine) if world.distributed else encoded, device, batch_size=max(settings.batch_size, 64))
     encoded.teacher_out = gather_rows(own, len(encoded), world)
-    return teacher, dataset, encoded
+    return teacher, dataset, encoded, latency
+
+
+def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.device, world: World, saved_table: Path | None):
+    """``--cost latency``: (the latency model, its table's path), its floor checked against --target; else None.
+    A resumed run keeps the table it started with (``saved_table``); otherwise the cached or given table
+    is loaded, or measured now (:func:`prunekit.latency.latency_model_for`)."""
+    if settings.cost != "latency":
+        return None
+    from . import latency as lat
+
+    if world.distributed:
+        raise PrunekitError("--cost latency runs in one process for now: run the search without torchrun / accelerate launch")
+    seq_len = settings.latency_seq_len or settings.max_length
+    dev = lat.latency_device(settings.backend, str(device))
+    if saved_table is not None and saved_table.is_file():
+        lat.check_available(settings.backend, dev)
+        key = lat.table_key(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len, settings.latency_threads)
+        model, path = lat.load_table(saved_table, key), saved_table
+    else:
+        model, path = lat.latency_model_for(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len,
+                                            settings.latency_threads, settings.latency_repeats, settings.latency_table,
+                                            settings.reprofile, teacher.config)
+    floor = model.floor()
+    if settings.target < floor:
+        raise PrunekitError(f"--target {settings.target:g} is below what pruning heads and FFN neurons can reach on {settings.backend}: "
+                            f"the floor is {floor:.3f} of the latency (embeddings, LayerNorms and the call's overhead stay; "
+                            f"at most {1 / floor:.2f}x faster); give --target >= {floor:.3f}")
+    return model, path
+
+
+LATENCY_TABLE = "latency_table.json"
+
+
+def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, ratio: float, flops_ratio: float) -> None:
+    """What architecture.json records of a latency search: the cost model, its prediction, the FLOPs ratio."""
+    meta.pop("target_flops_ratio", None)
+    key = model.key
+    meta.update({
+        "cost": "latency", "target_latency_ratio": settings.target, "predicted_latency_ratio": ratio, "flops_ratio": flops_ratio,
+        "latency_model": {"backend": settings.backend, "device": key.get("device"), "batch": key.get("batch"),
+                          "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(),
+                          "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},
+    })
 
 
 def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,
@@ -515,15 +624,20 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
 
     out = Path(settings.output_dir)
     work = partial_dir(out)
-    teacher, dataset, encoded = _inputs(settings, world, device, teacher, dataset)
+    teacher, dataset, encoded, latency = _inputs(settings, world, device, teacher, dataset,
+                                                 work / LATENCY_TABLE if resume else None)
+    latency_model = latency[0] if latency else None
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
+    if latency:  # the table the run used, kept with it (and reused by its --resume)
+        on_main(world, lambda: latency_model.save_table(work / LATENCY_TABLE))
     history: list[dict] = []
     steps = 0
     alphas = None
     if settings.method == "search":
-        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, on_step, world, changed)
+        arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, on_step, world, changed,
+                                                        latency_model)
     else:  # the baselines are cheap and deterministic: every process computes the same architecture
-        arch = run_baseline(settings, teacher, encoded, device)
+        arch = run_baseline(settings, teacher, encoded, device, latency_model)
     teacher.model.to("cpu")
 
     shape, seq_len = teacher.shape, settings.max_length
@@ -543,7 +657,9 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
         **({"command": command_line()} if command_line() else {}),
         **arch.meta,
     }
-    ratio = arch.flops_ratio(shape, seq_len)
+    ratio = arch_ratio(arch, shape, seq_len, latency_model)
+    if latency:
+        _latency_meta(arch.meta, settings, latency_model, latency[1], ratio, arch.flops_ratio(shape, seq_len))
     lo, hi = (1 - settings.tolerance) * settings.target, (1 + settings.tolerance) * settings.target
     if not lo - 1e-9 <= ratio <= hi + 1e-9:  # an internal bug, not a user mistake
         raise RuntimeError(f"architecture at FLOPs ratio {ratio:.4f} outside the band [{lo:.4f}, {hi:.4f}]")
@@ -556,7 +672,8 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
         else:
             atomic_write_text(work / "search_log.jsonl", "")
         arch.save(work / "architecture.json", shape, seq_len)
-        plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of the FLOPs (target {settings.target})")
+        of = f"the predicted latency on {settings.backend}" if latency else "the FLOPs"
+        plot_architecture(arch, shape, work / "architecture.png", title=f"{settings.method}: {ratio:.3f} of {of} (target {settings.target})")
         for old in checkpoint_dirs(work / "checkpoints")[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         if out.exists():

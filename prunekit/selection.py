@@ -68,3 +68,38 @@ def uniform_architecture(shape: ModelShape, seq_len: int, target: float, generat
         head_mask[layer, torch.randperm(shape.num_heads, generator=generator)[:heads]] = 1.0
         ffn_mask[layer, torch.randperm(shape.intermediate_size, generator=generator)[:neurons]] = 1.0
     return Architecture.from_masks(head_mask, ffn_mask, meta)
+
+
+def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, model, target: float,
+                      meta: dict | None = None) -> Architecture:
+    """:func:`select_to_budget` for a latency model (:class:`prunekit.latency.LatencyModel`): groups in
+    order of decreasing priority, each kept while the model's predicted latency still fits in
+    ``target`` x the full model's. A group's cost is what it adds to its layer as that layer stands
+    (A and F are not linear: the first head of a layer may cost more than the next)."""
+    head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()
+    layers, nh = head_priority.shape[0], head_priority.numel()
+    per_head, per_neuron = head_priority.shape[1], ffn_priority.shape[1]
+    budget = target * model.full() - model.rest - layers * model.fixed
+    head_marginal, ffn_marginal = model.head_marginals(), model.ffn_marginals()
+    prio = torch.cat([head_priority.flatten().double(), ffn_priority.flatten().double()])
+    order = torch.sort(-prio, stable=True).indices.tolist()
+    heads, widths = [0] * layers, [0] * layers
+    keep = torch.zeros(prio.numel(), dtype=torch.bool)
+    used = 0.0
+    for j in order:
+        if j < nh:
+            layer = j // per_head
+            cost = head_marginal[heads[layer]]
+        else:
+            layer = (j - nh) // per_neuron
+            cost = ffn_marginal[widths[layer]]
+        if used + cost <= budget:
+            keep[j] = True
+            used += cost
+            if j < nh:
+                heads[layer] += 1
+            else:
+                widths[layer] += 1
+    head_mask = keep[:nh].view_as(head_priority).float()
+    ffn_mask = keep[nh:].view_as(ffn_priority).float()
+    return Architecture.from_masks(head_mask, ffn_mask, meta)

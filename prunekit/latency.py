@@ -1,0 +1,378 @@
+"""A measured latency model of a BERT encoder on one backend: what ``search --cost latency`` targets.
+
+The model is additive over layers (``docs`` of issue 19)::
+
+    latency(arch) = rest + sum_l [fixed + A(h_l) + F(w_l)]
+
+``rest``: the model-level cost (embeddings, pooler/classifier or pooling, the call's overhead);
+``fixed``: a layer with no heads and no FFN (its residuals and LayerNorms); ``A``: a monotone
+piecewise-linear function of the layer's head count (a knot at every h = 0..H, A(0) = 0); ``F``:
+the same over the FFN width, with knots on a grid of widths (0 and I included, F(0) = 0).
+
+Fitting (:func:`fit`) from the times of uniform models (every layer the same), L layers:
+``T(h, w) = rest + L*fixed + L*A(h) + L*F(w)``, so
+
+* ``A(h) = (T(h, I) - T(0, I)) / L`` (the head sweep, at full FFN width),
+* ``F(w) = (T(H, w) - T(H, 0)) / L`` (the width sweep, with every head),
+* ``fixed = (T_L(0, 0) - T_1(0, 0)) / (L - 1)`` and ``rest = T_1(0, 0) - fixed`` (the model with no
+  heads and no FFN, with L layers and with 1).
+
+When the measured times are additive this reproduces every one of them exactly; otherwise the full
+model's prediction misses its measured time by ``T(0,0) + T(H,I) - T(0,I) - T(H,0)`` (recorded as
+``additivity_error``). A and F are made monotone by isotonic regression (monotone input is kept as
+it is), so that pruning never predicts a slower model. Ratios are over the model's own prediction
+of the full model, so the full model is exactly 1.
+
+The measurements (:func:`profile`) are compact models with random weights timed through
+:func:`prunekit.backends.build_runner`, interleaved as bench does. For a compact-only backend
+(``triton*``, ``*-packed``) the ratio is over the full-size compact model on that same backend.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PrunekitError
+from .flops import ModelShape
+from .io import atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "prunekit-latency-table"
+VERSION = 1
+# The profiled models' vocabulary: an embedding lookup costs the same for any table size (to first
+# order), and BERT's 30k rows would make every saved model 90 MB larger.
+PROFILE_VOCAB = 1024
+
+
+def default_width_grid(intermediate_size: int, points: int = 9) -> list[int]:
+    """FFN widths to time: ``points`` evenly spaced from 0 to I (each distinct once)."""
+    return sorted({round(intermediate_size * k / (points - 1)) for k in range(points)})
+
+
+def _monotone(xs: list[float], ys: list[float]) -> list[float]:
+    """The isotonic (non-decreasing) fit of ``ys``, non-negative, 0 at the first knot."""
+    from sklearn.isotonic import IsotonicRegression
+
+    fitted = IsotonicRegression(increasing=True).fit_transform(np.asarray(xs, float), np.asarray(ys, float))
+    out = [max(0.0, float(v)) for v in fitted]
+    out[0] = 0.0
+    return out
+
+
+def _interp(x: torch.Tensor, kx: list[float], ky: list[float]) -> torch.Tensor:
+    """Piecewise-linear interpolation of the knots (kx, ky) at ``x``, differentiable in ``x``."""
+    knots_x = torch.tensor(kx, dtype=x.dtype, device=x.device)
+    knots_y = torch.tensor(ky, dtype=x.dtype, device=x.device)
+    i = (torch.searchsorted(knots_x, x.detach().contiguous(), right=True) - 1).clamp(0, len(kx) - 2)
+    x0, x1, y0, y1 = knots_x[i], knots_x[i + 1], knots_y[i], knots_y[i + 1]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@dataclass
+class LatencyModel:
+    """rest + sum over layers of [fixed + A(heads) + F(width)], in seconds per batch."""
+
+    shape: ModelShape
+    rest: float
+    fixed: float
+    head_knots: list[float]  # A(h), h = 0..H
+    ffn_widths: list[int]  # the width grid (0 .. I)
+    ffn_knots: list[float]  # F(w) on the grid
+    key: dict = field(default_factory=dict)  # what it was measured on (table_key)
+    measurements: dict = field(default_factory=dict)
+
+    def head_cost(self, heads: float) -> float:
+        return float(np.interp(heads, range(len(self.head_knots)), self.head_knots))
+
+    def ffn_cost(self, width: float) -> float:
+        return float(np.interp(width, self.ffn_widths, self.ffn_knots))
+
+    def latency(self, heads_per_layer, ffn_per_layer) -> float:
+        layers = zip(heads_per_layer, ffn_per_layer)
+        return self.rest + sum(self.fixed + self.head_cost(h) + self.ffn_cost(w) for h, w in layers)
+
+    def full(self) -> float:
+        s = self.shape
+        return self.latency([s.num_heads] * s.num_layers, [s.intermediate_size] * s.num_layers)
+
+    def ratio(self, heads_per_layer, ffn_per_layer) -> float:
+        return self.latency(heads_per_layer, ffn_per_layer) / self.full()
+
+    def floor(self) -> float:
+        """The ratio with every head and neuron pruned: the fastest pruning can make the model."""
+        return (self.rest + self.shape.num_layers * self.fixed) / self.full()
+
+    def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor) -> torch.Tensor:
+        """The differentiable ratio under gates in [0, 1]: each layer's expected head count and
+        width (sums of gate probabilities) through A and F."""
+        heads, widths = head_gates.sum(dim=1), ffn_gates.sum(dim=1)
+        a = _interp(heads, [float(h) for h in range(len(self.head_knots))], self.head_knots)
+        f = _interp(widths, [float(w) for w in self.ffn_widths], self.ffn_knots)
+        fixed = self.rest + self.shape.num_layers * self.fixed
+        return (a.sum() + f.sum() + fixed) / self.full()
+
+    def head_marginals(self) -> list[float]:
+        """The latency the (h+1)-th head adds to a layer, h = 0..H-1."""
+        return list(np.diff(self.head_knots))
+
+    def ffn_marginals(self) -> list[float]:
+        """The latency the (w+1)-th neuron adds to a layer, w = 0..I-1."""
+        return list(np.diff(np.interp(np.arange(self.shape.intermediate_size + 1), self.ffn_widths, self.ffn_knots)))
+
+    def mean_group_costs(self) -> tuple[float, float]:
+        """A head's and a neuron's average share of the full latency (the search's gradient scale)."""
+        s, full = self.shape, self.full()
+        head = self.head_knots[-1] / max(1, s.num_heads) / full
+        neuron = self.ffn_knots[-1] / max(1, s.intermediate_size) / full
+        return max(head, 1e-9), max(neuron, 1e-9)
+
+    def to_dict(self) -> dict:
+        return {"rest": self.rest, "fixed": self.fixed, "head_knots": list(self.head_knots),
+                "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots)}
+
+    def save_table(self, path: str | os.PathLike) -> None:
+        """The table as JSON: the fitted model, its key and the raw measurements."""
+        data = {"format": FORMAT, "version": VERSION, "key": self.key, "shape": self.shape.to_dict(),
+                "model": self.to_dict(), "floor": self.floor(), "measurements": self.measurements}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(path), json.dumps(data, indent=1) + "\n")
+
+
+def fit(measurements: dict, shape: ModelShape) -> LatencyModel:
+    """The latency model of :func:`profile`'s measurements (see the module's docstring for the algebra)."""
+    m, L = measurements, shape.num_layers
+    th, grid, tw = list(m["head_times"]), list(m["width_grid"]), list(m["width_times"])
+    if len(th) != shape.num_heads + 1 or len(grid) != len(tw) or grid[0] != 0 or grid[-1] != shape.intermediate_size:
+        raise PrunekitError("latency measurements: need a time for every head count 0..H and a width grid from 0 to I")
+    a = _monotone(list(range(len(th))), [(t - th[0]) / L for t in th])
+    f = _monotone(grid, [(t - tw[0]) / L for t in tw])
+    fixed = max(0.0, (m["zero"] - m["zero_one_layer"]) / (L - 1)) if L > 1 else 0.0
+    rest = max(0.0, (m["zero_one_layer"] if L > 1 else m["zero"]) - fixed)
+    extra = {"additivity_error": (m["zero"] + th[-1] - th[0] - tw[0]) / th[-1] if th[-1] else 0.0}
+    return LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra})
+
+
+# ---------------------------------------------------------------- the table's key and file
+
+
+def table_key(shape: ModelShape, backend: str, device: str, batch: int, seq_len: int, threads: int | None) -> dict:
+    """What a latency table holds only for: the machine (CPU model and ISA flags, or the GPU), the
+    backend and its dtype, threads, batch, sequence length, library versions and the model's shape."""
+    from . import __version__
+    from .backends import dtype_of
+    from .system import cpu_info
+
+    dev = torch.device(device)
+    key = {"backend": backend, "dtype": dtype_of(backend), "device": dev.type, "threads": threads or torch.get_num_threads(),
+           "batch": batch, "seq_len": seq_len, "torch": torch.__version__, "prunekit": __version__, "shape": shape.to_dict()}
+    if backend.startswith("ort"):
+        import onnxruntime
+
+        key["onnxruntime"] = onnxruntime.__version__
+    if dev.type == "cuda":
+        key["gpu"] = torch.cuda.get_device_name(dev.index if dev.index is not None else torch.cuda.current_device())
+    else:
+        cpu = cpu_info()
+        key["cpu"] = {"model": cpu["model"], "isa": cpu["isa"]}
+    return key
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def key_differences(saved: dict, expected: dict) -> list[str]:
+    """The fields where two keys differ (nested ones dotted: ``cpu.model``, ``shape.num_layers``)."""
+    a, b = _flat(saved), _flat(expected)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def load_table(path: str | os.PathLike, expected_key: dict) -> LatencyModel:
+    """A saved table, refused (one line naming the differing fields) when it was measured elsewhere."""
+    data = read_json(path, "latency table", "re-measure it with --reprofile")
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("key"), dict):
+        raise PrunekitError(f"{path} is not a prunekit latency table: re-measure it with --reprofile")
+    diff = key_differences(data["key"], expected_key)
+    if diff:
+        a, b = _flat(data["key"]), _flat(expected_key)
+        told = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in diff[:4])
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise PrunekitError(f"latency table {path} was measured on another setup ({told}{more}): "
+                            "re-measure it with --reprofile, or give a matching --latency-table")
+    try:
+        m = data["model"]
+        model = LatencyModel(ModelShape(**data["shape"]), float(m["rest"]), float(m["fixed"]), [float(v) for v in m["head_knots"]],
+                             [int(w) for w in m["ffn_widths"]], [float(v) for v in m["ffn_knots"]], data["key"],
+                             data.get("measurements") or {})
+    except (KeyError, TypeError, ValueError):
+        raise PrunekitError(f"latency table {path} is corrupt: re-measure it with --reprofile") from None
+    s = model.shape
+    if len(model.head_knots) != s.num_heads + 1 or model.ffn_widths[:1] != [0] or model.ffn_widths[-1:] != [s.intermediate_size]:
+        raise PrunekitError(f"latency table {path} does not cover the model's head counts and FFN widths: re-measure it with --reprofile")
+    return model
+
+
+def cache_dir() -> Path:
+    """Where tables are kept between searches: $PRUNEKIT_CACHE, else $XDG_CACHE_HOME/prunekit, else ~/.cache/prunekit."""
+    root = os.environ.get("PRUNEKIT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prunekit")
+    return Path(root) / "latency"
+
+
+def default_table_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{key['backend']}-{digest}.json"
+
+
+# ---------------------------------------------------------------- profiling
+
+
+def check_available(backend: str, device: str) -> None:
+    """One line when ``backend`` is unknown or cannot run on ``device`` on this machine."""
+    from .backends import check_backend, unavailable
+
+    kind = torch.device(device).type
+    check_backend(backend, kind)
+    why = unavailable(backend, kind)
+    if why:
+        raise PrunekitError(f"cannot measure latency on backend {backend} here: {why}")
+
+
+def _profile_vocab(base_config) -> int:
+    """The profiled models' vocabulary size: the teacher's, at most :data:`PROFILE_VOCAB`."""
+    return min(PROFILE_VOCAB, getattr(base_config, "vocab_size", None) or PROFILE_VOCAB)
+
+
+def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads: int, width: int, base_config, seq_len: int) -> Path:
+    """A compact model of ``shape`` with random weights, ``heads`` and ``width`` in every one of ``layers`` layers."""
+    from .modeling import CompactBertConfig, CompactBertForSequenceClassification, CompactBertModel, save_compact
+
+    get = (lambda name, default: getattr(base_config, name, default) or default) if base_config is not None else (lambda _n, d: d)
+    kind = "classification" if shape.num_labels > 0 else "embedding"
+    extra = {"num_labels": shape.num_labels} if kind == "classification" else {}
+    config = CompactBertConfig(
+        vocab_size=_profile_vocab(base_config), hidden_size=shape.hidden_size, num_hidden_layers=layers,
+        num_attention_heads=shape.num_heads, head_dim=shape.head_dim, num_heads_per_layer=[heads] * layers,
+        intermediate_size=shape.intermediate_size, intermediate_sizes=[width] * layers, hidden_act=get("hidden_act", "gelu"),
+        max_position_embeddings=max(get("max_position_embeddings", 512), seq_len + 2), type_vocab_size=get("type_vocab_size", 2),
+        layer_norm_eps=get("layer_norm_eps", 1e-12), task_kind=kind, **extra)
+    from .models import quiet
+
+    torch.manual_seed(0)
+    model = (CompactBertForSequenceClassification if extra else CompactBertModel)(config).eval()
+    quiet(save_compact, model, path)
+    return path
+
+
+def _plan(shape: ModelShape, grid: list[int]) -> list[tuple[str, int, int, int]]:
+    """(label, layers, heads, width) of every model to time."""
+    layers, heads, width = shape.num_layers, shape.num_heads, shape.intermediate_size
+    plan = [(f"h{h}", layers, h, width) for h in range(heads + 1)]
+    plan += [(f"w{w}", layers, heads, w) for w in grid if w != width]
+    plan += [("zero", layers, 0, 0), ("zero1", 1, 0, 0)]
+    return plan
+
+
+def _inputs(batch: int, seq_len: int, vocab: int, device: str, seed: int = 0) -> dict:
+    """Full-length random token ids (bench's fixed-length mode)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5 if vocab > 10 else 0, vocab, (batch, seq_len), generator=g)
+    feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    return {k: v.to(device) for k, v in feed.items()}
+
+
+def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16, seq_len: int = 128, threads: int | None = None,
+            repeats: int = 10, width_grid: list[int] | None = None, *, warmup: int = 2, base_config=None) -> dict:
+    """Time uniform compact models of ``shape`` on ``backend``: every head count with the full FFN,
+    the width grid with every head, and no heads nor FFN with L layers and with 1 (see :func:`fit`).
+    Warm-up, then ``repeats`` interleaved rounds (every model once per round); the median of each."""
+    from .backends import build_runner
+    from .loading import load_model_dir
+
+    check_available(backend, device)
+    grid = sorted(set(width_grid or default_width_grid(shape.intermediate_size)) | {0, shape.intermediate_size})
+    plan, feed = _plan(shape, grid), _inputs(batch, seq_len, _profile_vocab(base_config), device)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
+            runners = []
+            for label, layers, heads, width in plan:
+                path = _random_model_dir(Path(tmp) / label, shape, layers, heads, width, base_config, seq_len)
+                try:
+                    runner = build_runner(load_model_dir(path), label, backend, device, threads, Path(tmp), None)
+                except Exception as e:  # noqa: BLE001 - e.g. an export that cannot take a layer with no heads
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    raise PrunekitError(f"backend {backend} cannot run the profiled model with {heads} heads and FFN width "
+                                        f"{width} in each of {layers} layers: {first}") from None
+                if runner is None:
+                    raise PrunekitError(f"backend {backend} cannot run the profiled compact models")
+                runners.append(runner)
+            times = _time(runners, feed, warmup, repeats)
+    finally:
+        torch.set_num_threads(before)
+    t = dict(zip((p[0] for p in plan), times))
+    heads, width = shape.num_heads, shape.intermediate_size
+    return {"num_layers": shape.num_layers, "head_times": [t[f"h{h}"] for h in range(heads + 1)], "width_grid": grid,
+            "width_times": [t[f"h{heads}"] if w == width else t[f"w{w}"] for w in grid], "zero": t["zero"],
+            "zero_one_layer": t["zero1"], "repeats": repeats, "warmup": warmup}
+
+
+def _time(runners: list, feed: dict, warmup: int, repeats: int) -> list[float]:
+    """Median seconds per batch of each runner: warm-up, then interleaved repeats."""
+    for _ in range(max(1, warmup)):
+        for r in runners:
+            r.run(feed)
+    for _ in range(repeats):
+        for r in runners:
+            t0 = time.perf_counter()
+            r.run(feed)
+            r.times.append(time.perf_counter() - t0)
+    return [statistics.median(r.times) for r in runners]
+
+
+# ---------------------------------------------------------------- what a search uses
+
+
+def latency_device(backend: str, search_device: str) -> str:
+    """Where the latency is measured: the search's device when the backend runs there, else the
+    backend's own (a CPU backend from a GPU search; a CUDA backend from a CPU one)."""
+    from .backends import BACKENDS
+
+    if backend not in BACKENDS:
+        return search_device
+    kind = torch.device(search_device).type
+    return search_device if kind in BACKENDS[backend][1] else BACKENDS[backend][1][0]
+
+
+def latency_model_for(shape: ModelShape, backend: str, device: str, batch: int, seq_len: int, threads: int | None,
+                      repeats: int = 10, table: str | None = None, reprofile: bool = False, base_config=None) -> tuple[LatencyModel, Path]:
+    """The latency model a search uses and its table's path: ``table`` (or the cache's file for this
+    key) when it exists and matches, else measured now (``reprofile``: always) and saved there."""
+    check_available(backend, device)
+    key = table_key(shape, backend, device, batch, seq_len, threads)
+    path = Path(table) if table else default_table_path(key)
+    if path.is_file() and not reprofile:
+        return load_table(path, key), path
+    log.info("measuring the latency model of %s on %s (batch %d x %d tokens) into %s", backend, device, batch, seq_len, path)
+    model = fit(profile(shape, backend, device, batch, seq_len, threads, repeats, base_config=base_config), shape)
+    model.key = key
+    model.save_table(path)
+    return model, path

@@ -1,0 +1,263 @@
+"""The latency cost model (issue 19): fitting, the table and its key, and a search that targets it."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from factory import stop_after
+from prunekit import latency as lat
+from prunekit.architecture import Architecture
+from prunekit.cli import cli
+from prunekit.errors import PrunekitError
+from prunekit.flops import ModelShape
+from prunekit.models import load_teacher
+from prunekit.search import SearchSettings, search
+from prunekit.selection import select_to_latency
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = ModelShape(num_layers=6, hidden_size=32, num_heads=4, head_dim=8, intermediate_size=64, num_labels=0)  # minilm6
+GRID = [0, 16, 32, 48, 64]
+A = [0.0, 1.0, 1.2, 1.9, 2.0]  # a head's cost is not linear: the first one costs the most
+
+
+def F(w):  # the FFN's cost, as the module names it
+    return 0.5 * (w > 0) + 0.02 * w
+
+
+def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=None):
+    """The timings an additive model predicts for the uniform models profile() times."""
+    def t(h, w, layers=shape.num_layers):
+        return rest + layers * (fixed + heads[h] + f(w))
+
+    m = {"num_layers": shape.num_layers, "head_times": [t(h, shape.intermediate_size) for h in range(shape.num_heads + 1)],
+         "width_grid": list(grid), "width_times": [t(shape.num_heads, w) for w in grid], "zero": t(0, 0), "zero_one_layer": t(0, 0, 1)}
+    if noise is not None:
+        m["head_times"] = [v + n for v, n in zip(m["head_times"], noise)]
+    return m
+
+
+def write_table(path, shape, key, **kw):
+    model = lat.fit(synthetic(shape, **kw), shape)
+    model.key = key
+    model.save_table(path)
+    return model
+
+
+def test_fit_reproduces_additive_timings_on_the_grid():
+    m = synthetic()
+    model = lat.fit(m, SHAPE)
+    L, H, W = SHAPE.num_layers, SHAPE.num_heads, SHAPE.intermediate_size
+    for h, t in enumerate(m["head_times"]):
+        assert model.latency([h] * L, [W] * L) == pytest.approx(t, rel=1e-12)
+    for w, t in zip(GRID, m["width_times"]):
+        assert model.latency([H] * L, [w] * L) == pytest.approx(t, rel=1e-12)
+    assert model.latency([0] * L, [0] * L) == pytest.approx(m["zero"])
+    assert model.rest == pytest.approx(2.0) and model.fixed == pytest.approx(0.3)
+    assert model.head_knots == pytest.approx(A) and model.ffn_knots == pytest.approx([F(w) for w in GRID])
+    assert model.measurements["additivity_error"] == pytest.approx(0.0, abs=1e-12)
+    assert model.floor() == pytest.approx((2.0 + 6 * 0.3) / m["head_times"][-1])
+    assert model.ratio([H] * L, [W] * L) == pytest.approx(1.0)
+
+
+def test_fit_of_noisy_timings_is_monotone():
+    m = synthetic(noise=[0.0, 3.0, -2.5, 0.4, -0.1])  # a slow 1-head model, a fast 2-head one: not monotone
+    m["width_times"][2] -= 5.0
+    model = lat.fit(m, SHAPE)
+    for knots in (model.head_knots, model.ffn_knots):
+        assert knots[0] == 0.0 and all(np.diff(knots) >= 0)
+    assert all(c >= 0 for c in model.head_marginals() + model.ffn_marginals())
+
+
+def test_expected_ratio_is_differentiable_and_exact_at_hard_gates():
+    model = lat.fit(synthetic(), SHAPE)
+    g = torch.Generator().manual_seed(0)
+    hard_h = (torch.rand(6, 4, generator=g) < 0.5).float()
+    hard_f = (torch.rand(6, 64, generator=g) < 0.4).float()
+    arch = Architecture.from_masks(hard_h, hard_f)
+    assert float(model.expected_ratio(hard_h, hard_f)) == pytest.approx(model.ratio(arch.head_counts, arch.ffn_widths), rel=1e-6)
+    head = torch.full((6, 4), 0.7, requires_grad=True)
+    ffn = torch.full((6, 64), 0.3, requires_grad=True)
+    r = model.expected_ratio(head, ffn)
+    r.backward()
+    assert 0 < r.item() < 1 and torch.isfinite(head.grad).all() and (head.grad > 0).all() and (ffn.grad > 0).all()
+
+
+def test_select_to_latency_fills_the_budget():
+    model = lat.fit(synthetic(), SHAPE)
+    g = torch.Generator().manual_seed(1)
+    for target in (0.9, 0.6, 0.5):
+        arch = select_to_latency(torch.rand(6, 4, generator=g), torch.rand(6, 64, generator=g), model, target)
+        ratio = model.ratio(arch.head_counts, arch.ffn_widths)
+        assert target - 0.02 <= ratio <= target + 1e-12
+
+
+def test_table_key_mismatch_is_refused_in_one_line(tmp_path):
+    key = lat.table_key(SHAPE, "torch-sdpa", "cpu", 16, 32, 1)
+    path = tmp_path / "table.json"
+    write_table(path, SHAPE, dict(key, backend="ort-opt", threads=4, cpu=dict(key["cpu"], model="Another CPU")))
+    with pytest.raises(PrunekitError) as e:
+        lat.load_table(path, key)
+    msg = str(e.value)
+    assert "\n" not in msg and "backend" in msg and "threads" in msg and "cpu.model" in msg and "--reprofile" in msg
+    write_table(path, SHAPE, key)
+    assert lat.load_table(path, key).rest == pytest.approx(2.0)
+    path.write_text("{}")
+    with pytest.raises(PrunekitError, match="not a prunekit latency table"):
+        lat.load_table(path, key)
+
+
+def _settings(tmp_path, model, data, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), max_steps=12, batch_size=8, max_length=32, checkpoint_every=100,
+                model=str(model), data=str(data), cost="latency", backend="torch-sdpa", latency_table=str(tmp_path / "table.json"))
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def _key(model_dir, **kw):
+    shape = load_teacher(str(model_dir)).shape
+    args = dict(backend="torch-sdpa", device="cpu", batch=16, seq_len=32, threads=None)
+    args.update(kw)
+    return shape, lat.table_key(shape, **args)
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5])
+def test_search_reaches_the_latency_band(tiny_models, text_file, tmp_path, target):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    s = _settings(tmp_path, model_dir, text_file, target=target)
+    result = search(s, progress=False)
+    arch = Architecture.load(result.output_dir, shape)
+    predicted = table.ratio(arch.head_counts, arch.ffn_widths)
+    assert (1 - s.tolerance) * target <= predicted <= (1 + s.tolerance) * target
+    assert result.achieved_ratio == pytest.approx(predicted)
+    saved = json.loads((result.output_dir / "architecture.json").read_text())
+    assert saved["cost"] == "latency" and saved["target_latency_ratio"] == target and "target_flops_ratio" not in saved
+    assert saved["predicted_latency_ratio"] == pytest.approx(predicted)
+    assert saved["flops_ratio"] == pytest.approx(arch.flops_ratio(shape, 32))
+    assert saved["latency_model"]["backend"] == "torch-sdpa"
+    assert (result.output_dir / "latency_table.json").is_file()
+    assert result.log[-1]["expected_ratio"] < result.log[0]["expected_ratio"]
+
+
+def test_search_gates_reach_the_latency_band_given_time(tiny_models, text_file, tmp_path):
+    """With enough steps the gates themselves reach the band (a near-linear table: the concave one
+    above makes the last heads of a layer cheap, and the gates slower to give them up)."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, key, heads=[0.0, 0.5, 1.0, 1.5, 2.0], f=lambda w: 0.03 * w)
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, max_steps=120), progress=False)
+    assert result.architecture.meta.get("projected") is False
+    assert result.log[-1]["discrete_ratio"] == pytest.approx(result.achieved_ratio, abs=1e-6)
+
+
+def test_mismatched_table_refused_then_reprofile_remakes_it(tiny_models, text_file, tmp_path, monkeypatch):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, dict(key, backend="ort-opt"))
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, model_dir, text_file, target=0.6), progress=False)
+    assert "\n" not in str(e.value) and "backend: 'ort-opt' there, 'torch-sdpa' here" in str(e.value)
+    calls = []
+    monkeypatch.setattr(lat, "profile", lambda shape, *a, **k: calls.append(a) or synthetic(shape))
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, reprofile=True), progress=False)
+    assert len(calls) == 1 and calls[0][:4] == ("torch-sdpa", "cpu", 16, 32)
+    assert json.loads((tmp_path / "table.json").read_text())["key"] == key
+    assert result.achieved_ratio == pytest.approx(0.6, rel=0.05)
+
+
+def test_default_cache_is_reused(tiny_models, text_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(lat, "profile", lambda shape, *a, **k: calls.append(a) or synthetic(shape))
+    model_dir = tiny_models("minilm6")
+    for run in ("a", "b"):
+        search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_table=None, output_dir=str(tmp_path / run)), progress=False)
+    assert len(calls) == 1 and len(list((tmp_path / "cache" / "latency").glob("torch-sdpa-*.json"))) == 1
+
+
+def test_resume_keeps_the_run_own_table(tiny_models, text_file, tmp_path, monkeypatch):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, key)
+    kw = dict(target=0.6, max_steps=14, checkpoint_every=3)
+    full = search(_settings(tmp_path, model_dir, text_file, output_dir=str(tmp_path / "full"), **kw), progress=False)
+    s = _settings(tmp_path, model_dir, text_file, output_dir=str(tmp_path / "cut"), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        search(s, progress=False, on_step=stop_after(8))
+    (tmp_path / "table.json").unlink()  # gone: the resumed run reads the one in its own work dir
+    monkeypatch.setattr(lat, "profile", lambda *a, **k: pytest.fail("a resumed run measured again"))
+    resumed = search(s, progress=False, resume=True)
+    assert resumed.architecture.heads == full.architecture.heads and resumed.architecture.neurons == full.architecture.neurons
+    assert resumed.achieved_ratio == pytest.approx(full.achieved_ratio)
+
+
+def test_target_below_the_floor_is_refused(tiny_models, text_file, tmp_path):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key, rest=20.0)
+    floor = table.floor()
+    assert 0.3 < floor < 0.9
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, model_dir, text_file, target=floor - 0.1), progress=False)
+    assert "\n" not in str(e.value) and f"the floor is {floor:.3f}" in str(e.value)
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_latency_baselines(tiny_models, text_file, tmp_path):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.5, method="magnitude"), progress=False)
+    assert 0.475 <= table.ratio(result.architecture.head_counts, result.architecture.ffn_widths) <= 0.525
+    with pytest.raises(PrunekitError, match="uniform"):
+        _settings(tmp_path, model_dir, text_file, method="uniform").validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has the GPU the backend needs")
+def test_backend_the_machine_lacks_is_one_line(tiny_models, text_file, tmp_path):
+    with pytest.raises(PrunekitError) as e:
+        lat.profile(SHAPE, "triton-fp16-graph", "cuda", 2, 16, None, 1)
+    assert "\n" not in str(e.value) and "triton-fp16-graph" in str(e.value)
+    assert lat.latency_device("triton-fp16-graph", "cpu") == "cuda"
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, tiny_models("minilm6"), text_file, backend="triton-fp16-graph"), progress=False)
+    assert "\n" not in str(e.value) and "CUDA" in str(e.value)
+
+
+def test_settings_refuse_latency_options_with_flops():
+    with pytest.raises(PrunekitError, match="--backend"):
+        SearchSettings(backend="torch-sdpa").validate()
+    with pytest.raises(PrunekitError, match="needs --backend"):
+        SearchSettings(cost="latency").validate()
+    with pytest.raises(PrunekitError, match="--latency-batch"):
+        SearchSettings(cost="latency", backend="torch-sdpa", latency_batch=0).validate()
+
+
+def test_cli_target_speedup(tiny_models, text_file, tmp_path):
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, key)
+    args = ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "6", "--batch-size", "8",
+            "--max-length", "32", "--cost", "latency", "--backend", "torch-sdpa", "--latency-table", str(tmp_path / "table.json"),
+            "--quiet", "-o", str(tmp_path / "run")]
+    out = CliRunner().invoke(cli, args + ["--target-speedup", "2"])
+    assert out.exit_code == 0, out.output
+    predicted = float(re.search(r"predicted latency ratio ([0-9.]+) on torch-sdpa \(target 0.5,", out.output).group(1))
+    assert 0.475 <= predicted <= 0.525 and "FLOPs ratio" in out.output
+    both = CliRunner().invoke(cli, args + ["--target-speedup", "2", "--target", "0.5", "--force"])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_real_profile_on_torch_sdpa(tiny_models):
+    """One real measurement end to end (tiny shape, one repeat): the fit is a usable model."""
+    config = load_teacher(str(tiny_models("minilm6"))).config  # its vocabulary is smaller than PROFILE_VOCAB
+    m = lat.profile(SHAPE, "torch-sdpa", "cpu", batch=2, seq_len=16, threads=1, repeats=1, width_grid=[0, 32, 64], warmup=1,
+                    base_config=config)
+    assert len(m["head_times"]) == 5 and m["width_grid"] == [0, 32, 64] and all(t > 0 for t in m["head_times"])
+    model = lat.fit(m, SHAPE)
+    assert 0 < model.floor() <= 1 and all(np.diff(model.head_knots) >= 0) and all(np.diff(model.ffn_knots) >= 0)
