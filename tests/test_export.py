@@ -277,3 +277,24 @@ def test_int8_weights_take_seven_bits_on_cpus_without_an_int8_dot_product(monkey
         assert E.int8_reduce_range({"avx2": True, flag: True}) is False
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert E.int8_reduce_range({}) is False
+
+
+@pytest.mark.parametrize("quantize", [None, "int8-static"])
+def test_classifier_with_no_heads_anywhere_exports(tiny_models, tmp_path, quantize):
+    """A classifier that kept no head in any layer never reads the mask: its graph has no
+    attention_mask input, and the checks (and static int8's calibration) feed the graph's own inputs."""
+    from prunekit.architecture import Architecture
+    from prunekit.compact import compact
+    from prunekit.modeling import save_compact
+    from prunekit.models import load_teacher
+
+    teacher = load_teacher(str(tiny_models("tinybert4", "classification")))
+    s = teacher.shape
+    arch = Architecture(heads=[[]] * s.num_layers, neurons=[list(range(0, s.intermediate_size, 3))] * s.num_layers)
+    src = tmp_path / "headless"
+    save_compact(compact(teacher, arch), src)
+    teacher.tokenizer.save_pretrained(src)
+    out = tmp_path / "headless.onnx"
+    r = export_onnx(src, out, ExportSettings(quantize=quantize))
+    assert all(c.ok for c in r.checks), r.checks
+    assert "attention_mask" not in {i.name for i in session(out).get_inputs()}
