@@ -1,0 +1,403 @@
+"""Build the real text-classification tasks of issue 16 from text that ships on this machine.
+
+Writes ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` (one ``{"text": ..., "label": ...}`` per
+line, the label a class name) and ``counts.json`` (examples per class and split, and how the data
+was made) into ``<out>/<task>/`` (default ``runs/real_tasks/<task>/``, git-ignored: the data is
+rebuilt from this machine's files, never committed or redistributed), and the counts also to
+``benchmarks/results/real_tasks/data_<task>.{json,md}``. From the repo root:
+
+    .venv/bin/python benchmarks/real_tasks/build.py                    # every task (~2 min on 2 cores)
+    .venv/bin/python benchmarks/real_tasks/build.py --task docstrings  # one task
+
+Tasks (``--help`` lists them):
+
+docstrings
+    CPython standard-library docstrings (module, class and function), labelled by the module
+    family they come from (asyncio, email, internet, gui, ...: the table ``FAMILIES``). Source
+    files are parsed with ``ast`` and never imported (``prunekit.corpus`` reads them the same way
+    and its walk is reused: test suites, idlelib, turtledemo, ensurepip, ... are skipped; tkinter
+    is read here as well). Doctest blocks are dropped. NB prunekit's shipped corpus
+    (``prunekit/assets/corpus.txt``) is made of sentences from the same docstrings and is what
+    ``prunekit search`` reads unlabelled by default; a run on this task should pass ``--data``.
+manpages
+    The English man pages of this machine (/usr/share/man/man1..man8, gzipped troff, read with
+    ``troff.py``): text = the NAME line's description and the first paragraphs of DESCRIPTION,
+    label = the Debian section of the package that owns the page (dpkg's file lists and status),
+    sections with too few pages dropped. Symlinked and ``.so`` pages (one page under several
+    names) are read once. The ~16,600 pages of google-cloud-cli (one generator, all section
+    "misc") are left out. Only ~3,000 pages remain, and each section is mostly one to three
+    packages (doc: the Linux man-pages project and git; utils: openssl and coreutils), so this
+    task is small (~2,200 examples) and its labels say as much about packaging as about content.
+pylibs
+    Docstrings of ten Python libraries installed in the project's virtual environment (torch,
+    transformers, scipy, sympy, sklearn, ...; the table ``LIBRARIES``), labelled by library: the
+    same reading as ``docstrings`` (``ast``, nothing imported, doctests dropped), test suites and
+    vendored code skipped. Big enough for the full 4,500/600/1,200 split; stands in for
+    ``manpages`` as the second task (README.md). The versions read are recorded with the counts.
+
+Every task: texts are cut to ``--max-words`` words, de-duplicated (a text found under two labels
+is dropped), each class capped at ``--cap`` examples (default: an even share of ``--train +
+--dev + --test``, and at most twice the median class size), classes with fewer than
+``--min-class`` dropped, and the rest split per class (stratified) in the proportions of
+``--train/--dev/--test``; where a source is short of that total, test and dev still get 25% and
+12.5% of it (at most ``--test`` and ``--dev``). The selection and the order depend only on the
+texts and ``--seed`` (a hash, not the walk order).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import troff
+
+from prunekit.corpus import clean, docstrings, iter_stdlib_sources
+from prunekit.io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Module family -> the top-level stdlib modules/packages it holds. Each family is a package or a
+# group of modules that the Python Library Reference documents together (its chapters: Internet
+# Protocols, Concurrent Execution, File and Directory Access + Data Compression, Debugging and
+# Profiling, ...). Modules in no family are not used.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "asyncio": ("asyncio", "selectors", "asynchat", "asyncore"),
+    "concurrency": ("multiprocessing", "threading", "concurrent", "queue", "subprocess", "sched",
+                    "_threading_local"),
+    "debugging": ("pdb", "bdb", "trace", "traceback", "profile", "cProfile", "pstats", "tracemalloc",
+                  "timeit", "inspect", "dis"),
+    "email": ("email", "mailbox", "smtplib", "imaplib", "poplib", "mimetypes", "quopri", "mailcap", "smtpd"),
+    "files": ("pathlib", "os", "shutil", "tarfile", "zipfile", "gzip", "bz2", "lzma", "tempfile", "glob",
+              "fnmatch", "filecmp", "fileinput", "_pyio", "io", "stat", "ntpath", "posixpath", "genericpath",
+              "shelve", "dbm"),
+    "gui": ("tkinter", "turtle"),
+    "imports": ("importlib", "pkgutil", "zipimport", "runpy", "modulefinder", "imp", "site", "py_compile",
+                "compileall", "zipapp", "sysconfig"),
+    "internet": ("http", "urllib", "ftplib", "nntplib", "telnetlib", "socketserver", "wsgiref", "xmlrpc",
+                 "ssl", "socket", "cgi", "cgitb", "webbrowser", "ipaddress"),
+    "logging": ("logging",),
+    "markup": ("xml", "html", "_markupbase"),
+    "numeric": ("_pydecimal", "fractions", "statistics", "random", "numbers", "secrets", "colorsys"),
+    "testing": ("unittest", "doctest"),
+}
+_FAMILY_OF = {mod: fam for fam, mods in FAMILIES.items() for mod in mods}
+
+# Debian section -> class of the manpages task; sections not named here keep their own name.
+SECTION_CLASSES = {"libs": "libdevel", "oldlibs": "libdevel"}
+MANPAGE_SKIP_PACKAGES = {"google-cloud-cli"}
+
+
+def _key(text: str, seed: int) -> bytes:
+    return hashlib.blake2b(f"{seed}\x00{text}".encode(), digest_size=8).digest()
+
+
+def _norm(text: str) -> str:
+    """The de-duplication key: words with a capital or a digit (names: BertModel, Bert, int64) masked,
+    so templated texts that differ only in the names they mention count as one."""
+    return re.sub(r"\W+", " ", re.sub(r"\b\w*[A-Z0-9]\w*\b", "#", text).lower()).strip()
+
+
+def cut_words(text: str, max_words: int) -> str:
+    """The first `max_words` words; where a sentence ends in the last third of them, cut there."""
+    words = text.split()
+    if len(words) <= max_words:
+        return " ".join(words)
+    head = " ".join(words[:max_words])
+    end = max(head.rfind(". "), head.rfind("? "), head.rfind("! "))
+    if end > 0 and len(head[: end + 1].split()) >= 2 * max_words // 3:
+        return head[: end + 1]
+    return head
+
+
+# ---------------------------------------------------------------- docstrings
+
+def stdlib_sources() -> Iterator[tuple[str, Path]]:
+    """prunekit.corpus's walk of the stdlib sources, plus tkinter (which the corpus leaves out)."""
+    yield from iter_stdlib_sources()
+    tk = Path(sysconfig.get_paths()["stdlib"]) / "tkinter"
+    if (tk / "__init__.py").is_file():
+        yield "tkinter", tk / "__init__.py"
+        for name, src in iter_stdlib_sources(tk):
+            yield f"tkinter.{name}", src
+
+
+def _drop_doctests(doc: str) -> str:
+    """Remove doctest blocks: a '>>>' line and everything up to the next blank line."""
+    out, in_block = [], False
+    for line in doc.split("\n"):
+        if line.lstrip().startswith(">>>"):
+            in_block = True
+        elif not line.strip():
+            in_block = False
+        if not in_block:
+            out.append(line)
+    return "\n".join(out)
+
+
+def docstring_examples(max_words: int) -> Iterator[tuple[str, str]]:
+    for module, src in stdlib_sources():
+        family = _FAMILY_OF.get(module.split(".")[0])
+        if family is None:
+            continue
+        for doc in docstrings(src):
+            yield cut_words(clean(_drop_doctests(doc)), max_words), family
+
+
+# ---------------------------------------------------------------- manpages
+
+def dpkg_owners(prefix: str = "/usr/share/man/") -> dict[str, str]:
+    """File path -> the package that installed it, from dpkg's file lists."""
+    owner: dict[str, str] = {}
+    for lst in sorted(glob.glob("/var/lib/dpkg/info/*.list")):
+        package = os.path.basename(lst)[: -len(".list")].split(":")[0]
+        with open(lst, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    owner[line.rstrip("\n")] = package
+    return owner
+
+
+def dpkg_sections(status: str = "/var/lib/dpkg/status") -> dict[str, str]:
+    """Package -> its Debian section (without an archive area such as contrib/)."""
+    sections: dict[str, str] = {}
+    package = None
+    with open(status, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("Package:"):
+                package = line.split()[1]
+            elif line.startswith("Section:") and package:
+                sections[package] = line.split()[1].split("/")[-1]
+    return sections
+
+
+def man_pages(root: str = "/usr/share/man") -> dict[str, list[str]]:
+    """Real page file -> the names (paths) it is installed under, man1..man8 only (no translations)."""
+    pages: dict[str, list[str]] = defaultdict(list)
+    for d in sorted(glob.glob(os.path.join(root, "man[1-8]"))):
+        for name in sorted(os.listdir(d)):
+            path = os.path.join(d, name)
+            real = os.path.realpath(path)
+            if os.path.isfile(real):
+                pages[real].append(path)
+    return pages
+
+
+def page_text(secs: dict[str, list[str]], max_words: int) -> str:
+    """NAME's description, then DESCRIPTION's paragraphs up to the first option entry ('-x ...')."""
+    parts = [troff.name_description(secs)]
+    if parts[0] and parts[0][-1] not in ".!?":
+        parts[0] += "."
+    for para in secs.get("DESCRIPTION", []):
+        if para.startswith("-") and len(parts) > 1:
+            break
+        parts.append(para)
+        if sum(len(p.split()) for p in parts) >= max_words:
+            break
+    return cut_words(" ".join(p for p in parts if p), max_words)
+
+
+def manpage_examples(max_words: int) -> Iterator[tuple[str, str]]:
+    owner, section_of = dpkg_owners(), dpkg_sections()
+    for real, names in man_pages().items():
+        package = owner.get(real) or next((owner[n] for n in names if n in owner), None)
+        if package is None or package in MANPAGE_SKIP_PACKAGES or package not in section_of:
+            continue
+        secs = troff.read_page(real)
+        if not secs or "DESCRIPTION" not in secs:
+            continue
+        section = section_of[package]
+        yield page_text(secs, max_words), SECTION_CLASSES.get(section, section)
+
+
+# ---------------------------------------------------------------- pylibs
+
+# Ten libraries of this virtual environment (requirements.lock pins their versions) with more than
+# 630 docstrings each, from several fields: deep learning (torch, transformers, huggingface_hub),
+# scientific computing (numpy, scipy, sympy), machine learning, graphs, plotting and fonts.
+LIBRARIES = ("fontTools", "huggingface_hub", "matplotlib", "networkx", "numpy", "scipy", "sklearn", "sympy",
+             "torch", "transformers")
+# Test suites and code a library bundles from other projects.
+_LIB_SKIP_DIRS = {"test", "tests", "testing", "_vendor", "vendor", "vendored", "externals", "extern", "_extern"}
+
+
+def pylib_examples(max_words: int) -> Iterator[tuple[str, str]]:
+    site = Path(sysconfig.get_paths()["purelib"])
+    for lib in LIBRARIES:
+        for src in sorted((site / lib).rglob("*.py")):
+            if _LIB_SKIP_DIRS.intersection(src.relative_to(site).parts[:-1]):
+                continue
+            for doc in docstrings(src):
+                yield cut_words(clean(_drop_doctests(doc)), max_words), lib
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    dists = {"fontTools": "fonttools", "sklearn": "scikit-learn", "huggingface_hub": "huggingface-hub"}
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = version(dists.get(lib, lib))
+        except PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
+    "docstrings": (docstring_examples, "CPython stdlib docstrings -> module family"),
+    "manpages": (manpage_examples, "man pages (NAME + DESCRIPTION) -> Debian section of the owning package"),
+    "pylibs": (pylib_examples, "docstrings of ten Python libraries in the venv -> library"),
+}
+
+
+# ---------------------------------------------------------------- splits
+
+# Where the source is short of --train + --dev + --test, dev and test still get at least these shares
+# (up to their full sizes): the test set is what the comparisons of issue 16 are read off.
+MIN_SHARES = {"dev": 0.125, "test": 0.25}
+
+
+def split_shares(sizes: dict[str, int], n: int) -> dict[str, float]:
+    """Fractions of the data that go to dev and test: as in `sizes`, or more when `n` is short."""
+    total = sum(sizes.values())
+    return {s: min(sizes[s], max(n * sizes[s] / total, n * MIN_SHARES[s])) / max(n, 1) for s in ("dev", "test")}
+
+
+def make_splits(examples: list[tuple[str, str]], sizes: dict[str, int], cap: int, min_class: int,
+                min_words: int, seed: int) -> tuple[dict[str, list[dict]], dict]:
+    """De-duplicate, cap and drop classes, and split each class in the proportions of `sizes`."""
+    by_text: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, str] = {}
+    for text, label in examples:
+        if len(text.split()) < min_words:
+            continue
+        k = _norm(text)
+        by_text[k].add(label)
+        first.setdefault(k, text)
+    ambiguous = sum(len(labels) > 1 for labels in by_text.values())
+    per_class: dict[str, list[str]] = defaultdict(list)
+    for k, labels in by_text.items():
+        if len(labels) == 1:
+            per_class[next(iter(labels))].append(first[k])
+    available = {c: len(t) for c, t in sorted(per_class.items())}
+    kept = {c: sorted(t, key=lambda s: _key(s, seed))[:cap] for c, t in per_class.items() if len(t) >= min_class}
+    shares = split_shares(sizes, sum(len(t) for t in kept.values()))
+    splits: dict[str, list[dict]] = {s: [] for s in sizes}
+    for label, texts in sorted(kept.items()):
+        n = len(texts)
+        # per class: dev and test get their share (rounded), train the rest
+        bounds, start = {}, 0
+        for split in ("test", "dev"):
+            bounds[split] = (start, start + round(n * shares[split]))
+            start = bounds[split][1]
+        bounds["train"] = (start, n)
+        for split, (a, b) in bounds.items():
+            splits[split].extend({"text": t, "label": label} for t in texts[a:b])
+    for split in splits:
+        splits[split].sort(key=lambda ex: _key(ex["text"], seed + 1))  # labels mixed: --max-examples N takes a sample
+    counts = {split: dict(sorted(Counter(ex["label"] for ex in rows).items())) for split, rows in splits.items()}
+    info = {"available_per_class": available, "ambiguous_texts_dropped": ambiguous,
+            "classes_dropped": sorted(c for c in per_class if c not in kept), "per_split": counts,
+            "sizes": {s: len(r) for s, r in splits.items()}}
+    return splits, info
+
+
+def build(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    sizes = {"train": args.train, "dev": args.dev, "test": args.test}
+    examples = list(TASKS[task][0](args.max_words))
+    n_classes_guess = len({label for _, label in examples})
+    cap = args.cap
+    splits, info = make_splits(examples, sizes, cap or 10**9, args.min_class, args.min_words, args.seed)
+    if not cap:  # an even share of the total, and at most twice the median class
+        kept = sorted(n for c, n in info["available_per_class"].items() if c not in info["classes_dropped"])
+        n_classes = len(kept) or n_classes_guess
+        cap = -(-sum(sizes.values()) // n_classes)
+        if kept:
+            cap = min(cap, 2 * kept[len(kept) // 2])
+        splits, info = make_splits(examples, sizes, cap, args.min_class, args.min_words, args.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    words = sorted(len(r["text"].split()) for rows in splits.values() for r in rows)
+    info = {"task": task, "what": TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed,
+            "cap_per_class": cap, "min_class": args.min_class, "min_words": args.min_words,
+            "max_words": args.max_words, "examples_read": len(examples),
+            **({"library_versions": library_versions()} if task == "pylibs" else {}),
+            "words_median": words[len(words) // 2] if words else 0, **info,
+            "build_seconds": round(time.perf_counter() - t0, 1)}
+    (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def counts_markdown(info: dict) -> str:
+    per = info["per_split"]
+    lines = [f"# Real task `{info['task']}`: {info['what']}", "",
+             f"Written by `benchmarks/real_tasks/build.py` (Python {info['python']}, seed {info['seed']}); the data itself "
+             "is rebuilt from this machine's files into `runs/real_tasks/`, never committed.", "",
+             f"- texts read: {info['examples_read']}; texts under two labels dropped: {info['ambiguous_texts_dropped']}",
+             f"- words per text: {info['min_words']} to {info['max_words']}, median {info['words_median']}",
+             f"- cap per class: {info['cap_per_class']}; classes with fewer than {info['min_class']} texts dropped: "
+             + (", ".join(f"{c} ({info['available_per_class'][c]})" for c in info["classes_dropped"]) or "none")]
+    if info.get("library_versions"):
+        lines.append("- library versions: " + ", ".join(f"{k} {v}" for k, v in info["library_versions"].items()))
+    lines += ["", "| class | available | train | dev | test |", "|---|---:|---:|---:|---:|"]
+    for c in sorted(set().union(*per.values())):
+        lines.append(f"| {c} | {info['available_per_class'][c]} | " + " | ".join(str(per[s].get(c, 0)) for s in ("train", "dev", "test")) + " |")
+    lines.append("| **total** | | " + " | ".join(str(info["sizes"][s]) for s in ("train", "dev", "test")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_counts(info: dict) -> None:
+    per = info["per_split"]
+    classes = sorted(set().union(*per.values()))
+    print(f"\n{info['task']}: {info['what']}")
+    print(f"  {info['examples_read']} texts read, {info['ambiguous_texts_dropped']} under two labels dropped, "
+          f"cap {info['cap_per_class']}/class, median {info['words_median']} words, {info['build_seconds']} s")
+    if info["classes_dropped"]:
+        dropped = ", ".join(f"{c} ({info['available_per_class'][c]})" for c in info["classes_dropped"])
+        print(f"  classes with < {info['min_class']} texts dropped: {dropped}")
+    print(f"  {'class':<16}{'available':>10}{'train':>7}{'dev':>6}{'test':>6}")
+    for c in classes:
+        print(f"  {c:<16}{info['available_per_class'][c]:>10}" + "".join(
+            f"{per[s].get(c, 0):>{w}}" for s, w in (("train", 7), ("dev", 6), ("test", 6))))
+    print(f"  {'total':<16}{'':>10}" + "".join(f"{info['sizes'][s]:>{w}}" for s, w in (("train", 7), ("dev", 6), ("test", 6))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=sorted(TASKS), action="append", help="repeatable; default: every task")
+    ap.add_argument("--out", default=str(REPO / "runs" / "real_tasks"), help="tasks go to OUT/<task>/")
+    ap.add_argument("--train", type=int, default=4500)
+    ap.add_argument("--dev", type=int, default=600)
+    ap.add_argument("--test", type=int, default=1200)
+    ap.add_argument("--cap", type=int, default=0, help="examples per class at most (0: even share of the total)")
+    ap.add_argument("--min-class", type=int, default=80, help="drop classes with fewer texts")
+    ap.add_argument("--min-words", type=int, default=8)
+    ap.add_argument("--max-words", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "real_tasks"),
+                    help="class counts go to RESULTS/data_<task>.{json,md} ('' for none)")
+    args = ap.parse_args(argv)
+    for task in args.task or sorted(TASKS):
+        info = build(task, Path(args.out) / task, args)
+        print_counts(info)
+        if args.results:
+            results = Path(args.results)
+            results.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(results / f"data_{task}.json", json.dumps(info, indent=1) + "\n")
+            atomic_write_text(results / f"data_{task}.md", counts_markdown(info))
+
+
+if __name__ == "__main__":
+    main()

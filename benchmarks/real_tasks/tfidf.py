@@ -1,0 +1,83 @@
+"""The bag-of-words baseline of issue 16: word TF-IDF (1-2 grams) + a linear SVM, C tuned on dev.
+
+Reads ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` of a task built by ``build.py``; fits on
+train for each C in ``--cs``, keeps the C with the best dev accuracy (the smallest on a tie) and
+reports its test accuracy (and macro F1). Writes
+``benchmarks/results/real_tasks/tfidf_<task>.json``. From the repo root (seconds per task):
+
+    .venv/bin/python benchmarks/real_tasks/build.py
+    .venv/bin/python benchmarks/real_tasks/tfidf.py                      # every built task
+    .venv/bin/python benchmarks/real_tasks/tfidf.py --task docstrings
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import sklearn
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.svm import LinearSVC
+
+from prunekit.io import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results" / "real_tasks"
+
+
+def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            texts.append(row["text"])
+            labels.append(row["label"])
+    return texts, labels
+
+
+def run(task: str, data_dir: Path, cs: list[float]) -> dict:
+    t0 = time.perf_counter()
+    (xtr, ytr), (xdev, ydev), (xte, yte) = (read_jsonl(data_dir / f"{s}.jsonl") for s in ("train", "dev", "test"))
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True,
+                          token_pattern=r"(?u)\b\w+\b")
+    ftr, fdev, fte = vec.fit_transform(xtr), vec.transform(xdev), vec.transform(xte)
+    sweep = []
+    for c in cs:
+        clf = LinearSVC(C=c, max_iter=20000).fit(ftr, ytr)
+        sweep.append({"C": c, "dev_accuracy": accuracy_score(ydev, clf.predict(fdev))})
+    best = max(sweep, key=lambda r: (r["dev_accuracy"], -r["C"]))
+    clf = LinearSVC(C=best["C"], max_iter=20000).fit(ftr, ytr)
+    pred = clf.predict(fte)
+    return {
+        "task": task, "data": str(data_dir), "model": "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf) + LinearSVC",
+        "sklearn": sklearn.__version__, "n_train": len(xtr), "n_dev": len(xdev), "n_test": len(xte),
+        "n_classes": len(set(ytr)), "vocabulary": len(vec.vocabulary_), "C_sweep": sweep, "C": best["C"],
+        "dev_accuracy": best["dev_accuracy"], "test_accuracy": accuracy_score(yte, pred),
+        "test_macro_f1": f1_score(yte, pred, average="macro"), "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", action="append", help="repeatable; default: every task under --data")
+    ap.add_argument("--data", default=str(REPO / "runs" / "real_tasks"), help="the tasks' folder (build.py --out)")
+    ap.add_argument("--cs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
+    ap.add_argument("--out", default=str(RESULTS), help="writes OUT/tfidf_<task>.json")
+    args = ap.parse_args(argv)
+    tasks = args.task or sorted(p.parent.name for p in Path(args.data).glob("*/test.jsonl"))
+    if not tasks:
+        raise SystemExit(f"no task under {args.data}: run benchmarks/real_tasks/build.py first")
+    for task in tasks:
+        r = run(task, Path(args.data) / task, args.cs)
+        out = Path(args.out) / f"tfidf_{task}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(r, indent=1) + "\n")
+        print(f"{task}: C={r['C']} dev {r['dev_accuracy']:.4f} test {r['test_accuracy']:.4f} "
+              f"(macro F1 {r['test_macro_f1']:.4f}; {r['n_train']}/{r['n_dev']}/{r['n_test']}, "
+              f"{r['n_classes']} classes, {r['seconds']} s) -> {out}")
+
+
+if __name__ == "__main__":
+    main()
