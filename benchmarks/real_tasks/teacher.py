@@ -2,15 +2,22 @@
 
 A new classification head (``AutoModelForSequenceClassification``, ``num_labels`` and
 ``id2label``/``label2id`` from the class names of ``train.jsonl``) on top of the packaged encoder,
-trained with a plain torch loop: AdamW, linear warm-up then linear decay, batches padded to their
-longest text, a seeded order. Every epoch is scored on dev; the best epoch's weights are kept,
-scored on test and saved as an HF model dir (config with id2label, model.safetensors, tokenizer
-files) to ``runs/real_tasks/<task>/teacher`` (git-ignored), the input of ``pipeline.py``.
-Writes ``benchmarks/results/real_tasks/teacher_<task>.json`` (per-epoch loss and dev accuracy,
-test accuracy, wall time, the machine). From the repo root, after ``build.py``:
+trained with a plain torch loop: AdamW (lr 1e-4 for the encoder, 1e-3 for the pooler and the new
+classifier), linear warm-up over 10% of the steps then linear decay, 6 epochs, batch 32, max
+length 128, batches padded to their longest text, a seeded order. Every epoch is scored on dev;
+the best epoch's weights are kept, scored on test and saved as an HF model dir (config with
+id2label, model.safetensors, tokenizer files) to ``runs/real_tasks/<task>/teacher`` (git-ignored),
+the input of ``pipeline.py``. Writes ``benchmarks/results/real_tasks/teacher_<task>.json``
+(per-epoch loss and dev accuracy, test accuracy, wall time, the machine). The first recipe tried,
+lr 5e-5 everywhere for 4 epochs, underfitted (``teacher_docstrings_lr5e-5.json``: 76.4 test,
+its best epoch the last). From the repo root, after ``build.py``:
 
-    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task docstrings   # ~9 min on 2 CPU cores
-    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task pylibs       # ~35 min on 2 CPU cores
+    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task docstrings
+        # 33 min on 2 shared CPU cores; ~4 min an epoch (~3 s a step) when nothing else runs
+    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task pylibs
+        # not run yet: 141 steps an epoch of ~2x longer texts, expect ~1-1.5 h
+    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task docstrings --lr 5e-5 --head-lr 5e-5 \
+        --epochs 4 --tag lr5e-5      # the first recipe, to teacher-lr5e-5/ and teacher_docstrings_lr5e-5.json
 """
 from __future__ import annotations
 
@@ -88,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=str(REPO / "runs" / "real_tasks"), help="the tasks' folder (build.py --out)")
     ap.add_argument("--model", default=None, help="encoder to start from (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("-o", "--output", default=None, help="teacher dir (default: DATA/<task>/teacher)")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-5, help="peak learning rate of the encoder")
-    ap.add_argument("--head-lr", type=float, default=None,
-                    help="peak learning rate of the new pooler + classifier (default: --lr)")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the encoder")
+    ap.add_argument("--head-lr", type=float, default=1e-3,
+                    help="peak learning rate of the pooler and the new classifier")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--eval-batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=128)
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = []
     for head in (False, True):  # the encoder, then the pooler and the new classifier
         params = [(n, p) for n, p in model.named_parameters() if _is_head(n) == head]
-        lr = (args.head_lr or args.lr) if head else args.lr
+        lr = args.head_lr if head else args.lr
         groups.append({"params": [p for n, p in params if p.ndim >= 2], "weight_decay": args.weight_decay, "lr": lr})
         groups.append({"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr})
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr)
