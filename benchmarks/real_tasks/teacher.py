@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from task_files import read_jsonl
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from prunekit.io import atomic_write_text
@@ -41,18 +42,6 @@ from prunekit.system import cpu_info
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "real_tasks"
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> tuple[list[str], list[str]]:
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            texts.append(row["text"])
-            labels.append(row["label"])
-            if limit and len(texts) >= limit:
-                break
-    return texts, labels
 
 
 class Batches:

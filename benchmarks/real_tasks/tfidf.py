@@ -20,21 +20,12 @@ import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.svm import LinearSVC
+from task_files import read_jsonl
 
 from prunekit.io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results" / "real_tasks"
-
-
-def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            texts.append(row["text"])
-            labels.append(row["label"])
-    return texts, labels
 
 
 def run(task: str, data_dir: Path, cs: list[float]) -> dict:
