@@ -1,6 +1,7 @@
 """Turning per-group scores into an architecture that meets a FLOPs budget."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .architecture import Architecture
@@ -70,36 +71,67 @@ def uniform_architecture(shape: ModelShape, seq_len: int, target: float, generat
     return Architecture.from_masks(head_mask, ffn_mask, meta)
 
 
-def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, model, target: float,
-                      meta: dict | None = None) -> Architecture:
-    """:func:`select_to_budget` for a latency model (:class:`prunekit.latency.LatencyModel`): groups in
-    order of decreasing priority, each kept while the model's predicted latency still fits in
-    ``target`` x the full model's. A group's cost is what it adds to its layer as that layer stands
-    (A and F are not linear: the first head of a layer may cost more than the next)."""
-    head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()
-    layers, nh = head_priority.shape[0], head_priority.numel()
-    per_head, per_neuron = head_priority.shape[1], ffn_priority.shape[1]
-    budget = target * model.full() - model.rest - layers * model.fixed
-    head_marginal, ffn_marginal = model.head_marginals(), model.ffn_marginals()
+def _ranks(head_priority: torch.Tensor, ffn_priority: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's place in the joint ranking of :func:`select_to_budget` as a share in (0, 1] (1: the
+    highest priority; ties keep the flattened order, heads first)."""
     prio = torch.cat([head_priority.flatten().double(), ffn_priority.flatten().double()])
-    order = torch.sort(-prio, stable=True).indices.tolist()
-    heads, widths = [0] * layers, [0] * layers
-    keep = torch.zeros(prio.numel(), dtype=torch.bool)
-    used = 0.0
-    for j in order:
-        if j < nh:
-            layer = j // per_head
-            cost = head_marginal[heads[layer]]
-        else:
-            layer = (j - nh) // per_neuron
-            cost = ffn_marginal[widths[layer]]
-        if used + cost <= budget:
-            keep[j] = True
-            used += cost
-            if j < nh:
-                heads[layer] += 1
-            else:
-                widths[layer] += 1
-    head_mask = keep[:nh].view_as(head_priority).float()
-    ffn_mask = keep[nh:].view_as(ffn_priority).float()
-    return Architecture.from_masks(head_mask, ffn_mask, meta)
+    order = torch.sort(prio, stable=True, descending=True).indices
+    rank = torch.empty(prio.numel(), dtype=torch.float64)
+    rank[order] = torch.arange(prio.numel(), 0, -1, dtype=torch.float64) / prio.numel()
+    nh = head_priority.numel()
+    return rank[:nh].view(head_priority.shape).numpy(), rank[nh:].view(ffn_priority.shape).numpy()
+
+
+def _best_counts(groups: list[tuple[np.ndarray, np.ndarray]], budget: float, bins: int) -> list[int]:
+    """A knapsack over groups of options: for each group one option k (its values[k] and costs[k]) so
+    that the costs sum to at most ``budget`` and the values are the largest. Dynamic programming on the
+    budget cut into ``bins`` steps, a cost rounded up to whole steps (so the sum never exceeds it)."""
+    best = np.zeros(bins + 1)  # best[b]: the most value in at most b steps
+    choices = []
+    for values, costs in groups:
+        steps = np.ceil(np.asarray(costs) / budget * bins - 1e-9).astype(int).clip(min=0)
+        new, choice = np.full(bins + 1, -np.inf), np.full(bins + 1, -1)
+        for k in np.flatnonzero(steps <= bins):
+            c = steps[k]
+            cand = best[: bins + 1 - c] + values[k]
+            better = cand > new[c:]
+            new[c:][better], choice[c:][better] = cand[better], k
+        best = new
+        choices.append((choice, steps))
+    counts, b = [], bins
+    for choice, steps in reversed(choices):
+        k = int(choice[b])
+        counts.append(k)
+        b -= steps[k]
+    return counts[::-1]
+
+
+def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, model, target: float,
+                      meta: dict | None = None, bins: int = 2000) -> Architecture:
+    """:func:`select_to_budget` for a latency model (:class:`prunekit.latency.LatencyModel`): the most
+    valuable groups whose predicted latency fits in ``target`` x the full model's.
+
+    A latency is not linear in the groups kept: the first head of a layer costs more than the next
+    (the attention's own call, its projections' overhead), and a greedy pass by priority spends the
+    budget on neurons and heads one at a time, leaving too little for any layer's first head. So each
+    layer's attention block and FFN is one choice, how many of its groups to keep (the best by
+    priority), at its measured cost A(h) or F(w); the choices are made together by a knapsack
+    (:func:`_best_counts`). A group's value is its kind's mean cost times its rank in the joint
+    ranking, so that where the costs are linear the choice is the greedy one, priority first."""
+    head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()
+    layers = head_priority.shape[0]
+    budget = target * model.full() - model.rest - layers * model.fixed
+    head_rank, ffn_rank = _ranks(head_priority, ffn_priority)
+    head_value, neuron_value = model.mean_group_costs()
+    head_costs = np.asarray(model.head_knots, float)
+    ffn_costs = np.concatenate([[0.0], np.cumsum(model.ffn_marginals())])
+    groups = []
+    for layer in range(layers):
+        groups.append((np.concatenate([[0.0], np.cumsum(np.sort(head_rank[layer])[::-1])]) * head_value, head_costs))
+        groups.append((np.concatenate([[0.0], np.cumsum(np.sort(ffn_rank[layer])[::-1])]) * neuron_value, ffn_costs))
+    counts = _best_counts(groups, budget, bins) if budget > 0 else [0] * (2 * layers)
+    head_mask, ffn_mask = torch.zeros_like(head_priority), torch.zeros_like(ffn_priority)
+    for layer in range(layers):
+        for mask, rank, k in ((head_mask, head_rank, counts[2 * layer]), (ffn_mask, ffn_rank, counts[2 * layer + 1])):
+            mask[layer, torch.from_numpy(np.argsort(-rank[layer], kind="stable")[:k].copy())] = 1.0
+    return Architecture.from_masks(head_mask.float(), ffn_mask.float(), meta)

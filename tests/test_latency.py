@@ -95,6 +95,42 @@ def test_select_to_latency_fills_the_budget():
         assert target - 0.02 <= ratio <= target + 1e-12
 
 
+def test_knapsack_matches_brute_force():
+    """The per-layer choice is the best one: every combination of 4 groups' options checked."""
+    import itertools
+
+    from prunekit.selection import _best_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        groups = [(np.concatenate([[0.0], np.cumsum(rng.random(4))]), np.concatenate([[0.0], np.cumsum(rng.random(4) * 2)]))
+                  for _ in range(4)]
+        budget = rng.uniform(1.0, 8.0)
+
+        def best(limit):
+            combos = [c for c in itertools.product(range(5), repeat=4) if sum(g[1][k] for g, k in zip(groups, c)) <= limit]
+            return max(sum(g[0][k] for g, k in zip(groups, c)) for c in combos)
+
+        counts = _best_counts(groups, budget, bins=4000)
+        assert sum(g[1][k] for g, k in zip(groups, counts)) <= budget + 1e-12
+        # rounding each cost up to a whole step costs at most one step per group
+        assert sum(g[0][k] for g, k in zip(groups, counts)) >= best(budget * (1 - 4 / 4000)) - 1e-12
+
+
+def test_select_to_latency_keeps_a_layer_attention_whole_when_its_first_head_is_the_cost():
+    """The first head of a layer costs 0.8 of all four, the next ones little: the top-priority layer
+    keeps all its heads, and no budget is spent on a lone head (a greedy pass by priority would pay
+    the first head's jump in several layers, or in none)."""
+    model = lat.fit(synthetic(heads=[0.0, 1.6, 1.7, 1.8, 2.0]), SHAPE)
+    g = torch.Generator().manual_seed(3)
+    head_p, ffn_p = torch.rand(6, 4, generator=g), torch.rand(6, 64, generator=g)
+    head_p[2] += 10.0  # layer 2's heads rank above everything
+    for target in (0.7, 0.5, 0.4):
+        arch = select_to_latency(head_p, ffn_p, model, target)
+        assert arch.head_counts[2] == 4 and all(h in (0, 3, 4) for h in arch.head_counts), (target, arch.head_counts)
+        assert target - 0.02 <= model.ratio(arch.head_counts, arch.ffn_widths) <= target + 1e-12
+
+
 def test_table_key_mismatch_is_refused_in_one_line(tmp_path):
     key = lat.table_key(SHAPE, "torch-sdpa", "cpu", 16, 32, 1)
     path = tmp_path / "table.json"
