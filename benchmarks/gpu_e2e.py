@@ -92,7 +92,7 @@ def check_model(name: str, teacher, arch, compact32, compact16, cfg: dict, dev: 
 
     try:
         gates = Gates(teacher.model, teacher.shape)
-        with torch.inference_mode(), gates.active(*(m.to(dev) for m in arch.to_masks(teacher.shape))):
+        with torch.inference_mode(), gates.active(*(m if m is None else m.to(dev) for m in arch.to_masks(teacher.shape))):
             gated = model_output(teacher.model, teacher.kind, batch).float()
         gates.remove()
         with torch.inference_mode():

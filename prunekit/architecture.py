@@ -30,6 +30,7 @@ class Architecture:
     heads: list[list[int]]  # per layer, kept head indices (sorted)
     neurons: list[list[int]]  # per layer, kept FFN neuron indices (sorted)
     meta: dict = field(default_factory=dict)
+    hidden: list[int] | None = None  # kept hidden (residual) dimensions, sorted; None: all (no --prune-hidden)
 
     @property
     def head_counts(self) -> list[int]:
@@ -39,25 +40,38 @@ class Architecture:
     def ffn_widths(self) -> list[int]:
         return [len(n) for n in self.neurons]
 
+    @property
+    def hidden_size(self) -> int | None:
+        """The kept hidden width, or None when the hidden dimensions are not pruned."""
+        return None if self.hidden is None else len(self.hidden)
+
     def flops(self, shape: ModelShape, seq_len: int) -> FlopsReport:
-        return model_flops(shape, seq_len, self.head_counts, self.ffn_widths)
+        return model_flops(shape, seq_len, self.head_counts, self.ffn_widths, self.hidden_size)
 
     def flops_ratio(self, shape: ModelShape, seq_len: int) -> float:
         return self.flops(shape, seq_len).total / model_flops(shape, seq_len).total
 
     @classmethod
-    def from_masks(cls, head_mask: torch.Tensor, ffn_mask: torch.Tensor, meta: dict | None = None) -> Architecture:
+    def from_masks(cls, head_mask: torch.Tensor, ffn_mask: torch.Tensor, meta: dict | None = None,
+                   hidden_mask: torch.Tensor | None = None) -> Architecture:
         heads = [torch.nonzero(row > 0.5).flatten().tolist() for row in head_mask]
         neurons = [torch.nonzero(row > 0.5).flatten().tolist() for row in ffn_mask]
-        return cls(heads, neurons, dict(meta or {}))
+        hidden = None if hidden_mask is None else torch.nonzero(hidden_mask > 0.5).flatten().tolist()
+        return cls(heads, neurons, dict(meta or {}), hidden)
 
-    def to_masks(self, shape: ModelShape) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_masks(self, shape: ModelShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """0/1 masks (what :meth:`prunekit.gates.Gates.active` takes): [L, H] heads, [L, I] FFN neurons,
+        and [hidden] hidden dimensions (None when they are not pruned)."""
         head_mask = torch.zeros(shape.num_layers, shape.num_heads)
         ffn_mask = torch.zeros(shape.num_layers, shape.intermediate_size)
         for i, (h, n) in enumerate(zip(self.heads, self.neurons)):
             head_mask[i, h] = 1.0
             ffn_mask[i, n] = 1.0
-        return head_mask, ffn_mask
+        hidden_mask = None
+        if self.hidden is not None:
+            hidden_mask = torch.zeros(shape.hidden_size)
+            hidden_mask[self.hidden] = 1.0
+        return head_mask, ffn_mask, hidden_mask
 
     def validate(self, shape: ModelShape, where: str = "architecture") -> None:
         """Raise PrunekitError if this architecture does not fit ``shape``."""
@@ -73,6 +87,14 @@ class Architecture:
                         f"{where}: layer {i} lists {name} indices outside 0..{limit - 1} or repeated; "
                         "the file does not belong to this model or is corrupt"
                     )
+        if self.hidden is not None:
+            h = self.hidden
+            if any((not isinstance(j, int)) or j < 0 or j >= shape.hidden_size for j in h) or len(set(h)) != len(h):
+                raise PrunekitError(f"{where}: hidden dimensions outside 0..{shape.hidden_size - 1} or repeated; "
+                                    "the file does not belong to this model or is corrupt")
+            if not h:
+                raise PrunekitError(f"{where} keeps no hidden dimension: a model needs at least one; "
+                                    "re-run `prunekit search --prune-hidden` with a higher --target")
 
     def to_json(self, shape: ModelShape, seq_len: int) -> dict:
         report = self.flops(shape, seq_len)
@@ -95,6 +117,7 @@ class Architecture:
                 "original_by_component": original.by_component,
             },
             "achieved_flops_ratio": report.total / original.total,
+            **({"hidden": {"size": len(self.hidden), "dims": list(self.hidden)}} if self.hidden is not None else {}),
             "layers": layers,
         }
 
@@ -128,8 +151,8 @@ class Architecture:
                                         "the file is corrupt or was edited by hand: re-run `prunekit search`")
             heads.append(sorted(h))
             neurons.append(sorted(n))
-        meta = {k: v for k, v in data.items() if k not in ("layers", "format", "version", "shape", "flops", "achieved_flops_ratio")}
-        arch = cls(heads, neurons, meta)
+        meta = {k: v for k, v in data.items() if k not in ("layers", "format", "version", "shape", "flops", "achieved_flops_ratio", "hidden")}
+        arch = cls(heads, neurons, meta, _hidden_dims(data.get("hidden"), path))
         if shape is not None:
             saved = data.get("shape")
             labels = {"hidden_size": "hidden size", "num_layers": "layer count", "num_heads": "head count",
@@ -142,3 +165,16 @@ class Architecture:
                     )
             arch.validate(shape, where=str(path))
         return arch
+
+
+def _hidden_dims(saved, path: Path) -> list[int] | None:
+    """The kept hidden dimensions of an architecture file's ``hidden`` entry (None: not pruned)."""
+    if saved is None:
+        return None
+    dims = saved.get("dims") if isinstance(saved, dict) else None
+    if not isinstance(dims, list) or any(type(j) is not int for j in dims):
+        raise PrunekitError(f"{path}: 'hidden' needs a list of integer 'dims'; the file is corrupt")
+    if saved.get("size", len(dims)) != len(dims):
+        raise PrunekitError(f"{path}: 'hidden' claims size {saved.get('size')!r} but lists {len(dims)} dimensions; "
+                            "the file is corrupt or was edited by hand: re-run `prunekit search`")
+    return sorted(dims)

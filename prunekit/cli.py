@@ -200,6 +200,7 @@ def training_run_options(option):
 @search_option("--alpha-init", type=float, show_default=True, help="Initial gate logit (sigmoid(2) = 0.88).")
 @search_option("--topk-fraction", type=float, show_default=True, help="Fraction of gate gradients (largest magnitude) applied each step.")
 @search_option("--freeze-weights", is_flag=True, help="Learn only the gates; keep the teacher's weights.")
+@search_option("--prune-hidden", is_flag=True, help="Also learn which hidden (residual-stream) dimensions to keep: one gate per dimension, shared by every layer; the embeddings, every projection and LayerNorm, the pooler and the classifier shrink with it (heads keep their width). --method search, --cost flops only.")
 @search_option("--seed", type=int, show_default=True, help="Seeds the data order, the random baseline and the importance probes.")
 @search_option("--cost", type=click.Choice(["flops", "latency"]), show_default=True, help="What --target is a ratio of: the analytic FLOPs, or the latency on --backend predicted by a model fitted to timings of models of the teacher's shape (measured once, then cached).")
 @search_option("--backend", help="--cost latency: the backend whose latency is targeted (as in `prunekit bench --backend`).")
@@ -292,9 +293,10 @@ def _echo_flops_breakdown(arch_json) -> None:
 @click.option("--weights", type=click.Choice(["teacher", "search"]), default="teacher", show_default=True, help="The teacher's own weights, or those the search trained jointly with the gates (its last checkpoint).")
 @click.option("--seq-len", type=int, default=None, help="Sequence length the FLOPs are counted at (default: the search's --max-length).")
 @click.option("--no-fvcore", is_flag=True, help="Skip fvcore's measured FLOPs (tracing a large model takes a while).")
+@click.option("--narrow-output", is_flag=True, help="An embedding model whose hidden width was pruned (search --prune-hidden) outputs that width; by default a linear map (learned by distill) keeps the teacher's output width, so its index stays usable.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @_friendly
-def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no_fvcore, force) -> None:
+def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no_fvcore, narrow_output, force) -> None:
     """Cut a searched architecture out of the teacher into a dense, smaller model.
 
     Writes config.json, model.safetensors, tokenizer files, architecture.json and
@@ -304,7 +306,7 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
     from .flops import format_flops
 
     r = compact_to_dir(run_dir, architecture, output_dir, force=force, model=model, kind=kind, weights=weights,
-                       seq_len=seq_len, measure_fvcore=not no_fvcore)
+                       seq_len=seq_len, measure_fvcore=not no_fvcore, narrow_output=narrow_output)
     o, c = r.original, r.compact
 
     def fl(v):
@@ -322,6 +324,8 @@ def compact(run_dir, output_dir, model, architecture, kind, weights, seq_len, no
         click.echo(f"{name:28} {a:>16} {b:>16} {q:>7}")
     click.echo(f"heads per layer: {r.heads_per_layer}")
     click.echo(f"FFN width per layer: {r.ffn_per_layer}")
+    if r.hidden_size != o["hidden_size"]:
+        click.echo(f"hidden width: {r.hidden_size} of {o['hidden_size']}")
     click.echo(f"parity with the gated teacher: relative error {r.parity_rel_err:.1e}")
     for note in r.notes:
         if note.startswith("fvcore could not"):

@@ -38,7 +38,7 @@ from .modeling import (
     CompactBertPreTrainedModel,
     save_compact,
 )
-from .models import Teacher, load_teacher, model_output, quiet
+from .models import Teacher, classifier_head, load_teacher, model_output, quiet
 from .portable import write_sentence_transformers_files
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ MATMUL_OPS = ("linear", "matmul", "addmm", "bmm", "mm", "einsum")
 # ------------------------------------------------------------------------------------------------
 # Slicing
 # ------------------------------------------------------------------------------------------------
-def compact_config(teacher: Teacher, arch: Architecture) -> CompactBertConfig:
+def compact_config(teacher: Teacher, arch: Architecture, narrow_output: bool = False) -> CompactBertConfig:
+    """The compact model's config: the teacher's, with ``arch``'s heads, FFN widths and hidden width.
+    An embedding model whose hidden width is cut maps its output back to the teacher's width unless
+    ``narrow_output``."""
     tc, shape = teacher.config, teacher.shape
     pos_type = getattr(tc, "position_embedding_type", "absolute") or "absolute"
     if pos_type != "absolute":
@@ -61,9 +64,11 @@ def compact_config(teacher: Teacher, arch: Architecture) -> CompactBertConfig:
     extra = {}
     if teacher.kind != "embedding":
         extra = dict(num_labels=tc.num_labels, id2label=dict(tc.id2label), label2id=dict(tc.label2id), problem_type=tc.problem_type)
+    elif arch.hidden is not None and not narrow_output:
+        extra = dict(output_size=shape.hidden_size)
     return CompactBertConfig(
         vocab_size=tc.vocab_size,
-        hidden_size=shape.hidden_size,
+        hidden_size=arch.hidden_size or shape.hidden_size,
         num_hidden_layers=shape.num_layers,
         num_attention_heads=shape.num_heads,
         head_dim=shape.head_dim,
@@ -93,54 +98,64 @@ def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
     return torch.cat([torch.arange(j * head_dim, (j + 1) * head_dim) for j in heads])
 
 
-def _teacher_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
-    """(dense + tanh on the first token, classifier) of a BERT or RoBERTa classification model."""
-    head = getattr(model, "classifier", None)
-    if head is None:
-        return None
-    if isinstance(head, nn.Linear):  # BERT: pooler.dense then classifier
-        return model.base_model.pooler.dense, head
-    return head.dense, head.out_proj  # RoBERTa's classification head: dense, tanh, out_proj
-
-
 @torch.no_grad()
-def compact(teacher: Teacher, arch: Architecture) -> CompactBertPreTrainedModel:
-    """A dense model with only ``arch``'s heads and neurons of ``teacher`` (eager backend, eval mode)."""
+def compact(teacher: Teacher, arch: Architecture, narrow_output: bool = False) -> CompactBertPreTrainedModel:
+    """A dense model with only ``arch``'s heads, neurons and hidden dimensions of ``teacher`` (eager
+    backend, eval mode). See :func:`compact_config` for ``narrow_output``."""
     arch.validate(teacher.shape)
-    config = compact_config(teacher, arch)
+    config = compact_config(teacher, arch, narrow_output)
     cls = CompactBertModel if teacher.kind == "embedding" else CompactBertForSequenceClassification
     dtype = next(teacher.model.parameters()).dtype
     model = cls(config).to(dtype)
     student = model if teacher.kind == "embedding" else model.bert
     base = teacher.model.base_model
     d = config.head_dim
+    device = next(teacher.model.parameters()).device
+    kept = None if arch.hidden is None else torch.tensor(arch.hidden, dtype=torch.long, device=device)
+
+    def into(w: torch.Tensor) -> torch.Tensor:  # a weight that reads the hidden state: its kept columns
+        return w if kept is None else w[:, kept]
+
+    def out_of(w: torch.Tensor) -> torch.Tensor:  # a weight, bias or norm that writes it: its kept rows
+        return w if kept is None else w[kept]
+
+    def norm(dst: nn.LayerNorm, src: nn.LayerNorm) -> None:
+        dst.weight.copy_(out_of(src.weight))
+        dst.bias.copy_(out_of(src.bias))
 
     emb, temb = student.embeddings, base.embeddings
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
-        getattr(emb, name).load_state_dict(getattr(temb, name).state_dict())
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        getattr(emb, name).weight.copy_(into(getattr(temb, name).weight))
+    norm(emb.LayerNorm, temb.LayerNorm)
 
     for layer, tl, heads, neurons in zip(student.layers, base.encoder.layer, arch.heads, arch.neurons):
         att, out, inter, ffn_out = tl.attention.self, tl.attention.output, tl.intermediate, tl.output
         if heads:
-            rows = _head_rows(heads, d).to(att.query.weight.device)
-            layer.qkv.weight.copy_(torch.cat([p.weight[rows] for p in (att.query, att.key, att.value)]))
+            rows = _head_rows(heads, d).to(device)
+            layer.qkv.weight.copy_(into(torch.cat([p.weight[rows] for p in (att.query, att.key, att.value)])))
             layer.qkv.bias.copy_(torch.cat([p.bias[rows] for p in (att.query, att.key, att.value)]))
-            layer.attn_out.weight.copy_(out.dense.weight[:, rows])
-        layer.attn_out_bias.copy_(out.dense.bias)
-        layer.attn_norm.load_state_dict(out.LayerNorm.state_dict())
+            layer.attn_out.weight.copy_(out_of(out.dense.weight[:, rows]))
+        layer.attn_out_bias.copy_(out_of(out.dense.bias))
+        norm(layer.attn_norm, out.LayerNorm)
         if neurons:
-            idx = torch.tensor(neurons, dtype=torch.long, device=inter.dense.weight.device)
-            layer.up.weight.copy_(inter.dense.weight[idx])
+            idx = torch.tensor(neurons, dtype=torch.long, device=device)
+            layer.up.weight.copy_(into(inter.dense.weight[idx]))
             layer.up.bias.copy_(inter.dense.bias[idx])
-            layer.down.weight.copy_(ffn_out.dense.weight[:, idx])
-        layer.down_bias.copy_(ffn_out.dense.bias)
-        layer.ffn_norm.load_state_dict(ffn_out.LayerNorm.state_dict())
+            layer.down.weight.copy_(out_of(ffn_out.dense.weight[:, idx]))
+        layer.down_bias.copy_(out_of(ffn_out.dense.bias))
+        norm(layer.ffn_norm, ffn_out.LayerNorm)
 
     if teacher.kind != "embedding":
-        pooler, classifier = _teacher_head(teacher.model)
-        model.pooler.load_state_dict(pooler.state_dict())
-        model.classifier.load_state_dict(classifier.state_dict())
-    return model.to(next(teacher.model.parameters()).device).eval()
+        pooler, classifier = classifier_head(teacher.model)
+        model.pooler.weight.copy_(out_of(into(pooler.weight)))
+        model.pooler.bias.copy_(out_of(pooler.bias))
+        model.classifier.weight.copy_(into(classifier.weight))
+        model.classifier.bias.copy_(classifier.bias)
+    elif model.output_proj is not None:  # the kept dimensions back in their places, the others 0: the gated teacher's output
+        model.output_proj.weight.zero_()
+        model.output_proj.weight[kept.cpu(), torch.arange(len(kept))] = 1.0
+        model.output_proj.bias.zero_()
+    return model.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,10 +219,10 @@ def parity_error(teacher: Teacher, arch: Architecture, model: nn.Module, seed: i
     batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if teacher.config.model_type in ROBERTA_TYPES:  # RoBERTa positions come from the pad token
         batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, teacher.config.pad_token_id)
-    head_mask, ffn_mask = (m.to(device) for m in arch.to_masks(teacher.shape))
+    masks = [m if m is None else m.to(device) for m in arch.to_masks(teacher.shape)]
     gates = Gates(teacher.model, teacher.shape)
     try:
-        with gates.active(head_mask, ffn_mask):
+        with gates.active(*masks):
             ref = model_output(teacher.model, teacher.kind, batch).float()
     finally:
         gates.remove()
@@ -227,6 +242,7 @@ class CompactReport:
     weights: str
     heads_per_layer: list[int]
     ffn_per_layer: list[int]
+    hidden_size: int  # the compact model's hidden (residual) width: the teacher's unless --prune-hidden cut it
     original: dict = field(default_factory=dict)  # params, flops_analytic, flops_fvcore, flops_fvcore_all_ops
     compact: dict = field(default_factory=dict)
     parity_rel_err: float = 0.0
@@ -322,12 +338,14 @@ def compact_to_dir(
     weights: str = "teacher",
     seq_len: int | None = None,
     measure_fvcore: bool = True,
+    narrow_output: bool = False,
 ) -> CompactReport:
     """Compact a search result into a model dir; returns the parameter and FLOPs report.
 
     ``source`` is a search run dir (its architecture.json names the teacher); ``architecture``
     gives the json explicitly; ``model`` overrides the teacher; ``weights`` is ``teacher`` (the
     teacher's own) or ``search`` (the weights the search trained jointly, from its last checkpoint).
+    ``narrow_output``: an embedding model whose hidden width is cut outputs that width, not the teacher's.
     """
     if weights not in WEIGHTS:
         raise PrunekitError(f"unknown --weights {weights!r}: use {' or '.join(WEIGHTS)}")
@@ -351,7 +369,7 @@ def compact_to_dir(
         teacher = _load_searched_weights(run_dir, teacher)
     seq_len = seq_len or _saved_seq_len(arch_path)
 
-    compact_model = compact(teacher, arch)
+    compact_model = compact(teacher, arch, narrow_output)
     err = parity_error(teacher, arch, compact_model)
     if not err <= 1e-4:  # an internal bug, not a user mistake
         raise RuntimeError(f"compact model differs from the gated teacher by {err:.2e} (relative); not written")
@@ -360,9 +378,12 @@ def compact_to_dir(
     report = CompactReport(
         output_dir=str(out_dir), teacher=teacher.name_or_path, kind=teacher.kind, seq_len=seq_len, weights=weights,
         heads_per_layer=arch.head_counts, ffn_per_layer=arch.ffn_widths, parity_rel_err=err, command=command_line(),
+        hidden_size=arch.hidden_size or shape.hidden_size,
     )
-    for key, m, per_layer in (("original", teacher.model, (None, None)), ("compact", compact_model, (arch.head_counts, arch.ffn_widths))):
-        entry = {"params": count_params(m), "flops_analytic": model_flops(shape, seq_len, *per_layer).total}
+    for key, m, per_layer in (("original", teacher.model, (None, None, None)),
+                              ("compact", compact_model, (arch.head_counts, arch.ffn_widths, arch.hidden_size))):
+        entry = {"params": count_params(m), "flops_analytic": model_flops(shape, seq_len, *per_layer).total,
+                 "hidden_size": per_layer[2] or shape.hidden_size}
         if measure_fvcore:
             try:
                 fv = fvcore_flops(m, teacher.kind, seq_len, teacher.config.vocab_size)

@@ -9,7 +9,7 @@ Counts are per sequence of ``seq_len`` tokens (batch 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 COMPONENTS = ("qkv", "attention", "output", "ffn")
 
@@ -46,20 +46,35 @@ class ModelShape:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def head_cost(self, seq_len: int) -> int:
-        """FLOPs one attention head costs in one layer: its Q/K/V columns, scores, context, output rows."""
-        t, h, d = seq_len, self.hidden_size, self.head_dim
+    def with_hidden(self, hidden_size: int | None) -> ModelShape:
+        """This shape with its hidden (residual) width cut to ``hidden_size`` (None: unchanged); the
+        head width stays the same."""
+        return self if hidden_size is None else replace(self, hidden_size=int(hidden_size))
+
+    def head_cost(self, seq_len: int, hidden=None):
+        """FLOPs one attention head costs in one layer: its Q/K/V columns, scores, context, output
+        rows. ``hidden``: the hidden width the projections read and write (a number or a tensor,
+        e.g. the expected width under gates); default the shape's."""
+        t, h, d = seq_len, self.hidden_size if hidden is None else hidden, self.head_dim
         return 2 * 3 * t * h * d + 2 * 2 * t * t * d + 2 * t * d * h
 
-    def neuron_cost(self, seq_len: int) -> int:
+    def neuron_cost(self, seq_len: int, hidden=None):
         """FLOPs one FFN neuron costs in one layer: its up-projection row and down-projection column."""
-        return 2 * 2 * seq_len * self.hidden_size
+        return 2 * 2 * seq_len * (self.hidden_size if hidden is None else hidden)
 
-    def top_cost(self) -> int:
+    def top_cost(self, hidden=None):
         """FLOPs of the pooler + classifier (per sequence); 0 for an embedding model."""
         if self.num_labels <= 0:
             return 0
-        return 2 * self.hidden_size * self.hidden_size + 2 * self.hidden_size * self.num_labels
+        h = self.hidden_size if hidden is None else hidden
+        return 2 * h * h + 2 * h * self.num_labels
+
+    def hidden_dim_cost(self, seq_len: int) -> int:
+        """FLOPs one hidden dimension costs in the full model: its column or row in every projection
+        of every layer and of the pooler and classifier (the derivative of the FLOPs in the width)."""
+        t, d, n = seq_len, self.head_dim, self.num_labels
+        per_layer = 8 * t * d * self.num_heads + 4 * t * self.intermediate_size
+        return self.num_layers * per_layer + (4 * self.hidden_size + 2 * n if n > 0 else 0)
 
 
 def layer_flops(shape: ModelShape, seq_len: int, heads: int, ffn_width: int) -> dict[str, int]:
@@ -101,14 +116,17 @@ def model_flops(
     seq_len: int,
     heads_per_layer: Sequence[int] | None = None,
     ffn_per_layer: Sequence[int] | None = None,
+    hidden_size: int | None = None,
 ) -> FlopsReport:
-    """FLOPs of the whole model (per sequence); the original when no per-layer sizes are given."""
+    """FLOPs of the whole model (per sequence); the original when no per-layer sizes are given.
+    ``hidden_size``: the kept hidden width (``search --prune-hidden``); default the shape's."""
     heads_per_layer = list(heads_per_layer) if heads_per_layer is not None else [shape.num_heads] * shape.num_layers
     ffn_per_layer = list(ffn_per_layer) if ffn_per_layer is not None else [shape.intermediate_size] * shape.num_layers
     if len(heads_per_layer) != shape.num_layers or len(ffn_per_layer) != shape.num_layers:
         raise ValueError(f"expected {shape.num_layers} layers, got {len(heads_per_layer)} / {len(ffn_per_layer)}")
     by_component = {k: 0 for k in COMPONENTS}
     per_layer = []
+    shape = shape.with_hidden(hidden_size)
     for heads, width in zip(heads_per_layer, ffn_per_layer):
         layer = layer_flops(shape, seq_len, heads, width)
         for k, v in layer.items():
@@ -125,8 +143,11 @@ def format_flops(n: float) -> str:
     return f"{n:.0f} FLOPs"
 
 
-def expected_flops_ratio(shape: ModelShape, seq_len: int, head_gates, ffn_gates):
-    """The differentiable FLOPs ratio under gates in [0, 1] (FLOPs are linear in the kept groups)."""
+def expected_flops_ratio(shape: ModelShape, seq_len: int, head_gates, ffn_gates, hidden_gates=None):
+    """The differentiable FLOPs ratio under gates in [0, 1]. FLOPs are linear in the kept heads and
+    neurons; with ``hidden_gates`` (one per hidden dimension) every projection's cost is linear in the
+    expected hidden width too, and the pooler's is quadratic in it."""
     full = model_flops(shape, seq_len).total
-    cost = head_gates.sum() * shape.head_cost(seq_len) + ffn_gates.sum() * shape.neuron_cost(seq_len)
-    return (cost + shape.top_cost()) / full
+    hidden = None if hidden_gates is None else hidden_gates.sum()
+    cost = head_gates.sum() * shape.head_cost(seq_len, hidden) + ffn_gates.sum() * shape.neuron_cost(seq_len, hidden)
+    return (cost + shape.top_cost(hidden)) / full

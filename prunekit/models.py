@@ -14,7 +14,7 @@ from torch import nn
 from .configs import check_model_config
 from .errors import PrunekitError
 from .flops import ModelShape
-from .pooling import task_output
+from .pooling import output_projection, task_output
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,17 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         raise PrunekitError(f"{type(model).__name__} has no encoder.layer: not a BERT-family model") from None
 
 
+def classifier_head(model: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """(dense + tanh on the first token, classifier) of a BERT or RoBERTa classification model."""
+    head = getattr(model, "classifier", None)
+    if head is None:
+        return None
+    if isinstance(head, nn.Linear):  # BERT: pooler.dense then classifier
+        return model.base_model.pooler.dense, head
+    return head.dense, head.out_proj  # RoBERTa's classification head: dense, tanh, out_proj
+
+
 def model_output(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The output a student is judged by: logits (classification/regression) or mean-pooled embeddings."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    return task_output(model(**inputs), kind, inputs["attention_mask"])
+    return task_output(model(**inputs), kind, inputs["attention_mask"], projection=output_projection(model))

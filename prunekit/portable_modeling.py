@@ -23,6 +23,12 @@ head width ``d``) and its own FFN width ``I_i``::
 
 A layer with no heads (or no FFN) is therefore exactly what the teacher computes with all its
 heads (neurons) masked: the residual plus the projection's bias, normalised.
+
+``hidden_size`` is the width of the residual stream, which may be narrower than the teacher's
+(``prunekit search --prune-hidden``: the teacher's kept dimensions); the head width ``head_dim``
+stays the teacher's. An embedding model whose hidden width was cut keeps the teacher's output space
+through ``output_proj``, Linear(hidden_size, output_size), applied to the mean-pooled embedding
+(``config.output_size``; sentence-transformers applies the same weights as its ``Dense`` module).
 """
 from __future__ import annotations
 
@@ -82,6 +88,7 @@ class CompactBertConfig(PretrainedConfig):
         base_model_name_or_path: str | None = None,
         task_kind: str = "embedding",
         backend: str = "eager",
+        output_size: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -109,6 +116,7 @@ class CompactBertConfig(PretrainedConfig):
         self.base_model_name_or_path = base_model_name_or_path
         self.task_kind = task_kind
         self.backend = backend
+        self.output_size = output_size
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         problem = self.problem()
         if problem:
@@ -244,6 +252,8 @@ class CompactBertModel(CompactBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = CompactEmbeddings(config)
         self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
+        # the map of a narrowed hidden width back to the teacher's output space (see the module's docstring)
+        self.output_proj = nn.Linear(config.hidden_size, config.output_size) if config.output_size else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

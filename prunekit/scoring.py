@@ -65,7 +65,7 @@ def score(kind: str, outputs: torch.Tensor, dataset, reference_outputs: torch.Te
 def masked_outputs(teacher: Teacher, arch: Architecture | None, dataset, max_length: int, batch_size: int = 64, device="cpu") -> torch.Tensor:
     data = encode(dataset, teacher.tokenizer, max_length)
     gates = Gates(teacher.model, teacher.shape)
-    masks = arch.to_masks(teacher.shape) if arch is not None else (None, None)
+    masks = arch.to_masks(teacher.shape) if arch is not None else (None, None, None)
     masks = tuple(m.to(device) if m is not None else None for m in masks)
     outs: list = [None] * len(data)
     try:

@@ -108,6 +108,7 @@ class SearchSettings:
     latency_repeats: int = 10
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
+    prune_hidden: bool = False  # gates on the hidden dimensions too (one per dimension, shared by every layer)
 
     def validate(self) -> None:
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0) or math.isnan(self.target):
@@ -139,6 +140,9 @@ class SearchSettings:
             raise PrunekitError(f"--max-steps must be in 1..{MAX_TOTAL_STEPS}, got {self.max_steps}")
         if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
             raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
+        if self.prune_hidden and (self.method != "search" or self.cost != "flops"):
+            raise PrunekitError("--prune-hidden is learned by the gate search under a FLOPs target: use --method search "
+                                "and --cost flops with it (the baselines and the latency model keep the hidden width)")
 
     def validate_cost(self) -> None:
         """The --cost options: a latency target needs a known --backend; its options are refused with FLOPs."""
@@ -236,6 +240,8 @@ def topk_mask(grads: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
 
 def save_checkpoint(ckpt_root: Path, step: int, alphas: GateLogits, student: nn.Module | None, opts: dict, keep: int = 2) -> None:
     tensors = {"alpha.head": alphas.head.detach().cpu(), "alpha.ffn": alphas.ffn.detach().cpu()}
+    if alphas.hidden is not None:
+        tensors["alpha.hidden"] = alphas.hidden.detach().cpu()
     if student is not None:
         for name, p in student.state_dict().items():
             tensors[f"student.{name}"] = p
@@ -286,7 +292,7 @@ def run_gate_search(
     run = _GateSearch(settings, teacher, data, work, device, world or World(), latency)
     start_step = run.restore(resume, changed)
     run.loop(start_step, progress, on_step)
-    return run.architecture(), run.history, run.total_steps, run.alphas.head.detach().cpu(), run.alphas.ffn.detach().cpu()
+    return run.architecture(), run.history, run.total_steps, *(a.detach().cpu() for a in run.alphas.groups())
 
 
 class _GateSearch:
@@ -307,7 +313,7 @@ class _GateSearch:
         for name, p in student.named_parameters():
             p.requires_grad_(self.train_weights and ".embeddings." not in f".{name}")
         self.gates = Gates(student, self.shape)
-        self.alphas = alphas = GateLogits(self.shape, settings.alpha_init).to(device)
+        self.alphas = alphas = GateLogits(self.shape, settings.alpha_init, hidden=settings.prune_hidden).to(device)
         alpha_opt = torch.optim.Adam if settings.alpha_optimizer == "adam" else torch.optim.SGD
         self.opts = {"opt_alpha": alpha_opt(alphas.parameters(), lr=settings.alpha_lr)}
         if self.train_weights:
@@ -329,6 +335,8 @@ class _GateSearch:
             with restoring(self.ckpt_root), torch.no_grad():
                 alphas.head.copy_(tensors["alpha.head"])
                 alphas.ffn.copy_(tensors["alpha.ffn"])
+                if alphas.hidden is not None:
+                    alphas.hidden.copy_(tensors["alpha.hidden"])
                 if self.train_weights:
                     self.student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
                 for prefix, opt in self.opts.items():
@@ -386,15 +394,14 @@ class _GateSearch:
         local, real = shard(idx, world)
         batch = {k: v.to(device) for k, v in collate(self.data, local.tolist()).items()}
         target = target_at(step + 1, self.total_steps, s.target, s.ramp_fraction)
-        head_p, ffn_p = alphas.probs()
+        probs = alphas.probs()  # heads, FFN neurons (and hidden dimensions)
         with torch.no_grad():
-            hard_h, hard_f = alphas.hard()
-            discrete = float(self.cost_ratio(hard_h, hard_f))
-        with autocast(device, s.mixed_precision), self.gates.active(head_p, ffn_p):
+            discrete = float(self.cost_ratio(*alphas.hard()))
+        with autocast(device, s.mixed_precision), self.gates.active(*probs):
             out = model_output(self.forward_model, self.teacher.kind, batch)
         teacher_out = self.data.teacher_out
         mse = _normalised_mse(out, teacher_out[local].to(device), teacher_out[idx].to(device)) * float(real)
-        expected = self.cost_ratio(head_p, ffn_p)
+        expected = self.cost_ratio(*probs)
         cost = flops_loss(expected, discrete, target, s.tolerance)
         # Every process adds the (replicated) FLOPs loss; averaging over processes then gives the
         # sum of the MSE shares plus the FLOPs loss once: the single-process gradient.
@@ -406,7 +413,7 @@ class _GateSearch:
         mse, loss_finite = _reduce_gate_grads(alphas, mse, bool(torch.isfinite(loss)), world)
         loss = mse + s.lambda_cost * cost.detach()
         loss_ok = loss_finite and bool(torch.isfinite(loss))
-        trained = [alphas.head, alphas.ffn] + [p for p in self.student.parameters() if p.requires_grad]
+        trained = alphas.groups() + [p for p in self.student.parameters() if p.requires_grad]
         scaler.unscale_(trained)
         outcome = self.book.settle(step + 1, loss_ok, NonFiniteGuard.reason(loss_ok, trained))
         if outcome != APPLIED:  # nothing applied: alphas, weights and optimizer moments stay as they were
@@ -419,10 +426,10 @@ class _GateSearch:
             "target": round(target, 6), "expected_ratio": round(expected.item(), 6), "discrete_ratio": round(discrete, 6),
         })
 
-    def cost_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor) -> torch.Tensor:
+    def cost_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor, hidden_gates: torch.Tensor | None = None) -> torch.Tensor:
         """The (differentiable) ratio under gates: of the FLOPs, or of the latency model's prediction."""
         if self.latency is None:
-            return expected_flops_ratio(self.shape, self.seq_len, head_gates, ffn_gates)
+            return expected_flops_ratio(self.shape, self.seq_len, head_gates, ffn_gates, hidden_gates)
         return self.latency.expected_ratio(head_gates, ffn_gates)
 
     def update_gates(self) -> None:
@@ -434,40 +441,57 @@ class _GateSearch:
             # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
             alphas.head.grad.div_(shape.head_cost(seq_len) / full_flops)
             alphas.ffn.grad.div_(shape.neuron_cost(seq_len) / full_flops)
+            if alphas.hidden is not None:  # a hidden dimension: its share of every projection
+                alphas.hidden.grad.div_(shape.hidden_dim_cost(seq_len) / full_flops)
         else:  # per share of the latency: a head's and a neuron's average cost in the latency model
             head_share, neuron_share = self.latency.mean_group_costs()
             alphas.head.grad.div_(head_share)
             alphas.ffn.grad.div_(neuron_share)
         # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
-        grads = [alphas.head.grad, alphas.ffn.grad]
+        groups = alphas.groups()
+        grads = [a.grad for a in groups]
         masks = topk_mask(grads, self.s.topk_fraction)
-        before = [alphas.head.detach().clone(), alphas.ffn.detach().clone()]
+        before = [a.detach().clone() for a in groups]
         for g, m in zip(grads, masks):
             g.mul_(m)
         self.opts["opt_alpha"].step()
         with torch.no_grad():
-            for p, b, m in zip((alphas.head, alphas.ffn), before, masks):
+            for p, b, m in zip(groups, before, masks):
                 p.copy_(torch.where(m, p, b))
 
     def architecture(self) -> Architecture:
         """The kept heads and neurons: the gates' hard decisions, or, when they ended outside the
         target's band, the groups with the largest alpha until the budget is met."""
         s, shape, seq_len, alphas = self.s, self.shape, self.seq_len, self.alphas
-        hard_h, hard_f = alphas.hard()
-        arch = Architecture.from_masks(hard_h, hard_f, {"projected": False})
+        hard = alphas.hard()
+        hidden = _kept_hidden(alphas)
+        arch = Architecture.from_masks(hard[0], hard[1], {"projected": False}, hidden)
         ratio = arch_ratio(arch, shape, seq_len, self.latency)
         lo, hi = (1 - s.tolerance) * s.target, (1 + s.tolerance) * s.target
         if not lo <= ratio <= hi:  # the band is a promise: a threshold on alpha instead of 0
             log.info("gates ended at %.4f, outside [%.4f, %.4f]: thresholding alpha to the target", ratio, lo, hi)
             meta = {"projected": True, "gate_ratio": ratio}
-            if self.latency is None:
-                arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target, meta)
+            if self.latency is None:  # the hidden dimensions as the gates left them; heads and neurons to fit
+                arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target, meta,
+                                        hidden)
             else:
                 arch = select_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta)
         arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
         if self.book.scaler.enabled:
             arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
         return arch
+
+
+def _kept_hidden(alphas: GateLogits) -> torch.Tensor | None:
+    """The hidden dimensions the gates keep (alpha > 0), at least the one with the largest alpha; None
+    when the hidden width is not searched."""
+    if alphas.hidden is None:
+        return None
+    a = alphas.hidden.detach().cpu()
+    kept = (a > 0).float()
+    if not kept.any():
+        kept[int(a.argmax())] = 1.0
+    return kept
 
 
 def arch_ratio(arch: Architecture, shape, seq_len: int, latency=None) -> float:
@@ -482,11 +506,14 @@ def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool,
     shares and spreads a non-finite loss anywhere to every process, so all skip the same steps)."""
     if not world.distributed:
         return mse.detach(), loss_finite
-    head, ffn = alphas.head.grad, alphas.ffn.grad
-    flat = torch.cat([head.flatten(), ffn.flatten(), mse.detach().float().view(1), torch.tensor([0.0 if loss_finite else 1.0], device=head.device)])
+    grads = [a.grad for a in alphas.groups()]
+    flat = torch.cat([g.flatten() for g in grads] + [mse.detach().float().view(1),
+                                                     torch.tensor([0.0 if loss_finite else 1.0], device=grads[0].device)])
     flat = all_reduce_sum(flat, world)
-    head.copy_(flat[: head.numel()].view_as(head) / world.size)
-    ffn.copy_(flat[head.numel(): head.numel() + ffn.numel()].view_as(ffn) / world.size)
+    start = 0
+    for g in grads:
+        g.copy_(flat[start: start + g.numel()].view_as(g) / world.size)
+        start += g.numel()
     return flat[-2], bool(flat[-1] == 0)
 
 
@@ -668,7 +695,7 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
         from safetensors.torch import save_file
 
         if alphas:
-            save_file({"head": alphas[0].contiguous(), "ffn": alphas[1].contiguous()}, str(work / "alpha.safetensors"))
+            save_file(dict(zip(("head", "ffn", "hidden"), (a.contiguous() for a in alphas))), str(work / "alpha.safetensors"))
         else:
             atomic_write_text(work / "search_log.jsonl", "")
         arch.save(work / "architecture.json", shape, seq_len)

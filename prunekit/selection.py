@@ -15,15 +15,18 @@ def select_to_budget(
     seq_len: int,
     target: float,
     meta: dict | None = None,
+    hidden_mask: torch.Tensor | None = None,
 ) -> Architecture:
     """Keep groups in order of decreasing priority while they fit in ``target`` x the original FLOPs.
 
     Heads and FFN neurons compete in one ranking; a group that does not fit is skipped and the
     cheaper ones after it still fill the budget, so the result lands just under the target.
+    ``hidden_mask``: the kept hidden dimensions (``--prune-hidden``), which every group's cost scales with.
     """
     full = model_flops(shape, seq_len).total
-    budget = target * full - shape.top_cost()
-    head_cost, neuron_cost = shape.head_cost(seq_len), shape.neuron_cost(seq_len)
+    cut = shape.with_hidden(None if hidden_mask is None else int(hidden_mask.sum()))
+    budget = target * full - cut.top_cost()
+    head_cost, neuron_cost = cut.head_cost(seq_len), cut.neuron_cost(seq_len)
     head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()  # scores may come from a GPU
     prio = torch.cat([head_priority.flatten().double(), ffn_priority.flatten().double()])
     costs = torch.cat(
@@ -48,7 +51,7 @@ def select_to_budget(
     nh = head_priority.numel()
     head_mask = keep[:nh].view_as(head_priority).float()
     ffn_mask = keep[nh:].view_as(ffn_priority).float()
-    return Architecture.from_masks(head_mask, ffn_mask, meta)
+    return Architecture.from_masks(head_mask, ffn_mask, meta, hidden_mask)
 
 
 def uniform_architecture(shape: ModelShape, seq_len: int, target: float, generator: torch.Generator,

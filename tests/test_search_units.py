@@ -61,7 +61,7 @@ def test_select_to_budget_hits_target_and_respects_priority(target):
     ratio = arch.flops_ratio(shape, 128)
     assert target * 0.99 <= ratio <= target
     # every kept FFN neuron has a priority at least that of every dropped one in the greedy prefix
-    hm, fm = arch.to_masks(shape)
+    hm, fm, _ = arch.to_masks(shape)
     assert fp[fm.bool()].min() >= fp[~fm.bool()].max() - 1e-6 or hm.sum() < 48
 
 
