@@ -42,7 +42,7 @@ import torch
 from .backends import COMPACT_ONLY, COUNTERPART, CPU_BACKENDS, Runner, build_runner, check_backend, unavailable
 from .errors import PrunekitError
 from .flops import ModelShape, model_flops
-from .io import atomic_output_dir, atomic_write_bytes, rescue
+from .io import atomic_output_dir, atomic_write_bytes, read_json, rescue
 from .loading import LoadedModel, load_model_dir
 from .system import system_info
 
@@ -283,7 +283,41 @@ def bench(s: BenchSettings) -> dict:
     return {"settings": asdict(s), "system": system_info(device), "threads": torch.get_num_threads(),
             "load_average": {"start": load_start, "end": load_end}, "mode": "real-lengths" if s.real_lengths else "fixed",
             "batches": [list(b["input_ids"].shape) for b in batches], "sentences_per_repeat": sentences,
-            "models": models_info, "rows": rows, "best": best_vs_best(rows, names), "notes": notes}
+            "models": models_info, "rows": rows, "best": best_vs_best(rows, names),
+            "latency_targets": latency_targets(rows, loaded, names, batches), "notes": notes}
+
+
+def latency_targets(rows: list, loaded: list, names: list, batches: list) -> list:
+    """For each model searched with ``--cost latency``: the latency ratio its search predicted on its
+    backend beside the one measured here (compact over the first model, on that backend), and whether
+    this bench ran at the batch and length the latency was profiled at."""
+    out = []
+    for name, lm in zip(names[1:], loaded[1:]):
+        path = Path(lm.path) / "architecture.json" if Path(lm.path).is_dir() else None
+        meta = read_json(path, "architecture file", "compact the model again") if path is not None and path.is_file() else {}
+        if not isinstance(meta, dict) or meta.get("cost") != "latency":
+            continue
+        model = meta.get("latency_model") or {}
+        backend = model.get("backend")
+        mine = next((r for r in rows if r["model"] == name and r["backend"] == backend), None)
+        measured = 1.0 / mine["speedup"] if mine and mine.get("speedup") else None
+        predicted = meta.get("predicted_latency_ratio")
+        shape = list(batches[0]["input_ids"].shape)
+        out.append({"model": name, "backend": backend, "predicted_ratio": predicted, "measured_ratio": measured,
+                    "error": None if measured is None or not predicted else measured / predicted - 1.0,
+                    "profiled_at": [model.get("batch"), model.get("seq_len")], "benched_at": shape,
+                    "same_shape": len(batches) == 1 and shape == [model.get("batch"), model.get("seq_len")]})
+    return out
+
+
+def format_latency_target(t: dict) -> str:
+    if t["measured_ratio"] is None:
+        return (f"{t['model']}: searched for latency on {t['backend']} (predicted ratio {t['predicted_ratio']:.3f}); "
+                f"bench it with --backend {t['backend']} to measure it")
+    where = "" if t["same_shape"] else (f" (profiled at batch x length {t['profiled_at'][0]} x {t['profiled_at'][1]}, "
+                                        f"benched at {t['benched_at'][0]} x {t['benched_at'][1]}: not the same work)")
+    return (f"{t['model']} on {t['backend']}: latency ratio predicted {t['predicted_ratio']:.3f}, measured "
+            f"{t['measured_ratio']:.3f} ({t['error']:+.1%}; {1 / t['measured_ratio']:.2f}x faster){where}")
 
 
 def noise_notes(rows: list, limit: float = 1.5) -> list[str]:
@@ -361,6 +395,7 @@ def format_table(res: dict) -> str:
         lines.append(f"- {m['name']}: FLOPs/seq analytic {m['flops']['analytic'] / 1e9:.3f} G, fvcore (matmuls, x2) "
                      f"{'-' if fv is None else f'{fv / 1e9:.3f} G'}; heads {m['heads_per_layer']}")
     lines += [format_best(b) for b in res.get("best", [])]
+    lines += [format_latency_target(t) for t in res.get("latency_targets", [])]
     lines += [f"- {n}" for n in res["notes"]]
     return "\n".join(lines)
 

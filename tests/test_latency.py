@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from factory import stop_after
 from prunekit import latency as lat
 from prunekit.architecture import Architecture
+from prunekit.bench import BenchSettings, bench, format_table
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError
 from prunekit.flops import ModelShape
@@ -287,6 +288,16 @@ def test_cli_target_speedup(tiny_models, text_file, tmp_path):
     assert 0.475 <= predicted <= 0.525 and "FLOPs ratio" in out.output
     both = CliRunner().invoke(cli, args + ["--target-speedup", "2", "--target", "0.5", "--force"])
     assert both.exit_code == 2 and "not both" in both.output
+    # bench puts the search's prediction beside the ratio it measures on the profiled backend
+    comp = CliRunner().invoke(cli, ["compact", str(tmp_path / "run"), "-o", str(tmp_path / "c"), "--no-fvcore"])
+    assert comp.exit_code == 0, comp.output
+    res = bench(BenchSettings(models=[str(model_dir), str(tmp_path / "c")], backends=["torch-sdpa", "torch-eager"], batch=2,
+                              seq_len=32, repeats=2, warmup=1, fvcore=False))
+    [check] = res["latency_targets"]
+    row = next(r for r in res["rows"] if r["model"] == "c" and r["backend"] == "torch-sdpa")
+    assert check["backend"] == "torch-sdpa" and check["predicted_ratio"] == pytest.approx(predicted, abs=1e-4)
+    assert check["measured_ratio"] == pytest.approx(1 / row["speedup"]) and not check["same_shape"]
+    assert "latency ratio predicted" in format_table(res) and "not the same work" in format_table(res)
 
 
 def test_real_profile_on_torch_sdpa(tiny_models):
