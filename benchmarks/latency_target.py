@@ -1,0 +1,133 @@
+"""Latency targets (issue 19): `search --cost latency` asked for 2x and 3x on CPU backends, then
+`prunekit bench` on the same backend: the measured speedup beside the target and the cost model's
+prediction, per architecture.
+
+For each shape, backend and speedup: profile the backend once (the latency table, kept under
+``--runs``), search with ``--cost latency --target-speedup S``, compact, and bench the original and
+the compact model side by side on that backend at the profiled batch and length. Shapes:
+
+* ``MiniLM-L6``: the packaged all-MiniLM-L6-v2 (real weights), searched with the gate search
+  (``--method search``, ``--steps`` steps) on the shipped corpus;
+* ``BERT-base``: a random-weight BERT-base (nothing real of that size ships here), its architecture
+  chosen by ``--method magnitude`` (no training: its latency is what is measured, not its accuracy).
+
+Writes ``benchmarks/results/latency_target.{json,md}`` (``--out`` for another stem). From the repo
+root, on a quiet machine (the profile and the bench time things):
+
+    .venv/bin/python benchmarks/latency_target.py                      # both shapes, torch-sdpa and ort-int8, 2x and 3x
+    .venv/bin/python benchmarks/latency_target.py --quick --out /tmp/lt  # tiny shapes, a smoke run (~2 min)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from random_models import QUICK_SHAPES, SHAPES, make_original
+
+from prunekit.bench import BenchSettings, bench
+from prunekit.compact import compact_to_dir
+from prunekit.errors import PrunekitError
+from prunekit.io import atomic_write_text
+from prunekit.models import default_model_path
+from prunekit.search import SearchSettings, search
+from prunekit.system import cpu_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def original(shape: str, runs: Path, quick: bool) -> tuple[str, str]:
+    """(the model dir, the search method) of a shape."""
+    if shape == "MiniLM-L6" and not quick:
+        return str(default_model_path()), "search"
+    dims = (QUICK_SHAPES if quick else SHAPES)[shape]
+    path = runs / f"original-{shape}"
+    if not path.exists():
+        make_original(path, dims, seed=0)
+    return str(path), "magnitude"
+
+
+def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: str, method: str, runs: Path) -> dict:
+    """Search, compact and bench one (shape, backend, speedup); the row of the table."""
+    name = f"{shape}-{backend}-{speedup:g}x"
+    table = runs / f"table-{shape}-{backend}.json"
+    t0 = time.perf_counter()
+    s = SearchSettings(model=model, output_dir=str(runs / name), method=method, target=1.0 / speedup, cost="latency",
+                       backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
+                       latency_repeats=a.repeats, latency_table=str(table), max_steps=a.steps, batch_size=16,
+                       max_length=a.seq_len, max_examples=a.examples)
+    result = search(s, force=True, progress=False)
+    searched = time.perf_counter() - t0
+    compact_to_dir(runs / name, out_dir=runs / f"{name}-compact", force=True, measure_fvcore=False)
+    res = bench(BenchSettings(models=[model, str(runs / f"{name}-compact")], backends=[backend], batch=a.batch,
+                              seq_len=a.seq_len, repeats=a.bench_repeats, warmup=2, threads=a.threads, fvcore=False))
+    [check] = res["latency_targets"]
+    meta = result.architecture.meta
+    return {"shape": shape, "backend": backend, "target_speedup": speedup, "method": method,
+            "predicted_ratio": check["predicted_ratio"], "measured_ratio": check["measured_ratio"],
+            "prediction_error": check["error"], "measured_speedup": 1.0 / check["measured_ratio"],
+            "off_target": (1.0 / check["measured_ratio"]) / speedup - 1.0, "flops_ratio": meta.get("flops_ratio"),
+            "floor": meta["latency_model"]["floor"], "projected": meta.get("projected"),
+            "heads": result.architecture.head_counts, "ffn": result.architecture.ffn_widths,
+            "search_seconds": round(searched, 1), "bench_notes": res["notes"], "load_average": res["load_average"]}
+
+
+def report(rows: list, machine: str, a: argparse.Namespace) -> str:
+    lines = [f"# Latency targets: measured vs asked and predicted ({machine}, {a.threads} threads, batch {a.batch} x {a.seq_len} tokens)",
+             "", "Made by `benchmarks/latency_target.py`. Ratios are compact latency over the original's on the same backend "
+             "(bench's median of interleaved repeats); the prediction is the search's latency model.", "",
+             "| shape | backend | asked | measured speedup | off target | predicted ratio | measured ratio | prediction error "
+             "| FLOPs ratio | floor | heads per layer | FFN per layer |", "|" + "---|" * 12]
+    for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | refused: {r['refused']} |" + " |" * 8)
+            continue
+        lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | {r['measured_speedup']:.2f}x | {r['off_target']:+.1%} "
+                     f"| {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | {r['prediction_error']:+.1%} | "
+                     f"{r['flops_ratio']:.3f} | {r['floor']:.3f} | {r['heads']} | {r['ffn']} |")
+    notes = sorted({n for r in rows for n in r.get("bench_notes", [])})
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=["MiniLM-L6", "BERT-base"])
+    ap.add_argument("--backends", nargs="+", default=["torch-sdpa", "ort-int8"])
+    ap.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="profile repeats per timed model")
+    ap.add_argument("--bench-repeats", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=120, help="gate-search steps (MiniLM)")
+    ap.add_argument("--examples", type=int, default=2000, help="corpus sentences the search reads")
+    ap.add_argument("--runs", default=str(REPO / "runs" / "latency-target"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "latency_target"))
+    ap.add_argument("--quick", action="store_true", help="tiny random shapes, few steps: a smoke run")
+    a = ap.parse_args()
+    if a.quick:
+        a.shapes, a.seq_len, a.batch, a.steps, a.examples, a.repeats, a.bench_repeats = list(QUICK_SHAPES), 32, 4, 10, 64, 2, 3
+    runs = Path(a.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    cpu = cpu_info()
+    machine = f"{cpu['model']} [{', '.join(k for k, v in cpu['isa'].items() if v)}]"
+    rows = []
+    for shape in a.shapes:
+        model, method = original(shape, runs, a.quick)
+        for backend in a.backends:
+            for speedup in a.speedups:
+                try:
+                    rows.append(one(a, shape, backend, speedup, model, method, runs))
+                except PrunekitError as e:  # a target below the backend's floor: refused, as it should be
+                    rows.append({"shape": shape, "backend": backend, "target_speedup": speedup, "refused": str(e)})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("heads", "ffn", "bench_notes")}), flush=True)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"machine": machine, "settings": vars(a), "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), report(rows, machine, a))
+    print(report(rows, machine, a))
+
+
+if __name__ == "__main__":
+    main()
