@@ -308,8 +308,8 @@ class _GateSearch:
         self.student = student = copy.deepcopy(teacher.model).to(device)
         student.eval()  # dropout off: the gates and the FLOPs loss are the regularisers
         self.train_weights = not settings.freeze_weights
-        # The embeddings are never pruned and hold most of a small model's parameters: they stay frozen,
-        # which also keeps the weight update cheap. The encoder layers (and any pooler/classifier) train.
+        # The embeddings hold most of a small model's parameters and lose no rows (with --prune-hidden,
+        # only columns): they stay frozen, which also keeps the weight update cheap. The encoder layers (and any pooler/classifier) train.
         for name, p in student.named_parameters():
             p.requires_grad_(self.train_weights and ".embeddings." not in f".{name}")
         self.gates = Gates(student, self.shape)
@@ -484,13 +484,17 @@ class _GateSearch:
 
 def _kept_hidden(alphas: GateLogits) -> torch.Tensor | None:
     """The hidden dimensions the gates keep (alpha > 0), at least the one with the largest alpha; None
-    when the hidden width is not searched."""
+    when the hidden width is not searched, or when every dimension is kept (nothing to cut)."""
     if alphas.hidden is None:
         return None
     a = alphas.hidden.detach().cpu()
     kept = (a > 0).float()
     if not kept.any():
+        log.warning("the gates keep no hidden dimension: keeping the one with the largest gate (raise --target)")
         kept[int(a.argmax())] = 1.0
+    if kept.all():
+        log.info("the gates keep every hidden dimension: the hidden width is not cut")
+        return None
     return kept
 
 
