@@ -260,6 +260,42 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     _echo_skipped(result.skipped_steps, "search_log.jsonl", result.overflow_steps)
 
 
+@cli.command(context_settings=CONTEXT)
+@search_option("--model", help="The model whose shape is profiled: a local HF model dir or hub id (BERT-family). Default: the packaged all-MiniLM-L6-v2.")
+@search_option("--backend", required=True, help="The backend to measure (as in `prunekit bench --backend`).")
+@search_option("--device", show_default=True, help="auto, cpu or cuda: where the search will run (a backend of the other kind is measured where it runs).")
+@search_option("--latency-batch", type=int, show_default=True, help="The batch size the latency is measured at.")
+@search_option("--latency-seq-len", type=int, help="The sequence length it is measured at. Default: 128.")
+@search_option("--latency-threads", type=int, help="CPU threads while measuring. Default: torch's (the cores).")
+@search_option("--latency-repeats", type=int, show_default=True, help="Timed repeats per measured model (the median is taken).")
+@search_option("--latency-table", help="Where to write the table. Default: the cache a search reads (~/.cache/prunekit/latency, $PRUNEKIT_CACHE).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def profile(model, backend, device, latency_batch, latency_seq_len, latency_threads, latency_repeats, latency_table, quiet) -> None:
+    """Measure the latency model `search --cost latency` uses, on its own: times of models of MODEL's
+    shape on BACKEND (every head count, a grid of FFN widths, each layer's fixed cost and the rest),
+    fitted monotone, written as a table a later search with the same options reuses.
+    """
+    from . import latency as lat
+    from .distributed import resolve_device
+    from .models import load_teacher
+
+    SearchSettings(model=model, cost="latency", backend=backend, latency_batch=latency_batch, latency_seq_len=latency_seq_len,
+                   latency_threads=latency_threads, latency_repeats=latency_repeats).validate_cost()
+    teacher = load_teacher(model, device="cpu")
+    seq_len = latency_seq_len or SearchSettings.max_length
+    dev = lat.latency_device(backend, str(resolve_device(device)))
+    m, path = lat.latency_model_for(teacher.shape, backend, dev, latency_batch, seq_len, latency_threads, latency_repeats,
+                                    latency_table, reprofile=True, base_config=teacher.config, progress=not quiet)
+    full = m.full()
+    click.echo(f"{backend} on {dev}, batch {latency_batch} x {seq_len} tokens: {1e3 * full:.1f} ms per batch for the full model")
+    click.echo(f"  fixed (embeddings, LayerNorms, overhead): {m.floor():.3f} of it (at most {1 / m.floor():.2f}x faster by pruning)")
+    click.echo(f"  attention, all heads of a layer: {m.head_knots[-1] / full:.3f}; its first head alone: {m.head_knots[1] / full:.3f}")
+    click.echo(f"  FFN, a whole layer's: {m.ffn_knots[-1] / full:.3f}; additivity error of the fit "
+               f"{m.measurements.get('additivity_error', 0.0):+.1%}")
+    click.echo(f"wrote {path}")
+
+
 def _echo_skipped(n: int, log_name: str, overflows: int = 0) -> None:
     if n:
         click.echo(f"note: {n} step(s) were skipped for a NaN/inf loss or gradients (see {log_name})", err=True)

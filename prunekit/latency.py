@@ -298,10 +298,14 @@ def _inputs(batch: int, seq_len: int, vocab: int, device: str, seed: int = 0) ->
 
 
 def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16, seq_len: int = 128, threads: int | None = None,
-            repeats: int = 10, width_grid: list[int] | None = None, *, warmup: int = 2, base_config=None) -> dict:
+            repeats: int = 10, width_grid: list[int] | None = None, *, warmup: int = 2, base_config=None,
+            progress: bool = False) -> dict:
     """Time uniform compact models of ``shape`` on ``backend``: every head count with the full FFN,
     the width grid with every head, and no heads nor FFN with L layers and with 1 (see :func:`fit`).
-    Warm-up, then ``repeats`` interleaved rounds (every model once per round); the median of each."""
+    Warm-up, then ``repeats`` interleaved rounds (every model once per round); the median of each.
+    ``progress``: a bar over the models built and the rounds timed."""
+    from tqdm.auto import tqdm
+
     from .backends import build_runner
     from .loading import load_model_dir
 
@@ -312,9 +316,12 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
     if threads:
         torch.set_num_threads(threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp, \
+                tqdm(total=len(plan) + max(1, warmup) + repeats, disable=not progress, desc=f"profile {backend}", unit="step",
+                     dynamic_ncols=True) as bar:
             runners = []
             for label, layers, heads, width in plan:
+                bar.update(1)
                 path = _random_model_dir(Path(tmp) / label, shape, layers, heads, width, base_config, seq_len)
                 try:
                     runner = build_runner(load_model_dir(path), label, backend, device, threads, Path(tmp), None)
@@ -325,7 +332,7 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
                 if runner is None:
                     raise PrunekitError(f"backend {backend} cannot run the profiled compact models")
                 runners.append(runner)
-            times = _time(runners, feed, warmup, repeats)
+            times = _time(runners, feed, warmup, repeats, lambda: bar.update(1))
     finally:
         torch.set_num_threads(before)
     t = dict(zip((p[0] for p in plan), times))
@@ -335,16 +342,18 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
             "zero_one_layer": t["zero1"], "repeats": repeats, "warmup": warmup}
 
 
-def _time(runners: list, feed: dict, warmup: int, repeats: int) -> list[float]:
-    """Median seconds per batch of each runner: warm-up, then interleaved repeats."""
+def _time(runners: list, feed: dict, warmup: int, repeats: int, tick=lambda: None) -> list[float]:
+    """Median seconds per batch of each runner: warm-up, then interleaved repeats (``tick`` after each round)."""
     for _ in range(max(1, warmup)):
         for r in runners:
             r.run(feed)
+        tick()
     for _ in range(repeats):
         for r in runners:
             t0 = time.perf_counter()
             r.run(feed)
             r.times.append(time.perf_counter() - t0)
+        tick()
     return [statistics.median(r.times) for r in runners]
 
 
@@ -363,7 +372,8 @@ def latency_device(backend: str, search_device: str) -> str:
 
 
 def latency_model_for(shape: ModelShape, backend: str, device: str, batch: int, seq_len: int, threads: int | None,
-                      repeats: int = 10, table: str | None = None, reprofile: bool = False, base_config=None) -> tuple[LatencyModel, Path]:
+                      repeats: int = 10, table: str | None = None, reprofile: bool = False, base_config=None,
+                      progress: bool = False) -> tuple[LatencyModel, Path]:
     """The latency model a search uses and its table's path: ``table`` (or the cache's file for this
     key) when it exists and matches, else measured now (``reprofile``: always) and saved there."""
     check_available(backend, device)
@@ -372,7 +382,7 @@ def latency_model_for(shape: ModelShape, backend: str, device: str, batch: int, 
     if path.is_file() and not reprofile:
         return load_table(path, key), path
     log.info("measuring the latency model of %s on %s (batch %d x %d tokens) into %s", backend, device, batch, seq_len, path)
-    model = fit(profile(shape, backend, device, batch, seq_len, threads, repeats, base_config=base_config), shape)
+    model = fit(profile(shape, backend, device, batch, seq_len, threads, repeats, base_config=base_config, progress=progress), shape)
     model.key = key
     model.save_table(path)
     return model, path

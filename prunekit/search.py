@@ -568,7 +568,7 @@ def _search(settings: SearchSettings, world: World, device: torch.device, force:
 
 
 def _inputs(settings: SearchSettings, world: World, device: torch.device, teacher: Teacher | None, dataset,
-            saved_table: Path | None = None):
+            saved_table: Path | None = None, progress: bool = False):
     """The data, the teacher, the latency model (``--cost latency``; else None) and the teacher's outputs
     on every example (computed once, shared by the processes), each checked: everything that can be
     wrong fails before the run dir is started. ``saved_table``: a resumed run's own latency table."""
@@ -595,7 +595,7 @@ def _inputs(settings: SearchSettings, world: World, device: torch.device, teache
         raise PrunekitError("the data has no examples: give a file with at least one text")
     settings.total_steps(len(dataset))  # an absurd --epochs fails here, before the teacher's outputs are computed
     check_max_length(settings.max_length, teacher.config, teacher.name_or_path)
-    latency = _latency_model(settings, teacher, device, world, saved_table)
+    latency = _latency_model(settings, teacher, device, world, saved_table, progress)
     teacher.model.to(device)
     encoded = encode(dataset, teacher.tokenizer, settings.max_length)
     # The teacher's outputs, cached once: each process computes every size-th example, all get all.
@@ -605,7 +605,8 @@ def _inputs(settings: SearchSettings, world: World, device: torch.device, teache
     return teacher, dataset, encoded, latency
 
 
-def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.device, world: World, saved_table: Path | None):
+def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.device, world: World, saved_table: Path | None,
+                   progress: bool = False):
     """``--cost latency``: (the latency model, its table's path), its floor checked against --target; else None.
     A resumed run keeps the table it started with (``saved_table``); otherwise the cached or given table
     is loaded, or measured now (:func:`prunekit.latency.latency_model_for`)."""
@@ -624,7 +625,7 @@ def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.dev
     else:
         model, path = lat.latency_model_for(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len,
                                             settings.latency_threads, settings.latency_repeats, settings.latency_table,
-                                            settings.reprofile, teacher.config)
+                                            settings.reprofile, teacher.config, progress)
     floor = model.floor()
     if settings.target < floor:
         raise PrunekitError(f"--target {settings.target:g} is below what pruning heads and FFN neurons can reach on {settings.backend}: "
@@ -656,7 +657,7 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
     out = Path(settings.output_dir)
     work = partial_dir(out)
     teacher, dataset, encoded, latency = _inputs(settings, world, device, teacher, dataset,
-                                                 work / LATENCY_TABLE if resume else None)
+                                                 work / LATENCY_TABLE if resume else None, progress and world.main)
     latency_model = latency[0] if latency else None
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
     if latency:  # the table the run used, kept with it (and reused by its --resume)

@@ -308,3 +308,21 @@ def test_real_profile_on_torch_sdpa(tiny_models):
     assert len(m["head_times"]) == 5 and m["width_grid"] == [0, 32, 64] and all(t > 0 for t in m["head_times"])
     model = lat.fit(m, SHAPE)
     assert 0 < model.floor() <= 1 and all(np.diff(model.head_knots) >= 0) and all(np.diff(model.ffn_knots) >= 0)
+
+
+def test_profile_verb_writes_the_table_a_search_then_reuses(tiny_models, text_file, tmp_path, monkeypatch):
+    model_dir = tiny_models("minilm6")
+    opts = ["--backend", "torch-sdpa", "--latency-batch", "2", "--latency-seq-len", "16", "--latency-threads", "1",
+            "--latency-table", str(tmp_path / "t.json")]
+    out = CliRunner().invoke(cli, ["profile", "--model", str(model_dir), "--latency-repeats", "1", "--quiet", *opts])
+    assert out.exit_code == 0, out.output
+    assert "at most" in out.output and (tmp_path / "t.json").is_file()
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["key"]["backend"] == "torch-sdpa" and saved["key"]["batch"] == 2 and 0 < saved["floor"] < 1
+    monkeypatch.setattr(lat, "profile", lambda *a, **k: pytest.fail("the search profiled again"))
+    run = CliRunner().invoke(cli, ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "2",
+                                   "--batch-size", "8", "--max-length", "16", "--cost", "latency", "--target", "0.9",
+                                   "--quiet", "-o", str(tmp_path / "run"), *opts])
+    assert run.exit_code == 0, run.output
+    bad = CliRunner().invoke(cli, ["profile", "--model", str(model_dir), "--backend", "no-such-backend"])
+    assert bad.exit_code == 2 and "--backend" in bad.output and "Traceback" not in bad.output
