@@ -52,7 +52,7 @@ from torch import nn
 
 from .errors import PrunekitError
 from .io import read_json
-from .pooling import mean_pool, task_output
+from .pooling import mean_pool, output_projection, task_output
 from .system import native_bf16
 
 # name -> (dtype, devices)
@@ -214,6 +214,8 @@ def _check_onnx_report(side: Path, info) -> dict:
             raise bad(key, "a list of per-layer sizes")
     if info.get("params") is not None and type(info["params"]) is not int:
         raise bad("params", "a whole number")
+    if info.get("hidden_size") is not None and not (type(info["hidden_size"]) is int and 1 <= info["hidden_size"] < 1 << 24):
+        raise bad("hidden_size", "a whole number of dimensions")
     id2label = info.get("id2label")
     if id2label is not None and not (isinstance(id2label, dict) and len(id2label) <= 1 << 16
                                      and all(isinstance(v, str) for v in id2label.values())):
@@ -272,7 +274,8 @@ def _weights_size(loaded) -> int:
 
 
 class TaskOutput(nn.Module):
-    """model -> logits, or embeddings mean-pooled in fp32 (what eval scores and the ONNX graph returns)."""
+    """model -> logits, or embeddings mean-pooled in fp32 (and through the model's output projection,
+    if it has one: what eval scores and the ONNX graph returns)."""
 
     def __init__(self, model: nn.Module, kind: str):
         super().__init__()
@@ -281,7 +284,7 @@ class TaskOutput(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids, packed_indices=None):
         extra = {} if packed_indices is None else {"packed_indices": packed_indices}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **extra)
-        return task_output(out, self.kind, attention_mask, fp32=True)
+        return task_output(out, self.kind, attention_mask, fp32=True, projection=output_projection(self.model))
 
 
 def _recent(cache: dict, key, keep: int, make: Callable):
@@ -356,7 +359,7 @@ class _PackedGraphs:
         before = len(runner.graphs)
         out = runner(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         self.captures += len(runner.graphs) - before
-        return task_output(out, self.kind, attention_mask, fp32=True)
+        return task_output(out, self.kind, attention_mask, fp32=True, projection=output_projection(self.model))
 
 
 def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
@@ -376,7 +379,7 @@ def _graph_fn(model: nn.Module, kind: str, is_compact: bool) -> Callable:
         if use_mask:
             mask = attention_mask if is_compact else attention_mask[:, None, None, :].bool()
         out = model(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids)
-        return task_output(out, kind, attention_mask, fp32=True)
+        return task_output(out, kind, attention_mask, fp32=True, projection=output_projection(model))
 
     return fn
 

@@ -159,11 +159,12 @@ def _batches(s: BenchSettings, loaded: list[LoadedModel], device: str) -> list[d
 # ------------------------------------------------------------------------------------------------
 def _flops(loaded: LoadedModel, batches: list[dict], fvcore: bool, notes: list, name: str) -> dict:
     cfg = loaded.config
-    shape = ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None)
+    shape = ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None)  # the original's
     heads, ffn = cfg.num_heads_per_layer, cfg.intermediate_sizes
-    # Per sequence at the padded length actually run (the work every backend here does).
+    # Per sequence at the padded length actually run (the work every backend here does), in the
+    # model's own hidden width (narrower than the original's where search --prune-hidden cut it).
     lens = [b["input_ids"].shape[1] for b in batches for _ in range(b["input_ids"].shape[0])]
-    analytic = sum(model_flops(shape, t, heads, ffn).total for t in lens) / len(lens)
+    analytic = sum(model_flops(shape, t, heads, ffn, cfg.hidden_size).total for t in lens) / len(lens)
     out = {"analytic": analytic, "fvcore": None}
     if fvcore:
         from .compact import fvcore_flops

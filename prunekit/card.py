@@ -129,12 +129,17 @@ def render_card(model_dir: Path, name: str | None = None) -> str:
     target = meta.get("target_flops_ratio")
     teacher_link = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{teacher}`"
     o, c, seq = compact["original"], compact["compact"], compact["seq_len"]
+    width = "The hidden size and embeddings are the teacher's."
+    if compact.get("hidden_size") not in (None, o.get("hidden_size")):  # search --prune-hidden
+        width = (f"The hidden width is cut to {compact['hidden_size']} of the teacher's {o.get('hidden_size')} dimensions"
+                 + ("; a final linear map puts the sentence embeddings back in the teacher's width."
+                    if config.get("output_size") else "."))
     lines = [
         f"# {name}", "",
         f"A structurally pruned {teacher_link}, made with prunekit: each layer keeps its own attention heads and "
         f"FFN neurons ({'learned gates' if method == 'search' else method + ' baseline'}"
         f"{f' at a target of {target:g} of the FLOPs' if target else ''}), cut out into a dense model"
-        f"{', then distilled from the teacher' if distill else ''}. The hidden size and embeddings are the teacher's.", "",
+        f"{', then distilled from the teacher' if distill else ''}. {width}", "",
         "| | teacher | this model | ratio |", "|---|---|---|---|",
         f"| parameters | {_num(o['params'])} | {_num(c['params'])} | {_ratio(c['params'], o['params'])} |",
         f"| FLOPs per sequence of {seq} tokens (analytic) | {_flops(o['flops_analytic'])} | {_flops(c['flops_analytic'])} | "

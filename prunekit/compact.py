@@ -66,6 +66,8 @@ def compact_config(teacher: Teacher, arch: Architecture, narrow_output: bool = F
         extra = dict(num_labels=tc.num_labels, id2label=dict(tc.id2label), label2id=dict(tc.label2id), problem_type=tc.problem_type)
     elif arch.hidden is not None and not narrow_output:
         extra = dict(output_size=shape.hidden_size)
+    if arch.hidden is not None:  # the original's shape (FLOPs ratios, export reports) stays readable from the config
+        extra["base_hidden_size"] = shape.hidden_size
     return CompactBertConfig(
         vocab_size=tc.vocab_size,
         hidden_size=arch.hidden_size or shape.hidden_size,
@@ -401,7 +403,7 @@ def compact_to_dir(
         quiet(save_compact, compact_model, work)  # no "Writing model shards" bar for one small file
         teacher.tokenizer.save_pretrained(work)
         if teacher.kind == "embedding":
-            write_sentence_transformers_files(work, teacher.name_or_path, shape.hidden_size, seq_len)
+            write_sentence_transformers_files(work, teacher.name_or_path, compact_model.config.hidden_size, seq_len)
         atomic_write_text(work / "architecture.json", arch_path.read_text(encoding="utf-8"))
         atomic_write_text(work / "compact_report.json", json.dumps(report.to_dict(), indent=1) + "\n")
         write_card(work, name=out_dir.name)

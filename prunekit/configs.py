@@ -34,7 +34,10 @@ LIMITS = {
     "max_position_embeddings": (1, 1 << 20),
     "type_vocab_size": (1, 1 << 12),
     "num_labels": (1, 1 << 16),
+    "output_size": (1, 1 << 16),  # a compact embedding model's output width (its teacher's hidden size)
+    "base_hidden_size": (1, 1 << 16),  # a compact model's teacher's hidden size, where its own was cut
 }
+OPTIONAL = ("head_dim", "output_size", "base_hidden_size")  # sizes a config may set to null
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header (JSON); BERT-base's is ~20 KB
 # Each size above is bounded alone, but their products are what gets allocated: the parameters the
 # config implies are capped too (BERT-large 335M, XLM-R-large 560M; 2e9 fp32 parameters is 8 GB).
@@ -90,7 +93,7 @@ def _whole(value, lo: int, hi: int) -> bool:
 
 def _check_sizes(cfg: dict, path: Path) -> None:
     for name, (lo, hi) in LIMITS.items():
-        if name in cfg and not (cfg[name] is None and name == "head_dim") and not _whole(cfg[name], lo, hi):
+        if name in cfg and not (cfg[name] is None and name in OPTIONAL) and not _whole(cfg[name], lo, hi):
             raise PrunekitError(f"{path}: {name} must be a whole number in {lo}..{hi}, got {_short(cfg[name])}; the config is corrupt")
     labels = cfg.get("id2label")
     if labels is not None and (not isinstance(labels, dict) or not 1 <= len(labels) <= LIMITS["num_labels"][1]):

@@ -2,7 +2,9 @@
 
 ``export_onnx(model_dir, output)`` writes one ``.onnx`` file with inputs ``input_ids``,
 ``attention_mask``, ``token_type_ids`` (int64, dynamic batch and sequence axes) and one output:
-``logits`` (classification/regression) or ``embeddings`` (mean-pooled over the attention mask).
+``logits`` (classification/regression) or ``embeddings`` (mean-pooled over the attention mask; a
+model whose hidden width was cut maps them back to its teacher's width through its ``output_proj``,
+as in PyTorch).
 
 The graph is traced from :class:`OnnxGraph`, an export-only view of the model that computes what the
 model computes but is laid out for onnxruntime:
@@ -54,7 +56,7 @@ from .flops import ModelShape
 from .io import atomic_write_text, check_output_file, output_slot
 from .loading import LoadedModel, has_tokenizer_files, load_model_dir
 from .modeling import CompactBertModel, CompactBertPreTrainedModel
-from .pooling import mean_pool
+from .pooling import mean_pool, output_projection
 from .system import int8_dot_product
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,8 @@ class OnnxGraph(nn.Module):
         self.classify = not isinstance(model, CompactBertModel)
         if self.classify:
             self.pooler, self.classifier = model.pooler, model.classifier
+        else:  # a narrowed hidden width mapped back to the teacher's output space (None: none)
+            self.output_proj = output_projection(model)
         self.eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids):
@@ -142,7 +146,8 @@ class OnnxGraph(nn.Module):
             x = layer(x, add_mask)
         if self.classify:
             return self.classifier(torch.tanh(self.pooler(x[:, 0])))
-        return mean_pool(x, attention_mask)
+        pooled = mean_pool(x, attention_mask)
+        return pooled if self.output_proj is None else self.output_proj(pooled)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,6 +288,7 @@ class ExportReport:
     tokenizer: str | None = None
     reference: str | None = None  # the teacher a compact model was cut from; an original itself
     shape: dict = field(default_factory=dict)  # prunekit.flops.ModelShape of the original
+    hidden_size: int | None = None  # the model's own hidden width (narrower than shape's where it was cut)
     params: int = 0
     id2label: dict | None = None  # the classes' names, for lining up labels by name in eval
     command: str | None = None  # the prunekit command that made it (for the model card)
@@ -562,6 +568,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, setting
                           tokenizer=_tokenizer_dir(loaded),
                           reference=_abs_if_dir(cfg.base_model_name_or_path) if loaded.is_compact else str(Path(loaded.path).resolve()),
                           shape=ModelShape.from_config(cfg, 0 if loaded.kind == "embedding" else None).to_dict(),
+                          hidden_size=cfg.hidden_size,
                           params=sum(p.numel() for p in loaded.compact_view.parameters()),
                           id2label=None if loaded.kind != "classification" else {str(k): str(v) for k, v in cfg.id2label.items()},
                           command=command_line())

@@ -28,7 +28,8 @@ class ModelShape:
     @classmethod
     def from_config(cls, config, num_labels: int | None = None) -> ModelShape:
         """The shape of a transformers BERT-family config, or of the original a compact config was cut
-        from (its ``head_dim``; no classifier counted for an embedding model)."""
+        from (its ``head_dim`` and, when the hidden width was cut, ``base_hidden_size``; no classifier
+        counted for an embedding model)."""
         heads = config.num_attention_heads
         head_dim = (getattr(config, "head_dim", None) or getattr(config, "attention_head_size", None)
                     or config.hidden_size // heads)
@@ -36,7 +37,7 @@ class ModelShape:
             num_labels = 0
         return cls(
             num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
+            hidden_size=getattr(config, "base_hidden_size", None) or config.hidden_size,
             num_heads=heads,
             head_dim=head_dim,
             intermediate_size=config.intermediate_size,

@@ -47,6 +47,7 @@ class LoadedModel:
     onnx: object = None  # prunekit.backends.OnnxFile when the model is an exported .onnx file
     num_params: int | None = None  # an .onnx file's, from its export report
     onnx_id2label: dict | None = None  # an .onnx file's class names, from its export report
+    hidden_size: int | None = None  # the model's own hidden width where it was cut (narrower than shape's); None: shape's
     _teacher: Teacher | None = field(default=None, repr=False)
     _compact_view: nn.Module | None = field(default=None, repr=False)
 
@@ -85,7 +86,7 @@ class LoadedModel:
     def flops(self, seq_len: int) -> int | None:
         if self.shape is None:
             return None
-        return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer).total
+        return model_flops(self.shape, seq_len, self.heads_per_layer, self.ffn_per_layer, self.hidden_size).total
 
     def align(self, dataset):
         """``dataset`` with its labels in this model's class ids (``data.align_labels``)."""
@@ -164,7 +165,7 @@ def load_model(path: str | os.PathLike, kind: str = "auto", device: str = "cpu",
     else:
         tok = load_tokenizer(str(path), tok_dir)
     return LoadedModel(str(path), c.task_kind, model, tok, ModelShape.from_config(c), list(c.num_heads_per_layer),
-                       list(c.intermediate_sizes), True, base)
+                       list(c.intermediate_sizes), True, base, hidden_size=c.hidden_size)
 
 
 def load_model_dir(path: str | os.PathLike, kind: str = "auto") -> LoadedModel:
@@ -204,4 +205,4 @@ def _load_onnx(path: str, p: Path, kind: str, tokenizer: str | None) -> LoadedMo
         id2label = _config_id2label(Path(info["source_abs"]) / "config.json")
     return LoadedModel(path, file_kind or kind, None, load_tokenizer(path, tok_dir), shape, info.get("heads_per_layer"),
                        info.get("ffn_per_layer"), bool(info.get("is_compact")), info.get("reference"), f,
-                       info.get("params"), id2label)
+                       info.get("params"), id2label, hidden_size=info.get("hidden_size"))

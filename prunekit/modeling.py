@@ -58,7 +58,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from . import portable_modeling as portable
 from .errors import PrunekitError
-from .pooling import task_output
+from .pooling import output_projection, task_output
 from .portable_modeling import MODEL_TYPE, attention
 
 # The compact model's attention implementations (set_backend); bench and eval's runners are prunekit.backends.BACKENDS.
@@ -386,9 +386,10 @@ class CompactBertModel(CompactBertPreTrainedModel, portable.CompactBertModel):
 
     @torch.no_grad()
     def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """Mean-pooled sentence embeddings (what an embedding model is judged by)."""
+        """Mean-pooled sentence embeddings, through ``output_proj`` where the model has one (what an
+        embedding model is judged by)."""
         out = self(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return task_output(out, "embedding", attention_mask)
+        return task_output(out, "embedding", attention_mask, projection=output_projection(self))
 
 
 class CompactBertForSequenceClassification(CompactBertPreTrainedModel, portable.CompactBertForSequenceClassification):

@@ -59,7 +59,8 @@ AUTO_MAP = {
 
 class CompactBertConfig(PretrainedConfig):
     """BERT's fields plus, per layer, the kept head count, the teacher's indices of those heads and
-    the FFN width. ``num_attention_heads`` / ``intermediate_size`` stay the teacher's."""
+    the FFN width. ``num_attention_heads`` / ``intermediate_size`` stay the teacher's; so does
+    ``base_hidden_size``, the teacher's hidden width when ``hidden_size`` was cut (None: not cut)."""
 
     model_type = MODEL_TYPE
 
@@ -89,6 +90,7 @@ class CompactBertConfig(PretrainedConfig):
         task_kind: str = "embedding",
         backend: str = "eager",
         output_size: int | None = None,
+        base_hidden_size: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -117,6 +119,7 @@ class CompactBertConfig(PretrainedConfig):
         self.task_kind = task_kind
         self.backend = backend
         self.output_size = output_size
+        self.base_hidden_size = base_hidden_size
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         problem = self.problem()
         if problem:
