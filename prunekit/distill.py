@@ -1,17 +1,22 @@
 """`prunekit distill`: train a compact model back towards its teacher, in two stages (TinyBERT style).
 
 Stage 1 (intermediate layers): the student's embeddings, each layer's hidden states (student layer
-i <-> teacher layer i; compaction keeps the layer count and hidden size) and the attention maps of
-the heads it kept, each compared with the teacher's map of the same head (``config.kept_heads``
-gives the teacher's index of every kept head):
+i <-> teacher layer i; compaction keeps the layer count) and the attention maps of the heads it
+kept, each compared with the teacher's map of the same head (``config.kept_heads`` gives the
+teacher's index of every kept head):
 
     L1 = w_emb * MSE(E_s, E_t) + w_hid * mean_i MSE(H_s^i, H_t^i) + w_att * mean_i A_i
     A_i = sum over keys of (P_s^{i,h} - P_t^{i,kept_heads[i][h]})^2, averaged over kept heads h and real query tokens
 
-(MSEs are over real tokens only; padding is left out.) Stage 2 (prediction layer): soft
-cross-entropy with the teacher's logits at temperature T for a classifier, MSE for a regressor,
-MSE of the mean-pooled embeddings for an embedding model; ``alpha_gold`` mixes in the gold labels
-of the original (not augmented) examples.
+(MSEs are over real tokens only; padding is left out.) A student whose hidden width was cut
+(``search --prune-hidden``) is compared through a learned linear map of its hidden states into the
+teacher's width, as CoFi does (:func:`hidden_map`: trained in stage 1, checkpointed, never saved in
+the model); an embedding student's last hidden states go through its own ``output_proj`` instead,
+the map it keeps after pooling (which is linear, so it commutes with the mean pooling).
+
+Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T for a
+classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``) for an
+embedding model; ``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
 
 Both stages can train on TinyBERT-style augmented copies of the data (:mod:`prunekit.augment`).
 The dev metric (the task's primary metric on labelled dev data, else fidelity to the teacher) is
@@ -36,6 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutput
 
 from .batching import batch_order, collate, encode
 from .budget import Plan, format_duration, parse_budget, split
@@ -58,6 +64,7 @@ from .io import atomic_write_text, check_output_dir, fsync_path, partial_dir, pu
 from .modeling import CompactBertPreTrainedModel, load_compact, save_compact
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .models import quiet as _quiet
+from .pooling import output_projection
 from .portable import write_sentence_transformers_files
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .scoring import predict, score
@@ -230,6 +237,60 @@ def intermediate_loss(s_out, t_out, kept_heads: list[list[int]], mask: torch.Ten
     return loss, {"emb": emb.detach(), "hidden": hid.detach(), "attention": att.detach()}
 
 
+def hidden_map(student_width: int, teacher_width: int, kept: list[int] | None, seed: int) -> torch.nn.Linear | None:
+    """The learned map of a student's hidden states into its teacher's wider ones (CoFi's W_layer),
+    or None when the widths agree (a student with the teacher's width is compared as it is).
+
+    One map shared by the embeddings and every layer, as CoFi does: compaction keeps the same hidden
+    dimensions at every depth (one gate per dimension, shared by every layer), so the student's
+    residual stream is one space throughout, and one map back to the teacher's is what that implies;
+    a map per layer would add (layers + 1) x H' x H parameters that could absorb, layer by layer, the
+    drift the student itself should correct. It starts as the scatter of the ``kept`` dimensions
+    back into their teacher places (student dimension j -> teacher dimension kept[j]), where the
+    compact model and the teacher's hidden states agree on the kept dimensions at the start; without
+    ``kept`` (no usable architecture.json), a random init seeded by ``seed``."""
+    if student_width == teacher_width:
+        return None
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, student_width, teacher_width)  # leaves the global RNG as it is
+    with torch.no_grad():
+        linear.bias.zero_()
+        if kept is not None:
+            linear.weight.zero_()
+            linear.weight[torch.tensor(kept), torch.arange(student_width)] = 1.0
+        else:
+            bound = 1.0 / math.sqrt(student_width)  # nn.Linear's own init
+            linear.weight.uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))
+    return linear
+
+
+class _Trainee(torch.nn.Module):
+    """What a run trains: the student and its :func:`hidden_map` (None at the teacher's width).
+
+    Its forward gives what each stage's loss compares, every map applied inside it, so that under
+    data parallelism DDP (which wraps this module) averages the map's and ``output_proj``'s gradients
+    as it does the rest of the student's (a parameter used outside DDP's forward is never synced).
+    Its state dict is the checkpoint's weights: ``student.*`` and ``hidden_map.*``."""
+
+    def __init__(self, student: CompactBertPreTrainedModel, hidden_map: torch.nn.Linear | None):
+        super().__init__()
+        self.student, self.hidden_map = student, hidden_map
+
+    def forward(self, stage: int, kind: str, inputs: dict):
+        """Stage 1: the student's output with its hidden states in the teacher's width and its
+        attention maps; stage 2: its task output (through ``output_proj`` where it has one)."""
+        if stage == 2:
+            return model_output(self.student, kind, inputs)
+        out = self.student(**inputs, output_hidden_states=True, output_attentions=True)
+        if self.hidden_map is None:
+            return out
+        hidden, proj = out.hidden_states, output_projection(self.student)
+        if proj is None:
+            mapped = [self.hidden_map(h) for h in hidden]
+        else:  # an embedding model's last hidden states are its output: through the map it keeps after pooling
+            mapped = [self.hidden_map(h) for h in hidden[:-1]] + [proj(hidden[-1])]
+        return BaseModelOutput(last_hidden_state=mapped[-1], hidden_states=tuple(mapped), attentions=out.attentions)
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, examples: float | None = None) -> torch.Tensor:
     p = F.softmax(teacher_logits.float() / temperature, dim=-1)
     total = -(p * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum()
@@ -321,11 +382,12 @@ def _student_tokenizer(path: Path):
 
 
 def check_compatible(student: CompactBertPreTrainedModel, teacher: Teacher, student_tokenizer=None) -> None:
-    """The student must come from this teacher: same layers, hidden size, heads, vocabulary, task."""
+    """The student must come from this teacher: same layers, hidden size (before a cut of it: the
+    config's ``base_hidden_size``), heads, vocabulary, task."""
     c, s = student.config, teacher.shape
-    got = (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.head_dim)
+    got = (c.num_hidden_layers, getattr(c, "base_hidden_size", None) or c.hidden_size, c.num_attention_heads, c.head_dim)
     want = (s.num_layers, s.hidden_size, s.num_heads, s.head_dim)
-    if got != want:
+    if got != want or c.hidden_size > s.hidden_size:
         raise PrunekitError(
             f"the student (layers, hidden, heads, head size = {got}) was not compacted from {teacher.name_or_path} {want}: "
             "pass the teacher it was compacted from with --teacher"
@@ -349,6 +411,12 @@ def check_compatible(student: CompactBertPreTrainedModel, teacher: Teacher, stud
         raise PrunekitError(f"the student is a {c.task_kind} model but {teacher.name_or_path} is loaded as {teacher.kind}")
     if teacher.kind != "embedding" and c.num_labels != teacher.config.num_labels:
         raise PrunekitError(f"the student has {c.num_labels} labels, the teacher {teacher.config.num_labels}: not the same task")
+    if teacher.kind == "embedding" and c.hidden_size != s.hidden_size and getattr(c, "output_size", None) != s.hidden_size:
+        raise PrunekitError(
+            f"the student's embeddings are {c.hidden_size} wide (compact --narrow-output), the teacher's {s.hidden_size}: "
+            "distill compares them in the teacher's width; compact without --narrow-output (the model keeps a learned map "
+            "to the teacher's width)"
+        )
 
 
 def _check_task(dataset, kind: str, num_labels: int, what: str) -> None:
@@ -505,6 +573,7 @@ class _Inputs:
     train: object  # TextDataset, labels in the teacher's class ids
     dev: object
     dev_held_out: bool = False  # the dev set is a share of --data (no --dev-data given)
+    kept_hidden: list[int] | None = None  # the teacher's hidden dimensions the student kept (its architecture.json)
 
 
 def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_data) -> _Inputs:
@@ -514,10 +583,11 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
     if not student_dir.is_dir():
         raise PrunekitError(f"student model directory not found: {student_dir} (give what `prunekit compact` wrote)")
     student = _quiet(load_compact, student_dir)
+    kept_hidden = None
     if (student_dir / "architecture.json").is_file():  # copied into the output: checked now, not passed on corrupt
         from .architecture import Architecture
 
-        Architecture.load(student_dir / "architecture.json")
+        kept_hidden = Architecture.load(student_dir / "architecture.json").hidden
     student_tok = _student_tokenizer(student_dir)
     kind = student.config.task_kind
     cols = dict(text_column=settings.text_column, pair_column=settings.pair_column, label_column=settings.label_column)
@@ -555,7 +625,18 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
     if settings.budget is None:  # an absurd epoch count fails now (augmentation only adds steps)
         stage_steps(settings, {1: len(train), 2: len(train)})
     held_out = dev_data is None and settings.dev_data is None
-    return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev, held_out)
+    return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev, held_out, kept_hidden)
+
+
+def _trainee(inp: _Inputs, seed: int) -> _Trainee:
+    """The student and, where its hidden width was cut, its :func:`hidden_map`, started from the
+    dimensions its architecture.json says it kept (the config does not record them)."""
+    width, full, kept = inp.student.config.hidden_size, inp.teacher.shape.hidden_size, inp.kept_hidden
+    if width != full and (kept is None or len(kept) != width or max(kept) >= full):
+        log.warning("%s has no architecture.json naming the %d hidden dimensions the student kept: the map of its hidden "
+                    "states into the teacher's starts random", inp.student_dir, width)
+        kept = None
+    return _Trainee(inp.student, hidden_map(width, full, kept, seed))
 
 
 # A teacher this good on the dev set held out of --data has most likely been fine-tuned on it.
@@ -587,6 +668,7 @@ class _Run:
     def __init__(self, settings: DistillSettings, world: World, device: torch.device, work: Path, progress: bool):
         self.s, self.world, self.device, self.work, self.progress = settings, world, device, work, progress
         self.inputs: _Inputs | None = None
+        self.trainee: _Trainee | None = None  # the student and its hidden map (prepare)
         self.best = {"step": None, "stage": None, "value": None, "metrics": None}
         self.metric, self.teacher_dev, self.before, self.teacher_dev_out = "", {}, {}, None
         self.history: list[dict] = []
@@ -597,7 +679,7 @@ class _Run:
     def prepare(self) -> None:
         s, inp, world, device = self.s, self.inputs, self.world, self.device
         inp.teacher.model.to(device).eval()
-        inp.student.to(device)
+        self.trainee = _trainee(inp, s.seed).to(device)
         if s.dropout is not None:
             set_dropout(inp.student, s.dropout)
         self.backend = inp.student.config.backend
@@ -661,16 +743,16 @@ class _Run:
             return 0.0
         backend = student.config.backend
         student.config.backend = "eager" if stage == 1 else FAST_BACKEND
-        student.train()
+        self.trainee.train()
         idx = torch.arange(min(self.s.batch_size, len(data)))
         kept = [list(h) for h in student.config.kept_heads]
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            loss, _ = self._loss(stage, student, data, self.stage_data[stage][1], idx, idx, kept)
+            loss, _ = self._loss(stage, self.trainee, data, self.stage_data[stage][1], idx, idx, kept)
             loss.backward()
             times.append(time.perf_counter() - t0)
-        student.zero_grad(set_to_none=True)
+        self.trainee.zero_grad(set_to_none=True)
         student.config.backend = backend
         return statistics.median(times[1:])
 
@@ -681,9 +763,10 @@ class _Run:
 
     def _stage_optimizer(self, stage: int, opt_state, ckpt_root: Path) -> torch.optim.Optimizer:
         """AdamW for ``stage``, restored when a resumed run stopped inside it. Weight decay on
-        matrices only (not biases, LayerNorms), as BERT fine-tuning does."""
+        matrices only (not biases, LayerNorms), as BERT fine-tuning does. It holds the hidden map
+        too; stage 2 gives it no gradient, and AdamW leaves a parameter without one as it is."""
         s = self.s
-        params = [p for p in self.inputs.student.parameters() if p.requires_grad]
+        params = [p for p in self.trainee.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=s.stage1_lr if stage == 1 else s.stage2_lr)
@@ -704,13 +787,13 @@ class _Run:
         if found is not None:
             start, tensors, meta = found
             with restoring(ckpt_root):
-                student.load_state_dict({k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")})
+                self.trainee.load_state_dict({k: v for k, v in tensors.items() if k.split(".", 1)[0] in ("student", "hidden_map")})
                 self.best = meta["best"]
             opt_state = (tensors, meta)
             log.info("resuming from step %d", start)
         self.history = on_main(world, lambda: restart_log(log_path, start, changed)) or []  # [] on the other ranks
         # Data parallel: DDP averages the gradients (the classifier takes no part in stage 1: unused parameters allowed).
-        train_model = data_parallel(student, device, find_unused_parameters=True) if world.distributed else student
+        train_model = data_parallel(self.trainee, device, find_unused_parameters=True) if world.distributed else self.trainee
         stage_now, opt, order, bar = None, None, None, None
         kept_heads = [list(h) for h in student.config.kept_heads]
         with open_log(log_path, world) as log_file:
@@ -724,7 +807,7 @@ class _Run:
                     stage_now, base = stage, (0 if stage == 1 else self.s1)
                     opt, opt_state = self._stage_optimizer(stage, opt_state, ckpt_root), None
                     lr = s.stage1_lr if stage == 1 else s.stage2_lr
-                    params = [p for p in student.parameters() if p.requires_grad]
+                    params = [p for p in self.trainee.parameters() if p.requires_grad]
                     data, orig = self.stage_data[stage]
                     order = batch_order(len(data), s.batch_size, s.seed + stage, start_step=step - base, shuffle=True)
                     desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
@@ -736,7 +819,7 @@ class _Run:
                     g["lr"] = lr * factor
                 # Dropout depends on the step (and the process) only: resumable.
                 torch.manual_seed(s.seed * 1_000_003 + step + 1_000_000_007 * world.rank)
-                student.train()
+                self.trainee.train()
                 idx = next(order)  # the global batch; this process takes its share
                 mine, real = shard(idx, world)
                 loss, parts = self._loss(stage, train_model, data, orig, idx, mine, kept_heads)
@@ -778,12 +861,12 @@ class _Run:
             if stage == 1:
                 with torch.no_grad():
                     t_out = inp.teacher.model(**inputs, output_hidden_states=True, output_attentions=True)
-                s_out = train_model(**inputs, output_hidden_states=True, output_attentions=True)
+                s_out = train_model(1, inp.kind, inputs)
                 tokens = sum(len(data.input_ids[i]) for i in glob) if glob else None
                 return intermediate_loss(s_out, t_out, kept_heads, inputs["attention_mask"], s, tokens)
             with torch.no_grad():
                 t_pred = model_output(inp.teacher.model, inp.kind, inputs)
-            s_pred = model_output(train_model, inp.kind, inputs)
+            s_pred = train_model(2, inp.kind, inputs)
             return prediction_loss(inp.kind, s_pred, t_pred, s, batch.get("labels"), orig[mine].to(device),
                                    len(glob) if glob else None, int(orig[idx].sum()) if glob else None)
 
@@ -808,7 +891,7 @@ class _Run:
             return
         with run_writes(f"the run log or checkpoint of step {done} in {self.work}"):
             log_file.flush()
-            tensors = {f"student.{k}": v for k, v in self.inputs.student.state_dict().items()}
+            tensors = dict(self.trainee.state_dict())  # the student's weights and the hidden map's, never in the model dir
             meta = {"best": self.best}
             flatten_optimizer(f"opt{stage}", opt, tensors, meta)
             write_checkpoint(ckpt_root, done, tensors, meta)
