@@ -35,9 +35,11 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# Lint first: it takes a second, the suite about ten minutes.
+# Lint first: it takes a second. The suite runs on TEST_WORKERS processes (pytest-xdist), each test
+# file in one of them (--dist loadfile: a file's torchrun tests and session fixtures stay together).
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The newest of everything (torch excepted, see TORCH_SPEC), always from scratch: drift shows up here
 # before a user meets it. When it passes, `make lock` records it.
@@ -47,7 +49,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q --upgrade pip setuptools wheel
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager --no-build-isolation -e '.[dev]' "$(TORCH_SPEC)"
 	$(LATEST)/bin/python -m pip check
-	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # torch's local label (+cpu) is dropped: `torch==X` matches the CPU build here and a platform's own build elsewhere.
 lock: test-latest

@@ -84,7 +84,7 @@ def test_time_budget_from_the_cli_states_steps_and_time(world, tmp_path):
     line = next(x for x in r.output.splitlines() if x.startswith("distill: "))
     report = json.loads((tmp_path / "t" / "distill_report.json").read_text())
     total = report["steps"]["stage1"] + report["steps"]["stage2"]
-    assert f"distill: {total} steps" in line and "for --budget 6s, about " in line and total >= 2
+    assert f"distill: {total} steps" in line and "for --budget 6s, about " in line and total >= 1
     plan = report["plan"]
     assert plan["stage1_steps"] * plan["seconds_per_step"]["1"] + plan["stage2_steps"] * plan["seconds_per_step"]["2"] <= 6
     assert_one_line_error(CliRunner().invoke(cli, [*args[:5], str(tmp_path / "u"), "--budget", "soon"]),
