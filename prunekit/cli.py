@@ -453,8 +453,16 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
         click.echo(f"wrote {output_dir}/bench.json, bench.md, bench.png")
 
 
+def recipe_default(name: str) -> str:
+    """The help's default of an option a distill --recipe sets: each recipe's value."""
+    from .distill import RECIPES
+
+    return "Default: the --recipe's (" + ", ".join(f"{r}: {v[name]:g}" for r, v in RECIPES.items()) + ")."
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("student")
+@distill_option("--recipe", type=click.Choice(["short", "tinybert"]), show_default=True, help="What fills the options below that are not given: short (a budget of an hour or two on a CPU: one stage-1 epoch, gold labels mixed into stage 2 where the data has them, lr 1e-4, no augmentation; chosen by measurement, docs/results.md) or tinybert (TinyBERT's 20 + 3 epochs over 4 augmented copies, soft targets only).")
 @distill_option("--teacher", help="The teacher to distil from. Default: the model the student was compacted from (its config).")
 @data_options(distill_option)
 @distill_option("--dev-data", help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")
@@ -462,20 +470,20 @@ def bench(models, device, backends, batch, seq_len, real_lengths, num_batches, r
 @distill_option("--dev-fraction", type=float, show_default=True, help="Share of --data held out as dev data when no --dev-data is given.")
 @distill_option("--dev-max-examples", type=int, help="Use only the first N dev examples.")
 @click.option("-o", "--output", "output_dir", default=None, help="Distilled model directory. Default: <STUDENT>-distilled.")
-@distill_option("--stage1-epochs", type=float, show_default=True, help="Epochs of stage 1 (hidden states, attention maps, embeddings).")
-@distill_option("--stage2-epochs", type=float, show_default=True, help="Epochs of stage 2 (the teacher's predictions).")
+@distill_option("--stage1-epochs", type=float, help="Epochs of stage 1 (hidden states, attention maps, embeddings). " + recipe_default("stage1_epochs"))
+@distill_option("--stage2-epochs", type=float, help="Epochs of stage 2 (the teacher's predictions). " + recipe_default("stage2_epochs"))
 @distill_option("--budget", help="A time (45m, 2h, 1h30m) or a step count (3000steps) for the whole run, in place of the epochs: split between the stages by --stage1-share, a time turned into steps by each stage's seconds per step measured on this machine first.")
-@distill_option("--stage1-share", type=float, show_default=True, help="With --budget: the share of it that stage 1 gets; stage 2 gets the rest.")
-@distill_option("--stage1-lr", type=float, show_default=True, help="Peak learning rate of stage 1.")
-@distill_option("--stage2-lr", type=float, show_default=True, help="Peak learning rate of stage 2.")
+@distill_option("--stage1-share", type=float, help="With --budget: the share of it that stage 1 gets; stage 2 gets the rest. " + recipe_default("stage1_share"))
+@distill_option("--stage1-lr", type=float, help="Peak learning rate of stage 1. " + recipe_default("stage1_lr"))
+@distill_option("--stage2-lr", type=float, help="Peak learning rate of stage 2. " + recipe_default("stage2_lr"))
 @distill_option("--batch-size", type=int, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")
 @distill_option("--warmup", type=float, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
 @distill_option("--weight-decay", type=float, show_default=True, help="AdamW weight decay (weight matrices only).")
 @distill_option("--max-length", type=int, show_default=True, help="Token truncation.")
 @distill_option("--temperature", type=float, show_default=True, help="Softmax temperature of the soft targets (classification).")
-@distill_option("--alpha-gold", type=float, show_default=True, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only).")
+@distill_option("--alpha-gold", type=float, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only). " + recipe_default("alpha_gold"))
 @distill_option("--dropout", type=float, help="Student dropout while training. Default: its config's.")
-@distill_option("--augment-copies", type=int, show_default=True, help="Augmented copies per example (TinyBERT word replacement; 0: none).")
+@distill_option("--augment-copies", type=int, help="Augmented copies per example (TinyBERT word replacement; 0: none). " + recipe_default("augment_copies"))
 @distill_option("--augment-prob", type=float, show_default=True, help="Probability that a word is replaced in a copy.")
 @distill_option("--augment-top-k", type=int, show_default=True, help="Replacement candidates per word.")
 @distill_option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), show_default=True, help="Stages that train on the augmented data.")

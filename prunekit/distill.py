@@ -74,13 +74,24 @@ log = logging.getLogger(__name__)
 
 AUGMENT_STAGES = ("both", "1", "2", "none")
 
+# A recipe fills the options it names that were not given (None). "short" is what a budget of an hour or
+# two on a CPU affords, chosen by measurement (benchmarks/real_tasks, docs/results.md): at equal steps
+# on a real task, gold labels mixed into stage 2 and higher learning rates beat the TinyBERT recipe's
+# soft targets only, and augmentation's copies multiply the steps. "tinybert" is TinyBERT's task
+# distillation (intermediate layers 20 epochs at 5e-5, predictions 3 epochs at 3e-5, 10% warm-up;
+# augmentation p=0.4, K=15: the study made 20 copies, 4 keep a CPU run tractable).
+RECIPES = {
+    "short": {"stage1_epochs": 1.0, "stage2_epochs": 3.0, "stage1_share": 0.25, "stage1_lr": 1e-4, "stage2_lr": 1e-4,
+              "alpha_gold": 0.5, "augment_copies": 0},
+    "tinybert": {"stage1_epochs": 20.0, "stage2_epochs": 3.0, "stage1_share": 0.5, "stage1_lr": 5e-5, "stage2_lr": 3e-5,
+                 "alpha_gold": 0.0, "augment_copies": 4},
+}
+
 
 @dataclass
 class DistillSettings:
-    """Every option of a distillation run; saved as settings.json. Defaults follow TinyBERT's
-    task distillation (intermediate layers 20 epochs at 5e-5, prediction layer 3 epochs at 3e-5,
-    batch 32, 10% warm-up; augmentation p=0.4, K=15 — the study made 20 copies, 4 keep a CPU run
-    tractable)."""
+    """Every option of a distillation run; saved as settings.json (with the recipe's values filled in).
+    The options a recipe names (:data:`RECIPES`) are None until ``recipe`` fills those not given."""
 
     student: str = ""  # compact model dir (what `prunekit compact` writes)
     teacher: str | None = None  # default: the model the student was compacted from (its config)
@@ -97,12 +108,13 @@ class DistillSettings:
     dev_fraction: float = 0.1
     dev_max_examples: int | None = None
     output_dir: str = "runs/distill"
-    stage1_epochs: float = 20.0
-    stage2_epochs: float = 3.0
+    recipe: str = "short"  # short | tinybert: fills the options below that are None (RECIPES)
+    stage1_epochs: float | None = None  # None: the recipe's
+    stage2_epochs: float | None = None  # None: the recipe's
     budget: str | None = None  # a time (45m, 2h) or steps (3000steps) in place of the epochs; see prunekit.budget
-    stage1_share: float = 0.5  # with --budget: the share of it stage 1 gets (the rest: stage 2)
-    stage1_lr: float = 5e-5
-    stage2_lr: float = 3e-5
+    stage1_share: float | None = None  # None: the recipe's
+    stage1_lr: float | None = None  # None: the recipe's
+    stage2_lr: float | None = None  # None: the recipe's
     batch_size: int = 32
     warmup: float = 0.1  # fraction of each stage's steps with a linear warm-up, then linear decay to 0
     weight_decay: float = 0.01
@@ -110,11 +122,11 @@ class DistillSettings:
     dropout: float | None = None  # the student's dropout while training; None: its config's (BERT: 0.1)
     max_length: int = 128
     temperature: float = 1.0
-    alpha_gold: float = 0.0  # weight of the gold-label loss in stage 2 (0: soft targets only)
+    alpha_gold: float | None = None  # None: the recipe's
     embedding_weight: float = 1.0
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
-    augment_copies: int = 4
+    augment_copies: int | None = None  # None: the recipe's
     augment_prob: float = 0.4
     augment_top_k: int = 15
     augment_stages: str = "both"  # both | 1 | 2 | none
@@ -125,6 +137,13 @@ class DistillSettings:
     checkpoint_every: int = 200
     eval_batch_size: int = 64
     max_nan_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise PrunekitError(f"unknown --recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
+        for k, v in RECIPES[self.recipe].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
 
     def validate(self) -> None:
         if not self.student:
@@ -621,7 +640,11 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
             where, fix = f"from {dev.source}", "give a --dev-data with more sentences (or a larger --dev-max-examples)"
         raise PrunekitError(f"embedding fidelity needs at least 3 sentences, got {len(dev)} in the dev data ({where}): {fix}")
     if settings.alpha_gold > 0 and (train.labels is None or kind == "embedding"):
-        raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
+        # the recipe's gold-label weight applies where the data has labels (the loss skips it otherwise);
+        # another weight asked for without them is a mistake
+        if settings.alpha_gold != RECIPES[settings.recipe]["alpha_gold"]:
+            raise PrunekitError("--alpha-gold needs labelled training data and a classification or regression model")
+        log.info("no gold labels (unlabelled data or an embedding model): stage 2 matches the teacher's outputs only")
     if settings.budget is None:  # an absurd epoch count fails now (augmentation only adds steps)
         stage_steps(settings, {1: len(train), 2: len(train)})
     held_out = dev_data is None and settings.dev_data is None

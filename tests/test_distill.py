@@ -262,7 +262,7 @@ def test_bad_inputs_one_line_each(world, tmp_path):
 
     unlabelled = tmp_path / "u.txt"
     unlabelled.write_text("\n".join(make_sentences(20)) + "\n")
-    args = _args(world, world["compact"], tmp_path / "o7", "--alpha-gold", "0.5")
+    args = _args(world, world["compact"], tmp_path / "o7", "--alpha-gold", "0.3")  # not the recipe's: asked for
     args[args.index("--data") + 1] = str(unlabelled)
     assert_one_line_error(_cli(args), "alpha-gold")
 
@@ -272,6 +272,24 @@ def test_bad_inputs_one_line_each(world, tmp_path):
     for out in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o9"):
         assert not (tmp_path / out).exists(), out
     assert root.exists()
+
+
+def test_recipes_fill_the_options_not_given(world, tmp_path):
+    from prunekit.distill import RECIPES
+
+    short, tiny = DistillSettings(student="x"), DistillSettings(student="x", recipe="tinybert", stage2_lr=1e-5)
+    for name, value in RECIPES["short"].items():
+        assert getattr(short, name) == value
+    assert (tiny.stage1_epochs, tiny.augment_copies, tiny.alpha_gold, tiny.stage2_lr) == (20.0, 4, 0.0, 1e-5)
+    assert DistillSettings.from_dict(json.loads(short.to_json())) == short  # settings.json holds the filled values
+    with pytest.raises(PrunekitError, match="--recipe"):
+        DistillSettings(student="x", recipe="fast")
+    # the short recipe's gold labels apply where there are labels: unlabelled text distils on soft targets
+    unlabelled = tmp_path / "u.txt"
+    unlabelled.write_text("\n".join(make_sentences(24)) + "\n")
+    r = distill(settings(world, tmp_path / "o", data=str(unlabelled), stage1_epochs=None, stage2_epochs=None, budget="2steps",
+                         augment_copies=None), progress=False)
+    assert r.steps == 2 and all("gold" not in x for x in r.log if "loss" in x)
 
 
 def test_nan_loss_skips_then_stops(world, tmp_path):
