@@ -54,7 +54,8 @@ def worlds(tmp_path_factory):
 
 def settings(worlds, kind: str, out, **kw) -> DistillSettings:
     base = dict(student=str(worlds[kind]["student"]), output_dir=str(out), budget="6steps", batch_size=8, max_length=SEQ,
-                augment_copies=0, dropout=0.0, checkpoint_every=2, stage1_lr=1e-3, stage2_lr=1e-3, warmup=0.0)
+                augment_copies=0, dropout=0.0, checkpoint_every=2, stage1_lr=1e-3, stage2_lr=1e-3, warmup=0.0,
+                stage1_share=0.5)
     base.update(kw)
     return DistillSettings(**base)
 
@@ -194,7 +195,7 @@ def test_two_processes_train_the_map_and_output_proj_as_one(worlds, tmp_path):
     one = distill(settings(worlds, "embedding", tmp_path / "one", data=str(data), budget="6steps"), progress=False)
     args = ["distill", str(worlds["embedding"]["student"]), "--data", str(data), "-o", str(tmp_path / "two"), "--budget", "6steps",
             "--batch-size", "8", "--max-length", str(SEQ), "--augment-copies", "0", "--dropout", "0", "--checkpoint-every", "2",
-            "--stage1-lr", "1e-3", "--stage2-lr", "1e-3", "--warmup", "0", "--quiet"]
+            "--stage1-lr", "1e-3", "--stage2-lr", "1e-3", "--warmup", "0", "--stage1-share", "0.5", "--quiet"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "prunekit", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

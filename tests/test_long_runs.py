@@ -205,7 +205,7 @@ def test_distill_resume_may_change_the_learning_rates(distill_world, tmp_path):
         D.distill(s, progress=False, on_step=stop_after(3))  # checkpoint at step 2
     changed = dict(stage1_lr=1e-5, stage2_lr=1e-5, mixed_precision="no", max_nan_steps=4)
     r = D.distill(D.DistillSettings(**{**s.__dict__, **changed}), progress=False, resume=True)
-    assert r.log[2] == {"step": 2, "resumed_with": {"stage1_lr": [5e-5, 1e-5], "stage2_lr": [3e-5, 1e-5], "mixed_precision": ["auto", "no"],
+    assert r.log[2] == {"step": 2, "resumed_with": {"stage1_lr": [s.stage1_lr, 1e-5], "stage2_lr": [s.stage2_lr, 1e-5], "mixed_precision": ["auto", "no"],
                                                     "max_nan_steps": [10, 4]}}
     warm = [x for x in r.log if x.get("stage") == 1 and "lr" in x]
     assert warm[1]["lr"] > 1e-5 > warm[2]["lr"]  # the new rate is the one used from the resumed step on
