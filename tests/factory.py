@@ -216,3 +216,25 @@ def stop_after(n: int):
             raise KeyboardInterrupt
 
     return on_step
+
+
+def tiny_roberta_teacher():
+    """A scrambled tiny RoBERTa classifier as a Teacher (no tokenizer), and a padded batch of its ids
+    (padding is its pad token, 1; its positions count from there)."""
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from prunekit.flops import ModelShape
+    from prunekit.models import Teacher
+
+    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+                           max_position_embeddings=40, pad_token_id=1, type_vocab_size=1, num_labels=3)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = RobertaForSequenceClassification(config).eval()
+    scramble(hf, 7)
+    teacher = Teacher(model=hf, tokenizer=None, kind="classification", name_or_path="tiny-roberta", shape=ModelShape.from_config(config))
+    batch = random_batch(40, 4, 12, seed=9)
+    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    return teacher, batch

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from transformers.activations import ACT2FN
 
-from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble
+from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble, tiny_roberta_teacher
 from prunekit.architecture import Architecture
 from prunekit.cli import cli
 from prunekit.compact import compact, compact_to_dir, fvcore_flops
 from prunekit.errors import PrunekitError
-from prunekit.flops import ModelShape, model_flops
+from prunekit.flops import model_flops
 from prunekit.gates import Gates
 from prunekit.modeling import CompactBertForSequenceClassification, CompactBertModel, load_compact, pad_ffn_widths
 from prunekit.models import Teacher, load_teacher, model_output
@@ -118,22 +118,10 @@ def test_attention_maps_and_hidden_states_match_the_kept_heads(tiny_models):
 
 
 def test_parity_roberta_positions():
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                           max_position_embeddings=40, pad_token_id=1, type_vocab_size=1, num_labels=3)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = RobertaForSequenceClassification(config).eval()
-    scramble(hf, 7)
-    teacher = Teacher(model=hf, tokenizer=None, kind="classification", name_or_path="tiny-roberta",
-                      shape=ModelShape.from_config(config))
+    teacher, batch = tiny_roberta_teacher()
     arch = edge_architecture(teacher.shape, seed=8)
     model = compact(teacher, arch)
     assert model.config.position_style == "roberta"
-    batch = random_batch(40, 4, 12, seed=9)
-    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
-    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
     ref = gated_output(teacher, arch, batch)
     for backend in ("eager", "sdpa"):
         assert (run_output(model.set_backend(backend), "classification", batch) - ref).abs().max() < 1e-5

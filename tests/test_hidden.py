@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble
+from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble, tiny_roberta_teacher
 from prunekit.architecture import Architecture
 from prunekit.cli import cli
 from prunekit.compact import compact, compact_to_dir, fvcore_flops
@@ -74,20 +74,9 @@ def test_compact_parity_with_the_gated_teacher(tiny_models, shape, kind):
 
 
 def test_parity_roberta_head_with_hidden_pruning():
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    config = RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
-                           max_position_embeddings=40, pad_token_id=1, type_vocab_size=1, num_labels=3)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = RobertaForSequenceClassification(config).eval()
-    scramble(hf, 7)
-    teacher = Teacher(model=hf, tokenizer=None, kind="classification", name_or_path="tiny-roberta", shape=ModelShape.from_config(config))
+    teacher, batch = tiny_roberta_teacher()
     arch = with_hidden(edge_architecture(teacher.shape, seed=8), teacher.shape, seed=1, keep=0.5)
     model = compact(teacher, arch)
-    batch = random_batch(40, 4, 12, seed=9)
-    batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
-    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
     ref = gated(teacher, arch, batch)
     assert (model_output(model, "classification", batch) - ref).abs().max() < 1e-5
 
