@@ -55,7 +55,7 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
     t0 = time.perf_counter()
     s = SearchSettings(model=model, output_dir=str(runs / name), method=method, target=1.0 / speedup, cost="latency",
                        backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
-                       latency_repeats=a.repeats, latency_table=str(table), max_steps=a.steps, batch_size=16,
+                       latency_repeats=a.repeats, latency_table=str(table), latency_check=a.check, max_steps=a.steps, batch_size=16,
                        max_length=a.seq_len, max_examples=a.examples)
     result = search(s, force=True, progress=False)
     searched = time.perf_counter() - t0
@@ -69,6 +69,8 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
             "prediction_error": check["error"], "measured_speedup": 1.0 / check["measured_ratio"],
             "off_target": (1.0 / check["measured_ratio"]) / speedup - 1.0, "flops_ratio": meta.get("flops_ratio"),
             "floor": meta["latency_model"]["floor"], "projected": meta.get("projected"),
+            "search_measured_ratio": meta.get("measured_latency_ratio"), "rechosen": max(0, len(meta.get("latency_check", [])) - 1),
+            "overhead": json.loads(table.read_text())["model"].get("overhead"),
             "heads": result.architecture.head_counts, "ffn": result.architecture.ffn_widths,
             "search_seconds": round(searched, 1), "bench_notes": res["notes"], "load_average": res["load_average"]}
 
@@ -76,18 +78,25 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
 def report(rows: list, machine: str, a: argparse.Namespace) -> str:
     lines = [f"# Latency targets: measured vs asked and predicted ({machine}, {a.threads} threads, batch {a.batch} x {a.seq_len} tokens)",
              "", "Made by `benchmarks/latency_target.py`. Ratios are compact latency over the original's on the same backend "
-             "(bench's median of interleaved repeats); the prediction is the search's latency model.", "",
+             "(bench's median over interleaved repeats of the two times' ratio); the prediction is the search's latency model's for the "
+             "architecture it chose, so the prediction error is the model's; the search's check times the choice (random weights) "
+             "beside the original and re-chooses while it is outside the band (`--latency-check`).", "",
              "| shape | backend | asked | measured speedup | off target | predicted ratio | measured ratio | prediction error "
-             "| FLOPs ratio | floor | heads per layer | FFN per layer |", "|" + "---|" * 12]
+             "| search's check: measured ratio (re-choices) | FLOPs ratio | floor | heads per layer | FFN per layer |", "|" + "---|" * 13]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | refused: {r['refused']} |" + " |" * 8)
+            lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | refused: {r['refused']} |" + " |" * 9)
             continue
         lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | {r['measured_speedup']:.2f}x | {r['off_target']:+.1%} "
                      f"| {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | {r['prediction_error']:+.1%} | "
-                     f"{r['flops_ratio']:.3f} | {r['floor']:.3f} | {r['heads']} | {r['ffn']} |")
+                     f"{_check(r)} | {r['flops_ratio']:.3f} | {r['floor']:.3f} | {r['heads']} | {r['ffn']} |")
     notes = sorted({n for r in rows for n in r.get("bench_notes", [])})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+
+
+def _check(r: dict) -> str:
+    m = r.get("search_measured_ratio")
+    return "-" if m is None else f"{m:.3f} ({r['rechosen']})"
 
 
 def main() -> None:
@@ -98,8 +107,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5, help="profile repeats per timed model")
+    ap.add_argument("--repeats", type=int, default=7, help="profile repeats per timed model")
     ap.add_argument("--bench-repeats", type=int, default=15)
+    ap.add_argument("--check", type=int, default=3, help="search --latency-check (0: the latency model alone)")
     ap.add_argument("--steps", type=int, default=120, help="gate-search steps (MiniLM)")
     ap.add_argument("--examples", type=int, default=2000, help="corpus sentences the search reads")
     ap.add_argument("--runs", default=str(REPO / "runs" / "latency-target"))

@@ -5,7 +5,8 @@ each backend that runs on the device, and times them **interleaved**: after warm
 runs every (model, backend) once in turn, so a load change on a shared machine hits all of them
 alike. Per row: FLOPs per sequence (analytic, and fvcore's count of the matrix products doubled),
 parameters, size on disk of what runs, latency median and p90 per batch, sentences/sec, speedup
-over the first model on the same backend (a compact-only backend, such as the padding-free
+over the first model on the same backend (paired: the median over the repeats of the two times'
+ratio in the same repeat, :mod:`prunekit.timing`, so a drift of the machine's speed cancels; a compact-only backend, such as the padding-free
 ``torch-bf16-packed`` or ``triton-fp16``: over the original in PyTorch's attention at the same
 dtype, with graphs for a graphed one; ``backends.COUNTERPART``), and that speedup divided by the
 FLOPs speedup.
@@ -45,6 +46,7 @@ from .flops import ModelShape, model_flops
 from .io import atomic_output_dir, atomic_write_bytes, read_json, rescue
 from .loading import LoadedModel, load_model_dir
 from .system import system_info
+from .timing import paired_ratio
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +244,12 @@ def _rows(runners: list, models_info: list, names: list, num_batches: int, sente
                      "flops_analytic": m["flops"]["analytic"], "flops_fvcore": m["flops"]["fvcore"]})
     notes.extend(noise_notes(rows))
     first = names[0]
+    times = {(r.model, r.backend): r.times for r in runners}
     for row in rows:
         like = COUNTERPART.get(row["backend"], row["backend"])
         base = next((x for x in rows if x["model"] == first and x["backend"] == like), None)
-        row["speedup"] = row["sentences_per_s"] / base["sentences_per_s"] if base else None
+        # paired over the interleaved repeats: the machine's drift between repeats cancels
+        row["speedup"] = 1.0 / paired_ratio(times[row["model"], row["backend"]], times[first, like]) if base else None
         row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"]
         row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] else None
     return rows

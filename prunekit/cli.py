@@ -210,6 +210,7 @@ def training_run_options(option):
 @search_option("--latency-repeats", type=int, show_default=True, help="--cost latency: timed repeats per measured model (the median is taken).")
 @search_option("--latency-table", help="--cost latency: the latency table's file (reused when it matches this machine and backend, else refused). Default: a cache under ~/.cache/prunekit/latency ($PRUNEKIT_CACHE).")
 @search_option("--reprofile", is_flag=True, help="--cost latency: measure the latency table again, even when one matches.")
+@search_option("--latency-check", type=int, show_default=True, help="--cost latency: time the chosen architecture beside the original on --backend (random weights, the profiled batch and length) and, while its measured ratio is outside the band, choose again with the budget corrected by the measurement: at most this many times (0: trust the latency model).")
 @click.option("--target-speedup", type=float, default=None, help="The speedup to reach instead of --target: --target 1/S (of the FLOPs, or of the latency).")
 @training_run_options(search_option)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
@@ -245,8 +246,11 @@ def search(resume: bool, force: bool, quiet: bool, **options) -> None:
     of = "the FLOPs"
     if settings.cost == "latency":
         of = f"the predicted latency on {settings.backend}"
-        click.echo(f"predicted latency ratio {result.achieved_ratio:.4f} on {settings.backend} (target {result.target:.4g}, "
-                   f"tolerance {settings.tolerance}); FLOPs ratio {arch.meta['flops_ratio']:.4f}")
+        measured = arch.meta.get("measured_latency_ratio")
+        said = (f"measured latency ratio {measured:.4f} (predicted {arch.meta['predicted_latency_ratio']:.4f})" if measured is not None
+                else f"predicted latency ratio {result.achieved_ratio:.4f}")
+        click.echo(f"{said} on {settings.backend} (target {result.target:.4g}, tolerance {settings.tolerance}); "
+                   f"FLOPs ratio {arch.meta['flops_ratio']:.4f}")
     else:
         click.echo(f"FLOPs ratio {result.achieved_ratio:.4f} (target {result.target}, tolerance {settings.tolerance})")
     if arch.meta.get("projected"):
@@ -289,7 +293,10 @@ def profile(model, backend, device, latency_batch, latency_seq_len, latency_thre
                                     latency_table, reprofile=True, base_config=teacher.config, progress=not quiet)
     full = m.full()
     click.echo(f"{backend} on {dev}, batch {latency_batch} x {seq_len} tokens: {1e3 * full:.1f} ms per batch for the full model")
-    click.echo(f"  fixed (embeddings, LayerNorms, overhead): {m.floor():.3f} of it (at most {1 / m.floor():.2f}x faster by pruning)")
+    original = m.measurements.get("original")
+    click.echo(f"  the full-size compact model: {m.overhead:.3f} of the original's time"
+               + (f" ({1e3 * original:.1f} ms); ratios are over the original" if original else " (not measured: ratios are over it)"))
+    click.echo(f"  fixed (embeddings, LayerNorms, overhead): {m.floor():.3f} of the original's (at most {1 / m.floor():.2f}x faster by pruning)")
     click.echo(f"  attention, all heads of a layer: {m.head_knots[-1] / full:.3f}; its first head alone: {m.head_knots[1] / full:.3f}")
     click.echo(f"  FFN, a whole layer's: {m.ffn_knots[-1] / full:.3f}; additivity error of the fit "
                f"{m.measurements.get('additivity_error', 0.0):+.1%}")

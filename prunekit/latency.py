@@ -20,8 +20,14 @@ Fitting (:func:`fit`) from the times of uniform models (every layer the same), L
 When the measured times are additive this reproduces every one of them exactly; otherwise the full
 model's prediction misses its measured time by ``T(0,0) + T(H,I) - T(0,I) - T(H,0)`` (recorded as
 ``additivity_error``). A and F are made monotone by isotonic regression (monotone input is kept as
-it is), so that pruning never predicts a slower model. Ratios are over the model's own prediction
-of the full model, so the full model is exactly 1.
+it is), so that pruning never predicts a slower model. Ratios are the model's prediction over its
+prediction of the full model, times ``overhead``: the full-size compact model's measured time over
+the original's, both as the backend runs them (a random-weight original of the base config is timed
+beside the compact models; 1 where the backend runs compact models only, or without a base config).
+
+Times are drift-corrected (:mod:`prunekit.timing`): every model once per round, each one's median
+ratio to the full-size compact model in the same round, so that a shared machine's change of speed
+over the profile does not bend the curves.
 
 The measurements (:func:`profile`) are compact models with random weights timed through
 :func:`prunekit.backends.build_runner`, interleaved as bench does. For a compact-only backend
@@ -33,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ import torch
 from .errors import PrunekitError
 from .flops import ModelShape
 from .io import atomic_write_text, read_json
+from .timing import drift_corrected, paired_ratio
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,9 @@ class LatencyModel:
     ffn_knots: list[float]  # F(w) on the grid
     key: dict = field(default_factory=dict)  # what it was measured on (table_key)
     measurements: dict = field(default_factory=dict)
+    # The full-size compact model's time over the original's, both as the backend runs them (1: not
+    # measured, or a compact-only backend): ratios are over the original, which a user compares with.
+    overhead: float = 1.0
 
     def head_cost(self, heads: float) -> float:
         return float(np.interp(heads, range(len(self.head_knots)), self.head_knots))
@@ -107,11 +116,12 @@ class LatencyModel:
         return self.latency([s.num_heads] * s.num_layers, [s.intermediate_size] * s.num_layers)
 
     def ratio(self, heads_per_layer, ffn_per_layer) -> float:
-        return self.latency(heads_per_layer, ffn_per_layer) / self.full()
+        """The compact model's latency over the original's."""
+        return self.overhead * self.latency(heads_per_layer, ffn_per_layer) / self.full()
 
     def floor(self) -> float:
         """The ratio with every head and neuron pruned: the fastest pruning can make the model."""
-        return (self.rest + self.shape.num_layers * self.fixed) / self.full()
+        return self.overhead * (self.rest + self.shape.num_layers * self.fixed) / self.full()
 
     def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor) -> torch.Tensor:
         """The differentiable ratio under gates in [0, 1]: each layer's expected head count and
@@ -120,7 +130,7 @@ class LatencyModel:
         a = _interp(heads, [float(h) for h in range(len(self.head_knots))], self.head_knots)
         f = _interp(widths, [float(w) for w in self.ffn_widths], self.ffn_knots)
         fixed = self.rest + self.shape.num_layers * self.fixed
-        return (a.sum() + f.sum() + fixed) / self.full()
+        return self.overhead * (a.sum() + f.sum() + fixed) / self.full()
 
     def head_marginals(self) -> list[float]:
         """The latency the (h+1)-th head adds to a layer, h = 0..H-1."""
@@ -139,7 +149,7 @@ class LatencyModel:
 
     def to_dict(self) -> dict:
         return {"rest": self.rest, "fixed": self.fixed, "head_knots": list(self.head_knots),
-                "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots)}
+                "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots), "overhead": self.overhead}
 
     def save_table(self, path: str | os.PathLike) -> None:
         """The table as JSON: the fitted model, its key and the raw measurements."""
@@ -160,7 +170,8 @@ def fit(measurements: dict, shape: ModelShape) -> LatencyModel:
     fixed = max(0.0, (m["zero"] - m["zero_one_layer"]) / (L - 1)) if L > 1 else 0.0
     rest = max(0.0, (m["zero_one_layer"] if L > 1 else m["zero"]) - fixed)
     extra = {"additivity_error": (m["zero"] + th[-1] - th[0] - tw[0]) / th[-1] if th[-1] else 0.0}
-    return LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra})
+    overhead = th[-1] / m["original"] if m.get("original") else 1.0
+    return LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra}, overhead=overhead)
 
 
 # ---------------------------------------------------------------- the table's key and file
@@ -220,7 +231,7 @@ def load_table(path: str | os.PathLike, expected_key: dict) -> LatencyModel:
         m = data["model"]
         model = LatencyModel(ModelShape(**data["shape"]), float(m["rest"]), float(m["fixed"]), [float(v) for v in m["head_knots"]],
                              [int(w) for w in m["ffn_widths"]], [float(v) for v in m["ffn_knots"]], data["key"],
-                             data.get("measurements") or {})
+                             data.get("measurements") or {}, float(m.get("overhead", 1.0)))
     except (KeyError, TypeError, ValueError):
         raise PrunekitError(f"latency table {path} is corrupt: re-measure it with --reprofile") from None
     s = model.shape
@@ -259,8 +270,11 @@ def _profile_vocab(base_config) -> int:
     return min(PROFILE_VOCAB, getattr(base_config, "vocab_size", None) or PROFILE_VOCAB)
 
 
-def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads: int, width: int, base_config, seq_len: int) -> Path:
-    """A compact model of ``shape`` with random weights, ``heads`` and ``width`` in every one of ``layers`` layers."""
+def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads, width, base_config, seq_len: int) -> Path:
+    """A compact model of ``shape`` with random weights, ``heads`` and ``width`` in every one of ``layers``
+    layers (or per layer, as lists)."""
+    heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * layers
+    width = list(width) if isinstance(width, (list, tuple)) else [width] * layers
     from .modeling import CompactBertConfig, CompactBertForSequenceClassification, CompactBertModel, save_compact
 
     get = (lambda name, default: getattr(base_config, name, default) or default) if base_config is not None else (lambda _n, d: d)
@@ -268,8 +282,8 @@ def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads: int, wi
     extra = {"num_labels": shape.num_labels} if kind == "classification" else {}
     config = CompactBertConfig(
         vocab_size=_profile_vocab(base_config), hidden_size=shape.hidden_size, num_hidden_layers=layers,
-        num_attention_heads=shape.num_heads, head_dim=shape.head_dim, num_heads_per_layer=[heads] * layers,
-        intermediate_size=shape.intermediate_size, intermediate_sizes=[width] * layers, hidden_act=get("hidden_act", "gelu"),
+        num_attention_heads=shape.num_heads, head_dim=shape.head_dim, num_heads_per_layer=heads,
+        intermediate_size=shape.intermediate_size, intermediate_sizes=width, hidden_act=get("hidden_act", "gelu"),
         max_position_embeddings=max(get("max_position_embeddings", 512), seq_len + 2), type_vocab_size=get("type_vocab_size", 2),
         layer_norm_eps=get("layer_norm_eps", 1e-12), task_kind=kind, **extra)
     from .models import quiet
@@ -277,6 +291,26 @@ def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads: int, wi
     torch.manual_seed(0)
     model = (CompactBertForSequenceClassification if extra else CompactBertModel)(config).eval()
     quiet(save_compact, model, path)
+    return path
+
+
+def _original_model_dir(path: Path, shape: ModelShape, base_config) -> Path:
+    """The original architecture (``base_config``, the profile's vocabulary) with random weights."""
+    import copy
+
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from .models import quiet
+
+    config = copy.deepcopy(base_config)
+    config.vocab_size = _profile_vocab(base_config)
+    torch.manual_seed(0)
+    if shape.num_labels > 0:
+        config.num_labels = shape.num_labels
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModel.from_config(config)
+    quiet(model.eval().save_pretrained, path)
     return path
 
 
@@ -332,18 +366,71 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
                 if runner is None:
                     raise PrunekitError(f"backend {backend} cannot run the profiled compact models")
                 runners.append(runner)
-            times = _time(runners, feed, warmup, repeats, lambda: bar.update(1))
+            original = _original_runner(Path(tmp), shape, backend, device, threads, base_config)
+            times = _time(runners + ([original] if original else []), feed, warmup, repeats, lambda: bar.update(1),
+                          ref=[p[0] for p in plan].index(f"h{shape.num_heads}"))
+
     finally:
         torch.set_num_threads(before)
-    t = dict(zip((p[0] for p in plan), times))
+    t = dict(zip([p[0] for p in plan] + ["original"], times))
     heads, width = shape.num_heads, shape.intermediate_size
     return {"num_layers": shape.num_layers, "head_times": [t[f"h{h}"] for h in range(heads + 1)], "width_grid": grid,
             "width_times": [t[f"h{heads}"] if w == width else t[f"w{w}"] for w in grid], "zero": t["zero"],
-            "zero_one_layer": t["zero1"], "repeats": repeats, "warmup": warmup}
+            "zero_one_layer": t["zero1"], "original": t.get("original"), "repeats": repeats, "warmup": warmup}
 
 
-def _time(runners: list, feed: dict, warmup: int, repeats: int, tick=lambda: None) -> list[float]:
-    """Median seconds per batch of each runner: warm-up, then interleaved repeats (``tick`` after each round)."""
+def _original_runner(tmp: Path, shape: ModelShape, backend: str, device: str, threads: int | None, base_config):
+    """A runner of the original architecture on ``backend`` (what the ratios are over), or None: a
+    compact-only backend, no base config, or one the backend cannot run (then the ratio is over the
+    full-size compact model, logged)."""
+    from .backends import COMPACT_ONLY, build_runner
+    from .loading import load_model_dir
+
+    if base_config is None or backend in COMPACT_ONLY:
+        return None
+    try:
+        path = _original_model_dir(tmp / "original", shape, base_config)
+        return build_runner(load_model_dir(path), "original", backend, device, threads, tmp, None)
+    except Exception as e:  # noqa: BLE001 - the profile stands without it: ratios over the full compact model
+        log.warning("latency profile: the original could not be timed on %s (%s); ratios are over the full-size compact model",
+                    backend, (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+        return None
+
+
+def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16,
+                  seq_len: int = 128, threads: int | None = None, base_config=None, repeats: int = 10, warmup: int = 2) -> float:
+    """The measured latency ratio of a compact model with these per-layer head counts and FFN widths
+    (random weights) over the original's on ``backend`` (over the full-size compact model's where the
+    original does not run there, as the table's ratios are), paired over interleaved repeats."""
+    from .backends import build_runner
+    from .loading import load_model_dir
+
+    check_available(backend, device)
+    feed = _inputs(batch, seq_len, _profile_vocab(base_config), device)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
+            layers = shape.num_layers
+            path = _random_model_dir(Path(tmp) / "chosen", shape, layers, list(heads_per_layer), list(ffn_per_layer), base_config, seq_len)
+            chosen = build_runner(load_model_dir(path), "chosen", backend, device, threads, Path(tmp), None)
+            reference = _original_runner(Path(tmp), shape, backend, device, threads, base_config)
+            if reference is None:
+                full = _random_model_dir(Path(tmp) / "full", shape, layers, shape.num_heads, shape.intermediate_size, base_config, seq_len)
+                reference = build_runner(load_model_dir(full), "full", backend, device, threads, Path(tmp), None)
+            if chosen is None or reference is None:
+                raise PrunekitError(f"backend {backend} cannot run the chosen architecture to check its latency: use --latency-check 0")
+            _time([chosen, reference], feed, warmup, repeats, ref=1)
+            return paired_ratio(chosen.times, reference.times)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time(runners: list, feed: dict, warmup: int, repeats: int, tick=lambda: None, ref: int = 0) -> list[float]:
+    """Seconds per batch of each runner: warm-up, then interleaved repeats (``tick`` after each round),
+    each runner's median ratio to runner ``ref`` in the same round times ``ref``'s median
+    (:func:`prunekit.timing.drift_corrected`: the machine's drift over the rounds taken out)."""
     for _ in range(max(1, warmup)):
         for r in runners:
             r.run(feed)
@@ -354,7 +441,7 @@ def _time(runners: list, feed: dict, warmup: int, repeats: int, tick=lambda: Non
             r.run(feed)
             r.times.append(time.perf_counter() - t0)
         tick()
-    return [statistics.median(r.times) for r in runners]
+    return drift_corrected([r.times for r in runners], ref)
 
 
 # ---------------------------------------------------------------- what a search uses

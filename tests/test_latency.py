@@ -29,8 +29,9 @@ def F(w):  # the FFN's cost, as the module names it
     return 0.5 * (w > 0) + 0.02 * w
 
 
-def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=None):
-    """The timings an additive model predicts for the uniform models profile() times."""
+def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=None, overhead=None):
+    """The timings an additive model predicts for the uniform models profile() times; ``overhead``:
+    the full compact model's time over the original's (the original timed too)."""
     def t(h, w, layers=shape.num_layers):
         return rest + layers * (fixed + heads[h] + f(w))
 
@@ -38,6 +39,8 @@ def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=N
          "width_grid": list(grid), "width_times": [t(shape.num_heads, w) for w in grid], "zero": t(0, 0), "zero_one_layer": t(0, 0, 1)}
     if noise is not None:
         m["head_times"] = [v + n for v, n in zip(m["head_times"], noise)]
+    if overhead is not None:
+        m["original"] = m["head_times"][-1] / overhead
     return m
 
 
@@ -96,6 +99,23 @@ def test_select_to_latency_fills_the_budget():
         assert target - 0.02 <= ratio <= target + 1e-12
 
 
+def test_ratios_are_over_the_original_timed_beside_the_compact_models():
+    """A full-size compact model 1.25x the original's time: every ratio (and the floor, the gates'
+    expected ratio, the selection's budget) is over the original, so the full compact one is 1.25."""
+    plain, model = lat.fit(synthetic(), SHAPE), lat.fit(synthetic(overhead=1.25), SHAPE)
+    L, H, W = SHAPE.num_layers, SHAPE.num_heads, SHAPE.intermediate_size
+    assert plain.overhead == 1.0 and model.overhead == pytest.approx(1.25)
+    assert model.ratio([H] * L, [W] * L) == pytest.approx(1.25) and model.floor() == pytest.approx(1.25 * plain.floor())
+    ones_h, ones_f = torch.ones(L, H), torch.ones(L, W)
+    assert float(model.expected_ratio(ones_h, ones_f)) == pytest.approx(1.25, rel=1e-6)
+    g = torch.Generator().manual_seed(3)
+    for target in (0.9, 0.6):
+        arch = select_to_latency(torch.rand(L, H, generator=g), torch.rand(L, W, generator=g), model, target)
+        assert target - 0.02 <= model.ratio(arch.head_counts, arch.ffn_widths) <= target + 1e-12
+    saved = lat.LatencyModel(SHAPE, 0, 0, [0.0] * (H + 1), [0, W], [0.0, 1.0]).to_dict()
+    assert saved["overhead"] == 1.0
+
+
 def test_knapsack_matches_brute_force():
     """The per-layer choice is the best one: every combination of 4 groups' options checked."""
     import itertools
@@ -149,7 +169,8 @@ def test_table_key_mismatch_is_refused_in_one_line(tmp_path):
 
 def _settings(tmp_path, model, data, **kw):
     base = dict(output_dir=str(tmp_path / "run"), max_steps=12, batch_size=8, max_length=32, checkpoint_every=100,
-                model=str(model), data=str(data), cost="latency", backend="torch-sdpa", latency_table=str(tmp_path / "table.json"))
+                model=str(model), data=str(data), cost="latency", backend="torch-sdpa", latency_table=str(tmp_path / "table.json"),
+                latency_check=0)  # a synthetic table: no real timing to check it against
     base.update(kw)
     return SearchSettings(**base)
 
@@ -190,6 +211,38 @@ def test_search_gates_reach_the_latency_band_given_time(tiny_models, text_file, 
     result = search(_settings(tmp_path, model_dir, text_file, target=0.6, max_steps=120), progress=False)
     assert result.architecture.meta.get("projected") is False
     assert result.log[-1]["discrete_ratio"] == pytest.approx(result.achieved_ratio, abs=1e-6)
+
+
+def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_models, text_file, tmp_path, monkeypatch):
+    """The machine runs every architecture 1.3x slower than the table predicts: the check times the
+    model's choice, then chooses again with a smaller budget until the measured ratio is in the band."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    timed = []
+
+    def measure(heads, widths, *a, **k):
+        timed.append((list(heads), list(widths)))
+        return 1.3 * table.ratio(heads, widths)
+
+    monkeypatch.setattr(lat, "measure_ratio", measure)
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude")
+    result = search(s, progress=False)
+    saved = json.loads((result.output_dir / "architecture.json").read_text())
+    rounds = saved["latency_check"]
+    assert len(rounds) >= 2 and len(timed) == len(rounds)
+    assert rounds[0]["measured"] > (1 + s.tolerance) * 0.6  # the model's own choice misses
+    assert (1 - s.tolerance) * 0.6 <= saved["measured_latency_ratio"] <= (1 + s.tolerance) * 0.6
+    assert saved["measured_latency_ratio"] == pytest.approx(1.3 * saved["predicted_latency_ratio"])
+    assert result.achieved_ratio == pytest.approx(saved["measured_latency_ratio"])
+    arch = Architecture.load(result.output_dir, shape)
+    assert timed[-1] == (arch.head_counts, arch.ffn_widths)
+    # the check gives up after --latency-check rounds and says so (no error): at most 1 + 1 timings here
+    timed.clear()
+    monkeypatch.setattr(lat, "measure_ratio", lambda *a, **k: (timed.append(1), 0.99)[1])
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, method="magnitude",
+                              output_dir=str(tmp_path / "run2")), progress=False)
+    assert len(timed) == 2 and json.loads((result.output_dir / "architecture.json").read_text())["measured_latency_ratio"] == 0.99
 
 
 def test_mismatched_table_refused_then_reprofile_remakes_it(tiny_models, text_file, tmp_path, monkeypatch):
@@ -245,6 +298,17 @@ def test_target_below_the_floor_is_refused(tiny_models, text_file, tmp_path):
     assert not (tmp_path / "run.partial").exists()
 
 
+def test_target_above_the_full_compact_model_is_refused(tiny_models, text_file, tmp_path):
+    """Where the compact layers run at half the original's time, a 0.9 target has nothing to prune."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, key, overhead=0.5)
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, model_dir, text_file, target=0.9), progress=False)
+    assert "\n" not in str(e.value) and "give --target <= 0.500" in str(e.value)
+    assert not (tmp_path / "run.partial").exists()
+
+
 def test_latency_baselines(tiny_models, text_file, tmp_path):
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
@@ -281,7 +345,7 @@ def test_cli_target_speedup(tiny_models, text_file, tmp_path):
     write_table(tmp_path / "table.json", shape, key)
     args = ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "6", "--batch-size", "8",
             "--max-length", "32", "--cost", "latency", "--backend", "torch-sdpa", "--latency-table", str(tmp_path / "table.json"),
-            "--quiet", "-o", str(tmp_path / "run")]
+            "--latency-check", "0", "--quiet", "-o", str(tmp_path / "run")]  # a synthetic table: nothing real to check
     out = CliRunner().invoke(cli, args + ["--target-speedup", "2"])
     assert out.exit_code == 0, out.output
     predicted = float(re.search(r"predicted latency ratio ([0-9.]+) on torch-sdpa \(target 0.5,", out.output).group(1))
@@ -319,9 +383,13 @@ def test_profile_verb_writes_the_table_a_search_then_reuses(tiny_models, text_fi
     assert "at most" in out.output and (tmp_path / "t.json").is_file()
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["key"]["backend"] == "torch-sdpa" and saved["key"]["batch"] == 2 and 0 < saved["floor"] < 1
+    original = saved["measurements"]["original"]  # the original timed beside the compact models: ratios are over it
+    assert original > 0 and saved["model"]["overhead"] == pytest.approx(saved["measurements"]["head_times"][-1] / original)
+    # a target between the floor and the full compact model's ratio (a tiny HF original is much slower than it)
+    target = round((saved["floor"] + saved["model"]["overhead"]) / 2, 3)
     monkeypatch.setattr(lat, "profile", lambda *a, **k: pytest.fail("the search profiled again"))
     run = CliRunner().invoke(cli, ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "2",
-                                   "--batch-size", "8", "--max-length", "16", "--cost", "latency", "--target", "0.9",
+                                   "--batch-size", "8", "--max-length", "16", "--cost", "latency", "--target", str(target),
                                    "--quiet", "-o", str(tmp_path / "run"), *opts])
     assert run.exit_code == 0, run.output
     bad = CliRunner().invoke(cli, ["profile", "--model", str(model_dir), "--backend", "no-such-backend"])
