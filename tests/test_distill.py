@@ -168,6 +168,48 @@ def test_distill_with_augmentation_per_stage(world, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+def test_stage2_targets_are_the_teacher_outputs_computed_once(world, tmp_path, monkeypatch):
+    """Stage 2 runs the teacher once over its data (not at every step), and what it keeps is what a
+    step's own teacher pass gives (within fp32 padding noise)."""
+    from prunekit import distill as distill_mod
+    from prunekit.batching import collate
+    from prunekit.models import model_output
+
+    kept = {}
+    real = distill_mod._Run.teacher_predictions
+
+    def spy(self, data):
+        out = real(self, data)
+        kept["run"], kept["data"], kept["out"] = self, data, out
+        return out
+
+    monkeypatch.setattr(distill_mod._Run, "teacher_predictions", spy)
+    teacher = load_teacher(str(world["teacher"]))
+    calls = []
+    original_load = distill_mod.load_teacher
+
+    def counting_load(*a, **k):
+        t = original_load(*a, **k)
+        t.model.register_forward_hook(lambda *_: calls.append(1))
+        return t
+
+    monkeypatch.setattr(distill_mod, "load_teacher", counting_load)
+    counts = []
+    for epochs in (2, 4):
+        calls.clear()
+        s = settings(world, tmp_path / f"out{epochs}", stage1_epochs=0, stage2_epochs=epochs, eval_batch_size=64)
+        r = distill(s, progress=False)
+        counts.append((len(calls), r.steps))
+    data, out = kept["data"], kept["out"]
+    assert out.shape[0] == len(data) <= 64
+    # twice the steps, the same teacher passes (the dev set's, the targets' one batch, the report's)
+    assert counts[1][1] == 2 * counts[0][1] and counts[1][0] == counts[0][0] < counts[0][1]
+    idx = list(range(0, len(data), 7))
+    with torch.no_grad():
+        direct = model_output(teacher.model.eval(), "classification", collate(data, idx))
+    torch.testing.assert_close(out[idx], direct, rtol=0, atol=1e-5)
+
+
 def test_resume_gives_same_weights(world, tmp_path):
     kw = dict(stage1_epochs=3, stage2_epochs=2, augment_copies=1, dropout=0.1)  # dropout on: its RNG must resume too
     full = distill(settings(world, tmp_path / "full" / "out", **kw), progress=False)
