@@ -250,8 +250,9 @@ def _rows(runners: list, models_info: list, names: list, num_batches: int, sente
         base = next((x for x in rows if x["model"] == first and x["backend"] == like), None)
         # paired over the interleaved repeats: the machine's drift between repeats cancels
         row["speedup"] = 1.0 / paired_ratio(times[row["model"], row["backend"]], times[first, like]) if base else None
-        row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"]
-        row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] else None
+        # a model with no heads nor FFN left has no matrix-product FLOPs: no FLOPs speedup to state
+        row["flops_speedup"] = by_name[first]["flops"]["analytic"] / row["flops_analytic"] if row["flops_analytic"] else None
+        row["speedup_over_flops_speedup"] = row["speedup"] / row["flops_speedup"] if row["speedup"] and row["flops_speedup"] else None
     return rows
 
 

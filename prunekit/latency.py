@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -428,15 +429,16 @@ def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: st
 
 
 def _time(runners: list, feed: dict, warmup: int, repeats: int, tick=lambda: None, ref: int = 0) -> list[float]:
-    """Seconds per batch of each runner: warm-up, then interleaved repeats (``tick`` after each round),
+    """Seconds per batch of each runner: warm-up, then interleaved repeats (``tick`` after each round;
+    each round in a shuffled order, the same for the same ``repeats``),
     each runner's median ratio to runner ``ref`` in the same round times ``ref``'s median
     (:func:`prunekit.timing.drift_corrected`: the machine's drift over the rounds taken out)."""
     for _ in range(max(1, warmup)):
         for r in runners:
             r.run(feed)
         tick()
-    for _ in range(repeats):
-        for r in runners:
+    for k in range(repeats):  # each round in its own order: no model always runs after the same one (cold caches)
+        for r in random.Random(k).sample(runners, len(runners)):
             t0 = time.perf_counter()
             r.run(feed)
             r.times.append(time.perf_counter() - t0)

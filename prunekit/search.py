@@ -653,25 +653,39 @@ LATENCY_TABLE = "latency_table.json"
 
 def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Architecture, priorities: tuple) -> tuple:
     """``--latency-check``: time ``arch`` (random weights) beside the original on the backend; while
-    the measured ratio is outside the band, choose again from the same priorities with the budget
-    scaled by target / measured (the cost model's error at this point), at most ``latency_check``
-    times. Returns (the architecture, the record: every round's budget, prediction and measurement)."""
+    the measured ratio is outside the band, choose again from the same priorities with another
+    budget, at most ``latency_check`` times: the budget scaled by target / measured (the cost model's
+    error at this point), kept inside the bracket the rounds so far have found (a budget measured too
+    slow above, one too fast below; their geometric mean where the scaled one falls outside), since
+    a model that is wrong at one point is not wrong by the same factor at the next. Returns (the
+    architecture measured closest to the target, the record: every round's budget, prediction and
+    measurement, and which round was kept)."""
     from . import latency as lat
 
     s, key = settings, model.key
     lo, hi = (1 - s.tolerance) * s.target, (1 + s.tolerance) * s.target
-    budget, rounds = s.target, []
+    budget, rounds, archs = s.target, [], []
+    too_fast, too_slow = 0.0, math.inf  # budgets measured under / over the band
     for i in range(s.latency_check + 1):
         measured = lat.measure_ratio(arch.head_counts, arch.ffn_widths, teacher.shape, s.backend, key["device"], key["batch"],
                                      key["seq_len"], key["threads"], teacher.config, s.latency_repeats)
         rounds.append({"budget": budget, "predicted": model.ratio(arch.head_counts, arch.ffn_widths), "measured": measured})
+        archs.append(arch)
         log.info("latency check %d: predicted %.3f, measured %.3f (target %.3f)", i, rounds[-1]["predicted"], measured, s.target)
         if lo <= measured <= hi or i == s.latency_check:
             break
-        budget = min(budget * s.target / measured, model.overhead)
-        meta = dict(arch.meta)
-        arch = select_to_latency(priorities[0], priorities[1], model, budget, meta)
-    return arch, {"rounds": rounds, "measured_ratio": rounds[-1]["measured"], "in_band": lo <= rounds[-1]["measured"] <= hi}
+        if measured > hi:
+            too_slow = min(too_slow, budget)
+        else:
+            too_fast = max(too_fast, budget)
+        guess = min(budget * s.target / measured, model.overhead)
+        if too_fast > 0 and math.isfinite(too_slow) and not too_fast < guess < too_slow:
+            guess = math.sqrt(too_fast * too_slow)
+        budget = guess
+        arch = select_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta))
+    kept = min(range(len(rounds)), key=lambda k: abs(math.log(rounds[k]["measured"] / s.target)))
+    return archs[kept], {"rounds": rounds, "kept": kept, "measured_ratio": rounds[kept]["measured"],
+                         "in_band": lo <= rounds[kept]["measured"] <= hi}
 
 
 def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, ratio: float, flops_ratio: float,
@@ -687,7 +701,8 @@ def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, rati
                           "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},
     })
     if checked:
-        meta.update({"measured_latency_ratio": checked["measured_ratio"], "latency_check": checked["rounds"]})
+        meta.update({"measured_latency_ratio": checked["measured_ratio"], "latency_check": checked["rounds"],
+                     "latency_check_kept": checked["kept"]})
 
 
 def _search_locked(settings: SearchSettings, world: World, device: torch.device, force: bool, resume: bool, progress: bool,

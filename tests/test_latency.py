@@ -237,12 +237,31 @@ def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_model
     assert result.achieved_ratio == pytest.approx(saved["measured_latency_ratio"])
     arch = Architecture.load(result.output_dir, shape)
     assert timed[-1] == (arch.head_counts, arch.ffn_widths)
-    # the check gives up after --latency-check rounds and says so (no error): at most 1 + 1 timings here
-    timed.clear()
-    monkeypatch.setattr(lat, "measure_ratio", lambda *a, **k: (timed.append(1), 0.99)[1])
-    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, method="magnitude",
+    # the check gives up after --latency-check rounds (no error) and keeps the round measured closest
+    answers = iter([0.9, 0.66, 0.3])
+    monkeypatch.setattr(lat, "measure_ratio", lambda *a, **k: next(answers))
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=2, method="magnitude",
                               output_dir=str(tmp_path / "run2")), progress=False)
-    assert len(timed) == 2 and json.loads((result.output_dir / "architecture.json").read_text())["measured_latency_ratio"] == 0.99
+    saved = json.loads((result.output_dir / "architecture.json").read_text())
+    assert len(saved["latency_check"]) == 3 and saved["latency_check_kept"] == 1 and saved["measured_latency_ratio"] == 0.66
+
+
+def test_latency_check_stays_inside_its_bracket(tiny_models, text_file, tmp_path, monkeypatch):
+    """A machine where the model is wrong by a factor that changes with the budget (steep: 3x the
+    prediction less 1): scaling the budget by target/measured alone jumps past the band back and
+    forth; every budget stays between the largest one measured too fast and the smallest too slow."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: max(0.01, 3 * table.ratio(heads, widths) - 1.0))
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude", tolerance=0.05)
+    saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
+    rounds = saved["latency_check"]
+    assert 0.57 <= saved["measured_latency_ratio"] <= 0.63 and len(rounds) >= 3
+    for i in range(1, len(rounds)):
+        fast = [r["budget"] for r in rounds[:i] if r["measured"] < 0.57]
+        slow = [r["budget"] for r in rounds[:i] if r["measured"] > 0.63]
+        assert max(fast, default=0.0) < rounds[i]["budget"] < min(slow, default=float("inf"))
 
 
 def test_mismatched_table_refused_then_reprofile_remakes_it(tiny_models, text_file, tmp_path, monkeypatch):
