@@ -56,7 +56,7 @@ from .gates import GateLogits, Gates
 from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
-from .selection import select_to_budget, select_to_latency, uniform_architecture
+from .selection import select_to_budget, select_to_latency, trim_to_latency, uniform_architecture
 from .training import APPLIED, MAX_TOTAL_STEPS, SKIPPED, NonFiniteGuard, StepBook, autocast, check_total_steps
 
 log = logging.getLogger(__name__)
@@ -479,7 +479,7 @@ class _GateSearch:
                 arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target, meta,
                                         hidden)
             else:
-                arch = select_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta)
+                arch = trim_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta)
         arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
         if self.book.scaler.enabled:
             arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
@@ -682,7 +682,8 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
         if too_fast > 0 and math.isfinite(too_slow) and not too_fast < guess < too_slow:
             guess = math.sqrt(too_fast * too_slow)
         budget = guess
-        arch = select_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta))
+        choose = trim_to_latency if s.method == "search" else select_to_latency  # the gates' choice, trimmed
+        arch = choose(priorities[0], priorities[1], model, budget, dict(arch.meta))
     kept = min(range(len(rounds)), key=lambda k: abs(math.log(rounds[k]["measured"] / s.target)))
     return archs[kept], {"rounds": rounds, "kept": kept, "measured_ratio": rounds[kept]["measured"],
                          "in_band": lo <= rounds[kept]["measured"] <= hi}

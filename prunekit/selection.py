@@ -138,3 +138,43 @@ def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, m
         for mask, rank, k in ((head_mask, head_rank, counts[2 * layer]), (ffn_mask, ffn_rank, counts[2 * layer + 1])):
             mask[layer, torch.from_numpy(np.argsort(-rank[layer], kind="stable")[:k].copy())] = 1.0
     return Architecture.from_masks(head_mask.float(), ffn_mask.float(), meta)
+
+
+def trim_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, model, target: float,
+                    meta: dict | None = None) -> Architecture:
+    """The gate search's own choice (priority > 0) brought to a latency ``target`` by the fewest changes:
+    while the predicted ratio is over it, the kept head or neuron with the lowest priority goes; then
+    the dropped ones with the highest priority come back while they fit. Unlike
+    :func:`select_to_latency`, which chooses afresh from the ranking (a knapsack that may trade a
+    layer's whole attention for heads elsewhere), it keeps the structure the gates learned, which the
+    jointly trained weights fit: on a real task the knapsack's re-choice cost 3 points
+    (docs/results.md)."""
+    hp, fp = head_priority.detach().cpu().double().numpy(), ffn_priority.detach().cpu().double().numpy()
+    layers = hp.shape[0]
+    prio = {"h": hp, "f": fp}
+    kept = {(k, j): sorted(np.flatnonzero(prio[k][j] > 0), key=lambda i, k=k, j=j: prio[k][j][i])  # lowest first
+            for k in "hf" for j in range(layers)}
+    dropped = {(k, j): sorted(np.flatnonzero(prio[k][j] <= 0), key=lambda i, k=k, j=j: -prio[k][j][i])  # highest first
+               for k in "hf" for j in range(layers)}
+
+    def ratio() -> float:
+        return model.ratio([len(kept["h", j]) for j in range(layers)], [len(kept["f", j]) for j in range(layers)])
+
+    while ratio() > target:  # the lowest-priority kept group goes
+        k, j = min((key for key in kept if kept[key]), key=lambda key: prio[key[0]][key[1]][kept[key][0]])
+        dropped[k, j].insert(0, kept[k, j].pop(0))
+    blocked = set()
+    while True:  # the highest-priority dropped group comes back while it fits
+        open_ = [key for key in dropped if dropped[key] and key not in blocked]
+        if not open_:
+            break
+        k, j = max(open_, key=lambda key: prio[key[0]][key[1]][dropped[key][0]])
+        kept[k, j].insert(0, dropped[k, j].pop(0))
+        if ratio() > target:  # it does not fit, nor does any other of its layer and kind (the same cost)
+            dropped[k, j].insert(0, kept[k, j].pop(0))
+            blocked.add((k, j))
+    head_mask, ffn_mask = torch.zeros(hp.shape), torch.zeros(fp.shape)
+    for j in range(layers):
+        head_mask[j, list(kept["h", j])] = 1.0
+        ffn_mask[j, list(kept["f", j])] = 1.0
+    return Architecture.from_masks(head_mask, ffn_mask, meta)

@@ -16,7 +16,7 @@ from prunekit.errors import PrunekitError
 from prunekit.flops import ModelShape
 from prunekit.models import load_teacher
 from prunekit.search import SearchSettings, search
-from prunekit.selection import select_to_latency
+from prunekit.selection import select_to_latency, trim_to_latency
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,6 +114,30 @@ def test_ratios_are_over_the_original_timed_beside_the_compact_models():
         assert target - 0.02 <= model.ratio(arch.head_counts, arch.ffn_widths) <= target + 1e-12
     saved = lat.LatencyModel(SHAPE, 0, 0, [0.0] * (H + 1), [0, W], [0.0, 1.0]).to_dict()
     assert saved["overhead"] == 1.0
+
+
+def test_trim_keeps_the_gates_choice_and_changes_the_least():
+    """From the gates' own choice (alpha > 0): over the target, the lowest-alpha groups go until it
+    fits, then the highest-alpha dropped ones come back while they fit; what the gates kept and the
+    target allows stays kept, and a layer keeps its attention where the gates gave it some."""
+    model = lat.fit(synthetic(), SHAPE)
+    g = torch.Generator().manual_seed(5)
+    head, ffn = torch.randn(6, 4, generator=g), torch.randn(6, 64, generator=g)
+    start = model.ratio((head > 0).sum(1).tolist(), (ffn > 0).sum(1).tolist())
+    for target in (start * 0.8, start * 1.15):
+        arch = trim_to_latency(head, ffn, model, target)
+        ratio = model.ratio(arch.head_counts, arch.ffn_widths)
+        assert target - 0.02 <= ratio <= target + 1e-12
+        kept_h = torch.zeros(6, 4)
+        for layer, heads in enumerate(arch.heads):
+            kept_h[layer, heads] = 1.0
+        if target < start:  # only removals, lowest alpha first: every kept head had alpha > 0 and beat every dropped one of its layer
+            assert bool(((kept_h > 0) <= (head > 0)).all())
+            for layer in range(6):
+                if 0 < arch.head_counts[layer] < 4:
+                    assert head[layer][kept_h[layer] > 0].min() > head[layer][kept_h[layer] == 0].max()
+        else:  # only additions: everything the gates kept stays
+            assert bool(((head > 0) <= (kept_h > 0)).all())
 
 
 def test_knapsack_matches_brute_force():
