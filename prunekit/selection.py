@@ -160,7 +160,7 @@ def trim_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, mod
     def ratio() -> float:
         return model.ratio([len(kept["h", j]) for j in range(layers)], [len(kept["f", j]) for j in range(layers)])
 
-    while ratio() > target:  # the lowest-priority kept group goes
+    while ratio() > target and any(kept.values()):  # the lowest-priority kept group goes (a target under the floor: all)
         k, j = min((key for key in kept if kept[key]), key=lambda key: prio[key[0]][key[1]][kept[key][0]])
         dropped[k, j].insert(0, kept[k, j].pop(0))
     blocked = set()

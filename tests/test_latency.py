@@ -138,6 +138,9 @@ def test_trim_keeps_the_gates_choice_and_changes_the_least():
                     assert head[layer][kept_h[layer] > 0].min() > head[layer][kept_h[layer] == 0].max()
         else:  # only additions: everything the gates kept stays
             assert bool(((head > 0) <= (kept_h > 0)).all())
+    # a budget under the floor (a check's correction can ask for one): nothing kept, no error
+    empty = trim_to_latency(head, ffn, model, model.floor() / 2)
+    assert sum(empty.head_counts) == 0 and sum(empty.ffn_widths) == 0
 
 
 def test_knapsack_matches_brute_force():
