@@ -51,7 +51,7 @@ import torch
 from .errors import PrunekitError
 from .flops import ModelShape
 from .io import atomic_write_text, read_json
-from .timing import drift_corrected, paired_ratio
+from .timing import drift_corrected
 
 log = logging.getLogger(__name__)
 
@@ -422,8 +422,8 @@ def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: st
                 reference = build_runner(load_model_dir(full), "full", backend, device, threads, Path(tmp), None)
             if chosen is None or reference is None:
                 raise PrunekitError(f"backend {backend} cannot run the chosen architecture to check its latency: use --latency-check 0")
-            _time([chosen, reference], feed, warmup, repeats, ref=1)
-            return paired_ratio(chosen.times, reference.times)
+            t_chosen, t_reference = _time([chosen, reference], feed, warmup, repeats, ref=1)
+            return t_chosen / t_reference  # the paired ratio (drift_corrected scales both by the reference's median)
     finally:
         torch.set_num_threads(before)
 

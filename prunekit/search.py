@@ -525,13 +525,15 @@ def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool,
     return flat[-2], bool(flat[-1] == 0)
 
 
-def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device, latency=None) -> Architecture:
+def run_baseline(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device, latency=None) -> tuple:
+    """(the baseline's architecture at the target, its priorities: None for uniform, which has none)."""
     if settings.method == "uniform":
-        return uniform_architecture(teacher.shape, settings.max_length, settings.target, torch.Generator().manual_seed(settings.seed), {})
+        g = torch.Generator().manual_seed(settings.seed)
+        return uniform_architecture(teacher.shape, settings.max_length, settings.target, g, {}), None
     head_p, ffn_p = baseline_priorities(settings, teacher, data, device)
     if latency is not None:
-        return select_to_latency(head_p, ffn_p, latency, settings.target, {})
-    return select_to_budget(head_p, ffn_p, teacher.shape, settings.max_length, settings.target, {})
+        return select_to_latency(head_p, ffn_p, latency, settings.target, {}), (head_p, ffn_p)
+    return select_to_budget(head_p, ffn_p, teacher.shape, settings.max_length, settings.target, {}), (head_p, ffn_p)
 
 
 def baseline_priorities(settings: SearchSettings, teacher: Teacher, data: EncodedData, device: torch.device) -> tuple:
@@ -725,12 +727,12 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
     if settings.method == "search":
         arch, history, steps, *alphas = run_gate_search(settings, teacher, encoded, work, device, resume, progress, on_step, world, changed,
                                                         latency_model)
+        priorities = (alphas[0], alphas[1])  # the gates' logits: what a latency check trims from
     else:  # the baselines are cheap and deterministic: every process computes the same architecture
-        arch = run_baseline(settings, teacher, encoded, device, latency_model)
+        arch, priorities = run_baseline(settings, teacher, encoded, device, latency_model)
     teacher.model.to("cpu")
     checked = None
     if latency and settings.latency_check:  # the model's choice timed for real, re-chosen until it is in the band
-        priorities = (alphas[0], alphas[1]) if settings.method == "search" else baseline_priorities(settings, teacher, encoded, device)
         arch, checked = broadcast_object(on_main(world, lambda: check_latency(settings, teacher, latency_model, arch, priorities)), world)
 
     shape, seq_len = teacher.shape, settings.max_length
