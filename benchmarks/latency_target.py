@@ -16,6 +16,11 @@ root, on a quiet machine (the profile and the bench time things):
 
     .venv/bin/python benchmarks/latency_target.py                      # both shapes, torch-sdpa and ort-int8, 2x and 3x
     .venv/bin/python benchmarks/latency_target.py --quick --out /tmp/lt  # tiny shapes, a smoke run (~2 min)
+    python benchmarks/latency_target.py --device cuda --backends triton-fp16-graph torch-fp16-graph --random-weights \
+        --batch 64 --out $OUT/latency_target_gpu                         # on a lent GPU (gpu_session.sh)
+
+On a compact-only backend (``triton-fp16-graph``) the speedup is over the original on its counterpart
+(``torch-fp16-graph``), in the profile and in bench alike.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from random_models import QUICK_SHAPES, SHAPES, make_original
 
+from prunekit.backends import COMPACT_ONLY, COUNTERPART
 from prunekit.bench import BenchSettings, bench
 from prunekit.compact import compact_to_dir
 from prunekit.errors import PrunekitError
@@ -37,9 +43,9 @@ from prunekit.system import cpu_info
 REPO = Path(__file__).resolve().parents[1]
 
 
-def original(shape: str, runs: Path, quick: bool) -> tuple[str, str]:
+def original(shape: str, runs: Path, quick: bool, random_weights: bool = False) -> tuple[str, str]:
     """(the model dir, the search method) of a shape."""
-    if shape == "MiniLM-L6" and not quick:
+    if shape == "MiniLM-L6" and not quick and not random_weights:
         return str(default_model_path()), "search"
     dims = (QUICK_SHAPES if quick else SHAPES)[shape]
     path = runs / f"original-{shape}"
@@ -54,13 +60,15 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
     table = runs / f"table-{shape}-{backend}.json"
     t0 = time.perf_counter()
     s = SearchSettings(model=model, output_dir=str(runs / name), method=method, target=1.0 / speedup, cost="latency",
-                       backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
+                       device=a.device, backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
                        latency_repeats=a.repeats, latency_table=str(table), latency_check=a.check, max_steps=a.steps, batch_size=16,
                        max_length=a.seq_len, max_examples=a.examples)
     result = search(s, force=True, progress=False)
     searched = time.perf_counter() - t0
     compact_to_dir(runs / name, out_dir=runs / f"{name}-compact", force=True, measure_fvcore=False)
-    res = bench(BenchSettings(models=[model, str(runs / f"{name}-compact")], backends=[backend], batch=a.batch,
+    # a compact-only backend (triton-fp16-graph) times the original on its counterpart, as the profile does
+    backends = [backend] + ([COUNTERPART[backend]] if backend in COMPACT_ONLY else [])
+    res = bench(BenchSettings(models=[model, str(runs / f"{name}-compact")], device=a.device, backends=backends, batch=a.batch,
                               seq_len=a.seq_len, repeats=a.bench_repeats, warmup=2, threads=a.threads, fvcore=False))
     [check] = res["latency_targets"]
     meta = result.architecture.meta
@@ -107,6 +115,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cuda for the GPU backends (triton-fp16-graph, torch-fp16-graph)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="MiniLM-L6 with random weights and --method magnitude too (a machine without the packaged model)")
     ap.add_argument("--repeats", type=int, default=7, help="profile repeats per timed model")
     ap.add_argument("--bench-repeats", type=int, default=15)
     ap.add_argument("--check", type=int, default=3, help="search --latency-check (0: the latency model alone)")
@@ -122,9 +133,13 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     cpu = cpu_info()
     machine = f"{cpu['model']} [{', '.join(k for k, v in cpu['isa'].items() if v)}]"
+    if a.device.startswith("cuda"):
+        import torch
+
+        machine = f"{torch.cuda.get_device_name()} (host: {machine})"
     rows = []
     for shape in a.shapes:
-        model, method = original(shape, runs, a.quick)
+        model, method = original(shape, runs, a.quick, a.random_weights)
         for backend in a.backends:
             for speedup in a.speedups:
                 try:

@@ -23,7 +23,8 @@ model's prediction misses its measured time by ``T(0,0) + T(H,I) - T(0,I) - T(H,
 it is), so that pruning never predicts a slower model. Ratios are the model's prediction over its
 prediction of the full model, times ``overhead``: the full-size compact model's measured time over
 the original's, both as the backend runs them (a random-weight original of the base config is timed
-beside the compact models; 1 where the backend runs compact models only, or without a base config).
+beside the compact models; on a compact-only backend the original runs on its counterpart, as bench's
+speedup does: ``triton-fp16-graph`` over ``torch-fp16-graph``; 1 without a base config).
 
 Times are drift-corrected (:mod:`prunekit.timing`): every model once per round, each one's median
 ratio to the full-size compact model in the same round, so that a shared machine's change of speed
@@ -31,7 +32,7 @@ over the profile does not bend the curves.
 
 The measurements (:func:`profile`) are compact models with random weights timed through
 :func:`prunekit.backends.build_runner`, interleaved as bench does. For a compact-only backend
-(``triton*``, ``*-packed``) the ratio is over the full-size compact model on that same backend.
+(``triton*``, ``*-packed``) the reference is the original on the counterpart backend (above).
 """
 from __future__ import annotations
 
@@ -381,17 +382,18 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
 
 
 def _original_runner(tmp: Path, shape: ModelShape, backend: str, device: str, threads: int | None, base_config):
-    """A runner of the original architecture on ``backend`` (what the ratios are over), or None: a
-    compact-only backend, no base config, or one the backend cannot run (then the ratio is over the
+    """A runner of the original architecture (what the ratios are over) on ``backend``, on its
+    counterpart for a compact-only backend (``triton-fp16-graph``: ``torch-fp16-graph``, as bench's
+    speedup is), or None: no base config, or one the backend cannot run (then the ratio is over the
     full-size compact model, logged)."""
-    from .backends import COMPACT_ONLY, build_runner
+    from .backends import COUNTERPART, build_runner
     from .loading import load_model_dir
 
-    if base_config is None or backend in COMPACT_ONLY:
+    if base_config is None:
         return None
     try:
         path = _original_model_dir(tmp / "original", shape, base_config)
-        return build_runner(load_model_dir(path), "original", backend, device, threads, tmp, None)
+        return build_runner(load_model_dir(path), "original", COUNTERPART.get(backend, backend), device, threads, tmp, None)
     except Exception as e:  # noqa: BLE001 - the profile stands without it: ratios over the full compact model
         log.warning("latency profile: the original could not be timed on %s (%s); ratios are over the full-size compact model",
                     backend, (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
@@ -401,8 +403,9 @@ def _original_runner(tmp: Path, shape: ModelShape, backend: str, device: str, th
 def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16,
                   seq_len: int = 128, threads: int | None = None, base_config=None, repeats: int = 10, warmup: int = 2) -> float:
     """The measured latency ratio of a compact model with these per-layer head counts and FFN widths
-    (random weights) over the original's on ``backend`` (over the full-size compact model's where the
-    original does not run there, as the table's ratios are), paired over interleaved repeats."""
+    (random weights) over the original's on ``backend`` (its counterpart for a compact-only backend; the
+    full-size compact model's where the original does not run, as the table's ratios are), paired over
+    interleaved repeats."""
     from .backends import build_runner
     from .loading import load_model_dir
 

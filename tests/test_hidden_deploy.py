@@ -219,6 +219,53 @@ def test_triton_paths_match_eager_interpreted(tmp_path, kind):
     _paths_match_eager(out, kind, ("triton", "triton-padded"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs in the GPU session)")
+@pytest.mark.parametrize("kind", ["classification", "embedding"])
+def test_cuda_backends_match_fp32(tmp_path, kind):
+    """Every CUDA backend (torch.compile once) on a narrow-hidden compact model against fp32 eager on
+    the CPU, on padded and unpadded batches, each graph replayed twice; the Triton paths' hidden
+    states at the real tokens too."""
+    from test_backends import CUDA_REL_TOL
+
+    teacher_dir, out, teacher, _ = hidden_pruned(tmp_path, kind)
+    loaded = load_model_dir(out)
+    for backend in B.CUDA_BACKENDS:
+        why = B.unavailable(backend, "cuda")
+        if why:
+            assert backend.startswith(("ort-", "compile-")), f"{backend} unavailable on CUDA: {why}"
+            continue
+        if backend.startswith("compile-") and backend != "compile-fp16":
+            continue
+        work = tmp_path / f"cuda-{backend}"
+        work.mkdir()
+        r = B.build_runner(loaded, out.name, backend, "cuda", None, work)
+        for seed in (1, 2, 1):
+            batch = random_inputs(loaded.config, 3, 12, seed)
+            if seed == 2:
+                batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+            ref = reference_output(loaded, batch).float()
+            got = r.run({k: v.cuda() for k, v in batch.items()})
+            assert got.shape == ref.shape, backend
+            rel = float((got - ref).abs().max() / ref.abs().max())
+            assert rel <= CUDA_REL_TOL[r.dtype], f"{backend} seed {seed}: rel diff {rel:.2e}"
+        if kind == "embedding":
+            assert got.shape[-1] == teacher.shape.hidden_size
+    model = load_compact(out, backend="eager")
+    batch = random_batch(model.config.vocab_size, 3, 9, seed=5)
+    with torch.no_grad():
+        eager = model(**batch, output_hidden_states=True).hidden_states
+    valid = batch["attention_mask"].bool()
+    model.cuda()
+    for backend in ("triton", "triton-padded"):
+        model.set_backend(backend)
+        with torch.no_grad():
+            states = model(**{k: v.cuda() for k, v in batch.items()}, output_hidden_states=True).hidden_states
+        for mine, theirs in zip(states, eager):
+            assert mine.shape[-1] == model.config.hidden_size < model.config.base_hidden_size
+            rel = float((mine.cpu()[valid] - theirs[valid]).abs().max() / theirs[valid].abs().max())
+            assert rel <= CUDA_REL_TOL["fp32"], f"{backend}: hidden states rel diff {rel:.2e}"
+
+
 def test_sentence_transformers_files_carry_the_projection(tmp_path):
     """Pooling over the narrow width, then the model's output_proj as a Dense module (the teacher's
     Normalize after it, renumbered); written again from a student, the Dense holds the new weights."""

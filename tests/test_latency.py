@@ -420,6 +420,24 @@ def test_real_profile_on_torch_sdpa(tiny_models):
     assert 0 < model.floor() <= 1 and all(np.diff(model.head_knots) >= 0) and all(np.diff(model.ffn_knots) >= 0)
 
 
+def test_a_compact_only_backend_profiles_over_the_original_on_its_counterpart(tiny_models, monkeypatch):
+    """torch-bf16-packed runs compact models only: the original is timed on torch-bf16 (bench's
+    speedup for that backend is over it too), so the overhead is measured, not assumed 1."""
+    from prunekit import backends as B
+
+    why = B.unavailable("torch-bf16-packed", "cpu")
+    if why:
+        pytest.skip(why)
+    built = []
+    real = B.build_runner
+    monkeypatch.setattr(B, "build_runner", lambda src, name, backend, *a, **k: built.append((name, backend)) or real(src, name, backend, *a, **k))
+    config = load_teacher(str(tiny_models("minilm6"))).config
+    m = lat.profile(SHAPE, "torch-bf16-packed", "cpu", batch=2, seq_len=16, threads=1, repeats=1, width_grid=[0, 64], warmup=1,
+                    base_config=config)
+    assert ("original", "torch-bf16") in built and {b for n, b in built if n != "original"} == {"torch-bf16-packed"}
+    assert m["original"] > 0 and lat.fit(m, SHAPE).overhead == pytest.approx(m["head_times"][-1] / m["original"])
+
+
 def test_profile_verb_writes_the_table_a_search_then_reuses(tiny_models, text_file, tmp_path, monkeypatch):
     model_dir = tiny_models("minilm6")
     opts = ["--backend", "torch-sdpa", "--latency-batch", "2", "--latency-seq-len", "16", "--latency-threads", "1",
