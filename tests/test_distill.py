@@ -207,7 +207,7 @@ def test_stage2_targets_are_the_teacher_outputs_computed_once(world, tmp_path, m
     idx = list(range(0, len(data), 7))
     with torch.no_grad():
         direct = model_output(teacher.model.eval(), "classification", collate(data, idx))
-    torch.testing.assert_close(out[idx], direct, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[idx].to(direct.device), direct, rtol=0, atol=1e-5)
 
 
 def test_resume_gives_same_weights(world, tmp_path):

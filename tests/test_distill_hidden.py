@@ -192,10 +192,10 @@ def test_two_processes_train_the_map_and_output_proj_as_one(worlds, tmp_path):
     fail DDP's unused-parameter check). The same weights as one process (tolerance: tests/test_distributed.py)."""
     data = tmp_path / "sentences.txt"
     data.write_text("\n".join(make_sentences(46, seed=4)) + "\n")
-    one = distill(settings(worlds, "embedding", tmp_path / "one", data=str(data), budget="6steps"), progress=False)
+    one = distill(settings(worlds, "embedding", tmp_path / "one", data=str(data), budget="6steps", device="cpu"), progress=False)
     args = ["distill", str(worlds["embedding"]["student"]), "--data", str(data), "-o", str(tmp_path / "two"), "--budget", "6steps",
             "--batch-size", "8", "--max-length", str(SEQ), "--augment-copies", "0", "--dropout", "0", "--checkpoint-every", "2",
-            "--stage1-lr", "1e-3", "--stage2-lr", "1e-3", "--warmup", "0", "--stage1-share", "0.5", "--quiet"]
+            "--stage1-lr", "1e-3", "--stage2-lr", "1e-3", "--warmup", "0", "--stage1-share", "0.5", "--device", "cpu", "--quiet"]  # gloo: two processes on one GPU are refused
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "prunekit", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -197,7 +197,7 @@ def test_table_key_mismatch_is_refused_in_one_line(tmp_path):
 def _settings(tmp_path, model, data, **kw):
     base = dict(output_dir=str(tmp_path / "run"), max_steps=12, batch_size=8, max_length=32, checkpoint_every=100,
                 model=str(model), data=str(data), cost="latency", backend="torch-sdpa", latency_table=str(tmp_path / "table.json"),
-                latency_check=0)  # a synthetic table: no real timing to check it against
+                latency_check=0, device="cpu")  # a synthetic table (keyed to the CPU): no real timing to check it against
     base.update(kw)
     return SearchSettings(**base)
 
@@ -391,7 +391,7 @@ def test_cli_target_speedup(tiny_models, text_file, tmp_path):
     write_table(tmp_path / "table.json", shape, key)
     args = ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "6", "--batch-size", "8",
             "--max-length", "32", "--cost", "latency", "--backend", "torch-sdpa", "--latency-table", str(tmp_path / "table.json"),
-            "--latency-check", "0", "--quiet", "-o", str(tmp_path / "run")]  # a synthetic table: nothing real to check
+            "--latency-check", "0", "--device", "cpu", "--quiet", "-o", str(tmp_path / "run")]  # a synthetic CPU table: nothing real to check
     out = CliRunner().invoke(cli, args + ["--target-speedup", "2"])
     assert out.exit_code == 0, out.output
     predicted = float(re.search(r"predicted latency ratio ([0-9.]+) on torch-sdpa \(target 0.5,", out.output).group(1))
