@@ -197,7 +197,9 @@ def test_stage2_targets_are_the_teacher_outputs_computed_once(world, tmp_path, m
     counts = []
     for epochs in (2, 4):
         calls.clear()
-        s = settings(world, tmp_path / f"out{epochs}", stage1_epochs=0, stage2_epochs=epochs, eval_batch_size=64)
+        # fp32 throughout (on CUDA "auto" runs the teacher's pass in bf16 autocast, as a step's would)
+        s = settings(world, tmp_path / f"out{epochs}", stage1_epochs=0, stage2_epochs=epochs, eval_batch_size=64,
+                     mixed_precision="no")
         r = distill(s, progress=False)
         counts.append((len(calls), r.steps))
     data, out = kept["data"], kept["out"]
