@@ -17,6 +17,16 @@ Fitting (:func:`fit`) from the times of uniform models (every layer the same), L
 * ``fixed = (T_L(0, 0) - T_1(0, 0)) / (L - 1)`` and ``rest = T_1(0, 0) - fixed`` (the model with no
   heads and no FFN, with L layers and with 1).
 
+With ``--prune-hidden`` the hidden (residual) width d enters as one factor per width, fitted from
+two more models at each of a few widths (every head and neuron, and none)::
+
+    latency(arch, d) = base(d) + s(d) * sum_l [A(h_l) + F(w_l)]
+
+``base(d)``: the no-heads, no-FFN model at width d (embeddings, LayerNorms, residuals: rest + L*fixed at
+d = full width); ``s(d)``: the full model's time over the no-heads model's, at d over at full width (the
+projections shrink with d; attention's own work does not, which one factor per width averages). Both
+are monotone in d and exact at the full width, where the model is the one above.
+
 When the measured times are additive this reproduces every one of them exactly; otherwise the full
 model's prediction misses its measured time by ``T(0,0) + T(H,I) - T(0,I) - T(H,0)`` (recorded as
 ``additivity_error``). A and F are made monotone by isotonic regression (monotone input is kept as
@@ -63,6 +73,18 @@ VERSION = 1
 PROFILE_VOCAB = 1024
 
 
+def default_hidden_grid(hidden_size: int) -> list[int]:
+    """Hidden widths to time besides the full one: 1/8, 1/4, 1/2 and 3/4 of it."""
+    return sorted({max(1, round(hidden_size * k / 8)) for k in (1, 2, 4, 6)} - {hidden_size})
+
+
+def _isotonic(xs: list[float], ys: list[float]) -> list[float]:
+    """The non-decreasing least-squares fit of ``ys`` over ``xs``, non-negative."""
+    from sklearn.isotonic import IsotonicRegression
+
+    return [max(0.0, float(v)) for v in IsotonicRegression(increasing=True).fit_transform(np.asarray(xs, float), np.asarray(ys, float))]
+
+
 def default_width_grid(intermediate_size: int, points: int = 9) -> list[int]:
     """FFN widths to time: ``points`` evenly spaced from 0 to I (each distinct once)."""
     return sorted({round(intermediate_size * k / (points - 1)) for k in range(points)})
@@ -102,6 +124,25 @@ class LatencyModel:
     # The full-size compact model's time over the original's, both as the backend runs them (1: not
     # measured, or a compact-only backend): ratios are over the original, which a user compares with.
     overhead: float = 1.0
+    # The hidden width's terms (module docstring), on a grid of widths ending at the full one; empty
+    # in a table made before they were measured (a --prune-hidden search asks for a new one).
+    hidden_widths: list[int] = field(default_factory=list)
+    hidden_base: list[float] = field(default_factory=list)  # base(d), seconds
+    hidden_scale: list[float] = field(default_factory=list)  # s(d), 1 at the full width
+
+    @property
+    def has_hidden(self) -> bool:
+        return len(self.hidden_widths) >= 2
+
+    def _hidden_terms(self, hidden: float | None) -> tuple[float, float]:
+        """(base(d), s(d)) at hidden width ``hidden`` (None or the full width: rest + L*fixed, 1)."""
+        if hidden is None or hidden >= self.shape.hidden_size:
+            return self.rest + self.shape.num_layers * self.fixed, 1.0
+        if not self.has_hidden:
+            raise PrunekitError("this latency table has no hidden-width measurements (made before --prune-hidden used them): "
+                                "re-measure it with --reprofile")
+        return (float(np.interp(hidden, self.hidden_widths, self.hidden_base)),
+                float(np.interp(hidden, self.hidden_widths, self.hidden_scale)))
 
     def head_cost(self, heads: float) -> float:
         return float(np.interp(heads, range(len(self.head_knots)), self.head_knots))
@@ -109,30 +150,48 @@ class LatencyModel:
     def ffn_cost(self, width: float) -> float:
         return float(np.interp(width, self.ffn_widths, self.ffn_knots))
 
-    def latency(self, heads_per_layer, ffn_per_layer) -> float:
-        layers = zip(heads_per_layer, ffn_per_layer)
-        return self.rest + sum(self.fixed + self.head_cost(h) + self.ffn_cost(w) for h, w in layers)
+    def latency(self, heads_per_layer, ffn_per_layer, hidden: float | None = None) -> float:
+        base, scale = self._hidden_terms(hidden)
+        return base + scale * sum(self.head_cost(h) + self.ffn_cost(w) for h, w in zip(heads_per_layer, ffn_per_layer))
 
     def full(self) -> float:
         s = self.shape
         return self.latency([s.num_heads] * s.num_layers, [s.intermediate_size] * s.num_layers)
 
-    def ratio(self, heads_per_layer, ffn_per_layer) -> float:
-        """The compact model's latency over the original's."""
-        return self.overhead * self.latency(heads_per_layer, ffn_per_layer) / self.full()
+    def ratio(self, heads_per_layer, ffn_per_layer, hidden: float | None = None) -> float:
+        """The compact model's latency over the original's (``hidden``: its hidden width, None: full)."""
+        return self.overhead * self.latency(heads_per_layer, ffn_per_layer, hidden) / self.full()
 
-    def floor(self) -> float:
-        """The ratio with every head and neuron pruned: the fastest pruning can make the model."""
-        return self.overhead * (self.rest + self.shape.num_layers * self.fixed) / self.full()
+    def floor(self, hidden: bool = False) -> float:
+        """The ratio with every head and neuron pruned: the fastest pruning can make the model
+        (``hidden``: at the narrowest hidden width profiled, for a --prune-hidden search)."""
+        base = self.hidden_base[0] if hidden and self.has_hidden else self.rest + self.shape.num_layers * self.fixed
+        return self.overhead * base / self.full()
 
-    def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor) -> torch.Tensor:
+    def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor, hidden_gates: torch.Tensor | None = None) -> torch.Tensor:
         """The differentiable ratio under gates in [0, 1]: each layer's expected head count and
-        width (sums of gate probabilities) through A and F."""
+        width (sums of gate probabilities) through A and F, and the expected hidden width through
+        base and s when its gates are given."""
         heads, widths = head_gates.sum(dim=1), ffn_gates.sum(dim=1)
         a = _interp(heads, [float(h) for h in range(len(self.head_knots))], self.head_knots)
         f = _interp(widths, [float(w) for w in self.ffn_widths], self.ffn_knots)
-        fixed = self.rest + self.shape.num_layers * self.fixed
-        return self.overhead * (a.sum() + f.sum() + fixed) / self.full()
+        if hidden_gates is None:
+            base, scale = self.rest + self.shape.num_layers * self.fixed, 1.0
+        else:
+            if not self.has_hidden:
+                self._hidden_terms(0)  # the one-line refusal
+            d = hidden_gates.sum().reshape(1)
+            widths_d = [float(w) for w in self.hidden_widths]
+            base, scale = _interp(d, widths_d, self.hidden_base)[0], _interp(d, widths_d, self.hidden_scale)[0]
+        return self.overhead * (base + scale * (a.sum() + f.sum())) / self.full()
+
+    def hidden_share(self) -> float:
+        """A hidden dimension's average share of the full latency (the search's gradient scale)."""
+        s = self.shape
+        d0 = self.hidden_widths[0]
+        full_heads, full_ffn = [s.num_heads] * s.num_layers, [s.intermediate_size] * s.num_layers
+        drop = self.full() - self.latency(full_heads, full_ffn, d0)
+        return max(drop / max(1, s.hidden_size - d0) / self.full(), 1e-9)
 
     def head_marginals(self) -> list[float]:
         """The latency the (h+1)-th head adds to a layer, h = 0..H-1."""
@@ -150,8 +209,11 @@ class LatencyModel:
         return max(head, 1e-9), max(neuron, 1e-9)
 
     def to_dict(self) -> dict:
-        return {"rest": self.rest, "fixed": self.fixed, "head_knots": list(self.head_knots),
-                "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots), "overhead": self.overhead}
+        out = {"rest": self.rest, "fixed": self.fixed, "head_knots": list(self.head_knots),
+               "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots), "overhead": self.overhead}
+        if self.has_hidden:
+            out.update(hidden_widths=list(self.hidden_widths), hidden_base=list(self.hidden_base), hidden_scale=list(self.hidden_scale))
+        return out
 
     def save_table(self, path: str | os.PathLike) -> None:
         """The table as JSON: the fitted model, its key and the raw measurements."""
@@ -173,7 +235,17 @@ def fit(measurements: dict, shape: ModelShape) -> LatencyModel:
     rest = max(0.0, (m["zero_one_layer"] if L > 1 else m["zero"]) - fixed)
     extra = {"additivity_error": (m["zero"] + th[-1] - th[0] - tw[0]) / th[-1] if th[-1] else 0.0}
     overhead = th[-1] / m["original"] if m.get("original") else 1.0
-    return LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra}, overhead=overhead)
+    model = LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra}, overhead=overhead)
+    if m.get("hidden_grid"):  # base(d): the no-heads model at d; s(d): the work over the no-heads model, over the full width's
+        d, work = [int(w) for w in m["hidden_grid"]], th[-1] - m["zero"]
+        base = [float(t) for t in m["hidden_zero_times"]] + [rest + L * fixed]
+        scale = [max(0.0, (full - zero) / work) if work > 0 else 1.0 for full, zero in zip(m["hidden_full_times"], m["hidden_zero_times"])]
+        widths = d + [shape.hidden_size]
+        # monotone in d, and exact at the full width (a narrower width never predicted slower than it)
+        model.hidden_widths = widths
+        model.hidden_base = [min(v, base[-1]) for v in _isotonic(widths, base)[:-1]] + [base[-1]]
+        model.hidden_scale = [min(v, 1.0) for v in _isotonic(widths, scale + [1.0])[:-1]] + [1.0]
+    return model
 
 
 # ---------------------------------------------------------------- the table's key and file
@@ -233,10 +305,15 @@ def load_table(path: str | os.PathLike, expected_key: dict) -> LatencyModel:
         m = data["model"]
         model = LatencyModel(ModelShape(**data["shape"]), float(m["rest"]), float(m["fixed"]), [float(v) for v in m["head_knots"]],
                              [int(w) for w in m["ffn_widths"]], [float(v) for v in m["ffn_knots"]], data["key"],
-                             data.get("measurements") or {}, float(m.get("overhead", 1.0)))
+                             data.get("measurements") or {}, float(m.get("overhead", 1.0)),
+                             [int(w) for w in m.get("hidden_widths", [])], [float(v) for v in m.get("hidden_base", [])],
+                             [float(v) for v in m.get("hidden_scale", [])])
     except (KeyError, TypeError, ValueError):
         raise PrunekitError(f"latency table {path} is corrupt: re-measure it with --reprofile") from None
     s = model.shape
+    if model.hidden_widths and (len(model.hidden_widths) != len(model.hidden_base) or len(model.hidden_widths) != len(model.hidden_scale)
+                                or model.hidden_widths[-1] != s.hidden_size):
+        raise PrunekitError(f"latency table {path} is corrupt (its hidden widths): re-measure it with --reprofile")
     if len(model.head_knots) != s.num_heads + 1 or model.ffn_widths[:1] != [0] or model.ffn_widths[-1:] != [s.intermediate_size]:
         raise PrunekitError(f"latency table {path} does not cover the model's head counts and FFN widths: re-measure it with --reprofile")
     return model
@@ -272,9 +349,11 @@ def _profile_vocab(base_config) -> int:
     return min(PROFILE_VOCAB, getattr(base_config, "vocab_size", None) or PROFILE_VOCAB)
 
 
-def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads, width, base_config, seq_len: int) -> Path:
+def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads, width, base_config, seq_len: int,
+                      hidden: int | None = None) -> Path:
     """A compact model of ``shape`` with random weights, ``heads`` and ``width`` in every one of ``layers``
-    layers (or per layer, as lists)."""
+    layers (or per layer, as lists); ``hidden``: a narrower hidden width (an embedding model maps its
+    output back to the full width, as compact's default does)."""
     heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * layers
     width = list(width) if isinstance(width, (list, tuple)) else [width] * layers
     from .modeling import CompactBertConfig, CompactBertForSequenceClassification, CompactBertModel, save_compact
@@ -282,12 +361,15 @@ def _random_model_dir(path: Path, shape: ModelShape, layers: int, heads, width, 
     get = (lambda name, default: getattr(base_config, name, default) or default) if base_config is not None else (lambda _n, d: d)
     kind = "classification" if shape.num_labels > 0 else "embedding"
     extra = {"num_labels": shape.num_labels} if kind == "classification" else {}
+    narrow = {}
+    if hidden is not None and hidden < shape.hidden_size:
+        narrow = {"base_hidden_size": shape.hidden_size, **({"output_size": shape.hidden_size} if kind == "embedding" else {})}
     config = CompactBertConfig(
-        vocab_size=_profile_vocab(base_config), hidden_size=shape.hidden_size, num_hidden_layers=layers,
+        vocab_size=_profile_vocab(base_config), hidden_size=hidden or shape.hidden_size, num_hidden_layers=layers,
         num_attention_heads=shape.num_heads, head_dim=shape.head_dim, num_heads_per_layer=heads,
         intermediate_size=shape.intermediate_size, intermediate_sizes=width, hidden_act=get("hidden_act", "gelu"),
         max_position_embeddings=max(get("max_position_embeddings", 512), seq_len + 2), type_vocab_size=get("type_vocab_size", 2),
-        layer_norm_eps=get("layer_norm_eps", 1e-12), task_kind=kind, **extra)
+        layer_norm_eps=get("layer_norm_eps", 1e-12), task_kind=kind, **extra, **narrow)
     from .models import quiet
 
     torch.manual_seed(0)
@@ -316,12 +398,14 @@ def _original_model_dir(path: Path, shape: ModelShape, base_config) -> Path:
     return path
 
 
-def _plan(shape: ModelShape, grid: list[int]) -> list[tuple[str, int, int, int]]:
-    """(label, layers, heads, width) of every model to time."""
+def _plan(shape: ModelShape, grid: list[int], hidden_grid: list[int] = ()) -> list[tuple[str, int, int, int, int | None]]:
+    """(label, layers, heads, width, hidden width or None) of every model to time."""
     layers, heads, width = shape.num_layers, shape.num_heads, shape.intermediate_size
-    plan = [(f"h{h}", layers, h, width) for h in range(heads + 1)]
-    plan += [(f"w{w}", layers, heads, w) for w in grid if w != width]
-    plan += [("zero", layers, 0, 0), ("zero1", 1, 0, 0)]
+    plan = [(f"h{h}", layers, h, width, None) for h in range(heads + 1)]
+    plan += [(f"w{w}", layers, heads, w, None) for w in grid if w != width]
+    plan += [("zero", layers, 0, 0, None), ("zero1", 1, 0, 0, None)]
+    for d in hidden_grid:  # the hidden width's two terms at d: every head and neuron, and none
+        plan += [(f"d{d}full", layers, heads, width, d), (f"d{d}zero", layers, 0, 0, d)]
     return plan
 
 
@@ -335,9 +419,11 @@ def _inputs(batch: int, seq_len: int, vocab: int, device: str, seed: int = 0) ->
 
 def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16, seq_len: int = 128, threads: int | None = None,
             repeats: int = 10, width_grid: list[int] | None = None, *, warmup: int = 2, base_config=None,
-            progress: bool = False) -> dict:
+            progress: bool = False, hidden_grid: list[int] | None = None) -> dict:
     """Time uniform compact models of ``shape`` on ``backend``: every head count with the full FFN,
-    the width grid with every head, and no heads nor FFN with L layers and with 1 (see :func:`fit`).
+    the width grid with every head, and no heads nor FFN with L layers and with 1 (see :func:`fit`);
+    at each narrower hidden width of ``hidden_grid`` (None: :func:`default_hidden_grid`; [] none),
+    the full model and the one with no heads nor FFN.
     Warm-up, then ``repeats`` interleaved rounds (every model once per round); the median of each.
     ``progress``: a bar over the models built and the rounds timed."""
     from tqdm.auto import tqdm
@@ -347,7 +433,8 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
 
     check_available(backend, device)
     grid = sorted(set(width_grid or default_width_grid(shape.intermediate_size)) | {0, shape.intermediate_size})
-    plan, feed = _plan(shape, grid), _inputs(batch, seq_len, _profile_vocab(base_config), device)
+    hidden_grid = default_hidden_grid(shape.hidden_size) if hidden_grid is None else sorted(set(hidden_grid) - {shape.hidden_size})
+    plan, feed = _plan(shape, grid, hidden_grid), _inputs(batch, seq_len, _profile_vocab(base_config), device)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -356,15 +443,16 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
                 tqdm(total=len(plan) + max(1, warmup) + repeats, disable=not progress, desc=f"profile {backend}", unit="step",
                      dynamic_ncols=True) as bar:
             runners = []
-            for label, layers, heads, width in plan:
+            for label, layers, heads, width, hidden in plan:
                 bar.update(1)
-                path = _random_model_dir(Path(tmp) / label, shape, layers, heads, width, base_config, seq_len)
+                path = _random_model_dir(Path(tmp) / label, shape, layers, heads, width, base_config, seq_len, hidden)
                 try:
                     runner = build_runner(load_model_dir(path), label, backend, device, threads, Path(tmp), None)
                 except Exception as e:  # noqa: BLE001 - e.g. an export that cannot take a layer with no heads
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    where = f" at hidden width {hidden}" if hidden else ""
                     raise PrunekitError(f"backend {backend} cannot run the profiled model with {heads} heads and FFN width "
-                                        f"{width} in each of {layers} layers: {first}") from None
+                                        f"{width} in each of {layers} layers{where}: {first}") from None
                 if runner is None:
                     raise PrunekitError(f"backend {backend} cannot run the profiled compact models")
                 runners.append(runner)
@@ -378,7 +466,9 @@ def profile(shape: ModelShape, backend: str, device: str = "cpu", batch: int = 1
     heads, width = shape.num_heads, shape.intermediate_size
     return {"num_layers": shape.num_layers, "head_times": [t[f"h{h}"] for h in range(heads + 1)], "width_grid": grid,
             "width_times": [t[f"h{heads}"] if w == width else t[f"w{w}"] for w in grid], "zero": t["zero"],
-            "zero_one_layer": t["zero1"], "original": t.get("original"), "repeats": repeats, "warmup": warmup}
+            "zero_one_layer": t["zero1"], "original": t.get("original"), "repeats": repeats, "warmup": warmup,
+            "hidden_grid": hidden_grid, "hidden_full_times": [t[f"d{d}full"] for d in hidden_grid],
+            "hidden_zero_times": [t[f"d{d}zero"] for d in hidden_grid]}
 
 
 def _original_runner(tmp: Path, shape: ModelShape, backend: str, device: str, threads: int | None, base_config):
@@ -401,7 +491,8 @@ def _original_runner(tmp: Path, shape: ModelShape, backend: str, device: str, th
 
 
 def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: str, device: str = "cpu", batch: int = 16,
-                  seq_len: int = 128, threads: int | None = None, base_config=None, repeats: int = 10, warmup: int = 2) -> float:
+                  seq_len: int = 128, threads: int | None = None, base_config=None, repeats: int = 10, warmup: int = 2,
+                  hidden: int | None = None) -> float:
     """The measured latency ratio of a compact model with these per-layer head counts and FFN widths
     (random weights) over the original's on ``backend`` (its counterpart for a compact-only backend; the
     full-size compact model's where the original does not run, as the table's ratios are), paired over
@@ -417,7 +508,8 @@ def measure_ratio(heads_per_layer, ffn_per_layer, shape: ModelShape, backend: st
     try:
         with tempfile.TemporaryDirectory(prefix="prunekit-latency-") as tmp:
             layers = shape.num_layers
-            path = _random_model_dir(Path(tmp) / "chosen", shape, layers, list(heads_per_layer), list(ffn_per_layer), base_config, seq_len)
+            path = _random_model_dir(Path(tmp) / "chosen", shape, layers, list(heads_per_layer), list(ffn_per_layer), base_config, seq_len,
+                                     hidden)
             chosen = build_runner(load_model_dir(path), "chosen", backend, device, threads, Path(tmp), None)
             reference = _original_runner(Path(tmp), shape, backend, device, threads, base_config)
             if reference is None:

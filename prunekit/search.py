@@ -142,9 +142,9 @@ class SearchSettings:
             raise PrunekitError(f"--max-steps must be in 1..{MAX_TOTAL_STEPS}, got {self.max_steps}")
         if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
             raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
-        if self.prune_hidden and (self.method != "search" or self.cost != "flops"):
-            raise PrunekitError("--prune-hidden is learned by the gate search under a FLOPs target: use --method search "
-                                "and --cost flops with it (the baselines and the latency model keep the hidden width)")
+        if self.prune_hidden and self.method != "search":
+            raise PrunekitError("--prune-hidden is learned by the gate search: use --method search with it "
+                                "(the baselines keep the hidden width)")
 
     def validate_cost(self) -> None:
         """The --cost options: a latency target needs a known --backend; its options are refused with FLOPs."""
@@ -434,7 +434,7 @@ class _GateSearch:
         """The (differentiable) ratio under gates: of the FLOPs, or of the latency model's prediction."""
         if self.latency is None:
             return expected_flops_ratio(self.shape, self.seq_len, head_gates, ffn_gates, hidden_gates)
-        return self.latency.expected_ratio(head_gates, ffn_gates)
+        return self.latency.expected_ratio(head_gates, ffn_gates, hidden_gates)
 
     def update_gates(self) -> None:
         """The gate logits' step: gradients per FLOP, only the top-k of them applied."""
@@ -451,6 +451,8 @@ class _GateSearch:
             head_share, neuron_share = self.latency.mean_group_costs()
             alphas.head.grad.div_(head_share)
             alphas.ffn.grad.div_(neuron_share)
+            if alphas.hidden is not None:
+                alphas.hidden.grad.div_(self.latency.hidden_share())
         # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
         groups = alphas.groups()
         grads = [a.grad for a in groups]
@@ -479,7 +481,7 @@ class _GateSearch:
                 arch = select_to_budget(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), shape, seq_len, s.target, meta,
                                         hidden)
             else:
-                arch = trim_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta)
+                arch = trim_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta, hidden)
         arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
         if self.book.scaler.enabled:
             arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
@@ -506,7 +508,7 @@ def arch_ratio(arch: Architecture, shape, seq_len: int, latency=None) -> float:
     """What the target is a ratio of, for ``arch``: its FLOPs ratio, or its predicted latency ratio."""
     if latency is None:
         return arch.flops_ratio(shape, seq_len)
-    return latency.ratio(arch.head_counts, arch.ffn_widths)
+    return latency.ratio(arch.head_counts, arch.ffn_widths, arch.hidden_size)
 
 
 def _reduce_gate_grads(alphas: GateLogits, mse: torch.Tensor, loss_finite: bool, world: World) -> tuple[torch.Tensor, bool]:
@@ -638,9 +640,13 @@ def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.dev
         model, path = lat.latency_model_for(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len,
                                             settings.latency_threads, settings.latency_repeats, settings.latency_table,
                                             settings.reprofile, teacher.config, progress)
-    floor = model.floor()
+    if settings.prune_hidden and not model.has_hidden:
+        raise PrunekitError(f"latency table {path} has no hidden-width measurements (it was made before --prune-hidden used them): "
+                            "re-measure it with --reprofile")
+    floor = model.floor(settings.prune_hidden)
     if settings.target < floor:
-        raise PrunekitError(f"--target {settings.target:g} is below what pruning heads and FFN neurons can reach on {settings.backend}: "
+        what = "heads, FFN neurons and hidden dimensions" if settings.prune_hidden else "heads and FFN neurons"
+        raise PrunekitError(f"--target {settings.target:g} is below what pruning {what} can reach on {settings.backend}: "
                             f"the floor is {floor:.3f} of the latency (embeddings, LayerNorms and the call's overhead stay; "
                             f"at most {1 / floor:.2f}x faster); give --target >= {floor:.3f}")
     if settings.target * (1 - settings.tolerance) > model.overhead:
@@ -670,8 +676,9 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
     too_fast, too_slow = 0.0, math.inf  # budgets measured under / over the band
     for i in range(s.latency_check + 1):
         measured = lat.measure_ratio(arch.head_counts, arch.ffn_widths, teacher.shape, s.backend, key["device"], key["batch"],
-                                     key["seq_len"], key["threads"], teacher.config, s.latency_repeats)
-        rounds.append({"budget": budget, "predicted": model.ratio(arch.head_counts, arch.ffn_widths), "measured": measured})
+                                     key["seq_len"], key["threads"], teacher.config, s.latency_repeats, hidden=arch.hidden_size)
+        rounds.append({"budget": budget, "predicted": model.ratio(arch.head_counts, arch.ffn_widths, arch.hidden_size),
+                       "measured": measured})
         archs.append(arch)
         log.info("latency check %d: predicted %.3f, measured %.3f (target %.3f)", i, rounds[-1]["predicted"], measured, s.target)
         if lo <= measured <= hi or i == s.latency_check:
@@ -684,8 +691,10 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
         if too_fast > 0 and math.isfinite(too_slow) and not too_fast < guess < too_slow:
             guess = math.sqrt(too_fast * too_slow)
         budget = guess
-        choose = trim_to_latency if s.method == "search" else select_to_latency  # the gates' choice, trimmed
-        arch = choose(priorities[0], priorities[1], model, budget, dict(arch.meta))
+        if s.method == "search":  # the gates' choice trimmed, its hidden dimensions kept
+            arch = trim_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta), arch.to_masks(teacher.shape)[2])
+        else:
+            arch = select_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta))
     kept = min(range(len(rounds)), key=lambda k: abs(math.log(rounds[k]["measured"] / s.target)))
     return archs[kept], {"rounds": rounds, "kept": kept, "measured_ratio": rounds[kept]["measured"],
                          "in_band": lo <= rounds[kept]["measured"] <= hi}
@@ -700,7 +709,7 @@ def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, rati
     meta.update({
         "cost": "latency", "target_latency_ratio": settings.target, "predicted_latency_ratio": ratio, "flops_ratio": flops_ratio,
         "latency_model": {"backend": settings.backend, "device": key.get("device"), "batch": key.get("batch"),
-                          "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(),
+                          "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(settings.prune_hidden),
                           "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},
     })
     if checked:

@@ -141,14 +141,14 @@ def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, m
 
 
 def trim_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, model, target: float,
-                    meta: dict | None = None) -> Architecture:
+                    meta: dict | None = None, hidden_mask: torch.Tensor | None = None) -> Architecture:
     """The gate search's own choice (priority > 0) brought to a latency ``target`` by the fewest changes:
     while the predicted ratio is over it, the kept head or neuron with the lowest priority goes; then
     the dropped ones with the highest priority come back while they fit. Unlike
     :func:`select_to_latency`, which chooses afresh from the ranking (a knapsack that may trade a
     layer's whole attention for heads elsewhere), it keeps the structure the gates learned, which the
     jointly trained weights fit: on a real task the knapsack's re-choice cost 3 points
-    (docs/results.md)."""
+    (docs/results.md). ``hidden_mask``: the hidden dimensions kept (--prune-hidden), as they are."""
     hp, fp = head_priority.detach().cpu().double().numpy(), ffn_priority.detach().cpu().double().numpy()
     layers = hp.shape[0]
     prio = {"h": hp, "f": fp}
@@ -157,8 +157,10 @@ def trim_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, mod
     dropped = {(k, j): sorted(np.flatnonzero(prio[k][j] <= 0), key=lambda i, k=k, j=j: -prio[k][j][i])  # highest first
                for k in "hf" for j in range(layers)}
 
+    hidden = None if hidden_mask is None else int((hidden_mask > 0.5).sum())
+
     def ratio() -> float:
-        return model.ratio([len(kept["h", j]) for j in range(layers)], [len(kept["f", j]) for j in range(layers)])
+        return model.ratio([len(kept["h", j]) for j in range(layers)], [len(kept["f", j]) for j in range(layers)], hidden)
 
     while ratio() > target and any(kept.values()):  # the lowest-priority kept group goes (a target under the floor: all)
         k, j = min((key for key in kept if kept[key]), key=lambda key: prio[key[0]][key[1]][kept[key][0]])
@@ -177,4 +179,4 @@ def trim_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, mod
     for j in range(layers):
         head_mask[j, list(kept["h", j])] = 1.0
         ffn_mask[j, list(kept["f", j])] = 1.0
-    return Architecture.from_masks(head_mask, ffn_mask, meta)
+    return Architecture.from_masks(head_mask, ffn_mask, meta, hidden_mask)

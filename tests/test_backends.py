@@ -470,11 +470,19 @@ def test_cuda_backends_match_fp32(tiny_models, tmp_path, kind):
             if r is None:
                 assert backend in B.COMPACT_ONLY and model_dir != src
                 continue
-            for seed in (1, 2, 1):
-                batch = random_inputs(loaded.config, 3, 12, seed)
-                if seed == 2:
-                    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
-                ref = reference_output(loaded, batch).float()
-                got = r.run({k: v.cuda() for k, v in batch.items()})
-                rel = float((got - ref).abs().max() / ref.abs().max())
-                assert rel <= CUDA_REL_TOL[r.dtype], f"{model_dir.name} {backend} seed {seed}: rel diff {rel:.2e}"
+            cuda_runner_matches(r, loaded, f"{model_dir.name} {backend}")
+
+
+def cuda_runner_matches(r, loaded, what: str) -> torch.Tensor:
+    """``r`` (a CUDA runner) against fp32 eager on the CPU, on padded, unpadded and padded again
+    batches (a graph replayed twice); the last output."""
+    for seed in (1, 2, 1):
+        batch = random_inputs(loaded.config, 3, 12, seed)
+        if seed == 2:
+            batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+        ref = reference_output(loaded, batch).float()
+        got = r.run({k: v.cuda() for k, v in batch.items()})
+        assert got.shape == ref.shape, what
+        rel = float((got - ref).abs().max() / ref.abs().max())
+        assert rel <= CUDA_REL_TOL[r.dtype], f"{what} seed {seed}: rel diff {rel:.2e}"
+    return got

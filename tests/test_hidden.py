@@ -160,7 +160,8 @@ def test_search_prunes_the_hidden_width_into_the_band(tiny_models, text_file, tm
 
 
 def test_prune_hidden_refused_outside_the_gate_search():
-    for kw in ({"method": "random"}, {"method": "uniform"}, {"cost": "latency", "backend": "torch-sdpa"}):
+    for kw in ({"method": "random"}, {"method": "uniform"}, {"method": "magnitude", "cost": "latency", "backend": "torch-sdpa"}):
         with pytest.raises(PrunekitError, match="--prune-hidden") as e:
             SearchSettings(prune_hidden=True, **kw).validate()
         assert "\n" not in str(e.value)
+    SearchSettings(prune_hidden=True, cost="latency", backend="torch-sdpa").validate()  # the gate search under a latency target

@@ -225,7 +225,7 @@ def test_cuda_backends_match_fp32(tmp_path, kind):
     """Every CUDA backend (torch.compile once) on a narrow-hidden compact model against fp32 eager on
     the CPU, on padded and unpadded batches, each graph replayed twice; the Triton paths' hidden
     states at the real tokens too."""
-    from test_backends import CUDA_REL_TOL
+    from test_backends import CUDA_REL_TOL, cuda_runner_matches
 
     teacher_dir, out, teacher, _ = hidden_pruned(tmp_path, kind)
     loaded = load_model_dir(out)
@@ -238,16 +238,7 @@ def test_cuda_backends_match_fp32(tmp_path, kind):
             continue
         work = tmp_path / f"cuda-{backend}"
         work.mkdir()
-        r = B.build_runner(loaded, out.name, backend, "cuda", None, work)
-        for seed in (1, 2, 1):
-            batch = random_inputs(loaded.config, 3, 12, seed)
-            if seed == 2:
-                batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
-            ref = reference_output(loaded, batch).float()
-            got = r.run({k: v.cuda() for k, v in batch.items()})
-            assert got.shape == ref.shape, backend
-            rel = float((got - ref).abs().max() / ref.abs().max())
-            assert rel <= CUDA_REL_TOL[r.dtype], f"{backend} seed {seed}: rel diff {rel:.2e}"
+        got = cuda_runner_matches(B.build_runner(loaded, out.name, backend, "cuda", None, work), loaded, backend)
         if kind == "embedding":
             assert got.shape[-1] == teacher.shape.hidden_size
     model = load_compact(out, backend="eager")

@@ -29,9 +29,21 @@ def F(w):  # the FFN's cost, as the module names it
     return 0.5 * (w > 0) + 0.02 * w
 
 
-def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=None, overhead=None):
+HIDDEN = [4, 8, 16, 24]  # lat.default_hidden_grid(32)
+
+
+def base_at(d, rest=2.0, fixed=0.3, shape=SHAPE):  # the no-heads model's time at hidden width d: linear in d
+    return (rest + shape.num_layers * fixed) * (0.25 + 0.75 * d / shape.hidden_size)
+
+
+def scale_at(d, shape=SHAPE):  # the head and FFN work at hidden width d over the full width's
+    return 0.1 + 0.9 * d / shape.hidden_size
+
+
+def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=None, overhead=None, hidden=HIDDEN):
     """The timings an additive model predicts for the uniform models profile() times; ``overhead``:
-    the full compact model's time over the original's (the original timed too)."""
+    the full compact model's time over the original's (the original timed too); ``hidden``: the
+    narrower hidden widths timed (base_at and scale_at; None: a table made before they were)."""
     def t(h, w, layers=shape.num_layers):
         return rest + layers * (fixed + heads[h] + f(w))
 
@@ -41,6 +53,10 @@ def synthetic(shape=SHAPE, rest=2.0, fixed=0.3, heads=A, f=F, grid=GRID, noise=N
         m["head_times"] = [v + n for v, n in zip(m["head_times"], noise)]
     if overhead is not None:
         m["original"] = m["head_times"][-1] / overhead
+    if hidden is not None:
+        work = t(shape.num_heads, shape.intermediate_size) - t(0, 0)
+        m.update(hidden_grid=list(hidden), hidden_zero_times=[base_at(d, rest, fixed, shape) for d in hidden],
+                 hidden_full_times=[base_at(d, rest, fixed, shape) + scale_at(d, shape) * work for d in hidden])
     return m
 
 
@@ -65,6 +81,49 @@ def test_fit_reproduces_additive_timings_on_the_grid():
     assert model.measurements["additivity_error"] == pytest.approx(0.0, abs=1e-12)
     assert model.floor() == pytest.approx((2.0 + 6 * 0.3) / m["head_times"][-1])
     assert model.ratio([H] * L, [W] * L) == pytest.approx(1.0)
+
+
+def test_fit_of_the_hidden_width_is_exact_on_its_grid_and_differentiable():
+    m = synthetic()
+    model = lat.fit(m, SHAPE)
+    L, H, W, D = SHAPE.num_layers, SHAPE.num_heads, SHAPE.intermediate_size, SHAPE.hidden_size
+    assert model.has_hidden and model.hidden_widths == HIDDEN + [D] and lat.default_hidden_grid(D) == HIDDEN
+    for d, full, zero in zip(HIDDEN, m["hidden_full_times"], m["hidden_zero_times"]):
+        assert model.latency([H] * L, [W] * L, d) == pytest.approx(full, rel=1e-9)
+        assert model.latency([0] * L, [0] * L, d) == pytest.approx(zero, rel=1e-9)
+    # the full width is the model without the hidden terms, exactly
+    assert model.latency([2] * L, [16] * L, D) == model.latency([2] * L, [16] * L)
+    assert model.floor(hidden=True) == pytest.approx(base_at(4) / m["head_times"][-1])
+    assert model.floor(hidden=True) < model.floor()
+    assert all(np.diff(model.hidden_base) >= 0) and all(np.diff(model.hidden_scale) >= 0) and model.hidden_scale[-1] == 1.0
+    g = torch.Generator().manual_seed(0)
+    hard_h, hard_f = (torch.rand(6, 4, generator=g) < 0.5).float(), (torch.rand(6, 64, generator=g) < 0.4).float()
+    hard_d = (torch.rand(D, generator=g) < 0.6).float()
+    arch = Architecture.from_masks(hard_h, hard_f, None, hard_d)
+    assert arch.hidden_size < D
+    assert float(model.expected_ratio(hard_h, hard_f, hard_d)) == pytest.approx(
+        model.ratio(arch.head_counts, arch.ffn_widths, arch.hidden_size), rel=1e-6)
+    hidden = torch.full((D,), 0.6, requires_grad=True)
+    model.expected_ratio(torch.full((6, 4), 0.7), torch.full((6, 64), 0.3), hidden).backward()
+    assert (hidden.grad > 0).all() and model.hidden_share() > 0
+    # a table made before the hidden terms were measured: a --prune-hidden use is refused in one line
+    old = lat.fit(synthetic(hidden=None), SHAPE)
+    assert not old.has_hidden and old.ratio([H] * L, [W] * L) == pytest.approx(1.0)
+    with pytest.raises(PrunekitError, match="no hidden-width measurements.*--reprofile"):
+        old.ratio([H] * L, [W] * L, 16)
+
+
+def test_trim_to_latency_keeps_the_hidden_dimensions_and_counts_them():
+    model = lat.fit(synthetic(), SHAPE)
+    g = torch.Generator().manual_seed(3)
+    hp, fp = torch.randn(6, 4, generator=g), torch.randn(6, 64, generator=g)
+    hidden = (torch.arange(32) % 2 == 0).float()  # 16 of 32 kept
+    narrow = trim_to_latency(hp, fp, model, 0.5, None, hidden)
+    wide = trim_to_latency(hp, fp, model, 0.5)
+    assert narrow.hidden == list(range(0, 32, 2)) and wide.hidden is None
+    assert model.ratio(narrow.head_counts, narrow.ffn_widths, 16) <= 0.5 and model.ratio(wide.head_counts, wide.ffn_widths) <= 0.5
+    # a narrower stream makes each head and neuron cheaper: more of them fit the same target
+    assert sum(narrow.head_counts) + sum(narrow.ffn_widths) / 16 > sum(wide.head_counts) + sum(wide.ffn_widths) / 16
 
 
 def test_fit_of_noisy_timings_is_monotone():
@@ -227,6 +286,28 @@ def test_search_reaches_the_latency_band(tiny_models, text_file, tmp_path, targe
     assert saved["latency_model"]["backend"] == "torch-sdpa"
     assert (result.output_dir / "latency_table.json").is_file()
     assert result.log[-1]["expected_ratio"] < result.log[0]["expected_ratio"]
+
+
+def test_search_prunes_the_hidden_width_under_a_latency_target(tiny_models, text_file, tmp_path):
+    """--prune-hidden with --cost latency: the hidden gates in the latency loss, the band reached with
+    the hidden width the model counts; a table without hidden measurements is refused in one line."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "old.json", shape, key, hidden=None)
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, model_dir, text_file, target=0.5, prune_hidden=True, latency_table=str(tmp_path / "old.json")),
+               progress=False)
+    assert "\n" not in str(e.value) and "no hidden-width measurements" in str(e.value) and "--reprofile" in str(e.value)
+    table = write_table(tmp_path / "table.json", shape, key)
+    s = _settings(tmp_path, model_dir, text_file, target=0.45, prune_hidden=True, max_steps=40)
+    result = search(s, progress=False)
+    arch = Architecture.load(result.output_dir, shape)
+    assert arch.hidden is not None and arch.hidden_size < shape.hidden_size
+    predicted = table.ratio(arch.head_counts, arch.ffn_widths, arch.hidden_size)
+    assert (1 - s.tolerance) * 0.45 <= predicted <= (1 + s.tolerance) * 0.45
+    saved = json.loads((result.output_dir / "architecture.json").read_text())
+    assert saved["predicted_latency_ratio"] == pytest.approx(predicted)
+    assert saved["latency_model"]["floor"] == pytest.approx(table.floor(hidden=True))
 
 
 def test_search_gates_reach_the_latency_band_given_time(tiny_models, text_file, tmp_path):
@@ -416,8 +497,13 @@ def test_real_profile_on_torch_sdpa(tiny_models):
     m = lat.profile(SHAPE, "torch-sdpa", "cpu", batch=2, seq_len=16, threads=1, repeats=1, width_grid=[0, 32, 64], warmup=1,
                     base_config=config)
     assert len(m["head_times"]) == 5 and m["width_grid"] == [0, 32, 64] and all(t > 0 for t in m["head_times"])
+    assert m["hidden_grid"] == HIDDEN and all(t > 0 for t in m["hidden_full_times"] + m["hidden_zero_times"])
     model = lat.fit(m, SHAPE)
     assert 0 < model.floor() <= 1 and all(np.diff(model.head_knots) >= 0) and all(np.diff(model.ffn_knots) >= 0)
+    assert model.has_hidden and 0 < model.floor(hidden=True) <= model.floor() and model.hidden_scale[-1] == 1.0
+    # the check's measurement of a narrow-hidden architecture (random weights) runs
+    ratio = lat.measure_ratio([2] * 6, [32] * 6, SHAPE, "torch-sdpa", "cpu", 2, 16, 1, config, repeats=1, warmup=1, hidden=8)
+    assert 0 < ratio < 10
 
 
 def test_a_compact_only_backend_profiles_over_the_original_on_its_counterpart(tiny_models, monkeypatch):
