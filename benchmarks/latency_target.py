@@ -58,11 +58,13 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
     """Search, compact and bench one (shape, backend, speedup); the row of the table."""
     name = f"{shape}-{backend}-{speedup:g}x"
     table = runs / f"table-{shape}-{backend}.json"
+    if a.prune_hidden and table.is_file() and "hidden_widths" not in json.loads(table.read_text())["model"]:
+        table.unlink()  # profiled before the hidden width's terms were: profile again
     t0 = time.perf_counter()
     s = SearchSettings(model=model, output_dir=str(runs / name), method=method, target=1.0 / speedup, cost="latency",
                        device=a.device, backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
                        latency_repeats=a.repeats, latency_table=str(table), latency_check=a.check, max_steps=a.steps, batch_size=16,
-                       max_length=a.seq_len, max_examples=a.examples)
+                       max_length=a.seq_len, max_examples=a.examples, prune_hidden=a.prune_hidden and method == "search")
     result = search(s, force=True, progress=False)
     searched = time.perf_counter() - t0
     compact_to_dir(runs / name, out_dir=runs / f"{name}-compact", force=True, measure_fvcore=False)
@@ -80,6 +82,7 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
             "search_measured_ratio": meta.get("measured_latency_ratio"), "rechosen": max(0, len(meta.get("latency_check", [])) - 1),
             "overhead": json.loads(table.read_text())["model"].get("overhead"),
             "heads": result.architecture.head_counts, "ffn": result.architecture.ffn_widths,
+            "hidden": result.architecture.hidden_size,
             "search_seconds": round(searched, 1), "bench_notes": res["notes"], "load_average": res["load_average"]}
 
 
@@ -90,14 +93,14 @@ def report(rows: list, machine: str, a: argparse.Namespace) -> str:
              "architecture it chose, so the prediction error is the model's; the search's check times the choice (random weights) "
              "beside the original and re-chooses while it is outside the band (`--latency-check`).", "",
              "| shape | backend | asked | measured speedup | off target | predicted ratio | measured ratio | prediction error "
-             "| search's check: measured ratio (re-choices) | FLOPs ratio | floor | heads per layer | FFN per layer |", "|" + "---|" * 13]
+             "| search's check: measured ratio (re-choices) | FLOPs ratio | floor | heads per layer | FFN per layer | hidden |", "|" + "---|" * 14]
     for r in rows:
         if "refused" in r:
-            lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | refused: {r['refused']} |" + " |" * 9)
+            lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | refused: {r['refused']} |" + " |" * 10)
             continue
         lines.append(f"| {r['shape']} | {r['backend']} | {r['target_speedup']:g}x | {r['measured_speedup']:.2f}x | {r['off_target']:+.1%} "
                      f"| {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | {r['prediction_error']:+.1%} | "
-                     f"{_check(r)} | {r['flops_ratio']:.3f} | {r['floor']:.3f} | {r['heads']} | {r['ffn']} |")
+                     f"{_check(r)} | {r['flops_ratio']:.3f} | {r['floor']:.3f} | {r['heads']} | {r['ffn']} | {r.get('hidden') or 'full'} |")
     notes = sorted({n for r in rows for n in r.get("bench_notes", [])})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
@@ -116,6 +119,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cuda for the GPU backends (triton-fp16-graph, torch-fp16-graph)")
+    ap.add_argument("--prune-hidden", action="store_true", help="the gate search prunes the hidden width too (MiniLM)")
     ap.add_argument("--random-weights", action="store_true",
                     help="MiniLM-L6 with random weights and --method magnitude too (a machine without the packaged model)")
     ap.add_argument("--repeats", type=int, default=7, help="profile repeats per timed model")
