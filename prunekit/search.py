@@ -368,8 +368,8 @@ class _GateSearch:
             for step in range(start_step, self.total_steps):
                 outcome, record = self.step(step, next(order))
                 if record is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", flops=f"{record['discrete_ratio']:.3f}",
-                                    target=f"{record['target']:.3f}", refresh=False)
+                    ratio = {"flops" if self.latency is None else "latency": f"{record['discrete_ratio']:.3f}"}
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", **ratio, target=f"{record['target']:.3f}", refresh=False)
                 bar.update(1)
                 if outcome == SKIPPED:  # a NaN/inf step: no checkpoint of it
                     continue
