@@ -110,6 +110,10 @@ class SearchSettings:
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
     latency_check: int = 3  # time the chosen architecture, re-choose until it is in the band: at most this many times (0: off)
+    # --cost latency: what the gates' loss counts while they learn. flops (default, by the real task in docs/results.md):
+    # the FLOPs loss at the FLOPs ratio the latency model maps the target to, then the choice brought to the latency
+    # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
+    gate_cost: str = "flops"
     prune_hidden: bool = False  # gates on the hidden dimensions too (one per dimension, shared by every layer)
 
     def validate(self) -> None:
@@ -153,6 +157,8 @@ class SearchSettings:
         if self.cost == "flops":
             given = [o for o, v in (("--backend", self.backend), ("--latency-table", self.latency_table),
                                     ("--reprofile", self.reprofile)) if v]
+            if self.gate_cost != "flops":
+                given.append(f"--gate-cost {self.gate_cost}")
             if given:
                 raise PrunekitError(f"{', '.join(given)} apply to --cost latency only (this search targets FLOPs)")
             return
@@ -169,6 +175,8 @@ class SearchSettings:
                 raise PrunekitError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not isinstance(self.latency_check, int) or self.latency_check < 0:
             raise PrunekitError(f"--latency-check must be >= 0 (0: off), got {self.latency_check!r}")
+        if self.gate_cost not in COSTS:
+            raise PrunekitError(f"unknown --gate-cost {self.gate_cost!r}: choose one of {', '.join(COSTS)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
@@ -306,8 +314,13 @@ class _GateSearch:
     def __init__(self, settings: SearchSettings, teacher: Teacher, data: EncodedData, work: Path, device: torch.device,
                  world: World, latency=None):
         self.s, self.teacher, self.data, self.work, self.device, self.world = settings, teacher, data, work, device, world
-        self.latency = latency  # a LatencyModel: the ratios are of predicted latency, not FLOPs
+        self.latency = latency  # a LatencyModel: the target and the band are of predicted latency, not FLOPs
         self.shape, self.seq_len = teacher.shape, settings.max_length
+        # what the gates' loss counts, and its goal: the latency model and the target, or (--gate-cost flops) the
+        # FLOPs at the ratio the latency model maps the target to
+        self.gate_latency = latency if settings.gate_cost == "latency" else None
+        self.gate_target = settings.target if latency is None or self.gate_latency is not None else \
+            gate_flops_target(latency, self.shape, self.seq_len, settings.target)
         torch.manual_seed(settings.seed)
         self.student = student = copy.deepcopy(teacher.model).to(device)
         student.eval()  # dropout off: the gates and the FLOPs loss are the regularisers
@@ -368,7 +381,7 @@ class _GateSearch:
             for step in range(start_step, self.total_steps):
                 outcome, record = self.step(step, next(order))
                 if record is not None:
-                    ratio = {"flops" if self.latency is None else "latency": f"{record['discrete_ratio']:.3f}"}
+                    ratio = {"flops" if self.gate_latency is None else "latency": f"{record['discrete_ratio']:.3f}"}
                     bar.set_postfix(loss=f"{record['loss']:.4f}", **ratio, target=f"{record['target']:.3f}", refresh=False)
                 bar.update(1)
                 if outcome == SKIPPED:  # a NaN/inf step: no checkpoint of it
@@ -397,7 +410,7 @@ class _GateSearch:
         s, world, device, alphas = self.s, self.world, self.device, self.alphas
         local, real = shard(idx, world)
         batch = {k: v.to(device) for k, v in collate(self.data, local.tolist()).items()}
-        target = target_at(step + 1, self.total_steps, s.target, s.ramp_fraction)
+        target = target_at(step + 1, self.total_steps, self.gate_target, s.ramp_fraction)
         probs = alphas.probs()  # heads, FFN neurons (and hidden dimensions)
         with torch.no_grad():
             discrete = float(self.cost_ratio(*alphas.hard()))
@@ -431,15 +444,15 @@ class _GateSearch:
         })
 
     def cost_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor, hidden_gates: torch.Tensor | None = None) -> torch.Tensor:
-        """The (differentiable) ratio under gates: of the FLOPs, or of the latency model's prediction."""
-        if self.latency is None:
+        """The (differentiable) ratio the gates' loss counts: of the FLOPs, or of the latency model's prediction."""
+        if self.gate_latency is None:
             return expected_flops_ratio(self.shape, self.seq_len, head_gates, ffn_gates, hidden_gates)
-        return self.latency.expected_ratio(head_gates, ffn_gates, hidden_gates)
+        return self.gate_latency.expected_ratio(head_gates, ffn_gates, hidden_gates)
 
     def update_gates(self) -> None:
         """The gate logits' step: gradients per FLOP, only the top-k of them applied."""
         alphas, shape, seq_len = self.alphas, self.shape, self.seq_len
-        if self.latency is None:
+        if self.gate_latency is None:
             full_flops = model_flops(shape, seq_len).total
             # Gradients per FLOP: a head costs ~70x a neuron, so raw magnitudes would rank every head
             # above every neuron; dividing by each group's cost ranks groups by loss change per FLOP.
@@ -448,11 +461,11 @@ class _GateSearch:
             if alphas.hidden is not None:  # a hidden dimension: its share of every projection
                 alphas.hidden.grad.div_(shape.hidden_dim_cost(seq_len) / full_flops)
         else:  # per share of the latency: a head's and a neuron's average cost in the latency model
-            head_share, neuron_share = self.latency.mean_group_costs()
+            head_share, neuron_share = self.gate_latency.mean_group_costs()
             alphas.head.grad.div_(head_share)
             alphas.ffn.grad.div_(neuron_share)
             if alphas.hidden is not None:
-                alphas.hidden.grad.div_(self.latency.hidden_share())
+                alphas.hidden.grad.div_(self.gate_latency.hidden_share())
         # Apply only the top-k alpha gradients: remember alpha, step, restore the unselected.
         groups = alphas.groups()
         grads = [a.grad for a in groups]
@@ -502,6 +515,21 @@ def _kept_hidden(alphas: GateLogits) -> torch.Tensor | None:
         log.info("the gates keep every hidden dimension: the hidden width is not cut")
         return None
     return kept
+
+
+def gate_flops_target(latency, shape, seq_len: int, target: float) -> float:
+    """The FLOPs ratio the gates learn towards under a latency ``target`` (``--gate-cost flops``): that
+    of the uniform architecture (the same fraction of every layer's heads and FFN neurons) whose
+    predicted latency ratio is ``target``. The gates then choose where the FLOPs go, as a FLOPs search
+    does, and the latency model and the check bring the choice to the target."""
+    layers, heads, width = shape.num_layers, shape.num_heads, shape.intermediate_size
+    lo, hi = 0.0, 1.0
+    for _ in range(50):  # the predicted ratio is monotone in the fraction kept
+        q = (lo + hi) / 2
+        lo, hi = (q, hi) if latency.ratio([q * heads] * layers, [q * width] * layers) < target else (lo, q)
+    q = (lo + hi) / 2
+    ratio = model_flops(shape, seq_len, [q * heads] * layers, [q * width] * layers).total / model_flops(shape, seq_len).total
+    return min(1.0, max(0.01, ratio))
 
 
 def arch_ratio(arch: Architecture, shape, seq_len: int, latency=None) -> float:
@@ -708,6 +736,9 @@ def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, rati
     key = model.key
     meta.update({
         "cost": "latency", "target_latency_ratio": settings.target, "predicted_latency_ratio": ratio, "flops_ratio": flops_ratio,
+        "gate_cost": settings.gate_cost,
+        **({"gate_flops_target": gate_flops_target(model, model.shape, settings.max_length, settings.target)}
+           if settings.gate_cost == "flops" and settings.method == "search" else {}),
         "latency_model": {"backend": settings.backend, "device": key.get("device"), "batch": key.get("batch"),
                           "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(settings.prune_hidden),
                           "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},

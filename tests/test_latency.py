@@ -310,14 +310,48 @@ def test_search_prunes_the_hidden_width_under_a_latency_target(tiny_models, text
     assert saved["latency_model"]["floor"] == pytest.approx(table.floor(hidden=True))
 
 
+def test_gates_learn_on_flops_towards_the_ratio_the_latency_model_maps_the_target_to(tiny_models, text_file, tmp_path):
+    """The default --gate-cost flops: the gates' loss is the FLOPs loss, its goal the FLOPs ratio of the
+    uniform architecture the latency model predicts at the target; the choice is then in the latency band."""
+    from prunekit.flops import model_flops
+    from prunekit.search import gate_flops_target
+
+    model = lat.fit(synthetic(), SHAPE)
+    L, H, W = SHAPE.num_layers, SHAPE.num_heads, SHAPE.intermediate_size
+    for target in (0.4, 0.7):
+        f = gate_flops_target(model, SHAPE, 32, target)
+        # the uniform fraction q whose FLOPs ratio is f has the predicted latency ratio asked
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            q = (lo + hi) / 2
+            ratio = model_flops(SHAPE, 32, [q * H] * L, [q * W] * L).total / model_flops(SHAPE, 32).total
+            lo, hi = (q, hi) if ratio < f else (lo, q)
+        assert model.ratio([q * H] * L, [q * W] * L) == pytest.approx(target, rel=1e-4)
+    assert gate_flops_target(model, SHAPE, 32, 0.4) < gate_flops_target(model, SHAPE, 32, 0.7)
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key, overhead=1.25)  # the latency model's full ratio: 1.25
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.5, max_steps=40), progress=False)
+    goal = gate_flops_target(table, shape, 32, 0.5)
+    assert result.log[-1]["target"] == pytest.approx(goal, abs=1e-6)  # the ramp's end: the FLOPs goal
+    first = result.log[0]
+    assert first["discrete_ratio"] == pytest.approx(1.0)  # the FLOPs of every gate open, not the latency model's 1.25
+    arch = Architecture.load(result.output_dir, shape)
+    assert 0.475 <= table.ratio(arch.head_counts, arch.ffn_widths) <= 0.525
+    saved = json.loads((result.output_dir / "architecture.json").read_text())
+    assert saved["gate_cost"] == "flops" and saved["gate_flops_target"] == pytest.approx(goal)
+    with pytest.raises(PrunekitError, match="--gate-cost latency apply to --cost latency only"):
+        SearchSettings(gate_cost="latency").validate()
+
+
 def test_search_gates_reach_the_latency_band_given_time(tiny_models, text_file, tmp_path):
     """With enough steps the gates themselves reach the band (a near-linear table: the concave one
     above makes the last heads of a layer cheap, and the gates slower to give them up)."""
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     write_table(tmp_path / "table.json", shape, key, heads=[0.0, 0.5, 1.0, 1.5, 2.0], f=lambda w: 0.03 * w)
-    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, max_steps=120), progress=False)
-    assert result.architecture.meta.get("projected") is False
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, max_steps=120, gate_cost="latency"), progress=False)
+    assert result.architecture.meta.get("projected") is False and result.architecture.meta["gate_cost"] == "latency"
     assert result.log[-1]["discrete_ratio"] == pytest.approx(result.achieved_ratio, abs=1e-6)
 
 
