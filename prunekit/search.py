@@ -110,7 +110,7 @@ class SearchSettings:
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
     latency_check: int = 3  # time the chosen architecture, re-choose until it is in the band: at most this many times (0: off)
-    # --cost latency: what the gates' loss counts while they learn. flops (default, by the real task in docs/results.md):
+    # --cost latency: what the gates' loss counts while they learn. flops (default: dev +1.0, test -0.4 on a real task, docs/results.md):
     # the FLOPs loss at the FLOPs ratio the latency model maps the target to, then the choice brought to the latency
     # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
     gate_cost: str = "flops"
