@@ -92,10 +92,7 @@ def default_width_grid(intermediate_size: int, points: int = 9) -> list[int]:
 
 def _monotone(xs: list[float], ys: list[float]) -> list[float]:
     """The isotonic (non-decreasing) fit of ``ys``, non-negative, 0 at the first knot."""
-    from sklearn.isotonic import IsotonicRegression
-
-    fitted = IsotonicRegression(increasing=True).fit_transform(np.asarray(xs, float), np.asarray(ys, float))
-    out = [max(0.0, float(v)) for v in fitted]
+    out = _isotonic(xs, ys)
     out[0] = 0.0
     return out
 
@@ -121,8 +118,8 @@ class LatencyModel:
     ffn_knots: list[float]  # F(w) on the grid
     key: dict = field(default_factory=dict)  # what it was measured on (table_key)
     measurements: dict = field(default_factory=dict)
-    # The full-size compact model's time over the original's, both as the backend runs them (1: not
-    # measured, or a compact-only backend): ratios are over the original, which a user compares with.
+    # The full-size compact model's time over the original's, both as the backend runs them (the original on
+    # the counterpart of a compact-only backend; 1: not measured): ratios are over the original, which a user compares with.
     overhead: float = 1.0
     # The hidden width's terms (module docstring), on a grid of widths ending at the full one; empty
     # in a table made before they were measured (a --prune-hidden search asks for a new one).
@@ -134,13 +131,21 @@ class LatencyModel:
     def has_hidden(self) -> bool:
         return len(self.hidden_widths) >= 2
 
-    def _hidden_terms(self, hidden: float | None) -> tuple[float, float]:
-        """(base(d), s(d)) at hidden width ``hidden`` (None or the full width: rest + L*fixed, 1)."""
-        if hidden is None or hidden >= self.shape.hidden_size:
-            return self.rest + self.shape.num_layers * self.fixed, 1.0
+    @property
+    def base(self) -> float:
+        """The no-heads, no-FFN model at full width: rest + L * fixed."""
+        return self.rest + self.shape.num_layers * self.fixed
+
+    def _require_hidden(self) -> None:
         if not self.has_hidden:
             raise PrunekitError("this latency table has no hidden-width measurements (made before --prune-hidden used them): "
                                 "re-measure it with --reprofile")
+
+    def _hidden_terms(self, hidden: float | None) -> tuple[float, float]:
+        """(base(d), s(d)) at hidden width ``hidden`` (None or the full width: :attr:`base`, 1)."""
+        if hidden is None or hidden >= self.shape.hidden_size:
+            return self.base, 1.0
+        self._require_hidden()
         return (float(np.interp(hidden, self.hidden_widths, self.hidden_base)),
                 float(np.interp(hidden, self.hidden_widths, self.hidden_scale)))
 
@@ -165,7 +170,7 @@ class LatencyModel:
     def floor(self, hidden: bool = False) -> float:
         """The ratio with every head and neuron pruned: the fastest pruning can make the model
         (``hidden``: at the narrowest hidden width profiled, for a --prune-hidden search)."""
-        base = self.hidden_base[0] if hidden and self.has_hidden else self.rest + self.shape.num_layers * self.fixed
+        base = self.hidden_base[0] if hidden and self.has_hidden else self.base
         return self.overhead * base / self.full()
 
     def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor, hidden_gates: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,10 +181,9 @@ class LatencyModel:
         a = _interp(heads, [float(h) for h in range(len(self.head_knots))], self.head_knots)
         f = _interp(widths, [float(w) for w in self.ffn_widths], self.ffn_knots)
         if hidden_gates is None:
-            base, scale = self.rest + self.shape.num_layers * self.fixed, 1.0
+            base, scale = self.base, 1.0
         else:
-            if not self.has_hidden:
-                self._hidden_terms(0)  # the one-line refusal
+            self._require_hidden()
             d = hidden_gates.sum().reshape(1)
             widths_d = [float(w) for w in self.hidden_widths]
             base, scale = _interp(d, widths_d, self.hidden_base)[0], _interp(d, widths_d, self.hidden_scale)[0]
@@ -238,7 +242,7 @@ def fit(measurements: dict, shape: ModelShape) -> LatencyModel:
     model = LatencyModel(shape, rest, fixed, a, [int(w) for w in grid], f, measurements={**m, **extra}, overhead=overhead)
     if m.get("hidden_grid"):  # base(d): the no-heads model at d; s(d): the work over the no-heads model, over the full width's
         d, work = [int(w) for w in m["hidden_grid"]], th[-1] - m["zero"]
-        base = [float(t) for t in m["hidden_zero_times"]] + [rest + L * fixed]
+        base = [float(t) for t in m["hidden_zero_times"]] + [model.base]
         scale = [max(0.0, (full - zero) / work) if work > 0 else 1.0 for full, zero in zip(m["hidden_full_times"], m["hidden_zero_times"])]
         widths = d + [shape.hidden_size]
         # monotone in d, and exact at the full width (a narrower width never predicted slower than it)

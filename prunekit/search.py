@@ -495,6 +495,8 @@ class _GateSearch:
                                         hidden)
             else:
                 arch = trim_to_latency(alphas.head.detach().cpu(), alphas.ffn.detach().cpu(), self.latency, s.target, meta, hidden)
+        if self.latency is not None and self.gate_latency is None:
+            arch.meta["gate_flops_target"] = self.gate_target  # the FLOPs goal the gates learned towards
         arch.meta["skipped_steps"] = self.book.guard.skipped  # non-finite loss or gradients, before a resume too
         if self.book.scaler.enabled:
             arch.meta["overflow_steps"] = self.book.scaler.overflows  # fp16 loss scaling's skipped steps
@@ -737,8 +739,6 @@ def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, rati
     meta.update({
         "cost": "latency", "target_latency_ratio": settings.target, "predicted_latency_ratio": ratio, "flops_ratio": flops_ratio,
         "gate_cost": settings.gate_cost,
-        **({"gate_flops_target": gate_flops_target(model, model.shape, settings.max_length, settings.target)}
-           if settings.gate_cost == "flops" and settings.method == "search" else {}),
         "latency_model": {"backend": settings.backend, "device": key.get("device"), "batch": key.get("batch"),
                           "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(settings.prune_hidden),
                           "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},
