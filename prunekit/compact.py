@@ -229,6 +229,8 @@ def parity_error(teacher: Teacher, arch: Architecture, model: nn.Module, seed: i
     finally:
         gates.remove()
     out = model_output(model, teacher.kind, batch).float()
+    if out.shape[-1] != ref.shape[-1] and arch.hidden is not None:  # a narrow-output embedding model: the kept dimensions
+        ref = ref[:, torch.tensor(arch.hidden, device=ref.device)]
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
 
 

@@ -12,7 +12,10 @@ teacher's index of every kept head):
 (``search --prune-hidden``) is compared through a learned linear map of its hidden states into the
 teacher's width, as CoFi does (:func:`hidden_map`: trained in stage 1, checkpointed, never saved in
 the model); an embedding student's last hidden states go through its own ``output_proj`` instead,
-the map it keeps after pooling (which is linear, so it commutes with the mean pooling).
+the map it keeps after pooling (which is linear, so it commutes with the mean pooling). An
+embedding student made with ``compact --narrow-output`` has no ``output_proj``: its pooled
+embeddings are compared through the training-only map in stage 2 too, and it keeps its narrow
+output (its dev fidelity is the pairwise-similarity Spearman, which needs no common space).
 
 Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T for a
 classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``) for an
@@ -298,7 +301,12 @@ class _Trainee(torch.nn.Module):
         """Stage 1: the student's output with its hidden states in the teacher's width and its
         attention maps; stage 2: its task output (through ``output_proj`` where it has one)."""
         if stage == 2:
-            return model_output(self.student, kind, inputs)
+            pred = model_output(self.student, kind, inputs)
+            if kind == "embedding" and self.hidden_map is not None and output_projection(self.student) is None:
+                # compact --narrow-output: the student's narrow embeddings compared with the teacher's through the
+                # training-only map (linear, so it commutes with the mean pooling); the model keeps its own width
+                pred = self.hidden_map(pred)
+            return pred
         out = self.student(**inputs, output_hidden_states=True, output_attentions=True)
         if self.hidden_map is None:
             return out
@@ -430,12 +438,6 @@ def check_compatible(student: CompactBertPreTrainedModel, teacher: Teacher, stud
         raise PrunekitError(f"the student is a {c.task_kind} model but {teacher.name_or_path} is loaded as {teacher.kind}")
     if teacher.kind != "embedding" and c.num_labels != teacher.config.num_labels:
         raise PrunekitError(f"the student has {c.num_labels} labels, the teacher {teacher.config.num_labels}: not the same task")
-    if teacher.kind == "embedding" and c.hidden_size != s.hidden_size and getattr(c, "output_size", None) != s.hidden_size:
-        raise PrunekitError(
-            f"the student's embeddings are {c.hidden_size} wide (compact --narrow-output), the teacher's {s.hidden_size}: "
-            "distill compares them in the teacher's width; compact without --narrow-output (the model keeps a learned map "
-            "to the teacher's width)"
-        )
 
 
 def _check_task(dataset, kind: str, num_labels: int, what: str) -> None:

@@ -137,15 +137,16 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         the teacher's N x N cosine-similarity matrices -- whether the student ranks sentence
         pairs as similar in the same order as the teacher, which is what retrieval and
         clustering use. This is the primary one: it is blind to a rotation of the space that
-        mean_cosine would punish.
+        mean_cosine would punish, and it needs no common width (a student whose narrow output
+        differs in width from the teacher's gets mean_cosine nan).
     Only the first `max_items` rows enter the pairwise term (its cost grows with N^2).
     """
     s = _to_numpy(student_emb).astype(np.float64)
     t = _to_numpy(teacher_emb).astype(np.float64)
     if s.ndim != 2 or t.ndim != 2:
         raise PrunekitError(f"embeddings must be [N, D] matrices, got shapes {s.shape} and {t.shape}")
-    if s.shape != t.shape:
-        raise PrunekitError(f"student embeddings {s.shape} and teacher embeddings {t.shape} differ in shape; "
+    if s.shape[0] != t.shape[0]:
+        raise PrunekitError(f"student embeddings {s.shape} and teacher embeddings {t.shape} differ in the number of sentences; "
                             f"embed the same sentences with the same pooling")
     n = s.shape[0]
     if n < 3:
@@ -155,7 +156,12 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     su, tu = unit(s), unit(t)
-    mean_cos = float(np.mean(np.sum(su * tu, axis=1)))
+    if s.shape[1] == t.shape[1]:
+        mean_cos = float(np.mean(np.sum(su * tu, axis=1)))
+    else:  # a narrow-output student (compact --narrow-output): no common space to compare directions in
+        log.info("the embeddings are %d and %d wide: mean_cosine needs one space (nan); similarity_spearman compares "
+                 "the pairwise similarities", s.shape[1], t.shape[1])
+        mean_cos = float("nan")
     m = min(n, max_items)
     iu = np.triu_indices(m, k=1)
     sim_s = (su[:m] @ su[:m].T)[iu]

@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from factory import SEQ, kept_arch, labelled_csv, make_compact_dir, make_sentences, scrambled_teacher_dir, stop_after
-from prunekit.compact import compact
 from prunekit.data import CORPUS_TASK, TextDataset
 from prunekit.distill import (
     DistillSettings,
@@ -24,7 +23,7 @@ from prunekit.distill import (
     hidden_map,
     intermediate_loss,
 )
-from prunekit.errors import PrunekitError
+from prunekit.evaluate import EvalSettings, evaluate
 from prunekit.gates import Gates
 from prunekit.modeling import load_compact
 from prunekit.models import load_teacher, model_output
@@ -103,14 +102,49 @@ def test_without_the_kept_dimensions_the_map_starts_random_and_says_so(worlds, c
                                         kept_hidden=kept_hidden()), seed=3).hidden_map.weight, scatter(kept_hidden()))
 
 
-def test_narrow_output_embedding_student_is_refused(worlds):
+def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp_path):
+    """compact --narrow-output: no output_proj; stage 2 compares the pooled embeddings through the
+    training-only map (which starts as the scatter: the gated teacher's output on the kept dimensions),
+    and the distilled model still outputs its own 20 dimensions, scored by the pairwise-similarity Spearman."""
     from prunekit.architecture import Architecture
+    from prunekit.compact import compact_to_dir
 
     w = worlds["embedding"]
-    teacher = load_teacher(w["teacher"])
-    narrow = compact(teacher, Architecture.load(w["student"] / "architecture.json"), narrow_output=True)
-    with pytest.raises(PrunekitError, match="--narrow-output"):
-        check_compatible(narrow, teacher)
+    student_dir = tmp_path / "narrow"
+    compact_to_dir(None, w["student"] / "architecture.json", student_dir, model=str(w["teacher"]), measure_fvcore=False,
+                   narrow_output=True)
+    teacher, student = load_teacher(w["teacher"]), load_compact(student_dir, backend="eager").eval()
+    assert student.output_proj is None
+    check_compatible(student, teacher)
+    arch = Architecture.load(w["student"] / "architecture.json")
+    trainee = _Trainee(student, hidden_map(student.config.hidden_size, WIDTH, arch.hidden, 0))
+    ids = torch.randint(5, teacher.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    gates = Gates(teacher.model, teacher.shape)
+    try:
+        with torch.no_grad(), gates.active(*arch.to_masks(teacher.shape)):
+            t_pred = model_output(teacher.model, "embedding", inputs)
+    finally:
+        gates.remove()
+    with torch.no_grad():
+        assert model_output(student, "embedding", inputs).shape == (3, 20)
+        mapped = trainee(2, "embedding", inputs)
+    assert mapped.shape == t_pred.shape and (mapped - t_pred).abs().max() < 1e-4
+    data = data_for(worlds, "embedding")
+    r = distill(settings(worlds, "embedding", tmp_path / "out", student=str(student_dir)), progress=False, **data)
+    steps = [x for x in r.log if "loss" in x]
+    assert [x["stage"] for x in steps] == [1] * 3 + [2] * 3 and all(x["loss"] == x["loss"] for x in steps)
+    model = load_compact(r.output_dir)
+    assert model.output_proj is None and model.config.hidden_size == 20
+    out = model_output(model, "embedding", {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    assert out.shape == (3, 20)
+    assert not any("hidden_map" in k for k in load_file(str(r.output_dir / "model.safetensors")))
+    assert r.metric == "similarity_spearman" and -1 <= r.best["value"] <= 1
+    text = tmp_path / "t.txt"  # prunekit eval scores it against its teacher: the Spearman, no common space for the cosine
+    text.write_text("\n".join(make_sentences(12, seed=2)) + "\n")
+    res = evaluate(EvalSettings([str(r.output_dir)], data=str(text), reference=str(w["teacher"])))["models"][0]["results"]["dev"]
+    assert res["primary"] == "similarity_spearman" and -1 <= res["metrics"]["similarity_spearman"] <= 1
+    assert res["metrics"]["mean_cosine"] != res["metrics"]["mean_cosine"]  # nan
 
 
 @pytest.mark.parametrize("kind", ["classification", "embedding"])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from factory import assert_one_line_error, edge_architecture, make_run_dir, random_batch, scramble, tiny_roberta_teacher
 from prunekit.architecture import Architecture
 from prunekit.cli import cli
-from prunekit.compact import compact, compact_to_dir, fvcore_flops
+from prunekit.compact import compact, compact_to_dir, fvcore_flops, parity_error
 from prunekit.errors import PrunekitError
 from prunekit.flops import ModelShape, expected_flops_ratio, model_flops
 from prunekit.gates import Gates, masked_layer_norm
@@ -91,6 +91,7 @@ def test_embedding_model_narrow_output_on_request(tiny_models):
     out_wide, out_narrow = model_output(wide, "embedding", batch), model_output(narrow, "embedding", batch)
     assert out_wide.shape[-1] == teacher.shape.hidden_size and out_narrow.shape[-1] == len(arch.hidden)
     assert (out_wide[:, arch.hidden] - out_narrow).abs().max() < 1e-6  # the same numbers, in the teacher's places
+    assert parity_error(teacher, arch, narrow) < 1e-5  # compact's own check (on the kept dimensions) passes too
 
 
 @pytest.mark.parametrize("shape", ["tinybert4", "bert12"])

@@ -103,8 +103,13 @@ def test_embedding_fidelity():
     assert embedding_fidelity(s3, t3)["mean_cosine"] == pytest.approx((1 + 2 / math.sqrt(2)) / 3)
     # Unrelated embeddings: structure correlation near 0.
     assert abs(embedding_fidelity(rng.standard_normal((60, 16)), t[:30].repeat(2, 0))["similarity_spearman"]) < 0.2
-    with pytest.raises(PrunekitError, match="differ in shape"):
+    with pytest.raises(PrunekitError, match="differ in the number of sentences"):
         embedding_fidelity(t[:5], t[:6])
+    # A narrower student (compact --narrow-output): the same pairwise structure in 16 of 24 dims scores
+    # Spearman 1; mean_cosine has no common space (nan)
+    wide = np.concatenate([t, np.zeros((40, 8))], axis=1)
+    narrow = embedding_fidelity(t @ q, wide)
+    assert narrow["similarity_spearman"] == pytest.approx(1.0) and math.isnan(narrow["mean_cosine"])
     with pytest.raises(PrunekitError, match="at least 3 sentences"):
         embedding_fidelity(t[:2], t[:2])
     with pytest.raises(PrunekitError, match=r"\[N, D\] matrices"):
