@@ -8,12 +8,15 @@
 #   e2e      end-to-end compact-model timings (the original + CUDA graph baseline; limit 120 s);
 #   bench    the CLI on CUDA: bench --device cuda, export-onnx --fp16, eval --device cuda (limit 100 s);
 #   probe    the device's copy/matmul ceilings, every kernel by name (limit 50 s);
-#   kernels  the kernels' correctness cases and attention timings (limit 100 s).
+#   kernels  the kernels' correctness cases and attention timings (limit 100 s);
+#   hidden   the docstrings students' architectures with and without --prune-hidden (S, H at 30% of the FLOPs; S10,
+#            H10 at 10%), cut from a random-weight MiniLM and timed on triton-fp16-graph and torch-fp16-graph at
+#            batch 64 (issue 20's GPU speed; benchmarks/arch_speed.py; limit 90 s).
 # The default parts' limits sum to 570 s: one 600 s call (~8-9 min with the machine's start).
 # Usage (repo root): bash benchmarks/gpu_session.sh [part ...]
 # Every log and result is written under a scratch folder and packed into $OUT/gpu_session.tgz after each part
 # (the lent machine returns 8 files at most; a part cut off by the call's limit keeps what came before).
-# Logs: pytest_cuda.log, latency.log, e2e.log, bench_cli.log, probe.log, kernels.log; results: latency_target_gpu.{json,md},
+# Logs: pytest_cuda.log, latency.log, e2e.log, bench_cli.log, probe.log, kernels.log, hidden.log; results: latency_target_gpu.{json,md},
 # gpu_e2e.{json,md}, gpu_bench/, gpu_probe.{json,md}, gpu_kernels.{json,md}. The published files are these renamed
 # after the run with the device (gpu_e2e_h200.*, latency_target_gpu_h200.*, pytest_cuda_h200.log, ...).
 set -u
@@ -54,7 +57,12 @@ for part in $PARTS; do
     bench) $T 100 python benchmarks/gpu_bench.py > "$W/bench_cli.log" 2>&1; echo "gpu_bench rc=$?" ;;
     probe) $T 50 python benchmarks/gpu_probe.py > "$W/probe.log" 2>&1; echo "gpu_probe rc=$?" ;;
     kernels) $T 100 python benchmarks/gpu_kernels.py --budget 60 90 > "$W/kernels.log" 2>&1; echo "gpu_kernels rc=$?" ;;
-    *) echo "unknown part $part (pytest latency e2e bench probe kernels)" ;;
+    hidden)
+      A=benchmarks/results/real_tasks/archs
+      $T 90 python benchmarks/arch_speed.py S=$A/docstrings_S.json H=$A/docstrings_H.json S10=$A/docstrings_S10.json \
+          H10=$A/docstrings_H10.json --device cuda --backends triton-fp16-graph torch-fp16-graph --batch 64 --repeats 15 \
+          --pairs H:S H10:S10 --runs /tmp/arch-runs --out "$W/arch_speed_gpu" > "$W/hidden.log" 2>&1; echo "arch_speed rc=$?" ;;
+    *) echo "unknown part $part (pytest latency e2e bench probe kernels hidden)" ;;
   esac
   pack
 done
@@ -64,5 +72,6 @@ done
 [ -f "$W/e2e.log" ] && { echo "=== e2e ==="; grep -E "^- |RESULT" "$W/e2e.log" | head -16; }
 [ -f "$W/bench_cli.log" ] && { echo "=== bench --device cuda ==="; grep -E "^=== |^\| bert|^best|RESULT|^error" "$W/bench_cli.log" | head -30; }
 [ -f "$W/probe.log" ] && { echo "=== probe ==="; grep -E "^ceilings|^- |RESULT" "$W/probe.log" | head -12; }
+[ -f "$W/hidden.log" ] && { echo "=== hidden ==="; grep -E "^\| (S|H)|^\| (H|H10):" "$W/hidden.log" | head -12; tail -2 "$W/hidden.log"; }
 [ -f "$W/kernels.log" ] && { echo "=== kernels ==="; grep -E "RESULT|^\| (2|4|6|8|12) \| (26|32|64) \| 128 \|" "$W/kernels.log" | head -30; }
 true

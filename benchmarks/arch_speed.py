@@ -1,0 +1,130 @@
+"""The speed of searched architectures, their weights aside (issue 20): `architecture.json` files
+(a few KB each) are cut out of a random-weight original of their shape and timed side by side with
+`prunekit bench`, so a search made on one machine is timed on another (a lent GPU, where the real
+models do not travel: the packaged MiniLM alone is 87 MB) without its weights, which do not change
+the time. On the GPU machine prunekit comes from the checkout through ``PYTHONPATH`` (gpu_session.sh
+sets it); on the CPU from the project's environment.
+
+    .venv/bin/python benchmarks/arch_speed.py S=runs/.../search-0.3-S/search/architecture.json \
+        H=runs/.../search-0.3-H/search/architecture.json --backends torch-sdpa ort-opt --out /tmp/arch_speed
+    python benchmarks/arch_speed.py $(cat benchmarks/results/real_tasks/archs/list.txt) --device cuda \
+        --backends triton-fp16-graph torch-fp16-graph --batch 64 --out $OUT/arch_speed_gpu   # gpu_session.sh's `hidden`
+
+Each NAME=PATH is one architecture (heads, FFN neurons and, from `search --prune-hidden`, hidden
+dimensions kept); all must share one shape (layers, hidden, heads, FFN). The compact models keep the
+narrow output (`--narrow-output`: a classifier has no map back to the teacher's width either).
+``--pairs B:A`` prints B's speedup over A's (the ratio of their speedups over the original, each a
+median of paired repeats). Writes ``<out>.json`` and ``<out>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from random_models import make_original
+
+from prunekit.architecture import Architecture
+from prunekit.bench import BenchSettings, bench
+from prunekit.compact import compact
+from prunekit.errors import PrunekitError
+from prunekit.io import atomic_write_text
+from prunekit.models import load_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _named(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"give architectures as NAME=PATH, got {item!r}")
+        if not Path(path).is_file():
+            raise SystemExit(f"{path}: no such architecture file (a search run's architecture.json)")
+        out[name] = Path(path)
+    return out
+
+
+def _dims(path: Path) -> tuple:
+    shape = json.loads(path.read_text()).get("shape") or {}
+    try:
+        return shape["num_layers"], shape["hidden_size"], shape["num_heads"], shape["intermediate_size"]
+    except KeyError:
+        raise SystemExit(f"{path}: no 'shape' (layers, hidden, heads, FFN) recorded; re-save it with a current prunekit") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("archs", nargs="+", help="NAME=path/to/architecture.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backends", nargs="+", default=["torch-sdpa"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--pairs", nargs="*", default=[], help="B:A, B's speedup over A's")
+    ap.add_argument("--runs", default=str(REPO / "runs" / "arch-speed"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "arch_speed"))
+    a = ap.parse_args(argv)
+
+    archs = _named(a.archs)
+    dims = {_dims(p) for p in archs.values()}
+    if len(dims) != 1:
+        raise SystemExit(f"the architectures are of different shapes {sorted(dims)}: time one shape per run")
+    [dims] = dims
+    runs = Path(a.runs)
+    original = runs / "original-{}x{}x{}x{}".format(*dims)
+    if not original.exists():
+        make_original(original, dims, seed=0)
+    teacher = load_teacher(str(original))
+    models, kept = [str(original)], {}
+    for name, path in archs.items():
+        try:
+            arch = Architecture.load(path, teacher.shape)
+        except PrunekitError as e:
+            raise SystemExit(str(e)) from None
+        out = runs / name
+        compact(teacher, arch, narrow_output=True).save_pretrained(out)
+        teacher.tokenizer.save_pretrained(out)
+        models.append(str(out))
+        kept[name] = {"heads": arch.head_counts, "ffn": arch.ffn_widths, "hidden": arch.hidden_size or dims[1],
+                      "flops_ratio": arch.flops_ratio(teacher.shape, a.seq_len), "source": str(path)}
+    res = bench(BenchSettings(models=models, device=a.device, backends=a.backends, batch=a.batch, seq_len=a.seq_len,
+                              repeats=a.repeats, warmup=2, threads=a.threads, fvcore=False))
+    speed = {(Path(r["model"]).name, r["backend"]): r["speedup"] for r in res["rows"]}
+    pairs = []
+    for pair in a.pairs:
+        b, _, ref = pair.partition(":")
+        for backend in dict.fromkeys(r["backend"] for r in res["rows"]):
+            sb, sa = speed.get((b, backend)), speed.get((ref, backend))
+            if sb and sa:
+                pairs.append({"pair": f"{b}:{ref}", "backend": backend, "ratio": sb / sa})
+    system = res["system"]
+    machine = system.get("gpu") or (system.get("cpu") or {}).get("model") or "?"
+    lines = [f"# Architectures timed with random weights ({machine}, {a.device}, batch {a.batch} x {a.seq_len} tokens, "
+             f"threads {res['threads']})", "",
+             "Made by `benchmarks/arch_speed.py`: each architecture.json cut out of a random-weight original of its shape "
+             "and timed by `prunekit bench` beside it (speedup: over the original on the same backend, median of "
+             f"{a.repeats} paired repeats).", "",
+             "| model | hidden | heads per layer | FFN per layer | FLOPs ratio | " + " | ".join(f"{b} speedup" for b in a.backends) + " |",
+             "|---|---:|---|---|---:|" + "---:|" * len(a.backends)]
+    for name, k in kept.items():
+        cells = [f"{speed[(name, b)]:.2f}x" if speed.get((name, b)) else "-" for b in a.backends]
+        lines.append(f"| {name} | {k['hidden']} | {' '.join(map(str, k['heads']))} | {' '.join(map(str, k['ffn']))} "
+                     f"| {k['flops_ratio']:.3f} | " + " | ".join(cells) + " |")
+    if pairs:
+        lines += ["", "| pair (B:A) | backend | B's speedup over A's |", "|---|---|---:|"]
+        lines += [f"| {p['pair']} | {p['backend']} | {p['ratio']:.3f}x |" for p in pairs]
+    if res.get("notes"):
+        lines += [""] + [f"- {n}" for n in res["notes"]]
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"settings": vars(a), "archs": kept, "pairs": pairs,
+                                                            "system": system, "rows": res["rows"]}, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
