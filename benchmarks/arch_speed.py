@@ -1,5 +1,5 @@
 """The speed of searched architectures, their weights aside (issue 20): `architecture.json` files
-(a few KB each) are cut out of a random-weight original of their shape and timed side by side with
+(tens of KB each) are cut out of a random-weight original of their shape and timed side by side with
 `prunekit bench`, so a search made on one machine is timed on another (a lent GPU, where the real
 models do not travel: the packaged MiniLM alone is 87 MB) without its weights, which do not change
 the time. On the GPU machine prunekit comes from the checkout through ``PYTHONPATH`` (gpu_session.sh
@@ -7,8 +7,7 @@ sets it); on the CPU from the project's environment.
 
     .venv/bin/python benchmarks/arch_speed.py S=runs/.../search-0.3-S/search/architecture.json \
         H=runs/.../search-0.3-H/search/architecture.json --backends torch-sdpa ort-opt --out /tmp/arch_speed
-    python benchmarks/arch_speed.py $(cat benchmarks/results/real_tasks/archs/list.txt) --device cuda \
-        --backends triton-fp16-graph torch-fp16-graph --batch 64 --out $OUT/arch_speed_gpu   # gpu_session.sh's `hidden`
+    bash benchmarks/gpu_session.sh hidden    # on a lent GPU: triton-fp16-graph and torch-fp16-graph, batch 64
 
 Each NAME=PATH is one architecture (heads, FFN neurons and, from `search --prune-hidden`, hidden
 dimensions kept); all must share one shape (layers, hidden, heads, FFN). The compact models keep the

@@ -14,12 +14,13 @@ teacher's width, as CoFi does (:func:`hidden_map`: trained in stage 1, checkpoin
 the model); an embedding student's last hidden states go through its own ``output_proj`` instead,
 the map it keeps after pooling (which is linear, so it commutes with the mean pooling). An
 embedding student made with ``compact --narrow-output`` has no ``output_proj``: its pooled
-embeddings are compared through the training-only map in stage 2 too, and it keeps its narrow
-output (its dev fidelity is the pairwise-similarity Spearman, which needs no common space).
+embeddings are compared through the training-only map in stage 2 too (as stage 1 left it, not
+trained further), and it keeps its narrow output (its dev fidelity is the pairwise-similarity
+Spearman, which needs no common space).
 
 Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T for a
-classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``) for an
-embedding model; ``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
+classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``, or the
+map) for an embedding model; ``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
 
 Both stages can train on TinyBERT-style augmented copies of the data (:mod:`prunekit.augment`).
 The dev metric (the task's primary metric on labelled dev data, else fidelity to the teacher) is
@@ -299,13 +300,15 @@ class _Trainee(torch.nn.Module):
 
     def forward(self, stage: int, kind: str, inputs: dict):
         """Stage 1: the student's output with its hidden states in the teacher's width and its
-        attention maps; stage 2: its task output (through ``output_proj`` where it has one)."""
+        attention maps; stage 2: its task output (through ``output_proj`` where it has one; a
+        narrow-output embedding student's through the map, fixed)."""
         if stage == 2:
             pred = model_output(self.student, kind, inputs)
             if kind == "embedding" and self.hidden_map is not None and output_projection(self.student) is None:
                 # compact --narrow-output: the student's narrow embeddings compared with the teacher's through the
-                # training-only map (linear, so it commutes with the mean pooling); the model keeps its own width
-                pred = self.hidden_map(pred)
+                # training-only map as stage 1 left it (linear, so it commutes with the mean pooling), held fixed:
+                # a map still learning could absorb what the embeddings the model ships should match
+                pred = F.linear(pred, self.hidden_map.weight.detach(), self.hidden_map.bias.detach())
             return pred
         out = self.student(**inputs, output_hidden_states=True, output_attentions=True)
         if self.hidden_map is None:

@@ -137,8 +137,8 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         the teacher's N x N cosine-similarity matrices -- whether the student ranks sentence
         pairs as similar in the same order as the teacher, which is what retrieval and
         clustering use. This is the primary one: it is blind to a rotation of the space that
-        mean_cosine would punish, and it needs no common width (a student whose narrow output
-        differs in width from the teacher's gets mean_cosine nan).
+        mean_cosine would punish, and it needs no common width (for a student whose narrow output
+        differs in width from the teacher's, mean_cosine is left out).
     Only the first `max_items` rows enter the pairwise term (its cost grows with N^2).
     """
     s = _to_numpy(student_emb).astype(np.float64)
@@ -156,12 +156,14 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     su, tu = unit(s), unit(t)
+    out = {}
     if s.shape[1] == t.shape[1]:
-        mean_cos = float(np.mean(np.sum(su * tu, axis=1)))
-    else:  # a narrow-output student (compact --narrow-output): no common space to compare directions in
-        log.info("the embeddings are %d and %d wide: mean_cosine needs one space (nan); similarity_spearman compares "
-                 "the pairwise similarities", s.shape[1], t.shape[1])
-        mean_cos = float("nan")
+        out["mean_cosine"] = float(np.mean(np.sum(su * tu, axis=1)))
+    elif (s.shape[1], t.shape[1]) not in _WARNED_WIDTHS:  # compact --narrow-output: no common space for directions
+        _WARNED_WIDTHS.add((s.shape[1], t.shape[1]))
+        log.warning("the embeddings are %d wide, the reference's %d: mean_cosine left out (no common space); "
+                    "similarity_spearman compares pairwise similarities (as for a compact --narrow-output model; "
+                    "otherwise check the reference)", s.shape[1], t.shape[1])
     m = min(n, max_items)
     iu = np.triu_indices(m, k=1)
     sim_s = (su[:m] @ su[:m].T)[iu]
@@ -171,7 +173,10 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         rho = float("nan")
     else:
         rho = float(stats.spearmanr(sim_s, sim_t)[0])
-    return {"similarity_spearman": rho, "mean_cosine": mean_cos}
+    return {"similarity_spearman": rho, **out}
+
+
+_WARNED_WIDTHS: set[tuple[int, int]] = set()  # width pairs already warned about (once per process)
 
 
 __all__ = ["compute_metrics", "primary_metric", "embedding_fidelity"]

@@ -109,7 +109,7 @@ class SearchSettings:
     latency_repeats: int = 10
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
-    latency_check: int = 3  # time the chosen architecture, re-choose until it is in the band: at most this many times (0: off)
+    latency_check: int = 3  # time the chosen architecture, re-choose while it is off the target by over tolerance/2: at most this many times (0: off)
     # --cost latency: what the gates' loss counts while they learn. flops (default: dev +1.0, test -0.4 on a real task, docs/results.md):
     # the FLOPs loss at the FLOPs ratio the latency model maps the target to, then the choice brought to the latency
     # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
@@ -480,7 +480,9 @@ class _GateSearch:
 
     def architecture(self) -> Architecture:
         """The kept heads and neurons: the gates' hard decisions, or, when they ended outside the
-        target's band, the groups with the largest alpha until the budget is met."""
+        target's band, the groups with the largest alpha until the budget is met. Under a latency
+        target the gates' choice is always brought to the target (:func:`trim_to_latency`);
+        ``projected`` still says whether they ended outside the band, ``gate_ratio`` where."""
         s, shape, seq_len, alphas = self.s, self.shape, self.seq_len, self.alphas
         hard = alphas.hard()
         hidden = _kept_hidden(alphas)
@@ -720,7 +722,7 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
         log.info("latency check %d: predicted %.3f, measured %.3f (target %.3f)", i, rounds[-1]["predicted"], measured, s.target)
         if abs(measured / s.target - 1) <= aim or i == s.latency_check:
             break
-        if measured > s.target:
+        if measured > s.target:  # the bracket, split at the target (each budget is chosen inside it)
             too_slow = min(too_slow, budget)
         else:
             too_fast = max(too_fast, budget)
@@ -732,9 +734,16 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
             arch = trim_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta), arch.to_masks(teacher.shape)[2])
         else:
             arch = select_to_latency(priorities[0], priorities[1], model, budget, dict(arch.meta))
+        if any(_same_sizes(arch, a) for a in archs):  # the new budget chooses a model already timed: nothing left to learn
+            break
     kept = min(range(len(rounds)), key=lambda k: abs(math.log(rounds[k]["measured"] / s.target)))
     return archs[kept], {"rounds": rounds, "kept": kept, "measured_ratio": rounds[kept]["measured"],
                          "in_band": lo <= rounds[kept]["measured"] <= hi}
+
+
+def _same_sizes(a: Architecture, b: Architecture) -> bool:
+    """Whether two architectures have the same per-layer head counts, FFN widths and hidden width (the same time)."""
+    return (a.head_counts, a.ffn_widths, a.hidden_size) == (b.head_counts, b.ffn_widths, b.hidden_size)
 
 
 def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, ratio: float, flops_ratio: float,
@@ -779,7 +788,7 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
         arch, priorities = run_baseline(settings, teacher, encoded, device, latency_model)
     teacher.model.to("cpu")
     checked = None
-    if latency and settings.latency_check:  # the model's choice timed for real, re-chosen until it is in the band
+    if latency and settings.latency_check:  # the model's choice timed for real, re-chosen until it is near the target
         arch, checked = broadcast_object(on_main(world, lambda: check_latency(settings, teacher, latency_model, arch, priorities)), world)
 
     shape, seq_len = teacher.shape, settings.max_length

@@ -104,7 +104,7 @@ def test_without_the_kept_dimensions_the_map_starts_random_and_says_so(worlds, c
 
 def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp_path):
     """compact --narrow-output: no output_proj; stage 2 compares the pooled embeddings through the
-    training-only map (which starts as the scatter: the gated teacher's output on the kept dimensions),
+    training-only map, held fixed (it starts as the scatter: the gated teacher's output on the kept dimensions),
     and the distilled model still outputs its own 20 dimensions, scored by the pairwise-similarity Spearman."""
     from prunekit.architecture import Architecture
     from prunekit.compact import compact_to_dir
@@ -140,11 +140,11 @@ def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp
     assert out.shape == (3, 20)
     assert not any("hidden_map" in k for k in load_file(str(r.output_dir / "model.safetensors")))
     assert r.metric == "similarity_spearman" and -1 <= r.best["value"] <= 1
-    text = tmp_path / "t.txt"  # prunekit eval scores it against its teacher: the Spearman, no common space for the cosine
+    text = tmp_path / "t.txt"  # prunekit eval scores it against its teacher: the Spearman; no common space for a cosine
     text.write_text("\n".join(make_sentences(12, seed=2)) + "\n")
     res = evaluate(EvalSettings([str(r.output_dir)], data=str(text), reference=str(w["teacher"])))["models"][0]["results"]["dev"]
     assert res["primary"] == "similarity_spearman" and -1 <= res["metrics"]["similarity_spearman"] <= 1
-    assert res["metrics"]["mean_cosine"] != res["metrics"]["mean_cosine"]  # nan
+    assert "mean_cosine" not in res["metrics"]
 
 
 @pytest.mark.parametrize("kind", ["classification", "embedding"])

@@ -406,10 +406,25 @@ def test_latency_check_aims_at_the_target_inside_the_band(tiny_models, text_file
     assert saved["measured_latency_ratio"] == min((r["measured"] for r in rounds), key=lambda m: abs(m / 0.6 - 1))
 
 
+def test_latency_check_stops_when_a_new_budget_chooses_a_model_already_timed(tiny_models, text_file, tmp_path, monkeypatch):
+    """A machine where everything measures far faster than asked: the budget grows to the full model,
+    and once a new budget chooses a model already timed the check stops instead of timing it again."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    write_table(tmp_path / "table.json", shape, key)
+    timed = []
+    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: timed.append((list(heads), list(widths))) or 0.2)
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude")
+    saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
+    assert len(saved["latency_check"]) == len(timed) < 9
+    assert len({tuple(map(tuple, t)) for t in timed}) == len(timed)  # no model timed twice
+
+
 def test_latency_check_stays_inside_its_bracket(tiny_models, text_file, tmp_path, monkeypatch):
     """A machine where the model is wrong by a factor that changes with the budget (steep: 3x the
     prediction less 1): scaling the budget by target/measured alone jumps past the band back and
-    forth; every budget stays between the largest one measured too fast and the smallest too slow."""
+    forth; every budget stays between the largest one measured faster than the target and the
+    smallest slower (the bracket is split at the target)."""
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
@@ -419,8 +434,8 @@ def test_latency_check_stays_inside_its_bracket(tiny_models, text_file, tmp_path
     rounds = saved["latency_check"]
     assert 0.57 <= saved["measured_latency_ratio"] <= 0.63 and len(rounds) >= 3
     for i in range(1, len(rounds)):
-        fast = [r["budget"] for r in rounds[:i] if r["measured"] < 0.57]
-        slow = [r["budget"] for r in rounds[:i] if r["measured"] > 0.63]
+        fast = [r["budget"] for r in rounds[:i] if r["measured"] < 0.6]
+        slow = [r["budget"] for r in rounds[:i] if r["measured"] > 0.6]
         assert max(fast, default=0.0) < rounds[i]["budget"] < min(slow, default=float("inf"))
 
 

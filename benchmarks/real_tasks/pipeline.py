@@ -177,7 +177,7 @@ def _seed_means(runs: list[dict]) -> list[str]:
         return []
     return ["Recipes run with more than one seed (tags `X`, `X-s1`, `X-s2`, ...): mean and standard deviation over the "
             "seeds. A single test accuracy on ~1,000 examples has a binomial standard error of ~1.1 points, so "
-            "differences under ~1.5 points between single runs are noise.", "",
+            "the difference of two single runs has one of ~1.6 and needs ~3 points to be told from noise (95%).", "",
             "| method | target | recipe | seeds | test mean | test sd | dev mean | test per seed | test examples |",
             "|---|---:|---|---:|---:|---:|---:|---|---:|", *rows, ""]
 
