@@ -363,13 +363,28 @@ def format_best(best: dict) -> str:
 
 
 def _unique_names(paths: list) -> list[str]:
-    names = []
-    for p in paths:
-        n = Path(p).name or str(p)
-        while n in names:
+    """Each model's name in the tables: its dir's name, with as many parent dirs as it takes to tell
+    it from the others (``search-0.3-S/distilled``, ``search-0.1-S/distilled``); a path given twice
+    gets primes."""
+    parts = [Path(p).parts or (str(p),) for p in paths]
+    depth = [1] * len(paths)
+
+    def named() -> list[str]:
+        return ["/".join(parts[i][-depth[i]:]) for i in range(len(paths))]
+
+    while True:
+        names = named()
+        grow = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    out = []
+    for n in named():
+        while n in out:
             n = n + "'"
-        names.append(n)
-    return names
+        out.append(n)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -178,3 +178,12 @@ def test_noise_note_names_the_noisy_rows():
     (note,) = noise_notes(rows)
     assert "compact ort-fp32 (4.0x)" in note and "orig" not in note
     assert noise_notes(rows[:1]) == []
+
+
+def test_models_named_by_as_many_parent_dirs_as_tell_them_apart():
+    from prunekit.bench import _unique_names
+
+    assert _unique_names(["runs/teacher", "runs/a/search-0.3-S/distilled", "runs/a/search-0.1-S/distilled", "other/x"]) == [
+        "teacher", "search-0.3-S/distilled", "search-0.1-S/distilled", "x"]
+    assert _unique_names(["a/b/m", "c/b/m", "d"]) == ["a/b/m", "c/b/m", "d"]
+    assert _unique_names(["m", "m", "runs/m"]) == ["m", "m'", "runs/m"]
