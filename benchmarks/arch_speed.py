@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                       "flops_ratio": arch.flops_ratio(teacher.shape, a.seq_len), "source": str(path)}
     res = bench(BenchSettings(models=models, device=a.device, backends=a.backends, batch=a.batch, seq_len=a.seq_len,
                               repeats=a.repeats, warmup=2, threads=a.threads, fvcore=False))
-    speed = {(Path(r["model"]).name, r["backend"]): r["speedup"] for r in res["rows"]}
+    speed = {(r["model"], r["backend"]): r["speedup"] for r in res["rows"]}  # bench names each model by its dir
     pairs = []
     for pair in a.pairs:
         b, _, ref = pair.partition(":")

@@ -72,6 +72,6 @@ done
 [ -f "$W/e2e.log" ] && { echo "=== e2e ==="; grep -E "^- |RESULT" "$W/e2e.log" | head -16; }
 [ -f "$W/bench_cli.log" ] && { echo "=== bench --device cuda ==="; grep -E "^=== |^\| bert|^best|RESULT|^error" "$W/bench_cli.log" | head -30; }
 [ -f "$W/probe.log" ] && { echo "=== probe ==="; grep -E "^ceilings|^- |RESULT" "$W/probe.log" | head -12; }
-[ -f "$W/hidden.log" ] && { echo "=== hidden ==="; grep -E "^\| (S|H)|^\| (H|H10):" "$W/hidden.log" | head -12; tail -2 "$W/hidden.log"; }
+[ -f "$W/hidden.log" ] && { echo "=== hidden ==="; grep -E "^\| (S|H)" "$W/hidden.log" | head -12; tail -2 "$W/hidden.log"; }
 [ -f "$W/kernels.log" ] && { echo "=== kernels ==="; grep -E "RESULT|^\| (2|4|6|8|12) \| (26|32|64) \| 128 \|" "$W/kernels.log" | head -30; }
 true

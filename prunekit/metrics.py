@@ -128,6 +128,9 @@ _METRICS = {
 }
 
 
+_WARNED_WIDTHS: set[tuple[int, int]] = set()  # width pairs already warned about (once per process)
+
+
 def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2000) -> dict[str, float]:
     """How well a student's sentence embeddings keep the teacher's, on the same N sentences.
 
@@ -175,8 +178,6 @@ def embedding_fidelity(student_emb: Any, teacher_emb: Any, *, max_items: int = 2
         rho = float(stats.spearmanr(sim_s, sim_t)[0])
     return {"similarity_spearman": rho, **out}
 
-
-_WARNED_WIDTHS: set[tuple[int, int]] = set()  # width pairs already warned about (once per process)
 
 
 __all__ = ["compute_metrics", "primary_metric", "embedding_fidelity"]

@@ -702,8 +702,8 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
     priorities with another budget, at most ``latency_check`` times: the budget scaled by target /
     measured (the cost model's error at this point), kept inside the bracket the rounds so far have
     found (a budget measured too slow above, one too fast below; their geometric mean where the
-    scaled one falls outside), since
-    a model that is wrong at one point is not wrong by the same factor at the next. Returns (the
+    scaled one falls outside), since a model that is wrong at one point is not wrong by the same
+    factor at the next; it stops early when a new budget chooses a model already timed. Returns (the
     architecture measured closest to the target, the record: every round's budget, prediction and
     measurement, and which round was kept)."""
     from . import latency as lat
