@@ -13,12 +13,16 @@ Each NAME=PATH is one architecture (heads, FFN neurons and, from `search --prune
 dimensions kept); all must share one shape (layers, hidden, heads, FFN). The compact models keep the
 narrow output (`--narrow-output`: a classifier has no map back to the teacher's width either).
 ``--pairs B:A`` prints B's speedup over A's (the ratio of their speedups over the original, each a
-median of paired repeats). Writes ``<out>.json`` and ``<out>.md``.
+median of paired repeats). ``--rounds K`` times everything K times (a fresh bench each: new
+sessions, compiles and memory layout, which move a CPU's figures by several percent from one run to
+the next) and prints each figure as the median of the rounds with their range. Writes
+``<out>.json`` and ``<out>.md``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from random_models import make_original
@@ -53,6 +57,16 @@ def _dims(path: Path) -> tuple:
         raise SystemExit(f"{path}: no 'shape' (layers, hidden, heads, FFN) recorded; re-save it with a current prunekit") from None
 
 
+def _spread(values: list[float]) -> dict:
+    """The median of the rounds' figures (``ratio``) and their range."""
+    return {"ratio": statistics.median(values), "min": min(values), "max": max(values), "rounds": len(values)}
+
+
+def _shown(fig: dict, digits: int) -> str:
+    text = f"{fig['ratio']:.{digits}f}x"
+    return text + (f" [{fig['min']:.{digits}f}-{fig['max']:.{digits}f}]" if fig["rounds"] > 1 else "")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("archs", nargs="+", help="NAME=path/to/architecture.json")
@@ -63,10 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--pairs", nargs="*", default=[], help="B:A, B's speedup over A's")
+    ap.add_argument("--rounds", type=int, default=1, help="bench runs; figures are their median (and range)")
     ap.add_argument("--runs", default=str(REPO / "runs" / "arch-speed"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "arch_speed"))
     a = ap.parse_args(argv)
 
+    if a.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {a.rounds}")
     archs = _named(a.archs)
     dims = {_dims(p) for p in archs.values()}
     if len(dims) != 1:
@@ -89,38 +106,46 @@ def main(argv: list[str] | None = None) -> None:
         models.append(str(out))
         kept[name] = {"heads": arch.head_counts, "ffn": arch.ffn_widths, "hidden": arch.hidden_size or dims[1],
                       "flops_ratio": arch.flops_ratio(teacher.shape, a.seq_len), "source": str(path)}
-    res = bench(BenchSettings(models=models, device=a.device, backends=a.backends, batch=a.batch, seq_len=a.seq_len,
-                              repeats=a.repeats, warmup=2, threads=a.threads, fvcore=False))
-    speed = {(r["model"], r["backend"]): r["speedup"] for r in res["rows"]}  # bench names each model by its dir
+    settings = BenchSettings(models=models, device=a.device, backends=a.backends, batch=a.batch, seq_len=a.seq_len,
+                             repeats=a.repeats, warmup=2, threads=a.threads, fvcore=False)
+    results = [bench(settings) for _ in range(a.rounds)]
+    res = results[-1]
+    # bench names each model by its dir; per round, each (model, backend)'s speedup over the original
+    rounds = [{(r["model"], r["backend"]): r["speedup"] for r in one["rows"]} for one in results]
+    speed = {k: _spread(v) for k in rounds[-1] if (v := [rd[k] for rd in rounds if rd.get(k)])}
     pairs = []
     for pair in a.pairs:
         b, _, ref = pair.partition(":")
         for backend in dict.fromkeys(r["backend"] for r in res["rows"]):
-            sb, sa = speed.get((b, backend)), speed.get((ref, backend))
-            if sb and sa:
-                pairs.append({"pair": f"{b}:{ref}", "backend": backend, "ratio": sb / sa})
+            ratios = [rd[(b, backend)] / rd[(ref, backend)] for rd in rounds if rd.get((b, backend)) and rd.get((ref, backend))]
+            if ratios:
+                pairs.append({"pair": f"{b}:{ref}", "backend": backend, **_spread(ratios)})
     system = res["system"]
-    machine = system.get("gpu") or (system.get("cpu") or {}).get("model") or "?"
+    cpu = system.get("cpu") or {}
+    isa = [k for k in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if (cpu.get("isa") or {}).get(k)]
+    machine = system.get("gpu") or f"{cpu.get('model') or '?'}" + (f" ({', '.join(isa)})" if isa else "")
     lines = [f"# Architectures timed with random weights ({machine}, {a.device}, batch {a.batch} x {a.seq_len} tokens, "
              f"threads {res['threads']})", "",
              "Made by `benchmarks/arch_speed.py`: each architecture.json cut out of a random-weight original of its shape "
              "and timed by `prunekit bench` beside it (speedup: over the original on the same backend, median of "
-             f"{a.repeats} paired repeats).", "",
+             f"{a.repeats} paired repeats" + (f"; each figure the median of {a.rounds} bench runs, their range in "
+                                               "brackets" if a.rounds > 1 else "") + ").", "",
              "| model | hidden | heads per layer | FFN per layer | FLOPs ratio | " + " | ".join(f"{b} speedup" for b in a.backends) + " |",
              "|---|---:|---|---|---:|" + "---:|" * len(a.backends)]
     for name, k in kept.items():
-        cells = [f"{speed[(name, b)]:.2f}x" if speed.get((name, b)) else "-" for b in a.backends]
+        cells = [_shown(speed[(name, b)], 2) if speed.get((name, b)) else "-" for b in a.backends]
         lines.append(f"| {name} | {k['hidden']} | {' '.join(map(str, k['heads']))} | {' '.join(map(str, k['ffn']))} "
                      f"| {k['flops_ratio']:.3f} | " + " | ".join(cells) + " |")
     if pairs:
         lines += ["", "| pair (B:A) | backend | B's speedup over A's |", "|---|---|---:|"]
-        lines += [f"| {p['pair']} | {p['backend']} | {p['ratio']:.3f}x |" for p in pairs]
+        lines += [f"| {p['pair']} | {p['backend']} | {_shown(p, 3)} |" for p in pairs]
     if res.get("notes"):
         lines += [""] + [f"- {n}" for n in res["notes"]]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps({"settings": vars(a), "archs": kept, "pairs": pairs,
-                                                            "system": system, "rows": res["rows"]}, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"settings": vars(a), "archs": kept, "pairs": pairs, "system": system,
+                                                            "rows": res["rows"], "rounds": [one["rows"] for one in results]},
+                                                           indent=1) + "\n")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -56,3 +56,20 @@ def test_arch_speed_refuses_mixed_shapes_and_bad_names(tmp_path):
     assert proc.returncode != 0 and "different shapes" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run(tmp_path, str(a))
     assert proc.returncode != 0 and "NAME=PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_arch_speed_rounds_give_the_median_and_range(tmp_path):
+    a = _arch(tmp_path / "a.json", [2, 1], [40, 20], None)
+    b = _arch(tmp_path / "b.json", [1, 1], [48, 24], 24)
+    proc = _run(tmp_path, f"A={a}", f"B={b}", "--pairs", "B:A", "--rounds", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert len(out["rounds"]) == 3
+    per_round = [{Path(r["model"]).name: r["speedup"] for r in rows} for rows in out["rounds"]]
+    ratios = sorted(rd["B"] / rd["A"] for rd in per_round)
+    [pair] = out["pairs"]
+    assert pair["rounds"] == 3 and abs(pair["ratio"] - ratios[1]) < 1e-9
+    assert pair["min"] == ratios[0] and pair["max"] == ratios[2]
+    assert f"[{ratios[0]:.3f}-{ratios[2]:.3f}]" in (tmp_path / "out.md").read_text()
+    proc = _run(tmp_path, f"A={a}", "--rounds", "0")
+    assert proc.returncode != 0 and "--rounds" in proc.stderr and "Traceback" not in proc.stderr
