@@ -988,7 +988,10 @@ class _Run:
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }
         atomic_write_text(final / "distill_report.json", json.dumps(report, indent=1) + "\n")
-        write_card(final, name=out.name)
+        if (final / "compact_report.json").is_file():
+            write_card(final, name=out.name)
+        else:  # a compact model saved by other code (save_pretrained): no report to make a card from
+            log.info("no model card: %s has no compact_report.json (`prunekit compact` writes one)", inp.student_dir)
         if out.exists():
             check_output_dir(out, overwrite)
         publish_dir(final, out)

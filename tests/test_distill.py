@@ -393,3 +393,15 @@ def test_dev_set_the_teacher_has_seen_is_named(world, tmp_path, monkeypatch):
     _teacher_scores(monkeypatch, 0.80)
     r = _cli(_args(world, world["compact"], tmp_path / "honest"))
     assert r.exit_code == 0 and "note:" not in r.output, r.output
+
+
+def test_student_saved_without_a_compact_report_distils_without_a_card(world, tmp_path):
+    # a compact model saved by other code (save_pretrained, as benchmarks/arch_speed.py does) has no
+    # compact_report.json: distill used to fail at the very end, after training, writing its card
+    student = tmp_path / "student"
+    shutil.copytree(world["compact"], student)
+    (student / "compact_report.json").unlink()
+    (student / "README.md").unlink(missing_ok=True)
+    r = distill(settings(world, tmp_path / "out", student=str(student), stage1_epochs=0.5, stage2_epochs=0.5), progress=False)
+    assert (r.output_dir / "model.safetensors").is_file() and (r.output_dir / "distill_report.json").is_file()
+    assert not (r.output_dir / "README.md").exists() and not (tmp_path / "out.partial").exists()
