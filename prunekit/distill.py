@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
-from .batching import batch_order, collate, encode
+from .batching import batch_order, collate, encode, mean_padded_tokens, padded_tokens
 from .budget import Plan, format_duration, parse_budget, split
 from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
@@ -120,6 +120,7 @@ class DistillSettings:
     stage1_lr: float | None = None  # None: the recipe's
     stage2_lr: float | None = None  # None: the recipe's
     batch_size: int = 32
+    group_by_length: bool = False  # batches of similar lengths (prunekit.batching.GROUP_BATCHES): less padding
     warmup: float = 0.1  # fraction of each stage's steps with a linear warm-up, then linear decay to 0
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -784,7 +785,10 @@ class _Run:
             times.append(time.perf_counter() - t0)
         self.trainee.zero_grad(set_to_none=True)
         student.config.backend = backend
-        return statistics.median(times[1:])
+        # scaled from this batch's padded tokens to an epoch's mean (grouped batches are shorter)
+        lengths = data.lengths()
+        scale = mean_padded_tokens(lengths, self.s.batch_size, self.s.seed + stage, self.s.group_by_length) / padded_tokens(lengths, idx)
+        return statistics.median(times[1:]) * scale
 
     def dev_score(self) -> dict:
         inp = self.inputs
@@ -839,7 +843,8 @@ class _Run:
                     lr = s.stage1_lr if stage == 1 else s.stage2_lr
                     params = [p for p in self.trainee.parameters() if p.requires_grad]
                     data, orig = self.stage_data[stage]
-                    order = batch_order(len(data), s.batch_size, s.seed + stage, start_step=step - base, shuffle=True)
+                    order = batch_order(len(data), s.batch_size, s.seed + stage, start_step=step - base, shuffle=True,
+                                        lengths=data.lengths() if s.group_by_length else None)
                     desc = "stage 1: layers" if stage == 1 else "stage 2: predictions"
                     bar = tqdm(total=self.steps[stage], initial=step - base, disable=not (self.progress and world.main), desc=desc,
                                unit="step", dynamic_ncols=True)

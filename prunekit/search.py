@@ -88,6 +88,7 @@ class SearchSettings:
     max_steps: int | None = None
     ramp_fraction: float = 0.7  # the target reaches its goal after this fraction of the steps
     batch_size: int = 32
+    group_by_length: bool = False  # batches of similar lengths (prunekit.batching.GROUP_BATCHES): less padding
     max_length: int = 128  # tokenizer truncation and the sequence length of the FLOPs model
     lr: float = 2e-5  # weights (jointly trained)
     alpha_lr: float = 1.0
@@ -374,7 +375,8 @@ class _GateSearch:
         self.forward_model = data_parallel(self.student, self.device) if world.distributed and self.train_weights else self.student
         bar = tqdm(total=self.total_steps, initial=start_step, disable=not (progress and world.main), desc="search", unit="step",
                    dynamic_ncols=True)
-        order = batch_order(len(self.data), s.batch_size, s.seed, start_step=start_step, shuffle=True)
+        order = batch_order(len(self.data), s.batch_size, s.seed, start_step=start_step, shuffle=True,
+                            lengths=self.data.lengths() if s.group_by_length else None)
         with open_log(self.log_path, world) as log_file:
             self.book = StepBook(self.history, log_file, world, s.mixed_precision, s.max_nan_steps,
                                  "a lower --lr / --alpha-lr, or --mixed-precision no")

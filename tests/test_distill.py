@@ -405,3 +405,20 @@ def test_student_saved_without_a_compact_report_distils_without_a_card(world, tm
     r = distill(settings(world, tmp_path / "out", student=str(student), stage1_epochs=0.5, stage2_epochs=0.5), progress=False)
     assert (r.output_dir / "model.safetensors").is_file() and (r.output_dir / "distill_report.json").is_file()
     assert not (r.output_dir / "README.md").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_length_groups_train_with_the_same_steps(world, tmp_path):
+    # texts of very different lengths (the padding saved is tested in test_batching.py)
+    rows = ["text,label"] + [f"{' '.join(random.Random(i).choices(WORDS, k=3 if i % 4 else 40))},{i % 2}" for i in range(96)]
+    data = tmp_path / "mixed.csv"
+    data.write_text("\n".join(rows) + "\n")
+    plans = {}
+    for grouped in (False, True):
+        r = distill(settings(world, tmp_path / f"out-{grouped}", data=str(data), stage1_epochs=1, stage2_epochs=1,
+                             group_by_length=grouped), progress=False)
+        assert (r.output_dir / "model.safetensors").is_file()
+        report = json.loads((r.output_dir / "distill_report.json").read_text())
+        plans[grouped] = report["plan"]
+        assert json.loads((r.output_dir / "settings.json").read_text())["group_by_length"] is grouped
+    assert plans[True]["stage1_steps"] == plans[False]["stage1_steps"]  # the same batches per epoch
+    assert plans[True]["stage2_steps"] == plans[False]["stage2_steps"]

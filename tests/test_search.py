@@ -36,6 +36,15 @@ def test_search_lands_in_target_band(tiny_models, text_file, tmp_path, shape, ta
     assert saved["data_source"] == str(text_file.resolve())  # what eval checks its data against
 
 
+def test_search_with_length_groups_lands_in_target_band(tiny_models, text_file, tmp_path):
+    s = _settings(tmp_path, model=str(tiny_models("minilm6")), data=str(text_file), target=0.3, group_by_length=True)
+    result = search(s, progress=False)
+    t = load_teacher(s.model)
+    ratio = Architecture.load(result.output_dir, t.shape).flops_ratio(t.shape, s.max_length)
+    assert (1 - s.tolerance) * 0.3 <= ratio <= (1 + s.tolerance) * 0.3
+    assert json.loads((result.output_dir / "settings.json").read_text())["group_by_length"] is True
+
+
 def test_search_outputs_and_log(tiny_models, text_file, tmp_path):
     s = _settings(tmp_path, model=str(tiny_models("minilm6")), data=str(text_file), target=0.5, max_steps=12)
     result = search(s, progress=False)
@@ -84,12 +93,13 @@ def test_random_baseline_depends_on_seed(tiny_models, text_file, tmp_path):
     assert a.architecture.neurons != b.architecture.neurons
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_resume_gives_same_architecture(tiny_models, text_file, tmp_path, freeze):
+@pytest.mark.parametrize("freeze,grouped", [(False, False), (True, False), (False, True)])
+def test_resume_gives_same_architecture(tiny_models, text_file, tmp_path, freeze, grouped):
     model = str(tiny_models("minilm6"))
-    full = search(_settings(tmp_path / "full", model=model, data=str(text_file), max_steps=14, freeze_weights=freeze, checkpoint_every=3), progress=False)
+    opts = dict(model=model, data=str(text_file), max_steps=14, freeze_weights=freeze, checkpoint_every=3, group_by_length=grouped)
+    full = search(_settings(tmp_path / "full", **opts), progress=False)
 
-    s = _settings(tmp_path / "cut", model=model, data=str(text_file), max_steps=14, freeze_weights=freeze, checkpoint_every=3)
+    s = _settings(tmp_path / "cut", **opts)
     with pytest.raises(KeyboardInterrupt):
         search(s, progress=False, on_step=stop_after(8))  # killed after step 8: last checkpoint at step 6
     partial = tmp_path / "cut" / "run.partial"
