@@ -68,35 +68,43 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 
 
 # Length grouping (``--group-by-length``): each epoch's shuffled examples are cut into groups of this
-# many batches, each group sorted by length into its batches, and the epoch's batches shuffled. A
-# batch is then padded to lengths close to its examples' (on CPython's docstrings, 1.08x the real
-# tokens against 2.6x for random batches), while every batch still mixes examples from all over the
-# data, as Hugging Face's ``group_by_length`` (its ``LengthGroupedSampler``) does.
+# many batches, each group sorted by length into its batches, and the epoch's batches shuffled, the
+# one with the most padded tokens put first (an out-of-memory error shows at a run's first step, not
+# hours in). A batch is then padded to lengths close to its examples' (on CPython's docstrings, 1.08x
+# the real tokens against 2.6x for random batches), while the batches still differ from one epoch to
+# the next. Hugging Face's ``group_by_length`` (its ``LengthGroupedSampler``) works alike (groups of
+# 50 batches, kept in order).
 GROUP_BATCHES = 16
 
 
 def _grouped(order: torch.Tensor, lengths: list[int], batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """``order``'s examples as batches of similar lengths (see :data:`GROUP_BATCHES`), in a random order."""
+    """``order``'s examples as batches of similar lengths (see :data:`GROUP_BATCHES`), in a random
+    order but for the widest, which comes first."""
     span = GROUP_BATCHES * batch_size
     batches = []
     for start in range(0, len(order), span):
         group = sorted(order[start : start + span].tolist(), key=lambda i: -lengths[i])  # stable: ties keep their shuffled order
         batches += [torch.tensor(group[b : b + batch_size]) for b in range(0, len(group), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    if not batches:
+        return [order]
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    widest = max(range(len(batches)), key=lambda b: padded_tokens(lengths, batches[b]))
+    batches[0], batches[widest] = batches[widest], batches[0]
+    return batches
 
 
 def batch_order(n: int, batch_size: int, seed: int, start_step: int = 0, shuffle: bool = True,
                 lengths: list[int] | None = None) -> Iterator[torch.Tensor]:
     """Endless global batches of example indices; batch ``s`` depends only on (seed, s), so a resumed
     run (on any number of processes) sees the same data. ``lengths`` (the examples' token counts):
-    group the batches by length (:data:`GROUP_BATCHES`); the batches per epoch are as many."""
+    group the batches by length (:data:`GROUP_BATCHES`), as many batches per epoch; only with ``shuffle``."""
     per_epoch = max(1, math.ceil(n / batch_size))
     step, cached = start_step, (None, None)
     while True:
         epoch, pos = divmod(step, per_epoch)
         if cached[0] != epoch:
             order = epoch_order(n, seed, epoch, shuffle)
-            if lengths is not None:
+            if lengths is not None and shuffle:
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
                 cached = (epoch, _grouped(order, lengths, batch_size, gen))
             else:
@@ -109,15 +117,6 @@ def padded_tokens(lengths: list[int], idx) -> int:
     """The tokens a batch of ``idx`` computes on, padding included (dynamic padding: to its longest)."""
     idx = [int(i) for i in idx]
     return len(idx) * max((lengths[i] for i in idx), default=0)
-
-
-def mean_padded_tokens(lengths: list[int], batch_size: int, seed: int, grouped: bool) -> float:
-    """The mean of :func:`padded_tokens` over an epoch of :func:`batch_order`'s batches (a time
-    per step measured on one batch is scaled by it: the epoch's batches are what the run pays for)."""
-    n = len(lengths)
-    per_epoch = max(1, math.ceil(n / batch_size))
-    order = batch_order(n, batch_size, seed, lengths=lengths if grouped else None)
-    return sum(padded_tokens(lengths, next(order)) for _ in range(per_epoch)) / per_epoch
 
 
 def iterate_batches(

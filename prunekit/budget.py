@@ -2,7 +2,8 @@
 
 ``--budget`` takes a time (``45m``, ``2h``, ``1h30m``, ``900s``) or a number of steps (``3000steps``).
 A step budget is split by ``stage1_share``; a time budget is turned into steps with each stage's
-seconds per step, measured on this machine before the run (a few forward and backward passes), less
+seconds per step, measured on this machine before the run (a few forward and backward passes on the
+shortest and the longest batch of an epoch, read at the epoch's mean padded length), less
 the time the dev evaluations will take. The plan is written into the run's work dir once, so a
 ``--resume`` continues the same plan instead of measuring again.
 """
@@ -69,6 +70,18 @@ class Plan:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def seconds_at(tokens: float, short: tuple[float, float], long: tuple[float, float]) -> float:
+    """A step's seconds for a batch of ``tokens`` padded tokens, from two timed batches given as
+    (padded tokens, seconds): the line through them (a fixed cost per step plus a cost per token),
+    kept between the two times. When the longer batch did not time slower (noise, or a step whose
+    fixed costs dominate), the mean of the two."""
+    (p1, t1), (p2, t2) = sorted((short, long))
+    if p2 <= p1 or t2 <= t1:
+        return (t1 + t2) / 2
+    t = t1 + (t2 - t1) * (tokens - p1) / (p2 - p1)
+    return min(max(t, t1), t2)
 
 
 def evaluations(s1: int, s2: int, per_epoch2: int) -> int:

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
-from .batching import batch_order, collate, encode, mean_padded_tokens, padded_tokens
-from .budget import Plan, format_duration, parse_budget, split
+from .batching import batch_order, collate, encode, padded_tokens
+from .budget import Plan, format_duration, parse_budget, seconds_at, split
 from .card import command_line, write_card
 from .checkpoint import flatten_optimizer, restart_log, restore_optimizer, restoring, run_writes, write_checkpoint
 from .data import data_key
@@ -765,30 +765,42 @@ class _Run:
             tqdm.write(line, file=sys.stderr)
         return plan
 
-    def _seconds_per_step(self, stage: int, repeats: int = 3) -> float:
-        """A training step's seconds for ``stage`` on this machine: the median of a few forward and
-        backward passes on one batch after a warm-up, nothing applied (the gradients are dropped; the
-        loop reseeds every step, so nothing here changes the run)."""
+    def _seconds_per_step(self, stage: int, repeats: int = 2) -> float:
+        """A training step's seconds for ``stage`` on this machine, at an epoch's mean padded tokens:
+        the median of a few forward and backward passes on the epoch's batch with the fewest padded
+        tokens and on the one with the most (after a warm-up), read off the line through the two
+        (:func:`prunekit.budget.seconds_at`). Nothing is applied (the gradients are dropped; the
+        loop reseeds every step, so nothing here changes the run); the optimizer step is not timed."""
         student, data = self.inputs.student, self.stage_data[stage][0]
         if len(data) == 0:
             return 0.0
+        s = self.s
+        lengths = data.lengths()
+        per_epoch = max(1, math.ceil(len(data) / s.batch_size))
+        order = batch_order(len(data), s.batch_size, s.seed + stage, lengths=lengths if s.group_by_length else None)
+        epoch = [next(order) for _ in range(per_epoch)]
+        tokens = [padded_tokens(lengths, b) for b in epoch]
+        mean = sum(tokens) / len(tokens)
+        short, long = epoch[tokens.index(min(tokens))], epoch[tokens.index(max(tokens))]
         backend = student.config.backend
         student.config.backend = "eager" if stage == 1 else FAST_BACKEND
         self.trainee.train()
-        idx = torch.arange(min(self.s.batch_size, len(data)))
         kept = [list(h) for h in student.config.kept_heads]
-        times = []
-        for _ in range(repeats + 1):
+
+        def timed(idx: torch.Tensor) -> float:
             t0 = time.perf_counter()
             loss, _ = self._loss(stage, self.trainee, data, self.stage_data[stage][1], idx, idx, kept)
             loss.backward()
-            times.append(time.perf_counter() - t0)
+            return time.perf_counter() - t0
+
+        timed(long)  # warm-up
+        times = {"short": [], "long": []}
+        for _ in range(repeats):
+            times["short"].append(timed(short))
+            times["long"].append(timed(long))
         self.trainee.zero_grad(set_to_none=True)
         student.config.backend = backend
-        # scaled from this batch's padded tokens to an epoch's mean (grouped batches are shorter)
-        lengths = data.lengths()
-        scale = mean_padded_tokens(lengths, self.s.batch_size, self.s.seed + stage, self.s.group_by_length) / padded_tokens(lengths, idx)
-        return statistics.median(times[1:]) * scale
+        return seconds_at(mean, (min(tokens), statistics.median(times["short"])), (max(tokens), statistics.median(times["long"])))
 
     def dev_score(self) -> dict:
         inp = self.inputs

@@ -33,7 +33,7 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
     ``force`` and a leftover interrupted run is cleared only with ``force``. A file at ``out`` is
     refused first (``force`` does not replace one).
     """
-    from dataclasses import asdict
+    from dataclasses import MISSING, asdict, fields
 
     from .errors import PrunekitError
     from .io import check_not_a_file, check_output_dir, partial_dir, recover_output
@@ -51,6 +51,9 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
         if not isinstance(saved, dict):
             raise PrunekitError(f"{work}/settings.json is missing or corrupt: start over with --force instead of --resume")
         current = json.loads(json.dumps(asdict(settings)))
+        # a setting added after the interrupted run was made is read as its default there
+        defaults = json.loads(json.dumps({f.name: f.default for f in fields(settings) if f.default is not MISSING}))
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
         if diff:
             free = ", ".join(options[:-1]) + f" and {options[-1]}" if len(options) > 1 else "".join(options) or "none"

@@ -147,6 +147,9 @@ class SearchSettings:
             raise PrunekitError(f"--max-steps must be in 1..{MAX_TOTAL_STEPS}, got {self.max_steps}")
         if self.checkpoint_every < 1 or self.max_nan_steps < 1 or self.importance_batches < 1:
             raise PrunekitError("--checkpoint-every, --max-nan-steps and the importance batches must be >= 1")
+        if self.group_by_length and self.method != "search":
+            raise PrunekitError("--group-by-length orders the gate search's batches: use --method search with it "
+                                "(the baselines train nothing)")
         if self.prune_hidden and self.method != "search":
             raise PrunekitError("--prune-hidden is learned by the gate search: use --method search with it "
                                 "(the baselines keep the hidden width)")

@@ -15,7 +15,7 @@ from factory import (
     scrambled_teacher_dir,
     stop_after,
 )
-from prunekit.budget import Budget, evaluations, parse_budget, split
+from prunekit.budget import Budget, evaluations, parse_budget, seconds_at, split
 from prunekit.cli import cli
 from prunekit.distill import DistillSettings, distill
 from prunekit.errors import PrunekitError
@@ -45,6 +45,30 @@ def test_split_of_steps_and_of_time():
         split(Budget(seconds=15), 0.5, {"1": 1.0, "2": 1.0}, 10.0, 100)
     with pytest.raises(PrunekitError, match="shorter than one step"):
         split(Budget(seconds=1), 0.5, {"1": 5.0, "2": 5.0}, 0.0, 100)
+
+
+def test_seconds_per_step_read_at_the_mean_padded_length():
+    # 0.2 s fixed + 1 ms a token, timed at 100 and 500 tokens: 0.5 s at 300 tokens, whichever is given first
+    assert seconds_at(300, (100, 0.3), (500, 0.7)) == pytest.approx(0.5)
+    assert seconds_at(300, (500, 0.7), (100, 0.3)) == pytest.approx(0.5)
+    assert seconds_at(100, (100, 0.3), (500, 0.7)) == pytest.approx(0.3)
+    assert seconds_at(9999, (100, 0.3), (500, 0.7)) == pytest.approx(0.7)  # kept between the two times
+    # the longer batch no faster (noise) or all batches alike: the mean of the two
+    assert seconds_at(300, (100, 0.5), (500, 0.4)) == pytest.approx(0.45)
+    assert seconds_at(64, (64, 0.2), (64, 0.4)) == pytest.approx(0.3)
+
+
+def test_the_estimate_times_the_epochs_shortest_and_longest_batch(world, tmp_path, monkeypatch):
+    """distill times an epoch's batch with the fewest padded tokens and the one with the most (grouped
+    or not) and reads the line through them at the epoch's mean."""
+    import prunekit.distill as d
+
+    seen = []
+    monkeypatch.setattr(d, "seconds_at", lambda mean, short, long: seen.append((mean, short[0], long[0])) or 0.01)
+    distill(_settings(world, tmp_path / "out", stage1_epochs=1, stage2_epochs=1, group_by_length=True), progress=False)
+    assert len(seen) == 2  # stage 1 and stage 2
+    for mean, fewest, most in seen:
+        assert fewest <= mean <= most and fewest < most
 
 
 @pytest.fixture(scope="module")

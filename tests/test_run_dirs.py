@@ -3,6 +3,7 @@
 checkpoint, and errors that say what to do."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -17,6 +18,8 @@ from click.testing import CliRunner
 from factory import assert_one_line_error, stop_after
 from prunekit.cli import cli
 from prunekit.errors import PrunekitError, ResumableError
+from prunekit.io import partial_dir
+from prunekit.run_dir import prepare_work_dir, start_work_dir
 from prunekit.search import SearchSettings, search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -265,8 +268,6 @@ def test_a_corrupt_newest_checkpoint_still_says_it_uses_the_one_before(tmp_path,
 # ------------------------------------------------------------------------------------------------
 # 5. What may change on --resume: the refusal, the help and the README agree, and name real options
 def _resume_refusal(kind: str, tmp_path: Path) -> str:
-    from prunekit.io import partial_dir
-    from prunekit.run_dir import start_work_dir
 
     out = tmp_path / kind
     if kind == "search":
@@ -281,6 +282,19 @@ def _resume_refusal(kind: str, tmp_path: Path) -> str:
     with pytest.raises(PrunekitError, match="--resume with different settings") as e:
         run(changed, progress=False, resume=True)
     return str(e.value)
+
+
+def test_a_setting_added_since_the_interrupted_run_reads_as_its_default(tmp_path):
+    """A run interrupted under an older prunekit has no entry for a setting added since (here
+    group_by_length): resuming with that setting at its default is the same run, not a changed one."""
+    out = tmp_path / "run"
+    s = SearchSettings(output_dir=str(out), model="m", data="d")
+    old = {k: v for k, v in json.loads(s.to_json()).items() if k != "group_by_length"}
+    start_work_dir(partial_dir(out), json.dumps(old))
+    assert prepare_work_dir(out, s, force=False, resume=True, resume_free=frozenset({"output_dir"})) == {}
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(group_by_length\)"):
+        prepare_work_dir(out, SearchSettings(**{**s.__dict__, "group_by_length": True}), force=False, resume=True,
+                         resume_free=frozenset({"output_dir"}))
 
 
 @pytest.mark.parametrize("kind", ["search", "distill"])

@@ -92,3 +92,12 @@ def test_uniform_baseline_same_widths_in_every_layer_at_the_target(name, target)
     assert abs(share_heads - target) <= 0.5 / shape.num_heads + 0.1  # the heads' share follows the target's
     other = uniform_architecture(shape, 128, target, torch.Generator().manual_seed(1))
     assert other.head_counts == arch.head_counts and (other.heads != arch.heads or other.neurons != arch.neurons)
+
+
+def test_group_by_length_is_the_gate_searchs():
+    from prunekit.errors import PrunekitError
+    from prunekit.search import SearchSettings
+
+    SearchSettings(output_dir="o", group_by_length=True).validate()
+    with pytest.raises(PrunekitError, match="--group-by-length .* --method search"):
+        SearchSettings(output_dir="o", method="magnitude", group_by_length=True).validate()
