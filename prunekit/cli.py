@@ -10,6 +10,7 @@ import time
 
 import click
 
+from .batching import GROUP_BATCHES
 from .bench import BenchSettings
 from .distill import DistillSettings
 from .distributed import is_main_process, launched_size
@@ -174,8 +175,9 @@ def training_run_options(option):
         option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), show_default=True,
                help="auto: bf16 autocast on CUDA, none on CPU; fp16 trains with dynamic loss scaling."),
         option("--group-by-length/--no-group-by-length", "group_by_length", show_default=True,
-               help="Batches of examples of similar lengths (each epoch's shuffled data sorted in groups of 16 batches, the "
-                    "batches shuffled): far less padding where lengths vary, so fewer seconds per epoch."),
+               help=f"Batches of examples of similar lengths (each epoch's shuffled data sorted in groups of {GROUP_BATCHES} "
+                    "batches, the batches shuffled, the widest first): far less padding where lengths vary, so fewer seconds "
+                    "per epoch."),
         option("--checkpoint-every", type=int, show_default=True, help="Steps between checkpoints."),
         option("--max-nan-steps", type=int, show_default=True,
                help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),
