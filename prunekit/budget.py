@@ -96,15 +96,18 @@ def split(budget: Budget, stage1_share: float, seconds_per_step: dict, seconds_p
         s1 = int(round(stage1_share * budget.steps))
         return s1, budget.steps - s1
     t1, t2 = float(seconds_per_step["1"]), float(seconds_per_step["2"])
-    s1 = int(stage1_share * budget.seconds / t1)
-    s2 = int((1.0 - stage1_share) * budget.seconds / t2)
+
+    def steps(share: float, seconds: float, per_step: float) -> int:  # a stage with no share is not timed
+        return int(share * seconds / per_step) if share > 0 else 0
+
+    s1, s2 = steps(stage1_share, budget.seconds, t1), steps(1.0 - stage1_share, budget.seconds, t2)
     for _ in range(2):  # the evaluations' time comes out of both stages in proportion
         spare = budget.seconds - evaluations(s1, s2, per_epoch2) * seconds_per_eval
         if spare <= 0:
             raise PrunekitError(f"--budget {budget} does not cover even the dev evaluations ({format_duration(seconds_per_eval)} "
                                 f"each on this machine): give more time, or a smaller --dev-data / --dev-max-examples")
-        s1 = int(stage1_share * spare / t1)
-        s2 = int((1.0 - stage1_share) * spare / t2)
+        s1, s2 = steps(stage1_share, spare, t1), steps(1.0 - stage1_share, spare, t2)
     if s1 + s2 < 1:
-        raise PrunekitError(f"--budget {budget} is shorter than one step on this machine ({format_duration(min(t1, t2))}): give more time")
+        shortest = min(t for t, share in ((t1, stage1_share), (t2, 1.0 - stage1_share)) if share > 0)
+        raise PrunekitError(f"--budget {budget} is shorter than one step on this machine ({format_duration(shortest)}): give more time")
     return s1, s2

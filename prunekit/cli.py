@@ -168,8 +168,9 @@ def _stack(opts: list):
     return apply
 
 
-def training_run_options(option):
-    """The options search and distill share for a long training run (device, precision, checkpoints, NaN steps)."""
+def training_run_options(option, group_default: str):
+    """The options search and distill share for a long training run (device, precision, checkpoints, NaN steps);
+    ``group_default`` says what --group-by-length is when not given."""
     opts = [
         option("--device", show_default=True, help="auto, cpu, cuda or cuda:N."),
         option("--mixed-precision", type=click.Choice(["auto", "no", "bf16", "fp16"]), show_default=True,
@@ -177,7 +178,7 @@ def training_run_options(option):
         option("--group-by-length/--no-group-by-length", "group_by_length", show_default=True,
                help=f"Batches of examples of similar lengths (each epoch's shuffled data sorted in groups of {GROUP_BATCHES} "
                     "batches, the batches shuffled, the widest first): far less padding where lengths vary, so fewer seconds "
-                    "per epoch."),
+                    "per epoch. " + group_default),
         option("--checkpoint-every", type=int, show_default=True, help="Steps between checkpoints."),
         option("--max-nan-steps", type=int, show_default=True,
                help="Stop after this many steps in a row with a NaN/inf loss or gradients (each is skipped, not applied)."),
@@ -218,7 +219,7 @@ def training_run_options(option):
 @search_option("--gate-cost", type=click.Choice(["flops", "latency"]), show_default=True, help="--cost latency: what the gates' loss counts while they learn. flops: the FLOPs, at the ratio the latency model maps the target to (the uniform architecture of that latency), the choice then brought to the latency target by the model and --latency-check (on a real task, two seeds each, it scored 1.0 point higher on dev and 0.4 lower on test than the latency-model gates: within the seed-to-seed spread; it follows the FLOPs search's structure, which the latency model's head costs do not bend); latency: the latency model itself.")
 @search_option("--latency-check", type=int, show_default=True, help="--cost latency: time the chosen architecture beside the original on --backend (random weights, the profiled batch and length) and, while its measured ratio is off the target by more than half the band (--tolerance/2), choose again with the budget corrected by the measurement: at most this many times (0: trust the latency model).")
 @click.option("--target-speedup", type=float, default=None, help="The speedup to reach instead of --target: --target 1/S (of the FLOPs, or of the latency).")
-@training_run_options(search_option)
+@training_run_options(search_option, "Default: on with --method search (the baselines train nothing).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--lr, --alpha-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -470,12 +471,15 @@ def recipe_default(name: str) -> str:
     """The help's default of an option a distill --recipe sets: each recipe's value."""
     from .distill import RECIPES
 
-    return "Default: the --recipe's (" + ", ".join(f"{r}: {v[name]:g}" for r, v in RECIPES.items()) + ")."
+    def shown(v) -> str:
+        return ("on" if v else "off") if isinstance(v, bool) else f"{v:g}"
+
+    return "Default: the --recipe's (" + ", ".join(f"{r}: {shown(v[name])}" for r, v in RECIPES.items()) + ")."
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("student")
-@distill_option("--recipe", type=click.Choice(["short", "tinybert"]), show_default=True, help="What fills the options below that are not given: short (a budget of an hour or two on a CPU: one stage-1 epoch, gold labels mixed into stage 2 where the data has them, lr 1e-4, no augmentation; chosen by measurement, docs/results.md) or tinybert (TinyBERT's 20 + 3 epochs over 4 augmented copies, soft targets only).")
+@distill_option("--recipe", type=click.Choice(["short", "tinybert"]), show_default=True, help="What fills the options below that are not given: short (a budget of an hour on a CPU: stage 2 only, 5 epochs over the data and one augmented copy of each example, gold labels mixed in where the data has them, lr 1e-4, batches grouped by length; chosen by measurement, docs/results.md) or tinybert (TinyBERT's 20 + 3 epochs over 4 augmented copies, soft targets only, random batches).")
 @distill_option("--teacher", help="The teacher to distil from. Default: the model the student was compacted from (its config).")
 @data_options(distill_option)
 @distill_option("--dev-data", help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")
@@ -502,7 +506,7 @@ def recipe_default(name: str) -> str:
 @distill_option("--augment-stages", type=click.Choice(["both", "1", "2", "none"]), show_default=True, help="Stages that train on the augmented data.")
 @distill_option("--augment-mlm", help="A masked-LM model dir to propose replacements. Default: nearest neighbours in the teacher's input embeddings.")
 @distill_option("--seed", type=int, show_default=True, help="Seeds the data order, dropout, the dev hold-out and the augmentation.")
-@training_run_options(distill_option)
+@training_run_options(distill_option, recipe_default("group_by_length"))
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint, with the same options (--stage1-lr, --stage2-lr, --mixed-precision, --max-nan-steps, --device and --checkpoint-every may change).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

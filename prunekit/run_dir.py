@@ -51,8 +51,10 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
         if not isinstance(saved, dict):
             raise PrunekitError(f"{work}/settings.json is missing or corrupt: start over with --force instead of --resume")
         current = json.loads(json.dumps(asdict(settings)))
-        # a setting added after the interrupted run was made is read as its default there
-        defaults = json.loads(json.dumps({f.name: f.default for f in fields(settings) if f.default is not MISSING}))
+        # a setting added after the interrupted run was made is read as its default there, or as the value
+        # such runs had where the default has changed since (the settings class's OLDER_RUNS)
+        defaults = {f.name: f.default for f in fields(settings) if f.default is not MISSING}
+        defaults = json.loads(json.dumps({**defaults, **getattr(settings, "OLDER_RUNS", {})}))
         saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
         if diff:

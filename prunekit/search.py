@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -69,6 +70,9 @@ COSTS = ("flops", "latency")
 class SearchSettings:
     """Every option of a search; saved as settings.json in the run dir."""
 
+    # what a setting added since was in runs made before it (read so by --resume; prunekit.run_dir)
+    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False}
+
     model: str | None = None  # local dir or hub id; None: the packaged all-MiniLM-L6-v2
     kind: str = "auto"  # auto | classification | regression | embedding
     data: str | None = None  # GLUE task name, GLUE task dir, CSV/TSV/JSONL/TXT file; None: the shipped corpus
@@ -88,7 +92,7 @@ class SearchSettings:
     max_steps: int | None = None
     ramp_fraction: float = 0.7  # the target reaches its goal after this fraction of the steps
     batch_size: int = 32
-    group_by_length: bool = False  # batches of similar lengths (prunekit.batching.GROUP_BATCHES): less padding
+    group_by_length: bool | None = None  # batches of similar lengths (prunekit.batching.GROUP_BATCHES); None: on for --method search
     max_length: int = 128  # tokenizer truncation and the sequence length of the FLOPs model
     lr: float = 2e-5  # weights (jointly trained)
     alpha_lr: float = 1.0
@@ -116,6 +120,10 @@ class SearchSettings:
     # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
     gate_cost: str = "flops"
     prune_hidden: bool = False  # gates on the hidden dimensions too (one per dimension, shared by every layer)
+
+    def __post_init__(self) -> None:
+        if self.group_by_length is None:  # grouped batches halve a search's time on text of varied lengths
+            self.group_by_length = self.method == "search"
 
     def validate(self) -> None:
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0) or math.isnan(self.target):

@@ -45,6 +45,10 @@ def test_split_of_steps_and_of_time():
         split(Budget(seconds=15), 0.5, {"1": 1.0, "2": 1.0}, 10.0, 100)
     with pytest.raises(PrunekitError, match="shorter than one step"):
         split(Budget(seconds=1), 0.5, {"1": 5.0, "2": 5.0}, 0.0, 100)
+    # the short recipe gives stage 1 no share: it is not timed (0 s a step) and gets no step
+    assert split(Budget(seconds=1000), 0.0, {"1": 0.0, "2": 2.0}, 10.0, 100) == (0, 475)  # 475 x 2 s + 5 evaluations x 10 s
+    with pytest.raises(PrunekitError, match=r"shorter than one step on this machine \(5"):
+        split(Budget(seconds=1), 0.0, {"1": 0.0, "2": 5.0}, 0.0, 100)
 
 
 def test_seconds_per_step_read_at_the_mean_padded_length():

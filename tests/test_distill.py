@@ -324,7 +324,10 @@ def test_recipes_fill_the_options_not_given(world, tmp_path):
     short, tiny = DistillSettings(student="x"), DistillSettings(student="x", recipe="tinybert", stage2_lr=1e-5)
     for name, value in RECIPES["short"].items():
         assert getattr(short, name) == value
-    assert (tiny.stage1_epochs, tiny.augment_copies, tiny.alpha_gold, tiny.stage2_lr) == (20.0, 4, 0.0, 1e-5)
+    assert (tiny.stage1_epochs, tiny.augment_copies, tiny.alpha_gold, tiny.stage2_lr, tiny.group_by_length) == (20.0, 4, 0.0, 1e-5, False)
+    # what the measurements chose (docs/results.md): stage 2 only, one augmented copy, grouped batches
+    assert (short.stage1_epochs, short.stage1_share, short.augment_copies, short.group_by_length) == (0.0, 0.0, 1, True)
+    assert DistillSettings(student="x", group_by_length=False, augment_copies=0).group_by_length is False  # given wins
     assert DistillSettings.from_dict(json.loads(short.to_json())) == short  # settings.json holds the filled values
     with pytest.raises(PrunekitError, match="--recipe"):
         DistillSettings(student="x", recipe="fast")

@@ -285,16 +285,23 @@ def _resume_refusal(kind: str, tmp_path: Path) -> str:
 
 
 def test_a_setting_added_since_the_interrupted_run_reads_as_its_default(tmp_path):
-    """A run interrupted under an older prunekit has no entry for a setting added since (here
-    group_by_length): resuming with that setting at its default is the same run, not a changed one."""
+    """A run interrupted under an older prunekit has no entry for a setting added since (here gate_cost):
+    resuming with that setting at its default is the same run, not a changed one. Where the default
+    has changed since (group_by_length: on for the gate search now, absent and so off before), the old
+    run reads as what it was (OLDER_RUNS): resuming needs --no-group-by-length."""
     out = tmp_path / "run"
     s = SearchSettings(output_dir=str(out), model="m", data="d")
-    old = {k: v for k, v in json.loads(s.to_json()).items() if k != "group_by_length"}
+    assert s.group_by_length is True  # the gate search's default
+    old = {k: v for k, v in json.loads(s.to_json()).items() if k not in ("gate_cost", "group_by_length")}
     start_work_dir(partial_dir(out), json.dumps(old))
-    assert prepare_work_dir(out, s, force=False, resume=True, resume_free=frozenset({"output_dir"})) == {}
+    free = frozenset({"output_dir"})
     with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(group_by_length\)"):
-        prepare_work_dir(out, SearchSettings(**{**s.__dict__, "group_by_length": True}), force=False, resume=True,
-                         resume_free=frozenset({"output_dir"}))
+        prepare_work_dir(out, s, force=False, resume=True, resume_free=free)
+    ungrouped = SearchSettings(**{**s.__dict__, "group_by_length": False})
+    assert prepare_work_dir(out, ungrouped, force=False, resume=True, resume_free=free) == {}
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(gate_cost\)"):
+        prepare_work_dir(out, SearchSettings(**{**ungrouped.__dict__, "gate_cost": "latency"}), force=False, resume=True,
+                         resume_free=free)
 
 
 @pytest.mark.parametrize("kind", ["search", "distill"])

@@ -36,6 +36,7 @@ import transformers
 from task_files import read_jsonl
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
+from prunekit.batching import batch_order
 from prunekit.io import atomic_write_text
 from prunekit.models import default_model_path
 from prunekit.system import cpu_info
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with linear warm-up")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--group-by-length", action="store_true",
+                    help="batches of similar lengths in a random order (prunekit's grouping, search/distill "
+                         "--group-by-length): fewer padded tokens; the untagged docstrings teacher did without")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--max-examples", type=int, default=None, help="first N examples of each split (a quick check)")
     ap.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (a quick check)")
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     train, dev, test = (Batches(tokenizer, x, [label2id[v] for v in y], args.max_length)
                         for x, y in ((xtr, ytr), (xdev, ydev), (xte, yte)))
 
-    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    steps_all = steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    grouped = batch_order(len(train), args.batch_size, args.seed, lengths=[len(x) for x in train.encoded])
     if args.max_steps:
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
     total = steps_per_epoch * args.epochs
@@ -140,8 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(1, args.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
-        order = torch.randperm(len(train), generator=gen).tolist()
-        for step, (feats, labels) in enumerate(train.iterate(args.batch_size, order), 1):
+        if args.group_by_length:  # batch s of the run depends on (seed, s) only, as in search/distill
+            batches = [next(grouped).tolist() for _ in range(steps_all)]
+        else:
+            order = torch.randperm(len(train), generator=gen).tolist()
+            batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        for step, (feats, labels) in enumerate(map(train.batch, batches), 1):
             loss = torch.nn.functional.cross_entropy(model(**feats).logits, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
