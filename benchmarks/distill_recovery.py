@@ -168,7 +168,8 @@ def main() -> None:
     teacher_dir = phase("fine-tune teacher", finetune_teacher, runs / "teacher", paths["train"], args.teacher_epochs, args.teacher_lr, 32, args.seed)
     teacher = load_teacher(teacher_dir)
 
-    common = dict(model=str(teacher_dir), data=str(paths["train"]), seed=args.seed, checkpoint_every=100_000)
+    # random batches, as the recorded results were made (before grouping was the default)
+    common = dict(model=str(teacher_dir), data=str(paths["train"]), seed=args.seed, checkpoint_every=100_000, group_by_length=False)
     found = phase("search", search, SearchSettings(output_dir=str(runs / "search"), target=args.target, epochs=args.search_epochs, **common),
                   force=True, teacher=teacher, progress=False)
     rand = phase("random architecture", search, SearchSettings(output_dir=str(runs / "random"), method="random",
@@ -188,7 +189,7 @@ def main() -> None:
         s = DistillSettings(
             student=str(compacts[name]), data=str(paths["train"]), dev_data=str(paths["dev"]), output_dir=str(runs / f"{name}-distilled"),
             stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr,
-            augment_copies=args.augment_copies, seed=args.seed,
+            augment_copies=args.augment_copies, seed=args.seed, group_by_length=False,
             checkpoint_every=100_000,
         )
         r = phase(f"distill {name}", distill, s, force=True, teacher=teacher, progress=False)

@@ -64,7 +64,8 @@ def one(a: argparse.Namespace, shape: str, backend: str, speedup: float, model: 
     s = SearchSettings(model=model, output_dir=str(runs / name), method=method, target=1.0 / speedup, cost="latency",
                        device=a.device, backend=backend, latency_batch=a.batch, latency_seq_len=a.seq_len, latency_threads=a.threads,
                        latency_repeats=a.repeats, latency_table=str(table), latency_check=a.check, max_steps=a.steps, batch_size=16,
-                       max_length=a.seq_len, max_examples=a.examples, prune_hidden=a.prune_hidden and method == "search")
+                       max_length=a.seq_len, max_examples=a.examples, prune_hidden=a.prune_hidden and method == "search",
+                       group_by_length=False)  # random batches, as the recorded results were made
     result = search(s, force=True, progress=False)
     searched = time.perf_counter() - t0
     compact_to_dir(runs / name, out_dir=runs / f"{name}-compact", force=True, measure_fvcore=False)

@@ -63,6 +63,7 @@ def main() -> None:
                 target=target if is_search else baseline_target,
                 seed=args.seed, epochs=args.epochs, max_steps=args.steps if is_search else None, checkpoint_every=10_000,
                 freeze_weights=method == "search-frozen",
+                group_by_length=False,  # random batches, as the recorded results were made (before grouping was the default)
             )
             t0 = time.time()
             result = search(s, force=True, teacher=teacher, dataset=train, progress=False)

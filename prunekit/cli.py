@@ -519,11 +519,18 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
     weights by the dev metric, plus distill_report.json and distill_log.jsonl. Data-parallel:
     `torchrun --nproc_per_node N -m prunekit distill ...` (or `accelerate launch`).
     """
-    from .distill import DistillSettings
+    from pathlib import Path
+
+    from .distill import DistillSettings, resumed_options
     from .distill import distill as run_distill
 
     if options["output_dir"] is None:
         options["output_dir"] = str(student).rstrip("/\\") + "-distilled"
+    if options["budget"] is not None and (options["stage1_epochs"] is not None or options["stage2_epochs"] is not None):
+        raise PrunekitError("--budget replaces --stage1-epochs and --stage2-epochs: give one or the other "
+                            "(with --budget, --stage1-share gives stage 1 its part)")
+    if resume:  # what the recipe filled goes on as the interrupted run had it
+        options = resumed_options(Path(options["output_dir"]), options)
     settings = DistillSettings(student=student, **options)
     r = run_distill(settings, force=force, resume=resume, progress=not quiet)
     if not is_main_process():  # data-parallel: rank 0 evaluated and reports

@@ -96,6 +96,24 @@ RECIPES = {
 }
 
 
+def resumed_options(out: Path, options: dict) -> dict:
+    """``options`` (a distill command's, None where not given) with each option the recipe fills and the
+    command does not give taken from the interrupted run at ``out`` (its settings.json), for --resume:
+    the run goes on with the values it started with, even where the recipe's defaults have changed since
+    (and an older run without a setting reads as what it had: :attr:`DistillSettings.OLDER_RUNS`)."""
+    from .io import partial_dir
+
+    try:
+        saved = json.loads((partial_dir(out) / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError):
+        return options  # the resume itself says what is wrong
+    recipe = options.get("recipe") or "short"
+    if not isinstance(saved, dict) or saved.get("recipe", "short") != recipe:
+        return options  # another recipe: the refusal names it
+    saved = {**DistillSettings.OLDER_RUNS, **saved}
+    return {**options, **{k: saved[k] for k in RECIPES[recipe] if options.get(k) is None and k in saved}}
+
+
 @dataclass
 class DistillSettings:
     """Every option of a distillation run; saved as settings.json (with the recipe's values filled in).
@@ -664,11 +682,17 @@ def _inputs(settings: DistillSettings, teacher: Teacher | None, train_data, dev_
     return _Inputs(student, student_dir, student_tok, teacher, kind, train, dev, held_out, kept_hidden)
 
 
+def _map_starts_at_kept(inp: _Inputs) -> bool:
+    """Whether the student's architecture.json names the hidden dimensions it kept (its map's start)."""
+    width, full, kept = inp.student.config.hidden_size, inp.teacher.shape.hidden_size, inp.kept_hidden
+    return kept is not None and len(kept) == width and max(kept) < full
+
+
 def _trainee(inp: _Inputs, seed: int) -> _Trainee:
     """The student and, where its hidden width was cut, its :func:`hidden_map`, started from the
     dimensions its architecture.json says it kept (the config does not record them)."""
     width, full, kept = inp.student.config.hidden_size, inp.teacher.shape.hidden_size, inp.kept_hidden
-    if width != full and (kept is None or len(kept) != width or max(kept) >= full):
+    if width != full and not _map_starts_at_kept(inp):
         log.warning("%s has no architecture.json naming the %d hidden dimensions the student kept: the map of its hidden "
                     "states into the teacher's starts random", inp.student_dir, width)
         kept = None
@@ -745,6 +769,11 @@ class _Run:
         self.plan = broadcast_object(on_main(world, lambda: self._plan(eval_seconds)), world)  # rank 0's, on every rank
         self.steps = {1: self.plan.stage1_steps, 2: self.plan.stage2_steps}
         self.s1, self.total = self.steps[1], self.steps[1] + self.steps[2]
+        if self.s1 == 0 and inp.kind == "embedding" and self.trainee.hidden_map is not None and \
+                output_projection(inp.student) is None and not _map_starts_at_kept(inp):
+            raise PrunekitError(f"{inp.student_dir} (an embedding model compacted with --narrow-output, without the "
+                                "architecture.json naming the hidden dimensions it kept) is scored in stage 2 through a map of its "
+                                "embeddings that only stage 1 trains: give --stage1-epochs 1 (with --budget: --stage1-share 0.25)")
 
     def _plan(self, eval_seconds: float) -> Plan:
         """Each stage's steps (from the epochs, or from --budget; a resumed run's from its plan.json)

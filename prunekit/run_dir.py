@@ -59,7 +59,8 @@ def prepare_work_dir(out: Path, settings, *, force: bool, resume: bool, resume_f
         diff = [k for k in current if k not in resume_free and saved.get(k) != current[k]]
         if diff:
             free = ", ".join(options[:-1]) + f" and {options[-1]}" if len(options) > 1 else "".join(options) or "none"
-            raise PrunekitError(f"--resume with different settings than the interrupted run ({', '.join(diff)}): use the same options "
+            was = "; ".join(f"{k}: {json.dumps(saved.get(k))} there, {json.dumps(current[k])} now" for k in diff)
+            raise PrunekitError(f"--resume with different settings than the interrupted run ({was}): use the same options "
                                 f"(only {free} may change)")
         return {k: [saved.get(k), current[k]] for k in current if k in resume_free and k != "output_dir" and saved.get(k) != current[k]}
     recover_output(out)

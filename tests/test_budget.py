@@ -117,3 +117,12 @@ def test_time_budget_from_the_cli_states_steps_and_time(world, tmp_path):
     assert plan["stage1_steps"] * plan["seconds_per_step"]["1"] + plan["stage2_steps"] * plan["seconds_per_step"]["2"] <= 10
     assert_one_line_error(CliRunner().invoke(cli, [*args[:5], str(tmp_path / "u"), "--budget", "soon"]),
                           "--budget 'soon' is neither a time")
+
+
+def test_budget_with_epochs_is_refused(world, tmp_path):
+    """--budget replaces the epochs: both given is one line (the short recipe gives stage 1 no share, so an
+    epoch count for it would be dropped silently)."""
+    args = ["distill", str(world["compact"]), "--data", str(world["data"]), "-o", str(tmp_path / "t"), "--budget", "10s",
+            "--stage1-epochs", "1"]
+    assert_one_line_error(CliRunner().invoke(cli, args), "--budget replaces --stage1-epochs and --stage2-epochs")
+    assert not (tmp_path / "t").exists()

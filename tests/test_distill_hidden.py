@@ -4,6 +4,7 @@ embedding student's output_proj in both stages."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from prunekit.distill import (
     hidden_map,
     intermediate_loss,
 )
+from prunekit.errors import PrunekitError
 from prunekit.evaluate import EvalSettings, evaluate
 from prunekit.gates import Gates
 from prunekit.modeling import load_compact
@@ -145,6 +147,15 @@ def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp
     res = evaluate(EvalSettings([str(r.output_dir)], data=str(text), reference=str(w["teacher"])))["models"][0]["results"]["dev"]
     assert res["primary"] == "similarity_spearman" and -1 <= res["metrics"]["similarity_spearman"] <= 1
     assert "mean_cosine" not in res["metrics"]
+
+    # without the architecture.json naming the kept dimensions the map starts random, and stage 2 holds it
+    # fixed: with no stage 1 (the short recipe's default) it would fit a random projection, so it is refused
+    bare = tmp_path / "bare"
+    shutil.copytree(student_dir, bare)
+    (bare / "architecture.json").unlink()
+    with pytest.raises(PrunekitError, match=r"only stage 1 trains: give --stage1-epochs 1"):
+        distill(settings(worlds, "embedding", tmp_path / "out-bare", student=str(bare), stage1_share=0.0), progress=False, **data)
+    assert not (tmp_path / "out-bare").exists()
 
 
 @pytest.mark.parametrize("kind", ["classification", "embedding"])

@@ -121,7 +121,7 @@ def test_search_resumes_after_a_nan_stop_with_a_lower_learning_rate(tiny_models,
     other = SearchSettings(**{**s.__dict__, "output_dir": str(tmp_path / "other")})
     with pytest.raises(KeyboardInterrupt):
         search(other, progress=False, on_step=stop_after(2))
-    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(seed\).*only --lr, --alpha-lr,"):
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(seed: \d+ there, \d+ now\).*only --lr, --alpha-lr,"):
         search(SearchSettings(**{**other.__dict__, "seed": 7}), progress=False, resume=True)  # what changes the result may not
 
 

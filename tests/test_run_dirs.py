@@ -295,11 +295,11 @@ def test_a_setting_added_since_the_interrupted_run_reads_as_its_default(tmp_path
     old = {k: v for k, v in json.loads(s.to_json()).items() if k not in ("gate_cost", "group_by_length")}
     start_work_dir(partial_dir(out), json.dumps(old))
     free = frozenset({"output_dir"})
-    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(group_by_length\)"):
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(group_by_length: false there, true now\)"):
         prepare_work_dir(out, s, force=False, resume=True, resume_free=free)
     ungrouped = SearchSettings(**{**s.__dict__, "group_by_length": False})
     assert prepare_work_dir(out, ungrouped, force=False, resume=True, resume_free=free) == {}
-    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(gate_cost\)"):
+    with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(gate_cost: \"flops\" there, \"latency\" now\)"):
         prepare_work_dir(out, SearchSettings(**{**ungrouped.__dict__, "gate_cost": "latency"}), force=False, resume=True,
                          resume_free=free)
 
@@ -380,3 +380,25 @@ def test_a_refused_run_leaves_no_parent_dirs(tiny_models, text_file, tmp_path):
     assert_one_line_error(CliRunner().invoke(cli, _search_args(s, "--resume")), "nothing to resume")
     assert not (tmp_path / "new").exists()
     assert_one_line_error(CliRunner().invoke(cli, _search_args(_search_settings(Path("."), s.model, s.data))), "names no directory")
+
+
+def test_a_distill_run_from_before_a_recipe_change_resumes_with_its_own_values(tmp_path):
+    """The short recipe's defaults changed (stage 2 only, one augmented copy, grouped batches): a run
+    interrupted under the old ones (1 + 3 epochs, no copies, no group_by_length key) resumes with the
+    values it started with when the command gives none of them; a value given that differs is refused."""
+    from prunekit.distill import DistillSettings, resumed_options
+
+    out = tmp_path / "d"
+    old = json.loads(DistillSettings(student="s", output_dir=str(out), stage1_epochs=1.0, stage2_epochs=3.0,
+                                     stage1_share=0.25, augment_copies=0).to_json())
+    del old["group_by_length"]
+    start_work_dir(partial_dir(out), json.dumps(old))
+    given = {"output_dir": str(out), "recipe": "short", "stage1_epochs": None, "stage2_epochs": None, "stage1_share": None,
+             "augment_copies": None, "group_by_length": None, "stage1_lr": None, "stage2_lr": None, "alpha_gold": None}
+    filled = DistillSettings(student="s", **resumed_options(out, given))
+    assert (filled.stage1_epochs, filled.stage2_epochs, filled.augment_copies, filled.group_by_length) == (1.0, 3.0, 0, False)
+    assert prepare_work_dir(out, filled, force=False, resume=True, resume_free=frozenset({"output_dir"})) == {}
+    changed = DistillSettings(student="s", **resumed_options(out, {**given, "augment_copies": 1}))
+    with pytest.raises(PrunekitError, match=r"\(augment_copies: 0 there, 1 now\)"):
+        prepare_work_dir(out, changed, force=False, resume=True, resume_free=frozenset({"output_dir"}))
+    assert resumed_options(tmp_path / "none", given) == given  # nothing to resume: the resume says so itself

@@ -23,10 +23,9 @@ after ``build.py``, ``tfidf.py`` and ``teacher.py --task <task>``:
         --distill-args="--budget 40m" --tag 40m
     .venv/bin/python benchmarks/real_tasks/pipeline.py --task docstrings --report   # only rewrite the .md
 
-Pass a distillation budget: with the CLI's defaults (20 + 3 epochs over 5 augmented copies of
-the data) distill alone would run ~17 h on `docstrings` on 2 CPU cores. Measured there: search
-~5 s/step (default 3 epochs = 231 steps, ~20 min), distill ~8 s/step in stage 1 and ~3 s/step in
-stage 2 plus ~1.5 min of set-up, eval of the test split ~50 s (README.md).
+The distillation's defaults are `--recipe short` (stage 2 only, 5 epochs over the data and one
+augmented copy of each example, batches grouped by length; ~17 min for the whole pipeline on
+`docstrings` on 2 AVX-512 EPYC cores); pass `--budget` in `--distill-args` to bound it instead.
 """
 from __future__ import annotations
 
@@ -191,7 +190,11 @@ def write_report(task: str, results: Path) -> Path:
     tfidf_acc = tfidf.get("test_accuracy") if tfidf else None
     lines = [f"# prunekit's pipeline on the real task `{task}` (issue 16)", "",
              f"Written by `benchmarks/real_tasks/pipeline.py` from the `pipeline_{task}_*.json` beside this file; "
-             "accuracy on the task's test split (percent), Δ in points.", ""]
+             "accuracy on the task's test split (percent), Δ in points. The commands each row records ran under the "
+             "defaults of their day: until 2026-12-04 (commit e0df86b) search and distill batched at random and "
+             "`--recipe short` was 1 stage-1 + 3 stage-2 epochs without augmentation; to replay such a row today add "
+             "`--no-group-by-length` to search and `--stage1-epochs 1 --stage2-epochs 3 --stage1-share 0.25 "
+             "--augment-copies 0 --no-group-by-length` to distill where the row does not give them.", ""]
     if teacher or tfidf:
         lines.append("| reference | test accuracy | notes |")
         lines.append("|---|---:|---|")
