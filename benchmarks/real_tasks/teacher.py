@@ -14,8 +14,9 @@ its best epoch the last). From the repo root, after ``build.py``:
 
     nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task docstrings
         # 33 min on 2 shared CPU cores; ~4 min an epoch (~3 s a step) when nothing else runs
-    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task pylibs
-        # not run yet: 141 steps an epoch of ~2x longer texts, expect ~1-1.5 h
+    nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task pylibs --group-by-length
+        # 141 steps an epoch of ~2x longer texts: ~3.5 min an epoch grouped on 2 AVX-512 EPYC cores
+        # (teacher_pylibs.json: 40 min, its first two epochs beside a test run); best epoch 3, test 80.75
     nice -n 10 .venv/bin/python benchmarks/real_tasks/teacher.py --task docstrings --lr 5e-5 --head-lr 5e-5 \
         --epochs 4 --tag lr5e-5      # the first recipe, to teacher-lr5e-5/ and teacher_docstrings_lr5e-5.json
 """
