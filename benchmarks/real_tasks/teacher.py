@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                         for x, y in ((xtr, ytr), (xdev, ydev), (xte, yte)))
 
     steps_all = steps_per_epoch = math.ceil(len(train) / args.batch_size)
-    grouped = batch_order(len(train), args.batch_size, args.seed, lengths=[len(x) for x in train.encoded])
+    grouped = batch_order(len(train), args.batch_size, args.seed, lengths=[len(x) for x in train.encoded]) \
+        if args.group_by_length else None
     if args.max_steps:
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
     total = steps_per_epoch * args.epochs
