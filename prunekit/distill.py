@@ -18,8 +18,8 @@ embeddings are compared through the training-only map in stage 2 too (as stage 1
 trained further), and it keeps its narrow output (its dev fidelity is the pairwise-similarity
 Spearman, which needs no common space).
 
-Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T for a
-classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``, or the
+Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T (times
+T^2, so T does not move the balance with the gold labels) for a classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``, or the
 map) for an embedding model; ``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
 
 Both stages can train on TinyBERT-style augmented copies of the data (:mod:`prunekit.augment`).
@@ -359,9 +359,12 @@ def prediction_loss(kind: str, s_pred: torch.Tensor, t_pred: torch.Tensor, setti
     ``examples`` / ``gold_examples``: what the means divide by (the global batch's, under data parallelism)."""
     n = examples if examples is not None else len(s_pred)
     if kind == "classification":
-        soft = soft_cross_entropy(s_pred, t_pred, settings.temperature, n)
+        # times T^2 (Hinton et al. 2015): the soft term's gradients shrink as 1/T^2, so unscaled a higher
+        # --temperature would also hand the gold labels most of the weight --alpha-gold set
+        t2 = settings.temperature ** 2
+        soft = t2 * soft_cross_entropy(s_pred, t_pred, settings.temperature, n)
         # soft CE = KL + the teacher's entropy, a floor it cannot go below: log the KL too
-        entropy = soft_cross_entropy(t_pred, t_pred, settings.temperature, n)
+        entropy = t2 * soft_cross_entropy(t_pred, t_pred, settings.temperature, n)
         parts = {"soft": soft.detach(), "kl": (soft - entropy).detach()}
     else:
         soft = (s_pred.float() - t_pred.float()).pow(2).sum() / (n * s_pred[0].numel())
