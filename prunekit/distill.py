@@ -748,6 +748,8 @@ class _Run:
             set_dropout(inp.student, s.dropout)
         self.backend = inp.student.config.backend
         tokenizer = inp.teacher.tokenizer
+        if (s.stage1_share == 0 if s.budget is not None else not s.stage1_epochs):
+            self._check_stage1_not_needed(0)  # before the augmentation and the timing: they take minutes
         self.plain = encode(inp.train, tokenizer, s.max_length)
         plain_orig = torch.ones(len(self.plain), dtype=torch.bool)
         self.aug_enc, aug_orig = self.plain, plain_orig
@@ -772,7 +774,13 @@ class _Run:
         self.plan = broadcast_object(on_main(world, lambda: self._plan(eval_seconds)), world)  # rank 0's, on every rank
         self.steps = {1: self.plan.stage1_steps, 2: self.plan.stage2_steps}
         self.s1, self.total = self.steps[1], self.steps[1] + self.steps[2]
-        if self.s1 == 0 and inp.kind == "embedding" and self.trainee.hidden_map is not None and \
+        self._check_stage1_not_needed(self.s1)
+
+    def _check_stage1_not_needed(self, stage1_steps: int) -> None:
+        """Refuses a run without stage-1 steps for a student only stage 1 can start: an embedding model
+        compacted with --narrow-output, whose map into the teacher's width starts random."""
+        inp = self.inputs
+        if stage1_steps == 0 and inp.kind == "embedding" and self.trainee.hidden_map is not None and \
                 output_projection(inp.student) is None and not _map_starts_at_kept(inp):
             raise PrunekitError(f"{inp.student_dir} (an embedding model compacted with --narrow-output, without the "
                                 "architecture.json naming the hidden dimensions it kept) is scored in stage 2 through a map of its "

@@ -17,6 +17,7 @@ from prunekit.data import CORPUS_TASK, TextDataset
 from prunekit.distill import (
     DistillSettings,
     _Inputs,
+    _Run,
     _Trainee,
     _trainee,
     check_compatible,
@@ -104,7 +105,7 @@ def test_without_the_kept_dimensions_the_map_starts_random_and_says_so(worlds, c
                                         kept_hidden=kept_hidden()), seed=3).hidden_map.weight, scatter(kept_hidden()))
 
 
-def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp_path):
+def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp_path, monkeypatch):
     """compact --narrow-output: no output_proj; stage 2 compares the pooled embeddings through the
     training-only map, held fixed (it starts as the scatter: the gated teacher's output on the kept dimensions),
     and the distilled model still outputs its own 20 dimensions, scored by the pairwise-similarity Spearman."""
@@ -153,9 +154,14 @@ def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp
     bare = tmp_path / "bare"
     shutil.copytree(student_dir, bare)
     (bare / "architecture.json").unlink()
-    with pytest.raises(PrunekitError, match=r"only stage 1 trains: give --stage1-epochs 1"):
-        distill(settings(worlds, "embedding", tmp_path / "out-bare", student=str(bare), stage1_share=0.0), progress=False, **data)
-    assert not (tmp_path / "out-bare").exists()
+    def untimed(*a, **k):
+        raise AssertionError("timed a step: the refusal comes before the augmentation and the timing")
+
+    monkeypatch.setattr(_Run, "_seconds_per_step", untimed)
+    for kw in ({"stage1_share": 0.0}, {"budget": None, "stage1_epochs": 0.0, "stage2_epochs": 1.0}):  # --budget, or epochs
+        with pytest.raises(PrunekitError, match=r"only stage 1 trains: give --stage1-epochs 1"):
+            distill(settings(worlds, "embedding", tmp_path / "out-bare", student=str(bare), **kw), progress=False, **data)
+        assert not (tmp_path / "out-bare").exists()
 
 
 @pytest.mark.parametrize("kind", ["classification", "embedding"])
