@@ -497,7 +497,7 @@ def recipe_default(name: str) -> str:
 @distill_option("--warmup", type=float, show_default=True, help="Fraction of each stage's steps with linear warm-up (then linear decay).")
 @distill_option("--weight-decay", type=float, show_default=True, help="AdamW weight decay (weight matrices only).")
 @distill_option("--max-length", type=int, show_default=True, help="Token truncation.")
-@distill_option("--temperature", type=float, show_default=True, help="Softmax temperature of the soft targets (classification); the soft term is scaled by T^2, so T leaves its balance with --alpha-gold as it was.")
+@distill_option("--temperature", type=float, show_default=True, help="Softmax temperature of the soft targets (classification); the soft term is scaled by T^2, so T roughly keeps its balance with --alpha-gold.")
 @distill_option("--alpha-gold", type=float, help="Weight of the gold labels in stage 2 (0: the teacher's predictions only). " + recipe_default("alpha_gold"))
 @distill_option("--dropout", type=float, help="Student dropout while training. Default: its config's.")
 @distill_option("--augment-copies", type=int, help="Augmented copies per example (TinyBERT word replacement; 0: none). " + recipe_default("augment_copies"))

@@ -260,7 +260,7 @@ def _count(given: float | None, local: torch.Tensor) -> torch.Tensor:
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, tokens: float | None = None) -> torch.Tensor:
     """MSE over the real tokens of [B, T, H] tensors (``mask`` [B, T] is 1 on real tokens); divided by
     ``tokens`` real tokens when given (the global batch's, under data parallelism)."""
-    m = mask.to(a.dtype).unsqueeze(-1)
+    m = mask.float().unsqueeze(-1)  # float: a bf16 count of real tokens rounds (1337 -> 1336)
     return ((a.float() - b.float()).pow(2) * m).sum() / (_count(tokens, m.sum()) * a.shape[-1]).clamp_min(1.0)
 
 
@@ -269,7 +269,7 @@ def attention_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor, kept:
     """Squared error of one layer's attention probabilities, the student's head h against the
     teacher's head ``kept[h]``: summed over keys, averaged over heads and real query tokens."""
     t = teacher_maps[:, kept]
-    m = mask.to(student_maps.dtype)
+    m = mask.float()
     m2 = m[:, None, :, None] * m[:, None, None, :]
     err = ((student_maps.float() - t.float()).pow(2) * m2).sum()
     return err / (_count(tokens, m.sum()) * len(kept)).clamp_min(1.0)
@@ -972,7 +972,8 @@ class _Run:
         at 30% of the FLOPs is about half the step's time on a CPU. Every process computes them all."""
         if self.teacher_train_out is None or len(self.teacher_train_out) != len(data):
             inp = self.inputs
-            self.teacher_train_out = predict(inp.teacher.model, inp.kind, data, self.device, self.s.eval_batch_size).to(self.device)
+            with torch.autocast(device_type=self.device.type, enabled=False):  # first asked inside a step's autocast: fp32 targets
+                self.teacher_train_out = predict(inp.teacher.model, inp.kind, data, self.device, self.s.eval_batch_size).to(self.device)
         return self.teacher_train_out
 
     def _evaluate_dev(self, done: int, stage: int, log_file) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import prunekit.distill as distill_module
 from factory import SEQ, kept_arch, labelled_csv, make_compact_dir, make_sentences, scrambled_teacher_dir, stop_after
 from prunekit.data import CORPUS_TASK, TextDataset
 from prunekit.distill import (
@@ -155,10 +156,11 @@ def test_narrow_output_embedding_student_distils_and_keeps_its_width(worlds, tmp
     shutil.copytree(student_dir, bare)
     (bare / "architecture.json").unlink()
     def untimed(*a, **k):
-        raise AssertionError("timed a step: the refusal comes before the augmentation and the timing")
+        raise AssertionError("augmented or timed a step: the refusal comes before both")
 
     monkeypatch.setattr(_Run, "_seconds_per_step", untimed)
-    for kw in ({"stage1_share": 0.0}, {"budget": None, "stage1_epochs": 0.0, "stage2_epochs": 1.0}):  # --budget, or epochs
+    monkeypatch.setattr(distill_module, "_augmented", untimed)
+    for kw in ({"stage1_share": 0.0}, {"budget": None, "stage1_epochs": 0.0, "stage2_epochs": 1.0, "augment_copies": 1}):
         with pytest.raises(PrunekitError, match=r"only stage 1 trains: give --stage1-epochs 1"):
             distill(settings(worlds, "embedding", tmp_path / "out-bare", student=str(bare), **kw), progress=False, **data)
         assert not (tmp_path / "out-bare").exists()

@@ -50,7 +50,17 @@ def test_soft_term_is_scaled_by_the_temperature_squared(temp):
     # d/ds of T^2 * CE(softmax(t/T), softmax(s/T)), per example mean: T * (softmax(s/T) - softmax(t/T)) / n
     expected = temp * (F.softmax(s.detach() / temp, -1) - F.softmax(t / temp, -1)) / len(s)
     torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
-    assert 0.0 <= parts["kl"].item() <= parts["soft"].item()  # KL = soft CE - the teacher's entropy, same scale
+    # KL = soft CE - the teacher's entropy, both on the same T^2 scale
+    kl = temp ** 2 * (_soft_ce(s.detach(), t, temp) - _soft_ce(t, t, temp))
+    assert parts["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+
+
+def test_temperature_scales_the_soft_term_only_not_the_gold_one():
+    s, t = _logits(8), _logits(9)
+    labels = torch.tensor([3, 2, 1, 0, 1, 2])
+    loss, _ = prediction_loss("classification", s, t, _settings(temperature=2.0, alpha_gold=0.5), labels)
+    expected = 0.5 * 4.0 * _soft_ce(s, t, 2.0) + 0.5 * F.cross_entropy(s, labels)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_high_temperature_keeps_the_gradient_of_logit_matching():
@@ -74,3 +84,21 @@ def test_regression_and_embeddings_are_mse_and_embeddings_take_no_gold():
     e_s, e_t = torch.randn(5, 8), torch.randn(5, 8)
     loss, parts = prediction_loss("embedding", e_s, e_t, _settings(alpha_gold=0.5), labels)
     assert loss.item() == pytest.approx(F.mse_loss(e_s, e_t).item(), rel=1e-6) and "gold" not in parts
+
+
+def test_layer_losses_count_real_tokens_exactly_under_bf16():
+    """Stage 1's means divide by the real tokens: counted in fp32 even when the states are bf16 (a bf16
+    count of 1337 tokens is 1336)."""
+    from prunekit.distill import attention_loss, masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(11, 128)
+    mask[0, 57:] = 0  # 11 * 128 - 71 = 1337 real tokens
+    a, b = torch.randn(11, 128, 8, generator=g).bfloat16(), torch.randn(11, 128, 8, generator=g).bfloat16()
+    m = mask.unsqueeze(-1)
+    expected = ((a.float() - b.float()).pow(2) * m).sum() / (1337 * 8)
+    assert masked_mse(a, b, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    s, t = torch.rand(11, 2, 128, 128, generator=g).bfloat16(), torch.rand(11, 3, 128, 128, generator=g).bfloat16()
+    m2 = mask[:, None, :, None] * mask[:, None, None, :]
+    expected = ((s.float() - t[:, [0, 2]].float()).pow(2) * m2).sum() / (1337 * 2)
+    assert attention_loss(s, t, [0, 2], mask).item() == pytest.approx(expected.item(), rel=1e-6)
