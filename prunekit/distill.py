@@ -73,7 +73,7 @@ from .pooling import output_projection
 from .portable import write_sentence_transformers_files
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .scoring import predict, score
-from .training import APPLIED, NonFiniteGuard, StepBook, autocast, check_total_steps
+from .training import APPLIED, NonFiniteGuard, StepBook, autocast, check_precision, check_total_steps, precision_note
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class DistillSettings:
             raise PrunekitError(f"--warmup must be a fraction in [0, 1), got {self.warmup}")
         if self.temperature <= 0:
             raise PrunekitError(f"--temperature must be > 0, got {self.temperature}")
+        check_precision(self.mixed_precision)
         if not 0.0 <= self.alpha_gold <= 1.0:
             raise PrunekitError(f"--alpha-gold must be in [0, 1], got {self.alpha_gold}")
         if not 0.0 < self.dev_fraction < 1.0:
@@ -805,7 +806,7 @@ class _Run:
             atomic_write_text(path, json.dumps(plan.to_dict(), indent=1) + "\n")
         line = (f"distill: {plan.stage1_steps + plan.stage2_steps} steps (stage 1: {plan.stage1_steps}, stage 2: "
                 f"{plan.stage2_steps}){f' for --budget {s.budget}' if s.budget else ''}, about "
-                f"{format_duration(plan.estimate(self.per_epoch2))} on this machine")
+                f"{format_duration(plan.estimate(self.per_epoch2))} on this machine, in {precision_note(self.device, s.mixed_precision)}")
         log.info("%s", line)
         if self.progress:
             from tqdm.auto import tqdm

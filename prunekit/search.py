@@ -58,7 +58,17 @@ from .io import atomic_write_text, check_output_dir, partial_dir, publish_dir
 from .models import Teacher, check_max_length, load_teacher, model_output
 from .run_dir import resume_free_settings, run_work_dir, start_work_dir
 from .selection import select_to_budget, select_to_latency, trim_to_latency, uniform_architecture
-from .training import APPLIED, MAX_TOTAL_STEPS, SKIPPED, NonFiniteGuard, StepBook, autocast, check_total_steps
+from .training import (
+    APPLIED,
+    MAX_TOTAL_STEPS,
+    SKIPPED,
+    NonFiniteGuard,
+    StepBook,
+    autocast,
+    check_precision,
+    check_total_steps,
+    precision_note,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +140,7 @@ class SearchSettings:
             what = "a latency ratio" if self.cost == "latency" else "a FLOPs ratio"
             raise PrunekitError(f"--target must be in (0, 1] ({what}, e.g. 0.3), got {self.target}")
         self.validate_cost()
+        check_precision(self.mixed_precision)
         if not 0.0 <= self.tolerance < 1.0:
             raise PrunekitError(f"--tolerance must be in [0, 1), got {self.tolerance}")
         if self.method not in METHODS:
@@ -388,6 +399,8 @@ class _GateSearch:
                    dynamic_ncols=True)
         order = batch_order(len(self.data), s.batch_size, s.seed, start_step=start_step, shuffle=True,
                             lengths=self.data.lengths() if s.group_by_length else None)
+        if world.main:
+            log.info("search: %d steps, in %s", self.total_steps, precision_note(self.device, s.mixed_precision))
         with open_log(self.log_path, world) as log_file:
             self.book = StepBook(self.history, log_file, world, s.mixed_precision, s.max_nan_steps,
                                  "a lower --lr / --alpha-lr, or --mixed-precision no")

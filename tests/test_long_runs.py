@@ -661,6 +661,36 @@ def test_fp16_updates_are_the_fp32_ones(tiny_models, text_file, distill_world, t
         assert b == pytest.approx(a, rel=1e-2)
 
 
+def test_auto_precision_is_fp32_on_every_cpu_and_bf16_is_suggested_where_native(tiny_models, text_file, tmp_path, monkeypatch,
+                                                                                  caplog):
+    """--mixed-precision auto: bf16 autocast on CUDA, fp32 on any CPU (the same numbers on every CPU kind);
+    a run in fp32 on a CPU with bf16 matrix instructions says that bf16 would be faster; a wrong value
+    is refused before anything runs."""
+    import logging
+
+    import prunekit.training as T
+    from prunekit.distill import DistillSettings
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(T, "cpu_bf16", lambda native=native: native)
+        assert T.resolved_precision(cpu, "auto") == "no" and T.resolved_precision(cuda, "auto") == "bf16"
+        with T.autocast(cpu, "auto"):
+            assert not torch.is_autocast_enabled("cpu")
+        with T.autocast(cpu, "bf16"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+        hint = "fp32 (this CPU has bf16 matrix instructions: --mixed-precision bf16 "
+        assert T.precision_note(cpu, "auto").startswith(hint) == native and T.precision_note(cpu, "no").startswith(hint) == native
+        assert T.precision_note(cpu, "bf16") == "bf16 autocast" and T.precision_note(cuda, "auto") == "bf16 autocast"
+    for bad in (SearchSettings(mixed_precision="BF16"), DistillSettings(student="x", mixed_precision="fp8")):
+        with pytest.raises(PrunekitError, match="unknown --mixed-precision"):
+            bad.validate()
+    monkeypatch.setattr(T, "cpu_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="prunekit"):
+        search(_settings(tmp_path, tiny_models("minilm6"), text_file, max_steps=1), progress=False)
+    assert "search: 1 steps, in fp32 (this CPU has bf16 matrix instructions: --mixed-precision bf16" in caplog.text
+
+
 def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
     """--mixed-precision fp16: every applied step logs its loss scale; a scale too large overflows,
     is halved and the step skipped, counted apart from NaN steps, with checkpoints going on; a
