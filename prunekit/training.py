@@ -193,7 +193,7 @@ def precision_note(device: torch.device, mixed_precision: str) -> str:
     mp = resolved_precision(device, mixed_precision)
     what = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[mp]
     if mp == "no" and device.type == "cpu" and cpu_bf16():
-        what += f" (this CPU has bf16 matrix instructions: --mixed-precision bf16 {BF16_CPU_GAIN})"
+        what += f" (this CPU has bf16 matrix instructions; --mixed-precision bf16: {BF16_CPU_GAIN})"
     return what
 
 

@@ -679,7 +679,7 @@ def test_auto_precision_is_fp32_on_every_cpu_and_bf16_is_suggested_where_native(
             assert not torch.is_autocast_enabled("cpu")
         with T.autocast(cpu, "bf16"):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-        hint = "fp32 (this CPU has bf16 matrix instructions: --mixed-precision bf16 "
+        hint = "fp32 (this CPU has bf16 matrix instructions; --mixed-precision bf16: "
         assert T.precision_note(cpu, "auto").startswith(hint) == native and T.precision_note(cpu, "no").startswith(hint) == native
         assert T.precision_note(cpu, "bf16") == "bf16 autocast" and T.precision_note(cuda, "auto") == "bf16 autocast"
     for bad in (SearchSettings(mixed_precision="BF16"), DistillSettings(student="x", mixed_precision="fp8")):
@@ -688,7 +688,7 @@ def test_auto_precision_is_fp32_on_every_cpu_and_bf16_is_suggested_where_native(
     monkeypatch.setattr(T, "cpu_bf16", lambda: True)
     with caplog.at_level(logging.INFO, logger="prunekit"):
         search(_settings(tmp_path, tiny_models("minilm6"), text_file, max_steps=1), progress=False)
-    assert "search: 1 steps, in fp32 (this CPU has bf16 matrix instructions: --mixed-precision bf16" in caplog.text
+    assert "search: 1 steps, in fp32 (this CPU has bf16 matrix instructions; --mixed-precision bf16:" in caplog.text
 
 
 def test_search_and_distill_in_fp16_scale_the_loss_and_resume_with_the_scale(tiny_models, text_file, distill_world, tmp_path, monkeypatch):
