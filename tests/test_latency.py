@@ -602,8 +602,9 @@ def test_profile_verb_writes_the_table_a_search_then_reuses(tiny_models, text_fi
     assert saved["key"]["backend"] == "torch-sdpa" and saved["key"]["batch"] == 2 and 0 < saved["floor"] < 1
     original = saved["measurements"]["original"]  # the original timed beside the compact models: ratios are over it
     assert original > 0 and saved["model"]["overhead"] == pytest.approx(saved["measurements"]["head_times"][-1] / original)
-    # a target between the floor and the full compact model's ratio (a tiny HF original is much slower than it)
-    target = round((saved["floor"] + saved["model"]["overhead"]) / 2, 3)
+    # a target between the floor and the full compact model's ratio (a tiny HF original is much slower than it;
+    # on a loaded machine the two tiny models' times can come out the other way round: at most 1)
+    target = round((saved["floor"] + min(saved["model"]["overhead"], 1.0)) / 2, 3)
     monkeypatch.setattr(lat, "profile", lambda *a, **k: pytest.fail("the search profiled again"))
     run = CliRunner().invoke(cli, ["search", "--model", str(model_dir), "--data", str(text_file), "--max-steps", "2",
                                    "--batch-size", "8", "--max-length", "16", "--cost", "latency", "--target", str(target),
