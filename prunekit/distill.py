@@ -19,8 +19,9 @@ trained further), and it keeps its narrow output (its dev fidelity is the pairwi
 Spearman, which needs no common space).
 
 Stage 2 (prediction layer): soft cross-entropy with the teacher's logits at temperature T (times
-T^2, so T does not move the balance with the gold labels) for a classifier, MSE for a regressor, MSE of the mean-pooled embeddings (after ``output_proj``, or the
-map) for an embedding model; ``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
+T^2, so that T roughly keeps the balance with the gold labels) for a classifier, MSE for a regressor,
+MSE of the mean-pooled embeddings (after ``output_proj``, or the map) for an embedding model;
+``alpha_gold`` mixes in the gold labels of the original (not augmented) examples.
 
 Both stages can train on TinyBERT-style augmented copies of the data (:mod:`prunekit.augment`).
 The dev metric (the task's primary metric on labelled dev data, else fidelity to the teacher) is
