@@ -1,7 +1,8 @@
 """A training step in fp32 against the same step in bf16 autocast on this CPU, side by side (issue 16:
 accuracy per hour). The step is what search and distill run: the model's forward, a loss, the backward
 and an AdamW update, on a batch of ``--batch`` x ``--seq-len`` tokens; the two precisions alternate in
-every repeat and each figure is the median. On a CPU with bf16 matrix instructions (AVX512-BF16, AMX)
+every repeat; the times are medians and the speedup is the median of each repeat's paired ratio
+(prunekit.timing: the drift of a shared machine cancels). On a CPU with bf16 matrix instructions (AVX512-BF16, AMX)
 bf16 is expected to be faster; elsewhere it is emulated (slower). Whether bf16 keeps the accuracy is
 measured by the real-task pipeline (`benchmarks/real_tasks/pipeline.py --distill-args="--mixed-precision bf16"`).
 
@@ -25,6 +26,7 @@ from prunekit.io import atomic_write_text
 from prunekit.loading import load_model
 from prunekit.models import model_output
 from prunekit.system import cpu_info
+from prunekit.timing import paired_ratio
 
 
 def _loss(kind: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,8 +69,9 @@ def time_model(path: str, batch: int, seq_len: int, repeats: int, warmup: int) -
             times["bf16" if bf16 else "fp32"].append(step(bf16))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": path, "kind": lm.kind, "params": sum(p.numel() for p in model.parameters()),
-            "fp32_s": med["fp32"], "bf16_s": med["bf16"], "bf16_speedup": med["fp32"] / med["bf16"],
-            "fp32_range": [min(times["fp32"]), max(times["fp32"])], "bf16_range": [min(times["bf16"]), max(times["bf16"])]}
+            "fp32_s": med["fp32"], "bf16_s": med["bf16"], "bf16_speedup": paired_ratio(times["fp32"], times["bf16"]),
+            "fp32_range": [min(times["fp32"]), max(times["fp32"])], "bf16_range": [min(times["bf16"]), max(times["bf16"])],
+            "times": times}
 
 
 def main() -> None:
@@ -89,7 +92,7 @@ def main() -> None:
     lines = [f"# A training step in fp32 vs bf16 autocast ({time.strftime('%Y-%m-%d', time.gmtime())})", "",
              f"Made by `benchmarks/train_precision.py`: CPU {cpu['model']} ({isa}), {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}; batch {a.batch} x {a.seq_len} tokens; forward + loss + backward + AdamW; "
-             f"median of {a.repeats} alternating repeats (range in brackets).", "",
+             f"median of {a.repeats} alternating repeats (range in brackets); speedup: median of the paired ratios.", "",
              "| model | params | fp32 s/step | bf16 s/step | bf16 speedup |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['fp32_s']:.3f} [{r['fp32_range'][0]:.3f}-{r['fp32_range'][1]:.3f}] | "

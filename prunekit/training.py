@@ -11,7 +11,6 @@ continues from them with a lower learning rate, another ``--mixed-precision`` or
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from collections.abc import Iterable
 import torch
 
 from .errors import PrunekitError, ResumableError
+from .system import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -187,26 +187,19 @@ def autocast(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[mp])
 
 
+# measured (docs/results.md, "More seeds, two augmented copies, bf16 training and the temperature"); said where it would apply
+BF16_CPU_GAIN = "steps ~1.5x faster at the same accuracy on a real task"
+
+
 def precision_note(device: torch.device, mixed_precision: str) -> str:
     """What a run says it trains in; in fp32 on a CPU with bf16 matrix instructions, that bf16 would be
     faster there (opt-in, as in Hugging Face's Trainer: bf16 changes the numbers)."""
     mp = resolved_precision(device, mixed_precision)
     what = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[mp]
-    if mp == "no" and device.type == "cpu" and cpu_bf16():
+    if mp == "no" and device.type == "cpu" and native_bf16():
         what += f" (this CPU has bf16 matrix instructions; --mixed-precision bf16: {BF16_CPU_GAIN})"
     return what
 
-
-# measured (docs/results.md, "More seeds, two augmented copies, bf16 training and the temperature"); said where it would apply
-BF16_CPU_GAIN = "steps ~1.5x faster at the same accuracy on a real task"
-
-
-@functools.cache
-def cpu_bf16() -> bool:
-    """:func:`prunekit.system.native_bf16`, read once."""
-    from .system import native_bf16
-
-    return native_bf16()
 
 
 APPLIED, OVERFLOW, SKIPPED = "applied", "overflow", "skipped"

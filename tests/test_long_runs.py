@@ -673,7 +673,7 @@ def test_auto_precision_is_fp32_on_every_cpu_and_bf16_is_suggested_where_native(
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(T, "cpu_bf16", lambda native=native: native)
+        monkeypatch.setattr(T, "native_bf16", lambda native=native: native)
         assert T.resolved_precision(cpu, "auto") == "no" and T.resolved_precision(cuda, "auto") == "bf16"
         with T.autocast(cpu, "auto"):
             assert not torch.is_autocast_enabled("cpu")
@@ -685,7 +685,7 @@ def test_auto_precision_is_fp32_on_every_cpu_and_bf16_is_suggested_where_native(
     for bad in (SearchSettings(mixed_precision="BF16"), DistillSettings(student="x", mixed_precision="fp8")):
         with pytest.raises(PrunekitError, match="unknown --mixed-precision"):
             bad.validate()
-    monkeypatch.setattr(T, "cpu_bf16", lambda: True)
+    monkeypatch.setattr(T, "native_bf16", lambda: True)
     with caplog.at_level(logging.INFO, logger="prunekit"):
         search(_settings(tmp_path, tiny_models("minilm6"), text_file, max_steps=1), progress=False)
     assert "search: 1 steps, in fp32 (this CPU has bf16 matrix instructions; --mixed-precision bf16:" in caplog.text
