@@ -391,18 +391,19 @@ def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_model
 
 
 def test_latency_check_aims_at_the_target_inside_the_band(tiny_models, text_file, tmp_path, monkeypatch):
-    """The machine runs every architecture 4% slower than the table predicts: the first choice is in
-    the 5% band but 4% off, so the check chooses again (it aims within half the band), and the model
-    it keeps is the one measured closest to the target."""
+    """The machine runs every architecture 2% slower than the table predicts: the first choice is
+    inside half the 5% band but 2% off, so the check chooses again (it aims within 1%: a choice
+    left at the band's fast edge is a student cut further than asked), and the model it keeps is the
+    one measured closest to the target."""
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.04 * table.ratio(heads, widths))
+    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.02 * table.ratio(heads, widths))
     s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", tolerance=0.05)
     saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
     rounds = saved["latency_check"]
-    assert 0.57 <= rounds[0]["measured"] <= 0.63 and abs(rounds[0]["measured"] / 0.6 - 1) > 0.025  # in the band, off the aim
-    assert len(rounds) >= 2 and abs(saved["measured_latency_ratio"] / 0.6 - 1) <= 0.025
+    assert 0.01 < abs(rounds[0]["measured"] / 0.6 - 1) <= 0.025  # inside half the band, off the aim
+    assert len(rounds) >= 2 and abs(saved["measured_latency_ratio"] / 0.6 - 1) <= 0.01
     assert saved["measured_latency_ratio"] == min((r["measured"] for r in rounds), key=lambda m: abs(m / 0.6 - 1))
 
 
