@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -126,6 +127,9 @@ class LatencyModel:
     hidden_widths: list[int] = field(default_factory=list)
     hidden_base: list[float] = field(default_factory=list)  # base(d), seconds
     hidden_scale: list[float] = field(default_factory=list)  # s(d), 1 at the full width
+    # A search's calibration (prunekit.search.calibrate_latency): one architecture timed before the gates
+    # learn, its measured over predicted ratio ("scale") multiplying every ratio; empty: not calibrated.
+    calibration: dict = field(default_factory=dict)
 
     @property
     def has_hidden(self) -> bool:
@@ -163,15 +167,21 @@ class LatencyModel:
         s = self.shape
         return self.latency([s.num_heads] * s.num_layers, [s.intermediate_size] * s.num_layers)
 
+    @property
+    def scale(self) -> float:
+        """What every ratio is multiplied by: the backend's full-size compact model over the original
+        (:attr:`overhead`) times the calibration's measured over predicted ratio."""
+        return self.overhead * float(self.calibration.get("scale", 1.0))
+
     def ratio(self, heads_per_layer, ffn_per_layer, hidden: float | None = None) -> float:
         """The compact model's latency over the original's (``hidden``: its hidden width, None: full)."""
-        return self.overhead * self.latency(heads_per_layer, ffn_per_layer, hidden) / self.full()
+        return self.scale * self.latency(heads_per_layer, ffn_per_layer, hidden) / self.full()
 
     def floor(self, hidden: bool = False) -> float:
         """The ratio with every head and neuron pruned: the fastest pruning can make the model
         (``hidden``: at the narrowest hidden width profiled, for a --prune-hidden search)."""
         base = self.hidden_base[0] if hidden and self.has_hidden else self.base
-        return self.overhead * base / self.full()
+        return self.scale * base / self.full()
 
     def expected_ratio(self, head_gates: torch.Tensor, ffn_gates: torch.Tensor, hidden_gates: torch.Tensor | None = None) -> torch.Tensor:
         """The differentiable ratio under gates in [0, 1]: each layer's expected head count and
@@ -187,7 +197,7 @@ class LatencyModel:
             d = hidden_gates.sum().reshape(1)
             widths_d = [float(w) for w in self.hidden_widths]
             base, scale = _interp(d, widths_d, self.hidden_base)[0], _interp(d, widths_d, self.hidden_scale)[0]
-        return self.overhead * (base + scale * (a.sum() + f.sum())) / self.full()
+        return self.scale * (base + scale * (a.sum() + f.sum())) / self.full()
 
     def hidden_share(self) -> float:
         """A hidden dimension's average share of the full latency (the search's gradient scale)."""
@@ -217,6 +227,8 @@ class LatencyModel:
                "ffn_widths": list(self.ffn_widths), "ffn_knots": list(self.ffn_knots), "overhead": self.overhead}
         if self.has_hidden:
             out.update(hidden_widths=list(self.hidden_widths), hidden_base=list(self.hidden_base), hidden_scale=list(self.hidden_scale))
+        if self.calibration:
+            out["calibration"] = dict(self.calibration)
         return out
 
     def save_table(self, path: str | os.PathLike) -> None:
@@ -311,7 +323,7 @@ def load_table(path: str | os.PathLike, expected_key: dict) -> LatencyModel:
                              [int(w) for w in m["ffn_widths"]], [float(v) for v in m["ffn_knots"]], data["key"],
                              data.get("measurements") or {}, float(m.get("overhead", 1.0)),
                              [int(w) for w in m.get("hidden_widths", [])], [float(v) for v in m.get("hidden_base", [])],
-                             [float(v) for v in m.get("hidden_scale", [])])
+                             [float(v) for v in m.get("hidden_scale", [])], _calibration(m.get("calibration")))
     except (KeyError, TypeError, ValueError):
         raise PrunekitError(f"latency table {path} is corrupt: re-measure it with --reprofile") from None
     s = model.shape
@@ -321,6 +333,16 @@ def load_table(path: str | os.PathLike, expected_key: dict) -> LatencyModel:
     if len(model.head_knots) != s.num_heads + 1 or model.ffn_widths[:1] != [0] or model.ffn_widths[-1:] != [s.intermediate_size]:
         raise PrunekitError(f"latency table {path} does not cover the model's head counts and FFN widths: re-measure it with --reprofile")
     return model
+
+
+def _calibration(saved) -> dict:
+    """A saved table's calibration, its scale checked (a positive finite number), or {} where there is none."""
+    if saved is None:
+        return {}
+    scale = float(saved["scale"])
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError("calibration scale")
+    return dict(saved)
 
 
 def cache_dir() -> Path:

@@ -81,7 +81,7 @@ class SearchSettings:
     """Every option of a search; saved as settings.json in the run dir."""
 
     # what a setting added since was in runs made before it (read so by --resume; prunekit.run_dir)
-    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False}
+    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False, "latency_calibrate": False}
 
     model: str | None = None  # local dir or hub id; None: the packaged all-MiniLM-L6-v2
     kind: str = "auto"  # auto | classification | regression | embedding
@@ -124,7 +124,10 @@ class SearchSettings:
     latency_repeats: int = 10
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
-    latency_check: int = 3  # time the chosen architecture, re-choose while it is off the target by over tolerance/2: at most this many times (0: off)
+    latency_check: int = 3  # time the chosen architecture, re-choose while it is off the target by over LATENCY_AIM: at most this many times (0: off)
+    # before the gates learn, time the uniform architecture the latency model puts at the target and scale the model by
+    # measured / predicted (calibrate_latency), so the gates aim at the FLOPs the measured speed allows (with --latency-check)
+    latency_calibrate: bool = True
     # --cost latency: what the gates' loss counts while they learn. flops (default: dev +1.0, test -0.4 on a real task, docs/results.md):
     # the FLOPs loss at the FLOPs ratio the latency model maps the target to, then the choice brought to the latency
     # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
@@ -179,7 +182,7 @@ class SearchSettings:
             raise PrunekitError(f"unknown --cost {self.cost!r}: choose one of {', '.join(COSTS)}")
         if self.cost == "flops":
             given = [o for o, v in (("--backend", self.backend), ("--latency-table", self.latency_table),
-                                    ("--reprofile", self.reprofile)) if v]
+                                    ("--reprofile", self.reprofile), ("--no-latency-calibrate", not self.latency_calibrate)) if v]
             if self.gate_cost != "flops":
                 given.append(f"--gate-cost {self.gate_cost}")
             if given:
@@ -558,13 +561,49 @@ def gate_flops_target(latency, shape, seq_len: int, target: float) -> float:
     predicted latency ratio is ``target``. The gates then choose where the FLOPs go, as a FLOPs search
     does, and the latency model and the check bring the choice to the target."""
     layers, heads, width = shape.num_layers, shape.num_heads, shape.intermediate_size
+    q = _uniform_fraction(latency, shape, target)
+    ratio = model_flops(shape, seq_len, [q * heads] * layers, [q * width] * layers).total / model_flops(shape, seq_len).total
+    return min(1.0, max(0.01, ratio))
+
+
+def _uniform_fraction(latency, shape, target: float) -> float:
+    """The fraction q of every layer's heads and FFN neurons whose predicted latency ratio is ``target``."""
+    layers, heads, width = shape.num_layers, shape.num_heads, shape.intermediate_size
     lo, hi = 0.0, 1.0
     for _ in range(50):  # the predicted ratio is monotone in the fraction kept
         q = (lo + hi) / 2
         lo, hi = (q, hi) if latency.ratio([q * heads] * layers, [q * width] * layers) < target else (lo, q)
-    q = (lo + hi) / 2
-    ratio = model_flops(shape, seq_len, [q * heads] * layers, [q * width] * layers).total / model_flops(shape, seq_len).total
-    return min(1.0, max(0.01, ratio))
+    return (lo + hi) / 2
+
+
+def calibrate_latency(settings: SearchSettings, teacher: Teacher, model):
+    """``--latency-calibrate``: the latency model scaled by one measurement made before the gates learn.
+    The uniform architecture the model puts at the target (the same share of every layer's heads and
+    neurons, rounded) is timed beside the original as the check times (random weights); every ratio of
+    the model is then multiplied by measured / predicted. The model's error is mostly one of scale at
+    a given operating point (the backend's speed at these sizes, the other work on the machine), and
+    uncorrected it sets the gates' FLOPs goal wrong: on a real task it put the target at 0.342 of the
+    FLOPs where 0.30 ran as fast, so the gates learned a larger model, which the check then cut by its
+    lowest gates (mostly heads) into a student with 5% fewer FLOPs than a FLOPs search of the same
+    speed (docs/results.md). Returns the calibrated model (the calibration recorded in it)."""
+    from dataclasses import replace
+
+    from . import latency as lat
+
+    s, key, shape = settings, model.key, teacher.shape
+    q = _uniform_fraction(model, shape, s.target)
+    heads = [max(1, round(q * shape.num_heads))] * shape.num_layers
+    widths = [max(1, round(q * shape.intermediate_size))] * shape.num_layers
+    predicted = model.ratio(heads, widths)
+    measured = lat.measure_ratio(heads, widths, shape, s.backend, key["device"], key["batch"], key["seq_len"], key["threads"],
+                                 teacher.config, s.latency_repeats)
+    scale = measured / predicted
+    if not math.isfinite(scale) or scale <= 0:
+        raise PrunekitError(f"latency calibration measured {measured!r} on {s.backend}: rerun, or pass --no-latency-calibrate")
+    log.info("latency calibration: %d heads and %d FFN neurons per layer predicted %.3f, measured %.3f: the latency model "
+             "scaled by %.3f", heads[0], widths[0], predicted, measured, scale)
+    return replace(model, calibration={"scale": scale, "heads": heads[0], "ffn_width": widths[0], "predicted": predicted,
+                                       "measured": measured})
 
 
 def arch_ratio(arch: Architecture, shape, seq_len: int, latency=None) -> float:
@@ -756,7 +795,7 @@ def check_latency(settings: SearchSettings, teacher: Teacher, model, arch: Archi
             too_slow = min(too_slow, budget)
         else:
             too_fast = max(too_fast, budget)
-        guess = min(budget * s.target / measured, model.overhead)
+        guess = min(budget * s.target / measured, model.scale)
         if too_fast > 0 and math.isfinite(too_slow) and not too_fast < guess < too_slow:
             guess = math.sqrt(too_fast * too_slow)
         budget = guess
@@ -787,7 +826,8 @@ def _latency_meta(meta: dict, settings: SearchSettings, model, table: Path, rati
         "gate_cost": settings.gate_cost,
         "latency_model": {"backend": settings.backend, "device": key.get("device"), "batch": key.get("batch"),
                           "seq_len": key.get("seq_len"), "threads": key.get("threads"), "floor": model.floor(settings.prune_hidden),
-                          "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model")},
+                          "table": str(table), "machine": key.get("gpu") or (key.get("cpu") or {}).get("model"),
+                          **({"calibration": model.calibration} if model.calibration else {})},
     })
     if checked:
         meta.update({"measured_latency_ratio": checked["measured_ratio"], "latency_check": checked["rounds"],
@@ -804,6 +844,9 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
     teacher, dataset, encoded, latency = _inputs(settings, world, device, teacher, dataset,
                                                  work / LATENCY_TABLE if resume else None, progress and world.main)
     latency_model = latency[0] if latency else None
+    if latency and settings.latency_check and settings.latency_calibrate and not latency_model.calibration:  # a resume keeps its own
+        latency_model = calibrate_latency(settings, teacher, latency_model)
+        latency = (latency_model, latency[1])
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
     if latency:  # the table the run used, kept with it (and reused by its --resume)
         on_main(world, lambda: latency_model.save_table(work / LATENCY_TABLE))

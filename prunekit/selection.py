@@ -123,7 +123,7 @@ def select_to_latency(head_priority: torch.Tensor, ffn_priority: torch.Tensor, m
     ranking, so that where the costs are linear the choice is the greedy one, priority first."""
     head_priority, ffn_priority = head_priority.detach().cpu(), ffn_priority.detach().cpu()
     layers = head_priority.shape[0]
-    budget = target / model.overhead * model.full() - model.rest - layers * model.fixed  # ratios are over the original
+    budget = target / model.scale * model.full() - model.rest - layers * model.fixed  # ratios are over the original
     head_rank, ffn_rank = _ranks(head_priority, ffn_priority)
     head_value, neuron_value = model.mean_group_costs()
     head_costs = np.asarray(model.head_knots, float)

@@ -370,7 +370,7 @@ def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_model
         return 1.3 * table.ratio(heads, widths)
 
     monkeypatch.setattr(lat, "measure_ratio", measure)
-    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude")
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", latency_calibrate=False)
     result = search(s, progress=False)
     saved = json.loads((result.output_dir / "architecture.json").read_text())
     rounds = saved["latency_check"]
@@ -384,7 +384,7 @@ def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_model
     # the check gives up after --latency-check rounds (no error) and keeps the round measured closest
     answers = iter([0.9, 0.66, 0.3])
     monkeypatch.setattr(lat, "measure_ratio", lambda *a, **k: next(answers))
-    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=2, method="magnitude",
+    result = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=2, method="magnitude", latency_calibrate=False,
                               output_dir=str(tmp_path / "run2")), progress=False)
     saved = json.loads((result.output_dir / "architecture.json").read_text())
     assert len(saved["latency_check"]) == 3 and saved["latency_check_kept"] == 1 and saved["measured_latency_ratio"] == 0.66
@@ -399,7 +399,7 @@ def test_latency_check_aims_at_the_target_inside_the_band(tiny_models, text_file
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
     monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.02 * table.ratio(heads, widths))
-    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", tolerance=0.05)
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", latency_calibrate=False, tolerance=0.05)
     saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
     rounds = saved["latency_check"]
     assert 0.01 < abs(rounds[0]["measured"] / 0.6 - 1) <= 0.025  # inside half the band, off the aim
@@ -415,7 +415,7 @@ def test_latency_check_stops_when_a_new_budget_chooses_a_model_already_timed(tin
     write_table(tmp_path / "table.json", shape, key)
     timed = []
     monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: timed.append((list(heads), list(widths))) or 0.2)
-    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude")
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude", latency_calibrate=False)
     saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
     assert len(saved["latency_check"]) == len(timed) < 9
     assert len({tuple(map(tuple, t)) for t in timed}) == len(timed)  # no model timed twice
@@ -430,7 +430,7 @@ def test_latency_check_stays_inside_its_bracket(tiny_models, text_file, tmp_path
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
     monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: max(0.01, 3 * table.ratio(heads, widths) - 1.0))
-    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude", tolerance=0.05)
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=8, method="magnitude", latency_calibrate=False, tolerance=0.05)
     saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
     rounds = saved["latency_check"]
     assert 0.57 <= saved["measured_latency_ratio"] <= 0.63 and len(rounds) >= 3
@@ -438,6 +438,67 @@ def test_latency_check_stays_inside_its_bracket(tiny_models, text_file, tmp_path
         fast = [r["budget"] for r in rounds[:i] if r["measured"] < 0.6]
         slow = [r["budget"] for r in rounds[:i] if r["measured"] > 0.6]
         assert max(fast, default=0.0) < rounds[i]["budget"] < min(slow, default=float("inf"))
+
+
+def test_calibration_scales_the_model_before_the_gates_learn(tiny_models, text_file, tmp_path, monkeypatch):
+    """The machine runs every architecture 1.3x slower than the table predicts. Calibrated, the search
+    times one uniform architecture first, scales the model by 1.3, so the gates aim at fewer FLOPs and
+    the check's first timing is on the target; architecture.json records the calibration. Uncalibrated,
+    the same run's first timing misses by 30% and its gates aim at more FLOPs."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    timed = []
+
+    def measure(heads, widths, *a, **k):
+        timed.append((list(heads), list(widths)))
+        return 1.3 * table.ratio(heads, widths)
+
+    monkeypatch.setattr(lat, "measure_ratio", measure)
+    saved = {}
+    for calibrate in (True, False):
+        s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, latency_calibrate=calibrate,
+                      output_dir=str(tmp_path / f"run-{calibrate}"))
+        saved[calibrate] = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
+    cal = saved[True]["latency_model"]["calibration"]
+    assert cal["scale"] == pytest.approx(1.3) and cal["measured"] == pytest.approx(1.3 * cal["predicted"])
+    assert len(set(timed[0][0])) == 1 and len(set(timed[0][1])) == 1  # the first timing: a uniform architecture
+    assert abs(saved[True]["latency_check"][0]["measured"] / 0.6 - 1) <= 0.05  # on the target at the first timing
+    assert saved[True]["latency_check"][0]["predicted"] == pytest.approx(saved[True]["latency_check"][0]["measured"])
+    assert "calibration" not in saved[False]["latency_model"]
+    assert saved[False]["latency_check"][0]["measured"] > 1.05 * 0.6  # the uncalibrated model's choice misses
+    assert saved[True]["gate_flops_target"] < saved[False]["gate_flops_target"] - 0.05
+
+
+def test_calibration_is_kept_on_resume_and_a_bad_one_refused(tiny_models, text_file, tmp_path, monkeypatch):
+    """A resumed run keeps the calibration saved with its table (no new timing); a table whose
+    calibration scale is not a positive number is refused in one line."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    timed = []
+    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: timed.append(1) or 1.2 * table.ratio(heads, widths))
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, max_steps=8, checkpoint_every=4)
+    with pytest.raises(KeyboardInterrupt):
+        search(s, progress=False, on_step=stop_after(4))
+    work = tmp_path / "run.partial"
+    saved_table = json.loads((work / "latency_table.json").read_text())
+    assert saved_table["model"]["calibration"]["scale"] == pytest.approx(1.2) and len(timed) == 1
+    result = search(s, progress=False, resume=True)
+    meta = json.loads((result.output_dir / "architecture.json").read_text())
+    assert meta["latency_model"]["calibration"] == saved_table["model"]["calibration"]
+    assert len(timed) == 1 + len(meta["latency_check"])  # the check's timings only: no second calibration
+    bad = json.loads((tmp_path / "table.json").read_text())
+    bad["model"]["calibration"] = {"scale": -1.0}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(PrunekitError, match="corrupt") as e:
+        lat.load_table(tmp_path / "bad.json", key)
+    assert "\n" not in str(e.value)
+
+
+def test_no_latency_calibrate_is_refused_with_a_flops_target():
+    with pytest.raises(PrunekitError, match="--no-latency-calibrate apply to --cost latency only"):
+        SearchSettings(latency_calibrate=False).validate_cost()
 
 
 def test_mismatched_table_refused_then_reprofile_remakes_it(tiny_models, text_file, tmp_path, monkeypatch):
