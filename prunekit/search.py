@@ -19,7 +19,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -81,7 +81,7 @@ class SearchSettings:
     """Every option of a search; saved as settings.json in the run dir."""
 
     # what a setting added since was in runs made before it (read so by --resume; prunekit.run_dir)
-    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False, "latency_calibrate": False}
+    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False}
 
     model: str | None = None  # local dir or hub id; None: the packaged all-MiniLM-L6-v2
     kind: str = "auto"  # auto | classification | regression | embedding
@@ -125,9 +125,9 @@ class SearchSettings:
     latency_table: str | None = None  # the table's file; None: the cache (prunekit.latency.cache_dir)
     reprofile: bool = False  # measure the table again even when one matches
     latency_check: int = 3  # time the chosen architecture, re-choose while it is off the target by over LATENCY_AIM: at most this many times (0: off)
-    # before the gates learn, time the uniform architecture the latency model puts at the target and scale the model by
-    # measured / predicted (calibrate_latency), so the gates aim at the FLOPs the measured speed allows (with --latency-check)
-    latency_calibrate: bool = True
+    # a fresh run times the uniform architecture the latency model puts at the target and scales the model by measured /
+    # predicted (calibrate_latency) before the gates learn; None: on where the check times on the machine (latency_check > 0)
+    latency_calibrate: bool | None = None
     # --cost latency: what the gates' loss counts while they learn. flops (default: dev +1.0, test -0.4 on a real task, docs/results.md):
     # the FLOPs loss at the FLOPs ratio the latency model maps the target to, then the choice brought to the latency
     # target by the model and the check; latency: the latency model itself in the loss (it costs a head differently)
@@ -137,6 +137,13 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.group_by_length is None:  # grouped batches halve a search's time on text of varied lengths
             self.group_by_length = self.method == "search"
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether a fresh latency search calibrates its latency model (:func:`calibrate_latency`)."""
+        if self.cost != "latency":
+            return False
+        return self.latency_check > 0 if self.latency_calibrate is None else bool(self.latency_calibrate)
 
     def validate(self) -> None:
         if not (isinstance(self.target, (int, float)) and 0.0 < self.target <= 1.0) or math.isnan(self.target):
@@ -182,7 +189,8 @@ class SearchSettings:
             raise PrunekitError(f"unknown --cost {self.cost!r}: choose one of {', '.join(COSTS)}")
         if self.cost == "flops":
             given = [o for o, v in (("--backend", self.backend), ("--latency-table", self.latency_table),
-                                    ("--reprofile", self.reprofile), ("--no-latency-calibrate", not self.latency_calibrate)) if v]
+                                    ("--reprofile", self.reprofile),
+                                    ("--latency-calibrate/--no-latency-calibrate", self.latency_calibrate is not None)) if v]
             if self.gate_cost != "flops":
                 given.append(f"--gate-cost {self.gate_cost}")
             if given:
@@ -577,17 +585,16 @@ def _uniform_fraction(latency, shape, target: float) -> float:
 
 
 def calibrate_latency(settings: SearchSettings, teacher: Teacher, model):
-    """``--latency-calibrate``: the latency model scaled by one measurement made before the gates learn.
+    """``--latency-calibrate``: the latency model scaled by one measurement made before the search chooses.
     The uniform architecture the model puts at the target (the same share of every layer's heads and
-    neurons, rounded) is timed beside the original as the check times (random weights); every ratio of
-    the model is then multiplied by measured / predicted. The model's error is mostly one of scale at
-    a given operating point (the backend's speed at these sizes, the other work on the machine), and
-    uncorrected it sets the gates' FLOPs goal wrong: on a real task it put the target at 0.342 of the
-    FLOPs where 0.30 ran as fast, so the gates learned a larger model, which the check then cut by its
-    lowest gates (mostly heads) into a student with 5% fewer FLOPs than a FLOPs search of the same
-    speed (docs/results.md). Returns the calibrated model (the calibration recorded in it)."""
-    from dataclasses import replace
-
+    neurons, rounded; at the full hidden width) is timed beside the original as the check times
+    (random weights); every ratio of the model is then multiplied by measured / predicted. It corrects
+    the model's scale at the target, not its error between structures (which the check measures).
+    Why: uncorrected, the scale sets the gates' FLOPs goal. On docstrings (docs/results.md, issue 19)
+    the model put a 0.318 latency target at 0.342 of the FLOPs, where the FLOPs search's 0.30 students
+    measured about as fast; the gates learned the larger model and the check cut it by its lowest gates
+    into students with 3-9% fewer FLOPs than FLOPs students of the same speed. Returns the calibrated
+    model (the calibration recorded in it)."""
     from . import latency as lat
 
     s, key, shape = settings, model.key, teacher.shape
@@ -734,7 +741,7 @@ def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.dev
         raise PrunekitError("--cost latency runs in one process for now: run the search without torchrun / accelerate launch")
     seq_len = settings.latency_seq_len or settings.max_length
     dev = lat.latency_device(settings.backend, str(device))
-    if saved_table is not None and saved_table.is_file():
+    if saved_table is not None and saved_table.is_file():  # a resume: the run's own table, with its calibration
         lat.check_available(settings.backend, dev)
         key = lat.table_key(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len, settings.latency_threads)
         model, path = lat.load_table(saved_table, key), saved_table
@@ -742,20 +749,30 @@ def _latency_model(settings: SearchSettings, teacher: Teacher, device: torch.dev
         model, path = lat.latency_model_for(teacher.shape, settings.backend, dev, settings.latency_batch, seq_len,
                                             settings.latency_threads, settings.latency_repeats, settings.latency_table,
                                             settings.reprofile, teacher.config, progress)
+        model = replace(model, calibration={})  # a table a run published carries that run's calibration, not this one's
     if settings.prune_hidden and not model.has_hidden:
         raise PrunekitError(f"latency table {path} has no hidden-width measurements (it was made before --prune-hidden used them): "
                             "re-measure it with --reprofile")
+    _check_floor(settings, model)
+    # the full-size compact model's own measured ratio (the calibration is measured at the target, not at full size)
+    if settings.target * (1 - settings.tolerance) > model.overhead:
+        raise PrunekitError(f"--target {settings.target:g} is above the latency of the full-size compact model on {settings.backend} "
+                            f"({model.overhead:.3f} of the original's: prunekit's layers run faster than the original's here), "
+                            f"so there is nothing to prune for; give --target <= {model.overhead:.3f}")
+    if saved_table is None and settings.calibrates:  # a fresh run (a resume keeps the calibration it started with)
+        model = calibrate_latency(settings, teacher, model)
+        _check_floor(settings, model)  # the floor as the calibrated model has it (what a resume checks)
+    return model, path
+
+
+def _check_floor(settings: SearchSettings, model) -> None:
+    """A target under what pruning can reach on the backend, refused in one line naming the floor."""
     floor = model.floor(settings.prune_hidden)
     if settings.target < floor:
         what = "heads, FFN neurons and hidden dimensions" if settings.prune_hidden else "heads and FFN neurons"
         raise PrunekitError(f"--target {settings.target:g} is below what pruning {what} can reach on {settings.backend}: "
                             f"the floor is {floor:.3f} of the latency (embeddings, LayerNorms and the call's overhead stay; "
                             f"at most {1 / floor:.2f}x faster); give --target >= {floor:.3f}")
-    if settings.target * (1 - settings.tolerance) > model.overhead:
-        raise PrunekitError(f"--target {settings.target:g} is above the latency of the full-size compact model on {settings.backend} "
-                            f"({model.overhead:.3f} of the original's: prunekit's layers run faster than the original's here), "
-                            f"so there is nothing to prune for; give --target <= {model.overhead:.3f}")
-    return model, path
 
 
 LATENCY_TABLE = "latency_table.json"
@@ -844,9 +861,6 @@ def _search_locked(settings: SearchSettings, world: World, device: torch.device,
     teacher, dataset, encoded, latency = _inputs(settings, world, device, teacher, dataset,
                                                  work / LATENCY_TABLE if resume else None, progress and world.main)
     latency_model = latency[0] if latency else None
-    if latency and settings.latency_check and settings.latency_calibrate and not latency_model.calibration:  # a resume keeps its own
-        latency_model = calibrate_latency(settings, teacher, latency_model)
-        latency = (latency_model, latency[1])
     on_main(world, lambda: start_work_dir(work, settings.to_json()))
     if latency:  # the table the run used, kept with it (and reused by its --resume)
         on_main(world, lambda: latency_model.save_table(work / LATENCY_TABLE))

@@ -496,9 +496,35 @@ def test_calibration_is_kept_on_resume_and_a_bad_one_refused(tiny_models, text_f
     assert "\n" not in str(e.value)
 
 
-def test_no_latency_calibrate_is_refused_with_a_flops_target():
-    with pytest.raises(PrunekitError, match="--no-latency-calibrate apply to --cost latency only"):
-        SearchSettings(latency_calibrate=False).validate_cost()
+@pytest.mark.parametrize("value", [True, False])
+def test_latency_calibrate_is_refused_with_a_flops_target(value):
+    with pytest.raises(PrunekitError, match="--latency-calibrate/--no-latency-calibrate apply to --cost latency only"):
+        SearchSettings(latency_calibrate=value).validate_cost()
+    assert not SearchSettings().calibrates and SearchSettings(cost="latency", backend="torch-sdpa").calibrates
+    assert not SearchSettings(cost="latency", backend="torch-sdpa", latency_check=0).calibrates
+
+
+def test_a_published_table_brings_no_calibration_and_the_floor_is_the_calibrated_one(tiny_models, text_file, tmp_path, monkeypatch):
+    """A run's published latency_table.json carries its calibration; given to a new search as --latency-table,
+    that calibration is dropped (the new run times its own, or none with --no-latency-calibrate). A target the
+    table's floor allows but the calibrated floor does not is refused in one line, before any gate learns."""
+    model_dir = tiny_models("minilm6")
+    shape, key = _key(model_dir)
+    table = write_table(tmp_path / "table.json", shape, key)
+    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.3 * table.ratio(heads, widths))
+    first = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, output_dir=str(tmp_path / "a")), progress=False)
+    published = first.output_dir / "latency_table.json"
+    assert json.loads(published.read_text())["model"]["calibration"]["scale"] == pytest.approx(1.3)
+    s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, latency_calibrate=False, latency_table=str(published),
+                  output_dir=str(tmp_path / "b"))
+    meta = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
+    assert "calibration" not in meta["latency_model"] and meta["latency_check"][0]["measured"] > 1.05 * 0.6
+    floor = table.floor()
+    target = 1.1 * floor  # above the table's floor, under 1.3x it
+    with pytest.raises(PrunekitError) as e:
+        search(_settings(tmp_path, model_dir, text_file, target=target, latency_check=1, output_dir=str(tmp_path / "c")), progress=False)
+    assert "\n" not in str(e.value) and f"the floor is {1.3 * floor:.3f}" in str(e.value)
+    assert not (tmp_path / "c.partial").exists()
 
 
 def test_mismatched_table_refused_then_reprofile_remakes_it(tiny_models, text_file, tmp_path, monkeypatch):

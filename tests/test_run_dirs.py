@@ -285,14 +285,15 @@ def _resume_refusal(kind: str, tmp_path: Path) -> str:
 
 
 def test_a_setting_added_since_the_interrupted_run_reads_as_its_default(tmp_path):
-    """A run interrupted under an older prunekit has no entry for a setting added since (here gate_cost):
+    """A run interrupted under an older prunekit has no entry for a setting added since (here gate_cost
+    and latency_calibrate, whose default None decides at the run's start, so a resume calibrates nothing):
     resuming with that setting at its default is the same run, not a changed one. Where the default
     has changed since (group_by_length: on for the gate search now, absent and so off before), the old
     run reads as what it was (OLDER_RUNS): resuming needs --no-group-by-length."""
     out = tmp_path / "run"
     s = SearchSettings(output_dir=str(out), model="m", data="d")
     assert s.group_by_length is True  # the gate search's default
-    old = {k: v for k, v in json.loads(s.to_json()).items() if k not in ("gate_cost", "group_by_length")}
+    old = {k: v for k, v in json.loads(s.to_json()).items() if k not in ("gate_cost", "group_by_length", "latency_calibrate")}
     start_work_dir(partial_dir(out), json.dumps(old))
     free = frozenset({"output_dir"})
     with pytest.raises(PrunekitError, match=r"different settings than the interrupted run \(group_by_length: false there, true now\)"):
