@@ -776,8 +776,9 @@ def _check_floor(settings: SearchSettings, model) -> None:
 
 
 LATENCY_TABLE = "latency_table.json"
-# How close to the target the latency check aims (about the timing's run-to-run spread). Stopping anywhere
-# inside half the 5% band kept real-task students 1-2% faster than asked, paid for in accuracy (docs/results.md).
+# How close to the target the latency check aims: what a quiet machine's timing holds. (On a shared 2-core machine,
+# whose timings vary by 3-10%, aiming within 1% instead of half the band changed no real-task student's accuracy:
+# the check keeps the round measured closest, docs/results.md.)
 LATENCY_AIM = 0.01
 
 
