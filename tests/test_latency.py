@@ -357,19 +357,26 @@ def test_search_gates_reach_the_latency_band_given_time(tiny_models, text_file, 
     assert 0.57 <= meta["gate_ratio"] <= 0.63 and 0.59 <= result.achieved_ratio <= 0.6
 
 
+def _slow_machine(monkeypatch, table, factor: float) -> list:
+    """A machine on which every architecture measures ``factor`` x the table's prediction; returns
+    the list of (heads, widths) timed, in order."""
+    timed = []
+
+    def measure(heads, widths, *a, **k):
+        timed.append((list(heads), list(widths)))
+        return factor * table.ratio(heads, widths)
+
+    monkeypatch.setattr(lat, "measure_ratio", measure)
+    return timed
+
+
 def test_latency_check_rechooses_until_the_measurement_is_in_the_band(tiny_models, text_file, tmp_path, monkeypatch):
     """The machine runs every architecture 1.3x slower than the table predicts: the check times the
     model's choice, then chooses again with a smaller budget until the measured ratio is in the band."""
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    timed = []
-
-    def measure(heads, widths, *a, **k):
-        timed.append((list(heads), list(widths)))
-        return 1.3 * table.ratio(heads, widths)
-
-    monkeypatch.setattr(lat, "measure_ratio", measure)
+    timed = _slow_machine(monkeypatch, table, 1.3)
     s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", latency_calibrate=False)
     result = search(s, progress=False)
     saved = json.loads((result.output_dir / "architecture.json").read_text())
@@ -398,7 +405,7 @@ def test_latency_check_aims_at_the_target_inside_the_band(tiny_models, text_file
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.02 * table.ratio(heads, widths))
+    _slow_machine(monkeypatch, table, 1.02)
     s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, method="magnitude", latency_calibrate=False, tolerance=0.05)
     saved = json.loads((search(s, progress=False).output_dir / "architecture.json").read_text())
     rounds = saved["latency_check"]
@@ -448,13 +455,7 @@ def test_calibration_scales_the_model_before_the_gates_learn(tiny_models, text_f
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    timed = []
-
-    def measure(heads, widths, *a, **k):
-        timed.append((list(heads), list(widths)))
-        return 1.3 * table.ratio(heads, widths)
-
-    monkeypatch.setattr(lat, "measure_ratio", measure)
+    timed = _slow_machine(monkeypatch, table, 1.3)
     saved = {}
     for calibrate in (True, False):
         s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=3, latency_calibrate=calibrate,
@@ -476,8 +477,7 @@ def test_calibration_is_kept_on_resume_and_a_bad_one_refused(tiny_models, text_f
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    timed = []
-    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: timed.append(1) or 1.2 * table.ratio(heads, widths))
+    timed = _slow_machine(monkeypatch, table, 1.2)
     s = _settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, max_steps=8, checkpoint_every=4)
     with pytest.raises(KeyboardInterrupt):
         search(s, progress=False, on_step=stop_after(4))
@@ -511,7 +511,7 @@ def test_a_published_table_brings_no_calibration_and_the_floor_is_the_calibrated
     model_dir = tiny_models("minilm6")
     shape, key = _key(model_dir)
     table = write_table(tmp_path / "table.json", shape, key)
-    monkeypatch.setattr(lat, "measure_ratio", lambda heads, widths, *a, **k: 1.3 * table.ratio(heads, widths))
+    _slow_machine(monkeypatch, table, 1.3)
     first = search(_settings(tmp_path, model_dir, text_file, target=0.6, latency_check=1, output_dir=str(tmp_path / "a")), progress=False)
     published = first.output_dir / "latency_table.json"
     assert json.loads(published.read_text())["model"]["calibration"]["scale"] == pytest.approx(1.3)
