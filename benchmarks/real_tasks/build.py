@@ -34,6 +34,14 @@ pylibs
     same reading as ``docstrings`` (``ast``, nothing imported, doctests dropped), test suites and
     vendored code skipped. Big enough for the full 4,500/600/1,200 split; stands in for
     ``manpages`` as the second task (README.md). The versions read are recorded with the counts.
+signatures
+    A two-segment task (rows with ``text_pair``): the first paragraph of a public stdlib function's
+    or method's docstring, paired once with that function's own signature (``fmean(data, weights)``,
+    label ``match``) and once with another function's of the same top-level module (``mismatch``),
+    so that neither segment alone tells the label and a bag of words must see what the two share.
+    Both rows of a docstring go to the same split; a docstring found under two signatures is
+    dropped; ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap
+    is not enough and the fine-tuned encoder has to do better than TF-IDF.
 
 Every task: texts are cut to ``--max-words`` words, de-duplicated (a text found under two labels
 is dropped), each class capped at ``--cap`` examples (default: an even share of ``--train +
@@ -252,10 +260,105 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# ---------------------------------------------------------------- signatures (a two-segment task)
+
+def _signature(node) -> str:
+    """``name(a, b, *args, key, **kw)``: the parameters a caller passes (no self/cls, no defaults)."""
+    a = node.args
+    names = [x.arg for x in a.posonlyargs + a.args] + ([f"*{a.vararg.arg}"] if a.vararg else []) \
+        + [x.arg for x in a.kwonlyargs] + ([f"**{a.kwarg.arg}"] if a.kwarg else [])
+    return f"{node.name}({', '.join(n for n in names if n not in ('self', 'cls'))})"
+
+
+def documented_functions(max_words: int) -> Iterator[tuple[str, str, str]]:
+    """(top-level module, signature, docstring's first paragraph) of every public function and method
+    of the stdlib sources that has a docstring (``ast``, nothing imported, doctests dropped)."""
+    import ast
+
+    for module, src in stdlib_sources():
+        try:
+            tree = ast.parse(src.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                doc = ast.get_docstring(node)
+                if doc:
+                    first = _drop_doctests(doc).strip().split("\n\n")[0]
+                    yield module.split(".")[0], _signature(node), cut_words(clean(first), max_words)
+
+
+def signature_pairs(max_words: int, min_words: int, seed: int) -> tuple[list[dict], dict]:
+    """Each docstring twice: with its own function's signature (``match``) and with another function's
+    of the same top-level module (``mismatch``, picked by a hash of the docstring and ``seed``), so
+    neither segment alone tells the label. A docstring found under two signatures is dropped."""
+    by_doc: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    first: dict[str, str] = {}
+    for module, sig, doc in documented_functions(max_words):
+        if len(doc.split()) < min_words:
+            continue
+        k = _norm(doc)
+        by_doc[k].add((module, sig))
+        first.setdefault(k, doc)
+    ambiguous = sum(len({sig for _, sig in v}) > 1 for v in by_doc.values())
+    single = {k: next(iter(v)) for k, v in by_doc.items() if len({sig for _, sig in v}) == 1}
+    sigs: dict[str, list[str]] = defaultdict(list)
+    for module, sig in sorted(set(single.values())):
+        sigs[module].append(sig)
+    docs = []
+    for k, (module, sig) in single.items():
+        name = sig.split("(")[0]
+        others = [o for o in sigs[module] if o.split("(")[0] != name]
+        if others:
+            h = int.from_bytes(_key(first[k], seed + 2), "big")
+            docs.append((first[k], sig, others[h % len(others)], module))
+    info = {"functions_read": sum(len(v) for v in by_doc.values()), "docstrings": len(docs),
+            "ambiguous_texts_dropped": ambiguous, "modules": len({d[3] for d in docs})}
+    return docs, info
+
+
+def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
+    """A two-segment task: the docstrings split (by a hash) so that both rows of one docstring land in
+    the same split, in the proportions of --train/--dev/--test (counted in rows, two per docstring)."""
+    t0 = time.perf_counter()
+    sizes = {"train": args.train, "dev": args.dev, "test": args.test}
+    docs, info = PAIR_TASKS[task][0](args.max_words, args.min_words, args.seed)
+    docs.sort(key=lambda d: _key(d[0], args.seed))
+    n = min(len(docs), -(-sum(sizes.values()) // 2))
+    shares = split_shares(sizes, 2 * n)  # sizes are in rows
+    bounds, start = {}, 0
+    for split in ("test", "dev"):
+        bounds[split] = (start, start + round(n * shares[split]))
+        start = bounds[split][1]
+    bounds["train"] = (start, n)
+    splits: dict[str, list[dict]] = {}
+    for split, (a, b) in bounds.items():
+        rows = [{"text": doc, "text_pair": sig, "label": label}
+                for doc, own, other, _ in docs[a:b] for sig, label in ((own, "match"), (other, "mismatch"))]
+        splits[split] = sorted(rows, key=lambda r: _key(r["text"] + "\x00" + r["text_pair"], args.seed + 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split in sizes:
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[split])
+    words = sorted(len(r["text"].split()) for rows in splits.values() for r in rows)
+    counts = {split: dict(sorted(Counter(r["label"] for r in splits[split]).items())) for split in sizes}
+    info = {"task": task, "what": PAIR_TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed,
+            "cap_per_class": n, "min_class": 0, "min_words": args.min_words, "max_words": args.max_words,
+            "examples_read": info["functions_read"], "words_median": words[len(words) // 2] if words else 0,
+            "available_per_class": {"match": len(docs), "mismatch": len(docs)}, "classes_dropped": [],
+            **{k: v for k, v in info.items() if k != "functions_read"}, "per_split": counts,
+            "sizes": {s: len(splits[s]) for s in sizes}, "build_seconds": round(time.perf_counter() - t0, 1)}
+    (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
 TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
     "docstrings": (docstring_examples, "CPython stdlib docstrings -> module family"),
     "manpages": (manpage_examples, "man pages (NAME + DESCRIPTION) -> Debian section of the owning package"),
     "pylibs": (pylib_examples, "docstrings of ten Python libraries in the venv -> library"),
+}
+PAIR_TASKS: dict[str, tuple[Callable[[int, int, int], tuple[list, dict]], str]] = {
+    "signatures": (signature_pairs, "a stdlib docstring and a function signature -> match / mismatch"),
 }
 
 
@@ -376,21 +479,23 @@ def print_counts(info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=sorted(TASKS), action="append", help="repeatable; default: every task")
+    ap.add_argument("--task", choices=sorted(TASKS | PAIR_TASKS), action="append", help="repeatable; default: every task")
     ap.add_argument("--out", default=str(REPO / "runs" / "real_tasks"), help="tasks go to OUT/<task>/")
     ap.add_argument("--train", type=int, default=4500)
     ap.add_argument("--dev", type=int, default=600)
     ap.add_argument("--test", type=int, default=1200)
     ap.add_argument("--cap", type=int, default=0, help="examples per class at most (0: even share of the total)")
     ap.add_argument("--min-class", type=int, default=80, help="drop classes with fewer texts")
-    ap.add_argument("--min-words", type=int, default=8)
+    ap.add_argument("--min-words", type=int, default=None,
+                    help="drop shorter texts (default 8; 5 for signatures, whose docstrings' first paragraphs are short)")
     ap.add_argument("--max-words", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "real_tasks"),
                     help="class counts go to RESULTS/data_<task>.{json,md} ('' for none)")
     args = ap.parse_args(argv)
-    for task in args.task or sorted(TASKS):
-        info = build(task, Path(args.out) / task, args)
+    for task in args.task or sorted(TASKS | PAIR_TASKS):
+        a = argparse.Namespace(**{**vars(args), "min_words": args.min_words or (5 if task in PAIR_TASKS else 8)})
+        info = (build_pairs if task in PAIR_TASKS else build)(task, Path(args.out) / task, a)
         print_counts(info)
         if args.results:
             results = Path(args.results)

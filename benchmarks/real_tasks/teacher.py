@@ -49,16 +49,21 @@ RESULTS = REPO / "benchmarks" / "results" / "real_tasks"
 class Batches:
     """Tokenised once; each batch padded to its own longest text."""
 
-    def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int):
+    def __init__(self, tokenizer, texts: list[str], labels: list[int], max_length: int, pairs: list[str] | None = None):
         self.tokenizer = tokenizer
-        self.encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)  # a pair: [CLS] text [SEP] pair [SEP]
+        self.encoded = enc["input_ids"]
+        self.types = enc.get("token_type_ids")
         self.labels = labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, idx: list[int]) -> tuple[dict, torch.Tensor]:
-        feats = self.tokenizer.pad({"input_ids": [self.encoded[i] for i in idx]}, return_tensors="pt")
+        rows = {"input_ids": [self.encoded[i] for i in idx]}
+        if self.types is not None:
+            rows["token_type_ids"] = [self.types[i] for i in idx]
+        feats = self.tokenizer.pad(rows, return_tensors="pt")
         return dict(feats), torch.tensor([self.labels[i] for i in idx])
 
     def iterate(self, batch_size: int, order: list[int] | None = None):
@@ -82,7 +87,7 @@ def _is_head(name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, help="a task built by build.py (docstrings, manpages, pylibs)")
+    ap.add_argument("--task", required=True, help="a task built by build.py (docstrings, manpages, pylibs, signatures)")
     ap.add_argument("--data", default=str(REPO / "runs" / "real_tasks"), help="the tasks' folder (build.py --out)")
     ap.add_argument("--model", default=None, help="encoder to start from (default: the packaged all-MiniLM-L6-v2)")
     ap.add_argument("-o", "--output", default=None, help="teacher dir (default: DATA/<task>/teacher)")
@@ -115,15 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(args.output) if args.output else data_dir / ("teacher" + (f"-{args.tag}" if args.tag else ""))
     model_path = args.model or str(default_model_path())
 
-    (xtr, ytr), (xdev, ydev), (xte, yte) = (read_jsonl(data_dir / f"{s}.jsonl", args.max_examples)
-                                           for s in ("train", "dev", "test"))
+    (xtr, ytr, ptr), (xdev, ydev, pdev), (xte, yte, pte) = (read_jsonl(data_dir / f"{s}.jsonl", args.max_examples)
+                                                            for s in ("train", "dev", "test"))
     names = sorted(set(ytr))
     label2id = {n: i for i, n in enumerate(names)}
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id)
-    train, dev, test = (Batches(tokenizer, x, [label2id[v] for v in y], args.max_length)
-                        for x, y in ((xtr, ytr), (xdev, ydev), (xte, yte)))
+    train, dev, test = (Batches(tokenizer, x, [label2id[v] for v in y], args.max_length, p)
+                        for x, y, p in ((xtr, ytr, ptr), (xdev, ydev, pdev), (xte, yte, pte)))
 
     steps_all = steps_per_epoch = math.ceil(len(train) / args.batch_size)
     grouped = batch_order(len(train), args.batch_size, args.seed, lengths=[len(x) for x in train.encoded]) \
