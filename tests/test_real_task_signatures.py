@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +55,22 @@ MOD_B = '''
 def lonely(a):
     """The only function of its module, so it has no other signature to pair with."""
 '''
+# the same docstring and signature in two modules (as keys() of collections and _collections_abc)
+MOD_C = '''
+def shared(a):
+    """A function defined with this very docstring in two different modules."""
+
+def other(b):
+    """Some other function of the module that the shared one can be paired with."""
+'''
 
 
 @pytest.fixture
 def sources(tmp_path, monkeypatch):
-    (tmp_path / "a.py").write_text(MOD_A)
-    (tmp_path / "b.py").write_text(MOD_B)
-    monkeypatch.setattr(build, "stdlib_sources", lambda: iter([("moda", tmp_path / "a.py"), ("modb", tmp_path / "b.py")]))
+    for name, text in (("a", MOD_A), ("b", MOD_B), ("c", MOD_C)):
+        (tmp_path / f"{name}.py").write_text(text)
+    walk = [("moda", tmp_path / "a.py"), ("modb", tmp_path / "b.py"), ("modz", tmp_path / "c.py"), ("modc", tmp_path / "c.py")]
+    monkeypatch.setattr(build, "stdlib_sources", lambda: iter(walk))
     return tmp_path
 
 
@@ -73,35 +83,62 @@ def test_signature_text():
     assert build._signature(fns["close"]) == "close()"  # self is not a parameter a caller passes
 
 
-def test_pairs_match_and_mismatch(sources):
-    docs, info = build.signature_pairs(max_words=64, min_words=5, seed=0)
-    by_doc = {d[0]: d for d in docs}
+def test_docs_and_pairs(sources):
+    docs, info = build.signature_docs(max_words=64, min_words=5)
     assert info["ambiguous_texts_dropped"] == 1  # the docstring under two signatures
-    assert not any("private helper" in d or "only function" in d for d in by_doc)  # _private; modb has no partner
-    assert len(docs) == 4
-    own = {"Read the whole": "read_file(path, encoding)", "Close the stream": "close()"}
-    for doc, sig, other, module in docs:
-        assert module == "moda" and other != sig and other.split("(")[0] != sig.split("(")[0]
-        for start, expected in own.items():
-            if doc.startswith(start):
-                assert sig == expected
+    texts = [d[0] for d in docs]
+    assert not any("private helper" in t for t in texts)  # _private
+    assert len(texts) == len(set(texts)) == 7
+    shared = next(d for d in docs if d[1] == "shared(a)")
+    assert shared[2] == "modc"  # in two modules: the first by name, whatever the walk's or the hashes' order
+    assert ("Read the whole file at path and return its text decoded with the encoding.", "read_file(path, encoding)", "moda") in docs
+    rows, alone = build.pair_rows(docs, seed=0)
+    assert alone == 1  # lonely(a): no other function in modb
+    sig_of = {d[0]: (d[1], d[2]) for d in docs}
+    module_of = {d[1]: d[2] for d in docs}
+    for r in rows:
+        own, module = sig_of[r["text"]]
+        if r["label"] == "match":
+            assert r["text_pair"] == own
+        else:  # another function of the same module
+            assert r["text_pair"].split("(")[0] != own.split("(")[0] and module_of[r["text_pair"]] == module
+    assert len(rows) == 2 * (len(docs) - alone)
 
 
-def test_build_pairs_keeps_a_docstrings_rows_together(sources, tmp_path):
-    args = argparse.Namespace(train=4, dev=2, test=2, max_words=64, min_words=5, seed=3)
+def test_docs_do_not_depend_on_string_hashing(sources):
+    """The build gives the same docstrings under any PYTHONHASHSEED (sets of strings iterate in the
+    process's hash order)."""
+    import subprocess
+
+    code = (f"import sys, json, importlib.util; sys.path.insert(0, {str(TASKS)!r}); "
+            f"spec = importlib.util.spec_from_file_location('b', {str(TASKS / 'build.py')!r}); "
+            "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); "
+            f"from pathlib import Path; t = Path({str(sources)!r}); "
+            "b.stdlib_sources = lambda: iter([('modz', t / 'c.py'), ('modc', t / 'c.py'), ('moda', t / 'a.py')]); "
+            "print(json.dumps(b.pair_rows(b.signature_docs(64, 5)[0], 0)))")
+    outs = {subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": str(h)},
+                           capture_output=True, text=True, check=True).stdout for h in (1, 2, 3)}
+    assert len(outs) == 1 and "shared(a)" in outs.pop()
+
+
+def test_build_pairs_splits_before_pairing(sources, tmp_path):
+    args = argparse.Namespace(train=8, dev=4, test=4, max_words=64, min_words=5, seed=3)
     info = build.build_pairs("signatures", tmp_path / "out", args)
     rows = {s: [json.loads(x) for x in (tmp_path / "out" / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "dev", "test")}
-    assert info["sizes"] == {s: len(r) for s, r in rows.items()} and sum(info["sizes"].values()) == 8
+    assert info["sizes"] == {s: len(r) for s, r in rows.items()}
+    assert sum(info["sizes"].values()) == 2 * info["docstrings_used"]
     split_of = {}
     for split, rs in rows.items():
+        texts = {r["text"] for r in rs}
         for r in rs:
             assert set(r) == {"text", "text_pair", "label"}
             assert split_of.setdefault(r["text"], split) == split  # both rows of a docstring in one split
-    for rs in rows.values():  # each docstring once with its own signature, once with another's
-        for text in {r["text"] for r in rs}:
+            if r["label"] == "mismatch":  # the partner's own docstring is in the same split
+                assert any(x["text_pair"] == r["text_pair"] and x["label"] == "match" and x["text"] in texts for x in rs)
+        for text in texts:  # each docstring once with its own signature, once with another's
             assert sorted(r["label"] for r in rs if r["text"] == text) == ["match", "mismatch"]
     texts, labels, pairs = task_files.read_jsonl(tmp_path / "out" / "train.jsonl")
-    assert len(texts) == len(labels) == len(pairs) == 4
+    assert len(texts) == len(labels) == len(pairs) == info["sizes"]["train"]
 
 
 def test_read_jsonl_single_segment(tmp_path):
@@ -123,5 +160,6 @@ def test_tfidf_pair_features():
     f = tfidf.pair_features(vec, ["read the file", "close the stream"], ["read_file(path)", "read_file(path)"])
     v = len(vec.vocabulary_)
     assert f.shape == (2, 3 * v + 1)
-    shared = f[:, 3 * v].toarray().ravel()  # the cosine of the two segments: 'read' and 'file' shared only in row 0
-    assert shared[0] > 0 and shared[1] == 0
+    cosine = f[:, 3 * v].toarray().ravel()  # the last column: the two segments' cosine ('read', 'file' shared in row 0 only)
+    a, b = vec.transform(["read the file"]).toarray().ravel(), vec.transform(["read_file(path)"]).toarray().ravel()
+    assert cosine[0] == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) and cosine[0] > 0 and cosine[1] == 0

@@ -37,10 +37,11 @@ pylibs
 signatures
     A two-segment task (rows with ``text_pair``): the first paragraph of a public stdlib function's
     or method's docstring, paired once with that function's own signature (``fmean(data, weights)``,
-    label ``match``) and once with another function's of the same top-level module (``mismatch``),
-    so that neither segment alone tells the label and a bag of words must see what the two share.
-    Both rows of a docstring go to the same split; a docstring found under two signatures is
-    dropped; ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap
+    label ``match``) and once with another function's of the same top-level module (``mismatch``).
+    The docstrings are split first and paired within their split, so a function's signature is only
+    ever seen in its own docstring's split and neither segment alone tells the label: a bag of
+    words must see what the two share.
+    A docstring found under two signatures is dropped; ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap
     is not enough and the fine-tuned encoder has to do better than TF-IDF.
 
 Every task: texts are cut to ``--max-words`` words, de-duplicated (a text found under two labels
@@ -284,45 +285,56 @@ def documented_functions(max_words: int) -> Iterator[tuple[str, str, str]]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
                 doc = ast.get_docstring(node)
                 if doc:
-                    first = _drop_doctests(doc).strip().split("\n\n")[0]
+                    first = re.split(r"\n\s*\n", _drop_doctests(doc).strip())[0]
                     yield module.split(".")[0], _signature(node), cut_words(clean(first), max_words)
 
 
-def signature_pairs(max_words: int, min_words: int, seed: int) -> tuple[list[dict], dict]:
-    """Each docstring twice: with its own function's signature (``match``) and with another function's
-    of the same top-level module (``mismatch``, picked by a hash of the docstring and ``seed``), so
-    neither segment alone tells the label. A docstring found under two signatures is dropped."""
+def signature_docs(max_words: int, min_words: int) -> tuple[list[tuple[str, str, str]], dict]:
+    """(docstring, its function's signature, top-level module) once per docstring; a docstring found
+    under two signatures is dropped, one found with the same signature in two modules (``keys()`` of
+    collections and _collections_abc) is kept in the first module by name (so the result does not
+    depend on the process's string hashing)."""
     by_doc: dict[str, set[tuple[str, str]]] = defaultdict(set)
     first: dict[str, str] = {}
+    read = 0
     for module, sig, doc in documented_functions(max_words):
+        read += 1
         if len(doc.split()) < min_words:
             continue
         k = _norm(doc)
         by_doc[k].add((module, sig))
         first.setdefault(k, doc)
     ambiguous = sum(len({sig for _, sig in v}) > 1 for v in by_doc.values())
-    single = {k: next(iter(v)) for k, v in by_doc.items() if len({sig for _, sig in v}) == 1}
-    sigs: dict[str, list[str]] = defaultdict(list)
-    for module, sig in sorted(set(single.values())):
-        sigs[module].append(sig)
-    docs = []
-    for k, (module, sig) in single.items():
-        name = sig.split("(")[0]
-        others = [o for o in sigs[module] if o.split("(")[0] != name]
-        if others:
-            h = int.from_bytes(_key(first[k], seed + 2), "big")
-            docs.append((first[k], sig, others[h % len(others)], module))
-    info = {"functions_read": sum(len(v) for v in by_doc.values()), "docstrings": len(docs),
-            "ambiguous_texts_dropped": ambiguous, "modules": len({d[3] for d in docs})}
-    return docs, info
+    docs = sorted((first[k], min(v)[1], min(v)[0]) for k, v in by_doc.items() if len({sig for _, sig in v}) == 1)
+    return docs, {"functions_read": read, "ambiguous_texts_dropped": ambiguous}
+
+
+def pair_rows(docs: list[tuple[str, str, str]], seed: int) -> tuple[list[dict], int]:
+    """Each docstring twice: with its own signature (``match``) and with another function's of the
+    same module among ``docs`` (``mismatch``, picked by a hash of the docstring and ``seed``). Given
+    one split's docstrings, every signature of the split is a match once and a mismatch about once,
+    and no function's signature is used in another split, so neither segment alone tells the label. A docstring with no
+    other function of its module in ``docs`` is left out; returns (rows, how many)."""
+    pool: dict[str, list[str]] = defaultdict(list)
+    for _, sig, module in docs:
+        pool[module].append(sig)
+    rows, alone = [], 0
+    for doc, sig, module in docs:
+        others = [o for o in pool[module] if o.split("(")[0] != sig.split("(")[0]]
+        if not others:
+            alone += 1
+            continue
+        other = others[int.from_bytes(_key(doc, seed + 2), "big") % len(others)]
+        rows += [{"text": doc, "text_pair": sig, "label": "match"}, {"text": doc, "text_pair": other, "label": "mismatch"}]
+    return rows, alone
 
 
 def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
-    """A two-segment task: the docstrings split (by a hash) so that both rows of one docstring land in
-    the same split, in the proportions of --train/--dev/--test (counted in rows, two per docstring)."""
+    """A two-segment task: the docstrings split first (by a hash), in the proportions of
+    --train/--dev/--test (counted in rows, two per docstring), then paired within their split."""
     t0 = time.perf_counter()
     sizes = {"train": args.train, "dev": args.dev, "test": args.test}
-    docs, info = PAIR_TASKS[task][0](args.max_words, args.min_words, args.seed)
+    docs, info = PAIR_TASKS[task][0](args.max_words, args.min_words)
     docs.sort(key=lambda d: _key(d[0], args.seed))
     n = min(len(docs), -(-sum(sizes.values()) // 2))
     shares = split_shares(sizes, 2 * n)  # sizes are in rows
@@ -332,9 +344,10 @@ def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
         start = bounds[split][1]
     bounds["train"] = (start, n)
     splits: dict[str, list[dict]] = {}
+    alone = 0
     for split, (a, b) in bounds.items():
-        rows = [{"text": doc, "text_pair": sig, "label": label}
-                for doc, own, other, _ in docs[a:b] for sig, label in ((own, "match"), (other, "mismatch"))]
+        rows, left_out = pair_rows(docs[a:b], args.seed)
+        alone += left_out
         splits[split] = sorted(rows, key=lambda r: _key(r["text"] + "\x00" + r["text_pair"], args.seed + 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in sizes:
@@ -346,7 +359,8 @@ def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
             "cap_per_class": n, "min_class": 0, "min_words": args.min_words, "max_words": args.max_words,
             "examples_read": info["functions_read"], "words_median": words[len(words) // 2] if words else 0,
             "available_per_class": {"match": len(docs), "mismatch": len(docs)}, "classes_dropped": [],
-            **{k: v for k, v in info.items() if k != "functions_read"}, "per_split": counts,
+            "ambiguous_texts_dropped": info["ambiguous_texts_dropped"], "docstrings_used": n - alone,
+            "docstrings_without_a_partner": alone, "modules": len({d[2] for d in docs[:n]}), "per_split": counts,
             "sizes": {s: len(splits[s]) for s in sizes}, "build_seconds": round(time.perf_counter() - t0, 1)}
     (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -357,8 +371,8 @@ TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
     "manpages": (manpage_examples, "man pages (NAME + DESCRIPTION) -> Debian section of the owning package"),
     "pylibs": (pylib_examples, "docstrings of ten Python libraries in the venv -> library"),
 }
-PAIR_TASKS: dict[str, tuple[Callable[[int, int, int], tuple[list, dict]], str]] = {
-    "signatures": (signature_pairs, "a stdlib docstring and a function signature -> match / mismatch"),
+PAIR_TASKS: dict[str, tuple[Callable[[int, int], tuple[list, dict]], str]] = {
+    "signatures": (signature_docs, "a stdlib docstring and a function signature -> match / mismatch"),
 }
 
 
@@ -494,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="class counts go to RESULTS/data_<task>.{json,md} ('' for none)")
     args = ap.parse_args(argv)
     for task in args.task or sorted(TASKS | PAIR_TASKS):
-        a = argparse.Namespace(**{**vars(args), "min_words": args.min_words or (5 if task in PAIR_TASKS else 8)})
+        default = 5 if task in PAIR_TASKS else 8
+        a = argparse.Namespace(**{**vars(args), "min_words": default if args.min_words is None else args.min_words})
         info = (build_pairs if task in PAIR_TASKS else build)(task, Path(args.out) / task, a)
         print_counts(info)
         if args.results:

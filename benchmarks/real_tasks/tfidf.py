@@ -58,7 +58,7 @@ def run(task: str, data_dir: Path, cs: list[float]) -> dict:
         model = "TfidfVectorizer(ngram_range=(1, 2), sublinear_tf) + LinearSVC"
     else:
         vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=False, tokenizer=identifier_words,
-                              token_pattern=None).fit(xtr + ptr)
+                              token_pattern=None).fit(sorted(set(xtr) | set(ptr)))  # each text once
         ftr, fdev, fte = (pair_features(vec, x, p) for x, p in ((xtr, ptr), (xdev, pdev), (xte, pte)))
         model = ("TfidfVectorizer(ngram_range=(1, 2), sublinear_tf, identifiers split) of each segment, their product "
                  "and its sum + LinearSVC")
