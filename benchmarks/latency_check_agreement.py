@@ -35,9 +35,8 @@ from prunekit.timing import paired_ratio
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build(a: argparse.Namespace, runs: Path, names: list[str], tmp: Path) -> dict:
-    """name -> runner: bench's original and compacts, the check's original and random-weight compacts."""
-    original = load_model_dir(runs / f"original-{a.shape}")
+def build(a: argparse.Namespace, runs: Path, names: list[str], original, tmp: Path) -> dict:
+    """name -> runner: bench's ``original`` and compacts, the check's original and random-weight compacts."""
     shape, config = original.shape, original.config
     runners = {"bench original": build_runner(original, "bench original", a.backend, "cpu", a.threads, tmp, None),
                "check original": lat._original_runner(tmp, shape, a.backend, "cpu", a.threads, config)}
@@ -100,12 +99,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     cpu = cpu_info()
     machine = f"{cpu['model']} [{', '.join(k for k, v in cpu['isa'].items() if v)}]"
+    original = load_model_dir(runs / f"original-{a.shape}")
+    feed = lat._inputs(a.batch, a.seq_len, lat._profile_vocab(original.config), "cpu")  # ids both vocabularies take
     rows = []
     for b in range(a.builds):
         with tempfile.TemporaryDirectory(prefix="prunekit-agreement-") as tmp:
-            runners = build(a, runs, names, Path(tmp))
-            original = load_model_dir(runs / f"original-{a.shape}")
-            feed = lat._inputs(a.batch, a.seq_len, lat._profile_vocab(original.config), "cpu")  # ids both vocabularies take
+            runners = build(a, runs, names, original, Path(tmp))
             times = time_all(runners, feed, a.warmup, a.repeats)
         for name in names:
             row = {"build": b, "arch": name,

@@ -40,9 +40,9 @@ signatures
     label ``match``) and once with another function's of the same top-level module (``mismatch``).
     The docstrings are split first and paired within their split, so a function's signature is only
     ever seen in its own docstring's split and neither segment alone tells the label: a bag of
-    words must see what the two share.
-    A docstring found under two signatures is dropped; ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap
-    is not enough and the fine-tuned encoder has to do better than TF-IDF.
+    words must see what the two share. A docstring found under two signatures is dropped;
+    ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap is not
+    enough and the fine-tuned encoder has to do better than TF-IDF.
 
 Every task: texts are cut to ``--max-words`` words, de-duplicated (a text found under two labels
 is dropped), each class capped at ``--cap`` examples (default: an even share of ``--train +
@@ -313,8 +313,8 @@ def pair_rows(docs: list[tuple[str, str, str]], seed: int) -> tuple[list[dict], 
     """Each docstring twice: with its own signature (``match``) and with another function's of the
     same module among ``docs`` (``mismatch``, picked by a hash of the docstring and ``seed``). Given
     one split's docstrings, every signature of the split is a match once and a mismatch about once,
-    and no function's signature is used in another split, so neither segment alone tells the label. A docstring with no
-    other function of its module in ``docs`` is left out; returns (rows, how many)."""
+    and no function's signature is used in another split, so neither segment alone tells the label.
+    A docstring with no other function of its module in ``docs`` is left out; returns (rows, how many)."""
     pool: dict[str, list[str]] = defaultdict(list)
     for _, sig, module in docs:
         pool[module].append(sig)
@@ -337,33 +337,19 @@ def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
     docs, info = PAIR_TASKS[task][0](args.max_words, args.min_words)
     docs.sort(key=lambda d: _key(d[0], args.seed))
     n = min(len(docs), -(-sum(sizes.values()) // 2))
-    shares = split_shares(sizes, 2 * n)  # sizes are in rows
-    bounds, start = {}, 0
-    for split in ("test", "dev"):
-        bounds[split] = (start, start + round(n * shares[split]))
-        start = bounds[split][1]
-    bounds["train"] = (start, n)
     splits: dict[str, list[dict]] = {}
     alone = 0
-    for split, (a, b) in bounds.items():
+    for split, (a, b) in split_bounds(n, split_shares(sizes, 2 * n)).items():  # sizes are in rows
         rows, left_out = pair_rows(docs[a:b], args.seed)
         alone += left_out
         splits[split] = sorted(rows, key=lambda r: _key(r["text"] + "\x00" + r["text_pair"], args.seed + 1))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split in sizes:
-        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in splits[split])
-    words = sorted(len(r["text"].split()) for rows in splits.values() for r in rows)
-    counts = {split: dict(sorted(Counter(r["label"] for r in splits[split]).items())) for split in sizes}
-    info = {"task": task, "what": PAIR_TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed,
-            "cap_per_class": n, "min_class": 0, "min_words": args.min_words, "max_words": args.max_words,
-            "examples_read": info["functions_read"], "words_median": words[len(words) // 2] if words else 0,
-            "available_per_class": {"match": len(docs), "mismatch": len(docs)}, "classes_dropped": [],
-            "ambiguous_texts_dropped": info["ambiguous_texts_dropped"], "docstrings_used": n - alone,
-            "docstrings_without_a_partner": alone, "modules": len({d[2] for d in docs[:n]}), "per_split": counts,
-            "sizes": {s: len(splits[s]) for s in sizes}, "build_seconds": round(time.perf_counter() - t0, 1)}
-    (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
-    return info
+    return write_task(out_dir, {s: splits[s] for s in sizes}, {
+        "task": task, "what": PAIR_TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed, "cap_per_class": n,
+        "min_class": 0, "min_words": args.min_words, "max_words": args.max_words, "examples_read": info["functions_read"],
+        "available_per_class": {"match": len(docs), "mismatch": len(docs)}, "classes_dropped": [],
+        "ambiguous_texts_dropped": info["ambiguous_texts_dropped"], "docstrings_used": n - alone,
+        "docstrings_without_a_partner": alone, "modules": len({d[2] for d in docs[:n]}),
+        "build_seconds": round(time.perf_counter() - t0, 1)})
 
 
 TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
@@ -381,6 +367,32 @@ PAIR_TASKS: dict[str, tuple[Callable[[int, int], tuple[list, dict]], str]] = {
 # Where the source is short of --train + --dev + --test, dev and test still get at least these shares
 # (up to their full sizes): the test set is what the comparisons of issue 16 are read off.
 MIN_SHARES = {"dev": 0.125, "test": 0.25}
+
+
+def split_bounds(n: int, shares: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """[start, end) of test, dev and train among ``n`` ordered items: test and dev their share
+    (rounded), train the rest."""
+    bounds, start = {}, 0
+    for split in ("test", "dev"):
+        bounds[split] = (start, start + round(n * shares[split]))
+        start = bounds[split][1]
+    bounds["train"] = (start, n)
+    return bounds
+
+
+def write_task(out_dir: Path, splits: dict[str, list[dict]], info: dict) -> dict:
+    """``<split>.jsonl`` of every split and ``counts.json``: ``info`` with the rows per label and split,
+    the split sizes and the median words per text added; returns that."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    words = sorted(len(r["text"].split()) for rows in splits.values() for r in rows)
+    info = {**info, "words_median": words[len(words) // 2] if words else 0,
+            "per_split": {split: dict(sorted(Counter(r["label"] for r in rows).items())) for split, rows in splits.items()},
+            "sizes": {split: len(rows) for split, rows in splits.items()}}
+    (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
 
 
 def split_shares(sizes: dict[str, int], n: int) -> dict[str, float]:
@@ -409,22 +421,13 @@ def make_splits(examples: list[tuple[str, str]], sizes: dict[str, int], cap: int
     kept = {c: sorted(t, key=lambda s: _key(s, seed))[:cap] for c, t in per_class.items() if len(t) >= min_class}
     shares = split_shares(sizes, sum(len(t) for t in kept.values()))
     splits: dict[str, list[dict]] = {s: [] for s in sizes}
-    for label, texts in sorted(kept.items()):
-        n = len(texts)
-        # per class: dev and test get their share (rounded), train the rest
-        bounds, start = {}, 0
-        for split in ("test", "dev"):
-            bounds[split] = (start, start + round(n * shares[split]))
-            start = bounds[split][1]
-        bounds["train"] = (start, n)
-        for split, (a, b) in bounds.items():
+    for label, texts in sorted(kept.items()):  # per class (stratified)
+        for split, (a, b) in split_bounds(len(texts), shares).items():
             splits[split].extend({"text": t, "label": label} for t in texts[a:b])
     for split in splits:
         splits[split].sort(key=lambda ex: _key(ex["text"], seed + 1))  # labels mixed: --max-examples N takes a sample
-    counts = {split: dict(sorted(Counter(ex["label"] for ex in rows).items())) for split, rows in splits.items()}
     info = {"available_per_class": available, "ambiguous_texts_dropped": ambiguous,
-            "classes_dropped": sorted(c for c in per_class if c not in kept), "per_split": counts,
-            "sizes": {s: len(r) for s, r in splits.items()}}
+            "classes_dropped": sorted(c for c in per_class if c not in kept)}
     return splits, info
 
 
@@ -442,19 +445,11 @@ def build(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
         if kept:
             cap = min(cap, 2 * kept[len(kept) // 2])
         splits, info = make_splits(examples, sizes, cap, args.min_class, args.min_words, args.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        with open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    words = sorted(len(r["text"].split()) for rows in splits.values() for r in rows)
-    info = {"task": task, "what": TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed,
-            "cap_per_class": cap, "min_class": args.min_class, "min_words": args.min_words,
-            "max_words": args.max_words, "examples_read": len(examples),
-            **({"library_versions": library_versions()} if task == "pylibs" else {}),
-            "words_median": words[len(words) // 2] if words else 0, **info,
-            "build_seconds": round(time.perf_counter() - t0, 1)}
-    (out_dir / "counts.json").write_text(json.dumps(info, indent=1) + "\n")
-    return info
+    return write_task(out_dir, splits, {
+        "task": task, "what": TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed, "cap_per_class": cap,
+        "min_class": args.min_class, "min_words": args.min_words, "max_words": args.max_words, "examples_read": len(examples),
+        **({"library_versions": library_versions()} if task == "pylibs" else {}), **info,
+        "build_seconds": round(time.perf_counter() - t0, 1)})
 
 
 def counts_markdown(info: dict) -> str:

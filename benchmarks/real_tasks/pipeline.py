@@ -205,7 +205,7 @@ def write_report(task: str, results: Path) -> Path:
                      f"epoch {teacher.get('best_epoch')} of {len(teacher.get('epochs', []))} by dev "
                      f"({_pct(teacher.get('dev_accuracy'))}), {teacher.get('wall_seconds', 0) / 60:.0f} min |")
     if tfidf:
-        what = "of each segment, their product and cosine " if "product" in tfidf.get("model", "") else ""  # a two-segment task
+        what = "of each segment, their product and cosine " if tfidf.get("segments") == 2 else ""
         lines.append(f"| word TF-IDF (1-2 grams) {what}+ LinearSVC | {_pct(tfidf_acc)} | C={tfidf.get('C')} by dev "
                      f"({_pct(tfidf.get('dev_accuracy'))}) |")
     lines.append("")

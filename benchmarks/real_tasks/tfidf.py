@@ -70,7 +70,7 @@ def run(task: str, data_dir: Path, cs: list[float]) -> dict:
     clf = LinearSVC(C=best["C"], max_iter=20000).fit(ftr, ytr)
     pred = clf.predict(fte)
     return {
-        "task": task, "data": str(data_dir), "model": model,
+        "task": task, "data": str(data_dir), "model": model, "segments": 1 if ptr is None else 2,
         "sklearn": sklearn.__version__, "n_train": len(xtr), "n_dev": len(xdev), "n_test": len(xte),
         "n_classes": len(set(ytr)), "vocabulary": len(vec.vocabulary_), "C_sweep": sweep, "C": best["C"],
         "dev_accuracy": best["dev_accuracy"], "test_accuracy": accuracy_score(yte, pred),
