@@ -43,6 +43,13 @@ signatures
     words must see what the two share. A docstring found under two signatures is dropped;
     ``--min-words`` defaults to 5 here. The third task (issue 16): one where word overlap is not
     enough and the fine-tuned encoder has to do better than TF-IDF.
+params
+    The second two-segment task, from the libraries of ``pylibs``: a parameter's description in a
+    numpydoc ``Parameters`` or Google-style ``Args:`` section, paired with its own entry (``n_components
+    : int, default=None``, label ``match``) and with another parameter's entry of the same module
+    (``mismatch``). A description found under two names is dropped, one repeated under the same name
+    (numpy's ``out``) kept once; at most 12 per module. The splits are whole modules (the modules in
+    an order by a hash), so the test set's modules are not seen in training.
 
 Every task: texts are cut to ``--max-words`` words, de-duplicated (a text found under two labels
 is dropped), each class capped at ``--cap`` examples (default: an even share of ``--train +
@@ -55,6 +62,7 @@ texts and ``--seed`` (a hash, not the walk order).
 from __future__ import annotations
 
 import argparse
+import ast
 import glob
 import hashlib
 import json
@@ -66,6 +74,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import troff
 
@@ -238,14 +247,21 @@ LIBRARIES = ("fontTools", "huggingface_hub", "matplotlib", "networkx", "numpy", 
 _LIB_SKIP_DIRS = {"test", "tests", "testing", "_vendor", "vendor", "vendored", "externals", "extern", "_extern"}
 
 
-def pylib_examples(max_words: int) -> Iterator[tuple[str, str]]:
+def library_sources() -> Iterator[tuple[str, Path]]:
+    """(dotted module name, source file) of ``LIBRARIES`` in this environment, test suites and
+    vendored code skipped, in a fixed order."""
     site = Path(sysconfig.get_paths()["purelib"])
     for lib in LIBRARIES:
         for src in sorted((site / lib).rglob("*.py")):
-            if _LIB_SKIP_DIRS.intersection(src.relative_to(site).parts[:-1]):
-                continue
-            for doc in docstrings(src):
-                yield cut_words(clean(_drop_doctests(doc)), max_words), lib
+            rel = src.relative_to(site)
+            if not _LIB_SKIP_DIRS.intersection(rel.parts[:-1]):
+                yield ".".join(rel.with_suffix("").parts), src
+
+
+def pylib_examples(max_words: int) -> Iterator[tuple[str, str]]:
+    for module, src in library_sources():
+        for doc in docstrings(src):
+            yield cut_words(clean(_drop_doctests(doc)), max_words), module.split(".")[0]
 
 
 def library_versions() -> dict[str, str]:
@@ -271,18 +287,22 @@ def _signature(node) -> str:
     return f"{node.name}({', '.join(n for n in names if n not in ('self', 'cls'))})"
 
 
+def _definitions(src: Path, *kinds: type) -> Iterator:
+    """The nodes of ``kinds`` (``ast.FunctionDef``, ...) in a source file, parsed and never imported;
+    none for a file that does not parse."""
+    try:
+        tree = ast.parse(src.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError):
+        return
+    yield from (node for node in ast.walk(tree) if isinstance(node, kinds))
+
+
 def documented_functions(max_words: int) -> Iterator[tuple[str, str, str]]:
     """(top-level module, signature, docstring's first paragraph) of every public function and method
     of the stdlib sources that has a docstring (``ast``, nothing imported, doctests dropped)."""
-    import ast
-
     for module, src in stdlib_sources():
-        try:
-            tree = ast.parse(src.read_text(encoding="utf-8", errors="replace"))
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+        for node in _definitions(src, ast.FunctionDef, ast.AsyncFunctionDef):
+            if not node.name.startswith("_"):
                 doc = ast.get_docstring(node)
                 if doc:
                     first = re.split(r"\n\s*\n", _drop_doctests(doc).strip())[0]
@@ -306,21 +326,27 @@ def signature_docs(max_words: int, min_words: int) -> tuple[list[tuple[str, str,
         first.setdefault(k, doc)
     ambiguous = sum(len({sig for _, sig in v}) > 1 for v in by_doc.values())
     docs = sorted((first[k], min(v)[1], min(v)[0]) for k, v in by_doc.items() if len({sig for _, sig in v}) == 1)
-    return docs, {"functions_read": read, "ambiguous_texts_dropped": ambiguous}
+    return docs, {"read": read, "ambiguous_texts_dropped": ambiguous}
 
 
-def pair_rows(docs: list[tuple[str, str, str]], seed: int) -> tuple[list[dict], int]:
+def _function_name(signature: str) -> str:
+    return signature.split("(")[0]
+
+
+def pair_rows(docs: list[tuple[str, str, str]], seed: int, name: Callable[[str], str] = _function_name
+              ) -> tuple[list[dict], int]:
     """Each docstring twice: with its own signature (``match``) and with another function's of the
-    same module among ``docs`` (``mismatch``, picked by a hash of the docstring and ``seed``). Given
-    one split's docstrings, every signature of the split is a match once and a mismatch about once,
-    and no function's signature is used in another split, so neither segment alone tells the label.
-    A docstring with no other function of its module in ``docs`` is left out; returns (rows, how many)."""
+    same module among ``docs`` (``mismatch``, picked by a hash of the docstring and ``seed``; ``name``
+    tells two functions apart, or two parameters for ``params``). Given one split's docstrings, every
+    signature of the split is a match once and a mismatch about once, and a mismatch's signature is
+    a match of the same split, so neither segment alone tells the label. A docstring with no other
+    function of its module in ``docs`` is left out; returns (rows, how many)."""
     pool: dict[str, list[str]] = defaultdict(list)
     for _, sig, module in docs:
         pool[module].append(sig)
     rows, alone = [], 0
     for doc, sig, module in docs:
-        others = [o for o in pool[module] if o.split("(")[0] != sig.split("(")[0]]
+        others = [o for o in pool[module] if name(o) != name(sig)]
         if not others:
             alone += 1
             continue
@@ -334,22 +360,131 @@ def build_pairs(task: str, out_dir: Path, args: argparse.Namespace) -> dict:
     --train/--dev/--test (counted in rows, two per docstring), then paired within their split."""
     t0 = time.perf_counter()
     sizes = {"train": args.train, "dev": args.dev, "test": args.test}
-    docs, info = PAIR_TASKS[task][0](args.max_words, args.min_words)
-    docs.sort(key=lambda d: _key(d[0], args.seed))
+    spec = PAIR_TASKS[task]
+    docs, info = spec.docs(args.max_words, args.min_words)
+    docs.sort(key=lambda d: (_key(d[2], args.seed) if spec.whole_groups else b"", _key(d[0], args.seed)))
     n = min(len(docs), -(-sum(sizes.values()) // 2))
     splits: dict[str, list[dict]] = {}
     alone = 0
     for split, (a, b) in split_bounds(n, split_shares(sizes, 2 * n)).items():  # sizes are in rows
-        rows, left_out = pair_rows(docs[a:b], args.seed)
+        rows, left_out = pair_rows(docs[a:b], args.seed, spec.name)
         alone += left_out
         splits[split] = sorted(rows, key=lambda r: _key(r["text"] + "\x00" + r["text_pair"], args.seed + 1))
     return write_task(out_dir, {s: splits[s] for s in sizes}, {
-        "task": task, "what": PAIR_TASKS[task][1], "python": sys.version.split()[0], "seed": args.seed, "cap_per_class": n,
-        "min_class": 0, "min_words": args.min_words, "max_words": args.max_words, "examples_read": info["functions_read"],
+        "task": task, "what": spec.what, "python": sys.version.split()[0], "seed": args.seed, "cap_per_class": n,
+        "min_class": 0, "min_words": args.min_words, "max_words": args.max_words, "examples_read": info["read"],
         "available_per_class": {"match": len(docs), "mismatch": len(docs)}, "classes_dropped": [],
         "ambiguous_texts_dropped": info["ambiguous_texts_dropped"], "docstrings_used": n - alone,
         "docstrings_without_a_partner": alone, "modules": len({d[2] for d in docs[:n]}),
+        **({"library_versions": library_versions()} if task == "params" else {}),
         "build_seconds": round(time.perf_counter() - t0, 1)})
+
+
+# ---------------------------------------------------------------- params (a two-segment task)
+
+# A parameter entry of a docstring's parameter section: numpydoc (``name : type`` at the section's
+# indent, the description indented below; scipy, numpy, sklearn, ...) or Google style (``name (type):
+# description`` one indent in; transformers, torch, huggingface_hub). ``*args``-style names are kept.
+_NUMPY_SECTIONS = {"Parameters", "Other Parameters"}
+_GOOGLE_SECTIONS = {"Args:", "Arguments:", "Parameters:", "Keyword Args:", "Keyword Arguments:"}
+_NAME = r"\*{0,2}[A-Za-z_]\w*"
+_NUMPY_ENTRY = re.compile(rf"({_NAME}(?:\s*,\s*{_NAME})*)\s*(?::\s*(.*))?")
+_GOOGLE_ENTRY = re.compile(rf"({_NAME})\s*(?:\((.*)\))?\s*:(?:\s+(.*))?")
+_RULE = re.compile(r"-{3,}|={3,}")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def doc_params(doc: str) -> list[tuple[str, str, str]]:
+    """(name, type as written or '', description's first paragraph) of each entry of a docstring's
+    numpydoc ``Parameters`` / ``Other Parameters`` and Google-style ``Args:`` sections. An entry
+    naming several parameters (``x, y : array_like``) is left out: its description is shared."""
+    lines, out, i = doc.splitlines(), [], 0
+    while i < len(lines):
+        head, nxt = lines[i].strip(), lines[i + 1].strip() if i + 1 < len(lines) else ""
+        numpy = head in _NUMPY_SECTIONS and _RULE.fullmatch(nxt)
+        if not numpy and head not in _GOOGLE_SECTIONS:
+            i += 1
+            continue
+        base, i = _indent(lines[i]), i + (2 if numpy else 1)
+        entry_indent, cur = None, None
+        while i < len(lines):
+            line = lines[i]
+            if not line.strip():
+                if cur is not None:
+                    cur[2].append("")
+                i += 1
+                continue
+            ind = _indent(line)
+            if ind < base or (not numpy and ind == base) \
+                    or (ind == base and i + 1 < len(lines) and _RULE.fullmatch(lines[i + 1].strip())):
+                break  # the section's end: a dedent or the next numpydoc heading
+            if entry_indent is None:
+                entry_indent = ind
+            if ind == entry_indent:
+                m = (_NUMPY_ENTRY if numpy else _GOOGLE_ENTRY).fullmatch(line.strip())
+                cur = None
+                if m and "," not in m.group(1):
+                    cur = [m.group(1), (m.group(2) or "").strip(), [] if numpy else [m.group(3) or ""]]
+                    out.append(cur)
+            elif cur is not None:
+                cur[2].append(line.strip())
+            i += 1
+    return [(name, typ, " ".join(re.split(r"\n\s*\n", "\n".join(desc).strip())[0].split()))
+            for name, typ, desc in out]
+
+
+def documented_params(max_words: int) -> Iterator[tuple[str, str, str]]:
+    """(module, ``name : type``, description) of every parameter documented in the docstrings of
+    ``LIBRARIES`` (the files ``pylib_examples`` reads; ``ast``, nothing imported)."""
+    for module, src in library_sources():
+        for node in _definitions(src, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+            doc = ast.get_docstring(node)
+            for name, typ, desc in doc_params(doc) if doc else ():
+                header = clean(f"{name} : {typ}" if typ else name)
+                yield module, header, cut_words(clean(_drop_doctests(desc)), max_words)
+
+
+# Descriptions per module at most (the first by a hash): transformers' modelling files document ~50
+# parameters each, and a split is whole modules (``PairTask.whole_groups``), so a few big modules would
+# otherwise make up a split.
+PARAMS_PER_MODULE = 12
+
+
+def param_docs(max_words: int, min_words: int) -> tuple[list[tuple[str, str, str]], dict]:
+    """(description, its entry's ``name : type``, module) once per description; a description found
+    under two parameter names is dropped, one found under the same name in several places (numpy's
+    ``out``) is kept once, in the first module by name. At most ``PARAMS_PER_MODULE`` per module, and
+    only modules with two parameter names or more (a mismatch needs another name of the module)."""
+    by_doc: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    first: dict[str, str] = {}
+    read = 0
+    for module, header, desc in documented_params(max_words):
+        read += 1
+        if len(desc.split()) < min_words:
+            continue
+        k = _norm(desc)
+        by_doc[k].add((module, header))
+        first.setdefault(k, desc)
+    names = {k: {_param_name(h) for _, h in v} for k, v in by_doc.items()}
+    ambiguous = sum(len(n) > 1 for n in names.values())
+    per_module: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+    for k, v in by_doc.items():
+        if len(names[k]) == 1:
+            module, header = min(v)
+            per_module[module].append((first[k], header, module))
+    docs = []
+    for ds in per_module.values():
+        ds = sorted(ds, key=lambda d: _key(d[0], 0))[:PARAMS_PER_MODULE]
+        if len({_param_name(d[1]) for d in ds}) > 1:
+            docs += ds
+    return sorted(docs), {"read": read, "ambiguous_texts_dropped": ambiguous, "descriptions": len(by_doc) - ambiguous}
+
+
+def _param_name(header: str) -> str:
+    return header.split(" : ")[0]
 
 
 TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
@@ -357,8 +492,18 @@ TASKS: dict[str, tuple[Callable[[int], Iterator[tuple[str, str]]], str]] = {
     "manpages": (manpage_examples, "man pages (NAME + DESCRIPTION) -> Debian section of the owning package"),
     "pylibs": (pylib_examples, "docstrings of ten Python libraries in the venv -> library"),
 }
-PAIR_TASKS: dict[str, tuple[Callable[[int, int], tuple[list, dict]], str]] = {
-    "signatures": (signature_docs, "a stdlib docstring and a function signature -> match / mismatch"),
+class PairTask(NamedTuple):
+    docs: Callable[[int, int], tuple[list[tuple[str, str, str]], dict]]  # (text, pair, group) and counts
+    what: str
+    name: Callable[[str], str]  # the name in a pair: a mismatch's pair names something else of the group
+    whole_groups: bool  # splits are whole groups (modules), not docstrings drawn from everywhere
+
+
+PAIR_TASKS: dict[str, PairTask] = {
+    "signatures": PairTask(signature_docs, "a stdlib docstring and a function signature -> match / mismatch",
+                           _function_name, whole_groups=False),
+    "params": PairTask(param_docs, "a library parameter's description and a parameter entry (name : type) "
+                       "-> match / mismatch", _param_name, whole_groups=True),
 }
 
 
@@ -496,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cap", type=int, default=0, help="examples per class at most (0: even share of the total)")
     ap.add_argument("--min-class", type=int, default=80, help="drop classes with fewer texts")
     ap.add_argument("--min-words", type=int, default=None,
-                    help="drop shorter texts (default 8; 5 for signatures, whose docstrings' first paragraphs are short)")
+                    help="drop shorter texts (default 8; 5 for the two-segment tasks, whose texts are short)")
     ap.add_argument("--max-words", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "real_tasks"),
