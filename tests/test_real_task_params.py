@@ -88,10 +88,24 @@ def test_doc_params_google():
     assert build.doc_params("Just a summary line.\n\nNo sections at all.") == []
 
 
+def test_doc_params_irregular_layouts():
+    """Layouts found in the libraries: a description continued at the entry's own indent, a first entry
+    indented deeper than the rest, a ``Returns:`` heading indented inside ``Args:``."""
+    google = ("Args:\n    shape_env: The shape environment used for symbolic shape tracking\n"
+              "    during graph transformations.\n    Returns:\n        The generated indices of shape (n, 2).\n")
+    assert build.doc_params(google) == [
+        ("shape_env", "", "The shape environment used for symbolic shape tracking during graph transformations.")]
+    numpy = ("Parameters\n----------\n system : tuple\n    The system to simulate.\nx0 : array_like, optional\n"
+             "    The initial state vector.\n")
+    assert build.doc_params(numpy) == [("system", "tuple", "The system to simulate."),
+                                       ("x0", "array_like, optional", "The initial state vector.")]
+
+
 def _module(params: dict[str, str]) -> str:
     """A source file with one function whose numpydoc documents ``params`` (name -> description)."""
-    entries = "".join(f"    {name} : int\n        {desc}\n" for name, desc in params.items())
-    return f'def f({", ".join(params)}):\n    """Do it.\n\n    Parameters\n    ----------\n{entries}    """\n'
+    entries = "".join(f"    {name.strip()} : {'int, optional' if name.endswith(' ') else 'int'}\n        {desc}\n"
+                      for name, desc in params.items())  # a trailing space: the same name, another type
+    return f'def f({", ".join(dict.fromkeys(n.strip() for n in params))}):\n    """Do it.\n\n    Parameters\n    ----------\n{entries}    """\n'
 
 
 MODULES = {
@@ -104,6 +118,8 @@ MODULES = {
     "libb.gamma": {"rate": "The learning rate of the optimiser at its first step.",
                    "steps": "How many optimiser steps to take before stopping."},
     "libb.lonely": {"only": "The single parameter of its module, with no partner."},  # no other name: left out
+    "libc.delta": {"axis": "The axis along which the values are summed up.",
+                   "axis ": "The axis of the grid that the labels are drawn on."},  # the same name, another type
 }
 
 
@@ -120,11 +136,11 @@ def sources(tmp_path, monkeypatch):
 
 def test_param_docs(sources):
     docs, info = build.param_docs(max_words=64, min_words=5)
-    assert info["read"] == 9 and info["ambiguous_texts_dropped"] == 1
+    assert info["read"] == 11 and info["ambiguous_texts_dropped"] == 1
     texts = [d[0] for d in docs]
     assert len(texts) == len(set(texts)) == 5  # the shared `out` once, width/height and lonely's left out
     assert ("An array into which the result is written in place.", "out : int", "liba.alpha") in docs
-    assert not any(d[2] == "libb.lonely" for d in docs)
+    assert not any(d[2] in ("libb.lonely", "libc.delta") for d in docs)  # delta: one name under two types
     rows, alone = build.pair_rows(docs, seed=0, name=build._param_name)
     assert alone == 0 and len(rows) == 10
     own = {d[0]: (d[1], d[2]) for d in docs}
@@ -135,6 +151,17 @@ def test_param_docs(sources):
             assert r["text_pair"] == header
         else:  # another parameter of the same module
             assert build._param_name(r["text_pair"]) != build._param_name(header) and module_of[r["text_pair"]] == module
+
+
+def test_mismatch_names_another_parameter():
+    """A mismatch's entry names another parameter, not only another entry: ``axis : int`` and ``axis : int,
+    optional`` are one name."""
+    docs = [("The axis along which the values are summed up.", "axis : int", "m"),
+            ("The axis of the grid that the labels are drawn on.", "axis : int, optional", "m"),
+            ("The factor that every value is multiplied by.", "scale : float", "m")]
+    for seed in range(10):
+        rows, _ = build.pair_rows(docs, seed=seed, name=build._param_name)
+        assert {r["text_pair"] for r in rows if r["label"] == "mismatch" and "axis" in r["text"]} == {"scale : float"}
 
 
 def test_param_docs_per_module_cap(sources, monkeypatch):

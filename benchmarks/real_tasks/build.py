@@ -391,6 +391,7 @@ _NAME = r"\*{0,2}[A-Za-z_]\w*"
 _NUMPY_ENTRY = re.compile(rf"({_NAME}(?:\s*,\s*{_NAME})*)\s*(?::\s*(.*))?")
 _GOOGLE_ENTRY = re.compile(rf"({_NAME})\s*(?:\((.*)\))?\s*:(?:\s+(.*))?")
 _RULE = re.compile(r"-{3,}|={3,}")
+_GOOGLE_END = re.compile(r"(Returns?|Raises|Yields?|Examples?|Notes?|Warnings?|See Also|References|Attributes|Todo)\s*:")
 
 
 def _indent(line: str) -> int:
@@ -418,17 +419,17 @@ def doc_params(doc: str) -> list[tuple[str, str, str]]:
                 i += 1
                 continue
             ind = _indent(line)
-            if ind < base or (not numpy and ind == base) \
+            if ind < base or (not numpy and (ind == base or _GOOGLE_END.fullmatch(line.strip()))) \
                     or (ind == base and i + 1 < len(lines) and _RULE.fullmatch(lines[i + 1].strip())):
-                break  # the section's end: a dedent or the next numpydoc heading
+                break  # the section's end: a dedent, the next numpydoc heading or a Google one (at any indent)
             if entry_indent is None:
                 entry_indent = ind
-            if ind == entry_indent:
-                m = (_NUMPY_ENTRY if numpy else _GOOGLE_ENTRY).fullmatch(line.strip())
-                cur = None
-                if m and "," not in m.group(1):
-                    cur = [m.group(1), (m.group(2) or "").strip(), [] if numpy else [m.group(3) or ""]]
-                    out.append(cur)
+            m = (_NUMPY_ENTRY if numpy else _GOOGLE_ENTRY).fullmatch(line.strip()) if ind <= entry_indent else None
+            if m:  # an entry (at the first entry's indent or less: some docstrings indent the first one more)
+                cur = None if "," in m.group(1) else [m.group(1), (m.group(2) or "").strip(), [] if numpy else [m.group(3) or ""]]
+                out += [cur] if cur else []
+            elif ind <= entry_indent and not (cur and cur[2] and cur[2][-1]):
+                cur = None  # not an entry, and no description line right above it that it could continue
             elif cur is not None:
                 cur[2].append(line.strip())
             i += 1
