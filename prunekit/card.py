@@ -162,6 +162,8 @@ def render_card(model_dir: Path, name: str | None = None) -> str:
                   f"| teacher | {_fmt(distill.get('teacher_dev'), metric)} |",
                   f"| this model before distillation | {_fmt(distill.get('before'), metric)} |",
                   f"| this model, distilled (best dev checkpoint) | {_fmt((distill.get('best') or {}).get('value'))} |"]
+        if distill.get("learn_warning"):
+            lines += ["", f"**Warning:** {distill['learn_warning']}."]
     if (model_dir / BENCH_TABLE).is_file():
         lines += ["", "## Speed", "", "Measured by `prunekit bench` (its own table, as written):", "",
                   (model_dir / BENCH_TABLE).read_text(encoding="utf-8").strip()]

@@ -540,8 +540,9 @@ def distill(student: str, resume: bool, force: bool, quiet: bool, **options) -> 
     click.echo(f"dev {m}: teacher {r.teacher_dev.get(m, float('nan')):.4f}, student before {r.before.get(m, float('nan')):.4f}, "
                f"distilled {r.best['value'] if r.best['value'] is not None else float('nan'):.4f} (step {r.best['step']}, stage {r.best['stage']})")
     _echo_skipped(r.skipped_steps, "distill_log.jsonl", r.overflow_steps)
-    if r.dev_warning:
-        click.echo(f"note: {r.dev_warning}", err=True)
+    for warning in (r.dev_warning, r.learn_warning):
+        if warning:
+            click.echo(f"note: {warning}", err=True)
     click.echo(f"wrote {r.output_dir}")
 
 

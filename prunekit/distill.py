@@ -40,6 +40,7 @@ import shutil
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -249,6 +250,7 @@ class DistillResult:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
     overflow_steps: int = 0  # fp16: steps skipped while the loss scale settled
     dev_warning: str | None = None  # the dev set looks seen by the teacher (see dev_set_warning)
+    learn_warning: str | None = None  # the student is no better than the majority label (see no_learning_warning)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -723,6 +725,28 @@ def dev_set_warning(inp: _Inputs, metric: str, teacher_dev: dict, dev_fraction: 
             f"--dev-data with examples the teacher has not seen (its own held-out or dev split)")
 
 
+def no_learning_warning(kind: str, dev, best: dict) -> str | None:
+    """What to say when the distilled classifier is no better on the dev set than always answering its
+    most frequent label (by at least one example): a student so small that its [CLS] state barely
+    depends on the input when it starts (a 10% search can keep one or two heads) gets almost no
+    gradient from the predictions alone and can stay there. None when it learned, or the dev set
+    has no class labels."""
+    if kind != "classification" or dev.labels is None or dev.task.kind != "classification" or not best.get("metrics"):
+        return None
+    accuracy = best["metrics"].get("accuracy")
+    if accuracy is None:
+        return None
+    top, count = Counter(dev.labels).most_common(1)[0]
+    majority, names = count / len(dev.labels), dev.task.label_names
+    if accuracy >= majority + 1 / len(dev.labels):
+        return None
+    return (f"the student did not learn: its best dev accuracy {accuracy:.4f} is no better than always answering "
+            f"{names[top] if names else top!r} ({majority:.4f}). A student this small can start with a [CLS] state that "
+            "barely depends on the input, and the teacher's predictions alone may not move it: give stage 1 some steps "
+            "(--stage1-epochs 1; with --budget, --stage1-share 0.25), which matches the teacher's hidden states, or keep "
+            "more of the model (a larger --target)")
+
+
 FAST_BACKEND = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
 
 
@@ -1010,7 +1034,8 @@ class _Run:
         return DistillResult(output_dir=Path(self.s.output_dir), metric=self.metric, teacher_dev=self.teacher_dev,
                              before=self.before, best=self.best, steps=self.total, log=self.history,
                              skipped_steps=self.book.guard.skipped, overflow_steps=self.book.scaler.overflows,
-                             dev_warning=self.dev_warning)
+                             dev_warning=self.dev_warning,
+                             learn_warning=no_learning_warning(self.inputs.kind, self.inputs.dev, self.best))
 
     def write_output(self, out: Path, overwrite: bool) -> None:
         """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record (rank 0)."""
@@ -1031,6 +1056,7 @@ class _Run:
         if best["value"] is not None and self.before.get(metric) is not None and best["value"] < self.before[metric]:
             log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"],
                         self.before[metric])
+        learn_warning = no_learning_warning(inp.kind, inp.dev, best)
         # Assembled in a folder of its own inside the work dir, then renamed into place: a kill before
         # the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
         final = work / "output"
@@ -1052,6 +1078,7 @@ class _Run:
             "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "plan": self.plan.to_dict(), "train_examples": len(self.plain),
             "augmented_examples": len(self.aug_enc) if self.aug_enc is not self.plain else 0, "dev_examples": len(self.dev_enc),
             "dev_source": inp.dev.source, "dev_held_out_of_data": inp.dev_held_out, "dev_warning": self.dev_warning,
+            "learned": learn_warning is None, "learn_warning": learn_warning,
             "skipped_steps": self.book.guard.skipped, "command": command_line(),
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }

@@ -383,19 +383,20 @@ def test_dev_set_the_teacher_has_seen_is_named(world, tmp_path, monkeypatch):
     _teacher_scores(monkeypatch, 0.99)
     r = _cli(_args(world, world["compact"], tmp_path / "held"))
     assert r.exit_code == 0, r.output
-    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    # (the tiny student may also get the note that it did not learn: test_a_student_that_did_not_learn_is_named)
+    notes = [line for line in r.output.splitlines() if line.startswith("note:") and "dev set" in line]
     assert len(notes) == 1 and "accuracy 0.990 on the dev set held out of --data" in notes[0] and "--dev-data" in notes[0]
     report = json.loads((tmp_path / "held" / "distill_report.json").read_text())
     assert report["dev_held_out_of_data"] is True and "fine-tuned on these examples" in report["dev_warning"]
 
     dev = labelled_csv(tmp_path / "dev.csv", seed=7)
     r = _cli(_args(world, world["compact"], tmp_path / "given", "--dev-data", str(dev)))
-    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    assert r.exit_code == 0 and "held out of --data" not in r.output, r.output
     assert json.loads((tmp_path / "given" / "distill_report.json").read_text())["dev_held_out_of_data"] is False
 
     _teacher_scores(monkeypatch, 0.80)
     r = _cli(_args(world, world["compact"], tmp_path / "honest"))
-    assert r.exit_code == 0 and "note:" not in r.output, r.output
+    assert r.exit_code == 0 and "held out of --data" not in r.output, r.output
 
 
 def test_student_saved_without_a_compact_report_distils_without_a_card(world, tmp_path):
@@ -425,3 +426,41 @@ def test_length_groups_train_with_the_same_steps(world, tmp_path):
         assert json.loads((r.output_dir / "settings.json").read_text())["group_by_length"] is grouped
     assert plans[True]["stage1_steps"] == plans[False]["stage1_steps"]  # the same batches per epoch
     assert plans[True]["stage2_steps"] == plans[False]["stage2_steps"]
+
+
+def test_no_learning_warning_against_the_majority_label():
+    """A classifier no better on dev than always answering the most frequent label (by one example) is
+    named; one that beats it, a regression and an unlabelled dev set are not."""
+    from prunekit.data.tasks import TextDataset, _custom_task
+    from prunekit.distill import no_learning_warning
+
+    dev = TextDataset(["a", "b", "c", "d"], None, [1, 1, 1, 0], _custom_task("classification", 2, ("no", "yes")), "dev")
+    warn = no_learning_warning("classification", dev, {"metrics": {"accuracy": 0.75}})
+    assert "did not learn" in warn and "'yes' (0.7500)" in warn and "--stage1-epochs 1" in warn
+    assert no_learning_warning("classification", dev, {"metrics": {"accuracy": 0.5}}) is not None
+    assert no_learning_warning("classification", dev, {"metrics": {"accuracy": 1.0}}) is None  # one example more
+    assert no_learning_warning("regression", dev, {"metrics": {"accuracy": 0.5}}) is None
+    unlabelled = TextDataset(["a", "b"], None, None, _custom_task("classification", 2), "dev")
+    assert no_learning_warning("classification", unlabelled, {"metrics": {"accuracy": 0.5}}) is None
+    assert no_learning_warning("classification", dev, {"metrics": None}) is None
+
+
+def test_a_student_that_did_not_learn_is_named(world, tmp_path, monkeypatch):
+    """The CLI says in one note that the student is no better than the majority label, and the report and
+    the model card record it (the student's dev accuracy scripted to 0)."""
+    import prunekit.distill as D
+
+    real = D.dev_metrics
+
+    def scripted(kind, outputs, teacher_outputs, dev):
+        name, m = real(kind, outputs, teacher_outputs, dev)
+        return name, (m if outputs is teacher_outputs else {**m, "accuracy": 0.0})
+
+    monkeypatch.setattr(D, "dev_metrics", scripted)
+    r = _cli(_args(world, world["compact"], tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "did not learn" in notes[0], r.output
+    report = json.loads((tmp_path / "out" / "distill_report.json").read_text())
+    assert report["learned"] is False and "did not learn" in report["learn_warning"]
+    assert "**Warning:** the student did not learn" in (tmp_path / "out" / "README.md").read_text()

@@ -159,7 +159,21 @@ def test_tfidf_pair_features():
         ["read the file", "read_file(path)", "close the stream", "close()"])
     f = tfidf.pair_features(vec, ["read the file", "close the stream"], ["read_file(path)", "read_file(path)"])
     v = len(vec.vocabulary_)
-    assert f.shape == (2, 3 * v + 1)
-    cosine = f[:, 3 * v].toarray().ravel()  # the last column: the two segments' cosine ('read', 'file' shared in row 0 only)
+    assert f.shape == (2, 3 * v + 5)
+    cosine = f[:, 3 * v].toarray().ravel()  # the two segments' cosine ('read', 'file' shared in row 0 only)
     a, b = vec.transform(["read the file"]).toarray().ravel(), vec.transform(["read_file(path)"]).toarray().ravel()
     assert cosine[0] == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) and cosine[0] > 0 and cosine[1] == 0
+    # the overlap: shared words of 3+ letters (read, file; none), at least 1, at least 2, share of the pair's (read, file, path)
+    assert f[:, 3 * v + 1:].toarray().tolist() == [[2, 1, 1, pytest.approx(2 / 3)], [0, 0, 0, 0]]
+    assert tfidf.shared_words("Read the FILE", "read_file(path)") == (2, 3)
+
+
+def test_overlap_rule():
+    tfidf = _load("tfidf")
+    dev = (["read the file", "close the stream", "open a door", "paint the wall"],
+           ["match", "mismatch", "mismatch", "match"], ["read_file()", "open_file()", "open_window()", "paint_wall()"])
+    test = (["open the door", "open a file"], ["match", "mismatch"], ["open_door()", "open_window()"])
+    rule = tfidf.overlap_rule(dev, test)
+    # shared words 2, 0, 1, 2: "at least 1" gets dev's "open" row wrong, "at least 2" none; test's rows share 2 and
+    # 1 words, so the k picked on dev (2) gets both right where k=1 would get one
+    assert rule == {"min_shared_words": 2, "dev_accuracy": 1.0, "test_accuracy": 1.0}

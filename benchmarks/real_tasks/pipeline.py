@@ -205,9 +205,13 @@ def write_report(task: str, results: Path) -> Path:
                      f"epoch {teacher.get('best_epoch')} of {len(teacher.get('epochs', []))} by dev "
                      f"({_pct(teacher.get('dev_accuracy'))}), {teacher.get('wall_seconds', 0) / 60:.0f} min |")
     if tfidf:
-        what = "of each segment, their product and cosine " if tfidf.get("segments") == 2 else ""
+        what = "of each segment, their product, cosine and shared words " if tfidf.get("segments") == 2 else ""
         lines.append(f"| word TF-IDF (1-2 grams) {what}+ LinearSVC | {_pct(tfidf_acc)} | C={tfidf.get('C')} by dev "
                      f"({_pct(tfidf.get('dev_accuracy'))}) |")
+        if "overlap_rule" in tfidf:
+            rule = tfidf["overlap_rule"]
+            lines.append(f"| rule without learning: match when the segments share {rule['min_shared_words']}+ words "
+                         f"(3+ letters) | {_pct(rule['test_accuracy'])} | k by dev ({_pct(rule['dev_accuracy'])}) |")
     lines.append("")
     if runs:
         lines.append("| method | target | tag | FLOPs ratio | params | dev acc (best) | test acc | teacher acc | Δ teacher | Δ TF-IDF "
