@@ -62,6 +62,7 @@ class Plan:
     seconds_per_step: dict  # {"1": s, "2": s}, measured on this machine
     seconds_per_eval: float
     budget: str | None = None
+    flat_start: float | None = None  # the student's output spread when stage 1 was given to it for starting flat
 
     def estimate(self, per_epoch2: int) -> float:
         """The run's expected seconds: its steps and its dev evaluations."""

@@ -492,6 +492,7 @@ def recipe_default(name: str) -> str:
 @distill_option("--stage2-epochs", type=float, help="Epochs of stage 2 (the teacher's predictions). " + recipe_default("stage2_epochs"))
 @distill_option("--budget", help="A time (45m, 2h, 1h30m) or a step count (3000steps) for the whole run, in place of the epochs: split between the stages by --stage1-share, a time turned into steps by each stage's seconds per step measured on this machine first.")
 @distill_option("--stage1-share", type=float, help="With --budget: the share of it that stage 1 gets; stage 2 gets the rest. " + recipe_default("stage1_share"))
+@distill_option("--flat-start-stage1-epochs", type=float, help="Epochs of stage 1 for a student that starts flat (its outputs vary over the dev set less than 1% as much as the teacher's: a 10% student with one or two heads), where the run gives stage 1 none: the teacher's predictions alone may not move it. With --budget, the share those epochs take (at most half). 0: never. " + recipe_default("flat_start_stage1_epochs"))
 @distill_option("--stage1-lr", type=float, help="Peak learning rate of stage 1. " + recipe_default("stage1_lr"))
 @distill_option("--stage2-lr", type=float, help="Peak learning rate of stage 2. " + recipe_default("stage2_lr"))
 @distill_option("--batch-size", type=int, show_default=True, help="Examples per step: the global batch (under torchrun with N processes, each takes batch/N of it).")

@@ -42,7 +42,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -91,10 +91,13 @@ RECIPES = {
     # short: measured on a real task (docs/results.md, "Grouped batches and one augmented copy"): stage 1
     # did not pay at a CPU budget, one augmented copy did (+1.4 points over the originals alone at equal
     # steps), grouped batches cost nothing in accuracy and halve the step time.
+    # A student whose outputs barely depend on its input at the start (FLAT_START) gets one epoch of
+    # stage 1 first: a 10% student kept 2 heads and stayed at chance for 5 epochs of stage 2, and with
+    # the epoch of stage 1 it learned (docs/results.md, "A 10% student that did not learn").
     "short": {"stage1_epochs": 0.0, "stage2_epochs": 5.0, "stage1_share": 0.0, "stage1_lr": 1e-4, "stage2_lr": 1e-4,
-              "alpha_gold": 0.5, "augment_copies": 1, "group_by_length": True},
+              "alpha_gold": 0.5, "augment_copies": 1, "group_by_length": True, "flat_start_stage1_epochs": 1.0},
     "tinybert": {"stage1_epochs": 20.0, "stage2_epochs": 3.0, "stage1_share": 0.5, "stage1_lr": 5e-5, "stage2_lr": 3e-5,
-                 "alpha_gold": 0.0, "augment_copies": 4, "group_by_length": False},
+                 "alpha_gold": 0.0, "augment_copies": 4, "group_by_length": False, "flat_start_stage1_epochs": 0.0},
 }
 
 
@@ -122,7 +125,7 @@ class DistillSettings:
     The options a recipe names (:data:`RECIPES`) are None until ``recipe`` fills those not given."""
 
     # what a setting added since was in runs made before it (read so by --resume; prunekit.run_dir)
-    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False}
+    OLDER_RUNS: ClassVar[dict] = {"group_by_length": False, "flat_start_stage1_epochs": 0.0}
 
     student: str = ""  # compact model dir (what `prunekit compact` writes)
     teacher: str | None = None  # default: the model the student was compacted from (its config)
@@ -144,6 +147,7 @@ class DistillSettings:
     stage2_epochs: float | None = None  # None: the recipe's
     budget: str | None = None  # a time (45m, 2h) or steps (3000steps) in place of the epochs; see prunekit.budget
     stage1_share: float | None = None  # None: the recipe's
+    flat_start_stage1_epochs: float | None = None  # stage 1 for a student that starts flat (FLAT_START); None: the recipe's
     stage1_lr: float | None = None  # None: the recipe's
     stage2_lr: float | None = None  # None: the recipe's
     batch_size: int = 32
@@ -188,6 +192,8 @@ class DistillSettings:
             raise PrunekitError("--stage1-epochs and --stage2-epochs must be >= 0, and not both 0")
         if self.budget is not None:
             parse_budget(self.budget)
+        if self.flat_start_stage1_epochs < 0:
+            raise PrunekitError(f"--flat-start-stage1-epochs must be >= 0, got {self.flat_start_stage1_epochs:g}")
         if not 0.0 <= self.stage1_share <= 1.0:
             raise PrunekitError(f"--stage1-share must be in [0, 1], got {self.stage1_share}")
         if self.stage1_lr <= 0 or self.stage2_lr <= 0:
@@ -725,6 +731,24 @@ def dev_set_warning(inp: _Inputs, metric: str, teacher_dev: dict, dev_fraction: 
             f"--dev-data with examples the teacher has not seen (its own held-out or dev split)")
 
 
+# A student starts flat when its outputs vary across the dev examples less than this share as much as
+# the teacher's do: its [CLS] state barely depends on the input (0.00004 and 0.0005 for two 10% students
+# with 2 heads, of which one never learned from the predictions alone; 0.05 to 0.67 for every other
+# student of the real tasks, benchmarks/real_tasks).
+FLAT_START = 0.01
+
+
+def output_spread(outputs: torch.Tensor, reference: torch.Tensor) -> float:
+    """How much ``outputs`` vary across examples (rows) as a share of how much ``reference`` does: the
+    mean over output dimensions of the standard deviation across examples, over the reference's. NaN
+    with fewer than two examples or a reference that does not vary."""
+    o, r = outputs.detach().float().reshape(len(outputs), -1), reference.detach().float().reshape(len(reference), -1)
+    if len(o) < 2 or len(r) < 2:
+        return float("nan")
+    ref = float(r.std(0).mean())
+    return float(o.std(0).mean()) / ref if ref > 0 else float("nan")
+
+
 def no_learning_warning(kind: str, dev, best: dict) -> str | None:
     """What to say when the distilled classifier is no better on the dev set than always answering its
     most frequent label (by at least one example): a student so small that its [CLS] state barely
@@ -760,6 +784,7 @@ class _Run:
         self.trainee: _Trainee | None = None  # the student and its hidden map (prepare)
         self.best = {"step": None, "stage": None, "value": None, "metrics": None}
         self.metric, self.teacher_dev, self.before, self.teacher_dev_out = "", {}, {}, None
+        self.start_spread = float("nan")  # the student's output spread on dev before training (output_spread)
         self.teacher_train_out: torch.Tensor | None = None  # stage 2's targets (teacher_predictions)
         self.history: list[dict] = []
         self.book: StepBook | None = None
@@ -792,8 +817,10 @@ class _Run:
             self.teacher_dev_out = predict(inp.teacher.model, inp.kind, self.dev_enc, device, s.eval_batch_size)
             self.metric, self.teacher_dev = dev_metrics(inp.kind, self.teacher_dev_out, self.teacher_dev_out, inp.dev)
             t0 = time.perf_counter()
-            self.before = self.dev_score()
+            student_out = self.dev_outputs()
+            self.before = dev_metrics(inp.kind, student_out, self.teacher_dev_out, inp.dev)[1]
             eval_seconds = time.perf_counter() - t0
+            self.start_spread = output_spread(student_out, self.teacher_dev_out)
             self.dev_warning = dev_set_warning(inp, self.metric, self.teacher_dev, s.dev_fraction)
             if self.dev_warning:
                 log.warning("%s", self.dev_warning)
@@ -819,15 +846,25 @@ class _Run:
         if s.budget is not None and path.is_file():  # a resumed run goes on with the plan it made
             plan = Plan(**json.loads(path.read_text(encoding="utf-8")))
         else:
+            flat = self._starts_flat()
+            examples = {st: len(self.stage_data[st][0]) for st in (1, 2)}
             if s.budget is None:  # a stage that does not run is not timed
-                steps = stage_steps(s, {st: len(self.stage_data[st][0]) for st in (1, 2)})
+                steps = stage_steps(replace(s, stage1_epochs=s.flat_start_stage1_epochs) if flat else s, examples)
                 s1, s2 = steps[1], steps[2]
                 per_step = {str(st): self._seconds_per_step(st) if steps[st] else 0.0 for st in (1, 2)}
             else:
-                shares = {1: s.stage1_share, 2: 1.0 - s.stage1_share}  # a stage given no share is not timed
-                per_step = {str(st): self._seconds_per_step(st) if shares[st] > 0 else 0.0 for st in (1, 2)}
-                s1, s2 = split(parse_budget(s.budget), s.stage1_share, per_step, eval_seconds, self.per_epoch2)
-            plan = Plan(s1, s2, per_step, eval_seconds, s.budget)
+                budget, share = parse_budget(s.budget), s.stage1_share
+                per_step = {"1": self._seconds_per_step(1) if share > 0 or flat else 0.0,  # a stage given no share
+                            "2": self._seconds_per_step(2) if share < 1 else 0.0}  # is not timed
+                if flat:  # the epochs of stage 1 asked for, at most half the budget
+                    want = s.flat_start_stage1_epochs * math.ceil(examples[1] / s.batch_size)
+                    share = min(0.5, want / budget.steps if budget.steps else want * per_step["1"] / budget.seconds)
+                s1, s2 = split(budget, share, per_step, eval_seconds, self.per_epoch2)
+            plan = Plan(s1, s2, per_step, eval_seconds, s.budget, round(self.start_spread, 6) if flat else None)
+            if flat:
+                log.warning("the student's outputs barely depend on its input (their spread over the dev set is %.2g of the "
+                            "teacher's): stage 1 gets %d steps first, as the teacher's predictions alone may not move it "
+                            "(--flat-start-stage1-epochs 0: never)", self.start_spread, s1)
             atomic_write_text(path, json.dumps(plan.to_dict(), indent=1) + "\n")
         line = (f"distill: {plan.stage1_steps + plan.stage2_steps} steps (stage 1: {plan.stage1_steps}, stage 2: "
                 f"{plan.stage2_steps}){f' for --budget {s.budget}' if s.budget else ''}, about "
@@ -838,6 +875,13 @@ class _Run:
 
             tqdm.write(line, file=sys.stderr)
         return plan
+
+    def _starts_flat(self) -> bool:
+        """Whether the student gets stage 1 because it starts flat: its outputs' spread over the dev set
+        under FLAT_START of the teacher's (rank 0 measured it), where the run gives stage 1 nothing."""
+        s = self.s
+        return s.flat_start_stage1_epochs > 0 and (s.stage1_share == 0 if s.budget is not None else s.stage1_epochs == 0) \
+            and self.start_spread < FLAT_START
 
     def _seconds_per_step(self, stage: int, repeats: int = 2) -> float:
         """A training step's seconds for ``stage`` on this machine, at an epoch's mean padded tokens:
@@ -876,10 +920,11 @@ class _Run:
         student.config.backend = backend
         return seconds_at(mean, (min(tokens), statistics.median(times["short"])), (max(tokens), statistics.median(times["long"])))
 
+    def dev_outputs(self) -> torch.Tensor:
+        return predict(self.inputs.student, self.inputs.kind, self.dev_enc, self.device, self.s.eval_batch_size)
+
     def dev_score(self) -> dict:
-        inp = self.inputs
-        student_out = predict(inp.student, inp.kind, self.dev_enc, self.device, self.s.eval_batch_size)
-        return dev_metrics(inp.kind, student_out, self.teacher_dev_out, inp.dev)[1]
+        return dev_metrics(self.inputs.kind, self.dev_outputs(), self.teacher_dev_out, self.inputs.dev)[1]
 
     def _stage_optimizer(self, stage: int, opt_state, ckpt_root: Path) -> torch.optim.Optimizer:
         """AdamW for ``stage``, restored when a resumed run stopped inside it. Weight decay on

@@ -464,3 +464,48 @@ def test_a_student_that_did_not_learn_is_named(world, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "out" / "distill_report.json").read_text())
     assert report["learned"] is False and "did not learn" in report["learn_warning"]
     assert "**Warning:** the student did not learn" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_output_spread():
+    from prunekit.distill import output_spread
+
+    ref = torch.tensor([[1.0, -1.0], [3.0, 0.0], [-2.0, 4.0]])
+    assert output_spread(ref, ref) == pytest.approx(1.0)
+    assert output_spread(0.5 * ref + 7.0, ref) == pytest.approx(0.5)  # a shift does not count, a scale does
+    assert output_spread(torch.full((3, 2), 0.3), ref) == 0.0
+    assert output_spread(ref[:1], ref[:1]) != output_spread(ref[:1], ref[:1])  # NaN: one example has no spread
+
+
+def _flat_student(world, root: Path) -> Path:
+    """The world's compact student with a zero classifier: the same logits for every input."""
+    flat = root / "flat-student"
+    shutil.copytree(world["compact"], flat)
+    model = load_compact(flat)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+    model.save_pretrained(flat)
+    return flat
+
+
+def test_a_student_that_starts_flat_gets_stage1(world, tmp_path):
+    """A student whose outputs do not vary over the dev set gets --flat-start-stage1-epochs of stage 1
+    where the run gives stage 1 none (from the epochs, and with --budget at most half of it); 0 turns
+    that off, and a student that starts varied gets none."""
+    flat = _flat_student(world, tmp_path)
+    r = distill(settings(world, tmp_path / "flat", student=str(flat), stage1_epochs=0, stage2_epochs=1), force=True)
+    report = json.loads((tmp_path / "flat" / "distill_report.json").read_text())
+    per_epoch = -(-report["train_examples"] // 16)
+    assert report["plan"]["stage1_steps"] == per_epoch and report["plan"]["flat_start"] == 0.0
+    assert [x["stage"] for x in r.log][0] == 1  # the first evaluation ends stage 1
+
+    distill(settings(world, tmp_path / "off", student=str(flat), stage1_epochs=0, stage2_epochs=1,
+                     flat_start_stage1_epochs=0), force=True)
+    assert json.loads((tmp_path / "off" / "distill_report.json").read_text())["plan"]["stage1_steps"] == 0
+
+    distill(settings(world, tmp_path / "budget", student=str(flat), budget="20steps"), force=True)
+    plan = json.loads((tmp_path / "budget" / "distill_report.json").read_text())["plan"]
+    assert (plan["stage1_steps"], plan["stage2_steps"]) == (min(per_epoch, 10), 20 - min(per_epoch, 10))
+
+    distill(settings(world, tmp_path / "varied", stage1_epochs=0, stage2_epochs=1), force=True)
+    plan = json.loads((tmp_path / "varied" / "distill_report.json").read_text())["plan"]
+    assert plan["stage1_steps"] == 0 and plan["flat_start"] is None
