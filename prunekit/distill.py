@@ -256,7 +256,7 @@ class DistillResult:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradients
     overflow_steps: int = 0  # fp16: steps skipped while the loss scale settled
     dev_warning: str | None = None  # the dev set looks seen by the teacher (see dev_set_warning)
-    learn_warning: str | None = None  # the student is no better than the majority label (see no_learning_warning)
+    learn_warning: str | None = None  # the student is no better than the majority label (see learning_check)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -731,6 +731,43 @@ def dev_set_warning(inp: _Inputs, metric: str, teacher_dev: dict, dev_fraction: 
             f"--dev-data with examples the teacher has not seen (its own held-out or dev split)")
 
 
+def learning_check(kind: str, dev, best: dict, metric: str, teacher_dev: dict, stage1_steps: int) -> tuple[bool | None, str | None]:
+    """(learned, what to say) for the distilled classifier: not learned when the best checkpoint's dev
+    accuracy (the checkpoint picked by ``metric``) is no better than always answering the most frequent
+    label, by at least one example, or its MCC is <= 0 where the task has no accuracy (CoLA) — and only
+    where the teacher itself beats that (an imbalanced dev set the teacher cannot read either says
+    nothing about the student). A student so small that its [CLS] state barely depends on the input
+    when it starts (a 10% search can keep one or two heads) gets almost no gradient from the predictions
+    alone and can stay there. (None, None) where the check does not apply: not a classifier, no class
+    labels, no dev number."""
+    m = best.get("metrics") or {}
+    if kind != "classification" or dev.labels is None or dev.task.kind != "classification" or not m or not len(dev.labels):
+        return None, None
+    n = len(dev.labels)
+    top, count = Counter(dev.labels).most_common(1)[0]
+    if "accuracy" in m and "accuracy" in teacher_dev:
+        if round(teacher_dev["accuracy"] * n) <= count:
+            return None, None
+        if round(m["accuracy"] * n) > count:
+            return True, None
+        names = dev.task.label_names
+        what = (f"its best dev accuracy {m['accuracy']:.4f}" + (f" (the checkpoint picked by {metric})" if metric != "accuracy" else "")
+                + f" is no better than always answering {names[top] if names else top!r} ({count / n:.4f})")
+    elif "mcc" in m and "mcc" in teacher_dev:
+        if teacher_dev["mcc"] <= 0:
+            return None, None
+        if m["mcc"] > 0:
+            return True, None
+        what = f"its best dev MCC {m['mcc']:.4f} is no better than a constant answer (0)"
+    else:
+        return None, None
+    fix = ("give stage 1 some steps (--stage1-epochs 1; with --budget, --stage1-share 0.25), which matches the teacher's "
+           "hidden states, another --seed, or keep more of the model (a larger --target)") if stage1_steps == 0 else \
+        f"it had {stage1_steps} steps of stage 1: try more (--stage1-epochs), another --seed, or keep more of the model (a larger --target)"
+    return False, (f"the student did not learn: {what}. A student this small can start with a [CLS] state that barely "
+                   f"depends on the input, and the teacher's predictions alone may not move it: {fix}")
+
+
 # A student starts flat when its outputs vary across the dev examples less than this share as much as
 # the teacher's do: its [CLS] state barely depends on the input (0.00004 and 0.0005 for two 10% students
 # with 2 heads, of which one never learned from the predictions alone; 0.05 to 0.67 for every other
@@ -747,28 +784,6 @@ def output_spread(outputs: torch.Tensor, reference: torch.Tensor) -> float:
         return float("nan")
     ref = float(r.std(0).mean())
     return float(o.std(0).mean()) / ref if ref > 0 else float("nan")
-
-
-def no_learning_warning(kind: str, dev, best: dict) -> str | None:
-    """What to say when the distilled classifier is no better on the dev set than always answering its
-    most frequent label (by at least one example): a student so small that its [CLS] state barely
-    depends on the input when it starts (a 10% search can keep one or two heads) gets almost no
-    gradient from the predictions alone and can stay there. None when it learned, or the dev set
-    has no class labels."""
-    if kind != "classification" or dev.labels is None or dev.task.kind != "classification" or not best.get("metrics"):
-        return None
-    accuracy = best["metrics"].get("accuracy")
-    if accuracy is None:
-        return None
-    top, count = Counter(dev.labels).most_common(1)[0]
-    majority, names = count / len(dev.labels), dev.task.label_names
-    if accuracy >= majority + 1 / len(dev.labels):
-        return None
-    return (f"the student did not learn: its best dev accuracy {accuracy:.4f} is no better than always answering "
-            f"{names[top] if names else top!r} ({majority:.4f}). A student this small can start with a [CLS] state that "
-            "barely depends on the input, and the teacher's predictions alone may not move it: give stage 1 some steps "
-            "(--stage1-epochs 1; with --budget, --stage1-share 0.25), which matches the teacher's hidden states, or keep "
-            "more of the model (a larger --target)")
 
 
 FAST_BACKEND = "sdpa"  # training and evaluation; stage 1 asks for attention maps, which runs eager
@@ -860,6 +875,9 @@ class _Run:
                     want = s.flat_start_stage1_epochs * math.ceil(examples[1] / s.batch_size)
                     share = min(0.5, want / budget.steps if budget.steps else want * per_step["1"] / budget.seconds)
                 s1, s2 = split(budget, share, per_step, eval_seconds, self.per_epoch2)
+                if flat and s1 == 0 and s2 > 1:  # rounded down to nothing: one step at least
+                    s1, s2 = 1, s2 - 1
+                flat = flat and s1 > 0
             plan = Plan(s1, s2, per_step, eval_seconds, s.budget, round(self.start_spread, 6) if flat else None)
             if flat:
                 log.warning("the student's outputs barely depend on its input (their spread over the dev set is %.2g of the "
@@ -876,12 +894,17 @@ class _Run:
             tqdm.write(line, file=sys.stderr)
         return plan
 
+    def _learning(self) -> tuple[bool | None, str | None]:
+        """:func:`learning_check` of the best checkpoint (rank 0)."""
+        return learning_check(self.inputs.kind, self.inputs.dev, self.best, self.metric, self.teacher_dev, self.s1)
+
     def _starts_flat(self) -> bool:
         """Whether the student gets stage 1 because it starts flat: its outputs' spread over the dev set
         under FLAT_START of the teacher's (rank 0 measured it), where the run gives stage 1 nothing."""
-        s = self.s
+        s, config = self.s, self.inputs.student.config
+        heads = getattr(config, "num_heads_per_layer", None) or [config.num_attention_heads]
         return s.flat_start_stage1_epochs > 0 and (s.stage1_share == 0 if s.budget is not None else s.stage1_epochs == 0) \
-            and self.start_spread < FLAT_START
+            and self.start_spread < FLAT_START and any(heads)  # with no head at all, [CLS] cannot see the input
 
     def _seconds_per_step(self, stage: int, repeats: int = 2) -> float:
         """A training step's seconds for ``stage`` on this machine, at an epoch's mean padded tokens:
@@ -1079,8 +1102,7 @@ class _Run:
         return DistillResult(output_dir=Path(self.s.output_dir), metric=self.metric, teacher_dev=self.teacher_dev,
                              before=self.before, best=self.best, steps=self.total, log=self.history,
                              skipped_steps=self.book.guard.skipped, overflow_steps=self.book.scaler.overflows,
-                             dev_warning=self.dev_warning,
-                             learn_warning=no_learning_warning(self.inputs.kind, self.inputs.dev, self.best))
+                             dev_warning=self.dev_warning, learn_warning=self._learning()[1])
 
     def write_output(self, out: Path, overwrite: bool) -> None:
         """The best weights as a compact model dir (config, safetensors, tokenizer), plus the run's record (rank 0)."""
@@ -1101,7 +1123,7 @@ class _Run:
         if best["value"] is not None and self.before.get(metric) is not None and best["value"] < self.before[metric]:
             log.warning("the best distilled %s (%.4f) is below the undistilled student's (%.4f)", metric, best["value"],
                         self.before[metric])
-        learn_warning = no_learning_warning(inp.kind, inp.dev, best)
+        learned, learn_warning = self._learning()
         # Assembled in a folder of its own inside the work dir, then renamed into place: a kill before
         # the rename leaves the checkpoints (a --resume only redoes this), after it a complete dir.
         final = work / "output"
@@ -1123,7 +1145,7 @@ class _Run:
             "steps": {"stage1": self.s1, "stage2": self.steps[2]}, "plan": self.plan.to_dict(), "train_examples": len(self.plain),
             "augmented_examples": len(self.aug_enc) if self.aug_enc is not self.plain else 0, "dev_examples": len(self.dev_enc),
             "dev_source": inp.dev.source, "dev_held_out_of_data": inp.dev_held_out, "dev_warning": self.dev_warning,
-            "learned": learn_warning is None, "learn_warning": learn_warning,
+            "learned": learned, "learn_warning": learn_warning,
             "skipped_steps": self.book.guard.skipped, "command": command_line(),
             **({"overflow_steps": scaler.overflows} if scaler.enabled else {}),
         }

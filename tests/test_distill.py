@@ -428,33 +428,46 @@ def test_length_groups_train_with_the_same_steps(world, tmp_path):
     assert plans[True]["stage2_steps"] == plans[False]["stage2_steps"]
 
 
-def test_no_learning_warning_against_the_majority_label():
-    """A classifier no better on dev than always answering the most frequent label (by one example) is
-    named; one that beats it, a regression and an unlabelled dev set are not."""
+def test_learning_check_against_the_majority_label():
+    """A classifier no better on dev than always answering the most frequent label (by one example, counted
+    in examples: 6/7 is one more than 5/7 whatever the rounding), or with an MCC <= 0 where the task has no
+    accuracy, is named; one that beats it, a teacher that does not, a regression and an unlabelled dev set
+    are not checked."""
     from prunekit.data.tasks import TextDataset, _custom_task
-    from prunekit.distill import no_learning_warning
+    from prunekit.distill import learning_check
 
-    dev = TextDataset(["a", "b", "c", "d"], None, [1, 1, 1, 0], _custom_task("classification", 2, ("no", "yes")), "dev")
-    warn = no_learning_warning("classification", dev, {"metrics": {"accuracy": 0.75}})
-    assert "did not learn" in warn and "'yes' (0.7500)" in warn and "--stage1-epochs 1" in warn
-    assert no_learning_warning("classification", dev, {"metrics": {"accuracy": 0.5}}) is not None
-    assert no_learning_warning("classification", dev, {"metrics": {"accuracy": 1.0}}) is None  # one example more
-    assert no_learning_warning("regression", dev, {"metrics": {"accuracy": 0.5}}) is None
-    unlabelled = TextDataset(["a", "b"], None, None, _custom_task("classification", 2), "dev")
-    assert no_learning_warning("classification", unlabelled, {"metrics": {"accuracy": 0.5}}) is None
-    assert no_learning_warning("classification", dev, {"metrics": None}) is None
+    task = _custom_task("classification", 2, ("no", "yes"))
+    dev = TextDataset(list("abcdefg"), None, [1, 1, 1, 0, 1, 0, 1], task, "dev")  # 5 of 7 "yes"
+    teacher = {"accuracy": 1.0}
+
+    def check(metrics, metric="accuracy", teacher_dev=teacher, stage1=0, data=dev, kind="classification"):
+        return learning_check(kind, data, {"metrics": metrics}, metric, teacher_dev, stage1)
+
+    learned, warn = check({"accuracy": 5 / 7})
+    assert learned is False and "did not learn" in warn and "'yes' (0.7143)" in warn and "--stage1-epochs 1" in warn
+    assert check({"accuracy": 6 / 7}) == (True, None)  # 5/7 + 1/7 != 6/7 in floating point
+    assert check({"accuracy": 4 / 7})[0] is False
+    assert "picked by f1" in check({"accuracy": 5 / 7, "f1": 0.83}, metric="f1")[1]
+    assert "it had 12 steps of stage 1" in check({"accuracy": 5 / 7}, stage1=12)[1]
+    assert check({"accuracy": 5 / 7}, teacher_dev={"accuracy": 5 / 7}) == (None, None)  # the teacher cannot either
+    assert check({"mcc": 0.0}, metric="mcc", teacher_dev={"mcc": 0.4})[0] is False
+    assert check({"mcc": 0.2}, metric="mcc", teacher_dev={"mcc": 0.4}) == (True, None)
+    assert check({"accuracy": 5 / 7}, kind="regression") == (None, None)
+    unlabelled = TextDataset(["a", "b"], None, None, task, "dev")
+    assert check({"accuracy": 0.5}, data=unlabelled) == (None, None)
+    assert check(None) == (None, None)
 
 
 def test_a_student_that_did_not_learn_is_named(world, tmp_path, monkeypatch):
     """The CLI says in one note that the student is no better than the majority label, and the report and
-    the model card record it (the student's dev accuracy scripted to 0)."""
+    the model card record it (the student's dev accuracy scripted to 0, the teacher's to 0.9)."""
     import prunekit.distill as D
 
     real = D.dev_metrics
 
     def scripted(kind, outputs, teacher_outputs, dev):
         name, m = real(kind, outputs, teacher_outputs, dev)
-        return name, (m if outputs is teacher_outputs else {**m, "accuracy": 0.0})
+        return name, {**m, "accuracy": 0.9 if outputs is teacher_outputs else 0.0}  # a teacher above the majority label
 
     monkeypatch.setattr(D, "dev_metrics", scripted)
     r = _cli(_args(world, world["compact"], tmp_path / "out"))
@@ -505,6 +518,10 @@ def test_a_student_that_starts_flat_gets_stage1(world, tmp_path):
     distill(settings(world, tmp_path / "budget", student=str(flat), budget="20steps"), force=True)
     plan = json.loads((tmp_path / "budget" / "distill_report.json").read_text())["plan"]
     assert (plan["stage1_steps"], plan["stage2_steps"]) == (min(per_epoch, 10), 20 - min(per_epoch, 10))
+
+    distill(settings(world, tmp_path / "one", student=str(flat), budget="1steps"), force=True)  # no room for stage 1
+    plan = json.loads((tmp_path / "one" / "distill_report.json").read_text())["plan"]
+    assert (plan["stage1_steps"], plan["stage2_steps"], plan["flat_start"]) == (0, 1, None)
 
     distill(settings(world, tmp_path / "varied", stage1_epochs=0, stage2_epochs=1), force=True)
     plan = json.loads((tmp_path / "varied" / "distill_report.json").read_text())["plan"]

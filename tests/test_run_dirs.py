@@ -392,12 +392,13 @@ def test_a_distill_run_from_before_a_recipe_change_resumes_with_its_own_values(t
     out = tmp_path / "d"
     old = json.loads(DistillSettings(student="s", output_dir=str(out), stage1_epochs=1.0, stage2_epochs=3.0,
                                      stage1_share=0.25, augment_copies=0).to_json())
-    del old["group_by_length"]
+    del old["group_by_length"], old["flat_start_stage1_epochs"]
     start_work_dir(partial_dir(out), json.dumps(old))
     given = {"output_dir": str(out), "recipe": "short", "stage1_epochs": None, "stage2_epochs": None, "stage1_share": None,
              "augment_copies": None, "group_by_length": None, "stage1_lr": None, "stage2_lr": None, "alpha_gold": None}
     filled = DistillSettings(student="s", **resumed_options(out, given))
-    assert (filled.stage1_epochs, filled.stage2_epochs, filled.augment_copies, filled.group_by_length) == (1.0, 3.0, 0, False)
+    assert (filled.stage1_epochs, filled.stage2_epochs, filled.augment_copies, filled.group_by_length,
+            filled.flat_start_stage1_epochs) == (1.0, 3.0, 0, False, 0.0)
     assert prepare_work_dir(out, filled, force=False, resume=True, resume_free=frozenset({"output_dir"})) == {}
     changed = DistillSettings(student="s", **resumed_options(out, {**given, "augment_copies": 1}))
     with pytest.raises(PrunekitError, match=r"\(augment_copies: 0 there, 1 now\)"):
