@@ -238,3 +238,19 @@ def tiny_roberta_teacher():
     batch["input_ids"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 1)
     batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
     return teacher, batch
+
+
+def load_real_task_script(name: str):
+    """A script of benchmarks/real_tasks imported under a name of its own (``build`` is also pypa's
+    package), with that folder on sys.path for their imports of each other (troff, task_files)."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks" / "real_tasks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"real_tasks_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,23 +2,17 @@
 seeds of one recipe (tags X, X-s1, X-s2), which is what the README's comparisons are read off."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from factory import load_real_task_script
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    spec = importlib.util.spec_from_file_location("real_tasks_pipeline", ROOT / "benchmarks" / "real_tasks" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_real_task_script("pipeline")
 
 
 def _run(results: Path, tag: str, test: float, dev: float, target: float = 0.3) -> None:

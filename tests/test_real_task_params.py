@@ -4,28 +4,13 @@ numpydoc / Google-style reader, the de-duplication and the splits of whole modul
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TASKS = ROOT / "benchmarks" / "real_tasks"
-sys.path.insert(0, str(TASKS))  # their own imports of each other (troff, task_files)
+from factory import load_real_task_script
 
-
-def _load(name: str):
-    """A script of benchmarks/real_tasks under a name of its own (``build`` is also pypa's package)."""
-    spec = importlib.util.spec_from_file_location(f"real_tasks_{name}", TASKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load("build")
+build = load_real_task_script("build")
 
 NUMPYDOC = """Fit the model.
 

@@ -4,7 +4,6 @@ of a docstring land in one split; the TF-IDF baseline's pair features; the task 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,21 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TASKS = ROOT / "benchmarks" / "real_tasks"
-sys.path.insert(0, str(TASKS))  # their own imports of each other (troff, task_files)
+from factory import load_real_task_script
+
+TASKS = Path(__file__).resolve().parents[1] / "benchmarks" / "real_tasks"
 
 
-def _load(name: str):
-    """A script of benchmarks/real_tasks under a name of its own (``build`` is also pypa's package)."""
-    spec = importlib.util.spec_from_file_location(f"real_tasks_{name}", TASKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build, task_files = _load("build"), _load("task_files")
+build, task_files = load_real_task_script("build"), load_real_task_script("task_files")
 
 MOD_A = '''
 def read_file(path, *, encoding="utf-8"):
@@ -151,7 +141,7 @@ def test_read_jsonl_single_segment(tmp_path):
 
 
 def test_tfidf_pair_features():
-    tfidf = _load("tfidf")
+    tfidf = load_real_task_script("tfidf")
     assert tfidf.identifier_words("get_exec_path(env) getExecPath") == ["get", "exec", "path", "env", "get", "exec", "path"]
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -169,7 +159,7 @@ def test_tfidf_pair_features():
 
 
 def test_overlap_rule():
-    tfidf = _load("tfidf")
+    tfidf = load_real_task_script("tfidf")
     dev = (["read the file", "close the stream", "open a door", "paint the wall"],
            ["match", "mismatch", "mismatch", "match"], ["read_file()", "open_file()", "open_window()", "paint_wall()"])
     test = (["open the door", "open a file"], ["match", "mismatch"], ["open_door()", "open_window()"])

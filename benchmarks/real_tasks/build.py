@@ -309,21 +309,28 @@ def documented_functions(max_words: int) -> Iterator[tuple[str, str, str]]:
                     yield module.split(".")[0], _signature(node), cut_words(clean(first), max_words)
 
 
+def _by_text(items: Iterator[tuple[str, str, str]], min_words: int) -> tuple[dict[str, set[tuple[str, str]]], dict[str, str], int]:
+    """(group, pair, text) items of a two-segment task by their text's de-duplication key (``_norm``):
+    (key -> every (group, pair) it was found with, key -> its first text, items read); texts under
+    ``min_words`` left out."""
+    by_text: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    first: dict[str, str] = {}
+    read = 0
+    for group, pair, text in items:
+        read += 1
+        if len(text.split()) >= min_words:
+            k = _norm(text)
+            by_text[k].add((group, pair))
+            first.setdefault(k, text)
+    return by_text, first, read
+
+
 def signature_docs(max_words: int, min_words: int) -> tuple[list[tuple[str, str, str]], dict]:
     """(docstring, its function's signature, top-level module) once per docstring; a docstring found
     under two signatures is dropped, one found with the same signature in two modules (``keys()`` of
     collections and _collections_abc) is kept in the first module by name (so the result does not
     depend on the process's string hashing)."""
-    by_doc: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    first: dict[str, str] = {}
-    read = 0
-    for module, sig, doc in documented_functions(max_words):
-        read += 1
-        if len(doc.split()) < min_words:
-            continue
-        k = _norm(doc)
-        by_doc[k].add((module, sig))
-        first.setdefault(k, doc)
+    by_doc, first, read = _by_text(documented_functions(max_words), min_words)
     ambiguous = sum(len({sig for _, sig in v}) > 1 for v in by_doc.values())
     docs = sorted((first[k], min(v)[1], min(v)[0]) for k, v in by_doc.items() if len({sig for _, sig in v}) == 1)
     return docs, {"read": read, "ambiguous_texts_dropped": ambiguous}
@@ -459,16 +466,7 @@ def param_docs(max_words: int, min_words: int) -> tuple[list[tuple[str, str, str
     under two parameter names is dropped, one found under the same name in several places (numpy's
     ``out``) is kept once, in the first module by name. At most ``PARAMS_PER_MODULE`` per module, and
     only modules with two parameter names or more (a mismatch needs another name of the module)."""
-    by_doc: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    first: dict[str, str] = {}
-    read = 0
-    for module, header, desc in documented_params(max_words):
-        read += 1
-        if len(desc.split()) < min_words:
-            continue
-        k = _norm(desc)
-        by_doc[k].add((module, header))
-        first.setdefault(k, desc)
+    by_doc, first, read = _by_text(documented_params(max_words), min_words)
     names = {k: {_param_name(h) for _, h in v} for k, v in by_doc.items()}
     ambiguous = sum(len(n) > 1 for n in names.values())
     per_module: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
