@@ -240,6 +240,19 @@ def tiny_roberta_teacher():
     return teacher, batch
 
 
+def assert_pair_rows(rows: list[dict], docs: list[tuple[str, str, str]], name) -> None:
+    """Rows of a two-segment real task against their (text, pair, group) docs: a match pairs a text with
+    its own pair, a mismatch with another name's pair (``name`` reads it) of the same group."""
+    own = {d[0]: (d[1], d[2]) for d in docs}
+    group_of = {d[1]: d[2] for d in docs}
+    for r in rows:
+        pair, group = own[r["text"]]
+        if r["label"] == "match":
+            assert r["text_pair"] == pair
+        else:
+            assert name(r["text_pair"]) != name(pair) and group_of[r["text_pair"]] == group
+
+
 def load_real_task_script(name: str):
     """A script of benchmarks/real_tasks imported under a name of its own (``build`` is also pypa's
     package), with that folder on sys.path for their imports of each other (troff, task_files)."""

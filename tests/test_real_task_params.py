@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from factory import load_real_task_script
+from factory import assert_pair_rows, load_real_task_script
 
 build = load_real_task_script("build")
 
@@ -128,14 +128,7 @@ def test_param_docs(sources):
     assert not any(d[2] in ("libb.lonely", "libc.delta") for d in docs)  # delta: one name under two types
     rows, alone = build.pair_rows(docs, seed=0, name=build._param_name)
     assert alone == 0 and len(rows) == 10
-    own = {d[0]: (d[1], d[2]) for d in docs}
-    module_of = {d[1]: d[2] for d in docs}
-    for r in rows:
-        header, module = own[r["text"]]
-        if r["label"] == "match":
-            assert r["text_pair"] == header
-        else:  # another parameter of the same module
-            assert build._param_name(r["text_pair"]) != build._param_name(header) and module_of[r["text_pair"]] == module
+    assert_pair_rows(rows, docs, build._param_name)  # a mismatch: another parameter of the same module
 
 
 def test_mismatch_names_another_parameter():

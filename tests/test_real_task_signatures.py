@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factory import load_real_task_script
+from factory import assert_pair_rows, load_real_task_script
 
 TASKS = Path(__file__).resolve().parents[1] / "benchmarks" / "real_tasks"
 
@@ -84,14 +84,7 @@ def test_docs_and_pairs(sources):
     assert ("Read the whole file at path and return its text decoded with the encoding.", "read_file(path, encoding)", "moda") in docs
     rows, alone = build.pair_rows(docs, seed=0)
     assert alone == 1  # lonely(a): no other function in modb
-    sig_of = {d[0]: (d[1], d[2]) for d in docs}
-    module_of = {d[1]: d[2] for d in docs}
-    for r in rows:
-        own, module = sig_of[r["text"]]
-        if r["label"] == "match":
-            assert r["text_pair"] == own
-        else:  # another function of the same module
-            assert r["text_pair"].split("(")[0] != own.split("(")[0] and module_of[r["text_pair"]] == module
+    assert_pair_rows(rows, docs, lambda sig: sig.split("(")[0])  # a mismatch: another function of the same module
     assert len(rows) == 2 * (len(docs) - alone)
 
 
