@@ -54,61 +54,49 @@ class _Table:
     line_nos: list[int]  # line in the file where each row starts, for error messages
 
 
-def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document is a text, not a quoting error (default 128 KiB)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _table(path: Path, records, kind: str, hint: str) -> _Table:
+    """The table of ``records``: (line where the record starts, its fields) pairs, blank records left
+    out; the first is the header. A record with another field count than the header's is an error that
+    names its line and ends with ``hint``."""
     header: list[str] | None = None
     rows: list[dict[str, Any]] = []
     line_nos: list[int] = []
-    kind = "TSV" if delimiter == "\t" else "CSV"
-    try:
-        start = 1
-        for fields in reader:
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                start = reader.line_num + 1
-                continue
-            if header is None:
-                header = [h.strip() for h in fields]
-                _check_header(path, header)
-            elif len(fields) != len(header):
-                raise PrunekitError(
-                    f"{path}: malformed {kind} at line {start}: {len(fields)} fields but the header has "
-                    f"{len(header)}; quote fields that contain the delimiter"
-                )
-            else:
-                rows.append(dict(zip(header, fields)))
-                line_nos.append(start)
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise PrunekitError(f"{path}: malformed {kind} at line {reader.line_num}: {e}; fix the quoting there") from None
-    if header is None:
-        raise PrunekitError(f"{path} is empty: it needs a header line and at least one row")
-    return _Table(header, rows, line_nos)
-
-
-def _read_plain_tsv(path: Path, text: str) -> _Table:
-    """TSV without quoting (GLUE style): every line is one row, split on tabs."""
-    header: list[str] | None = None
-    rows: list[dict[str, Any]] = []
-    line_nos: list[int] = []
-    for no, ln in enumerate(_lines(text), start=1):
-        if not ln.strip():
-            continue
-        fields = ln.split("\t")
+    for no, fields in records:
         if header is None:
             header = [h.strip() for h in fields]
             _check_header(path, header)
         elif len(fields) != len(header):
-            raise PrunekitError(
-                f"{path}: malformed TSV at line {no}: {len(fields)} fields but the header has {len(header)}; "
-                f"texts may not contain tabs"
-            )
+            raise PrunekitError(f"{path}: malformed {kind} at line {no}: {len(fields)} fields but the header has {len(header)}; {hint}")
         else:
             rows.append(dict(zip(header, fields)))
             line_nos.append(no)
     if header is None:
         raise PrunekitError(f"{path} is empty: it needs a header line and at least one row")
     return _Table(header, rows, line_nos)
+
+
+def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long document is a text, not a quoting error (default 128 KiB)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    kind = "TSV" if delimiter == "\t" else "CSV"
+
+    def records():
+        start = 1
+        for fields in reader:
+            if fields and not (len(fields) == 1 and not fields[0].strip()):
+                yield start, fields
+            start = reader.line_num + 1
+
+    try:
+        return _table(path, records(), kind, "quote fields that contain the delimiter")
+    except csv.Error as e:
+        raise PrunekitError(f"{path}: malformed {kind} at line {reader.line_num}: {e}; fix the quoting there") from None
+
+
+def _read_plain_tsv(path: Path, text: str) -> _Table:
+    """TSV without quoting (GLUE style): every line is one row, split on tabs."""
+    records = ((no, ln.split("\t")) for no, ln in enumerate(_lines(text), start=1) if ln.strip())
+    return _table(path, records, "TSV", "texts may not contain tabs")
 
 
 _CSV_QUOTED = re.compile(r'"(?:[^"]|"")*"')
