@@ -480,7 +480,7 @@ def recipe_default(name: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("student")
-@distill_option("--recipe", type=click.Choice(["short", "tinybert"]), show_default=True, help="What fills the options below that are not given: short (a budget of an hour on a CPU: stage 2 only, 5 epochs over the data and one augmented copy of each example, gold labels mixed in where the data has them, lr 1e-4, batches grouped by length; chosen by measurement, docs/results.md) or tinybert (TinyBERT's 20 + 3 epochs over 4 augmented copies, soft targets only, random batches).")
+@distill_option("--recipe", type=click.Choice(["short", "tinybert"]), show_default=True, help="What fills the options below that are not given: short (a budget of an hour on a CPU: one epoch of stage 1, then 5 of stage 2, over the data and one augmented copy of each example, gold labels mixed in where the data has them, lr 1e-4, batches grouped by length; chosen by measurement, docs/results.md) or tinybert (TinyBERT's 20 + 3 epochs over 4 augmented copies, soft targets only, random batches).")
 @distill_option("--teacher", help="The teacher to distil from. Default: the model the student was compacted from (its config).")
 @data_options(distill_option)
 @distill_option("--dev-data", help="Dev data for picking the best checkpoint (same forms as --data). Default: hold out --dev-fraction of --data.")

@@ -325,8 +325,8 @@ def test_recipes_fill_the_options_not_given(world, tmp_path):
     for name, value in RECIPES["short"].items():
         assert getattr(short, name) == value
     assert (tiny.stage1_epochs, tiny.augment_copies, tiny.alpha_gold, tiny.stage2_lr, tiny.group_by_length) == (20.0, 4, 0.0, 1e-5, False)
-    # what the measurements chose (docs/results.md): stage 2 only, one augmented copy, grouped batches
-    assert (short.stage1_epochs, short.stage1_share, short.augment_copies, short.group_by_length) == (0.0, 0.0, 1, True)
+    # what the measurements chose (docs/results.md): one epoch of stage 1 before 5 of stage 2, one augmented copy, grouped batches
+    assert (short.stage1_epochs, short.stage2_epochs, short.stage1_share, short.augment_copies, short.group_by_length) == (1.0, 5.0, 0.3, 1, True)
     assert DistillSettings(student="x", group_by_length=False, augment_copies=0).group_by_length is False  # given wins
     assert DistillSettings.from_dict(json.loads(short.to_json())) == short  # settings.json holds the filled values
     with pytest.raises(PrunekitError, match="--recipe"):
@@ -515,11 +515,11 @@ def test_a_student_that_starts_flat_gets_stage1(world, tmp_path):
                      flat_start_stage1_epochs=0), force=True)
     assert json.loads((tmp_path / "off" / "distill_report.json").read_text())["plan"]["stage1_steps"] == 0
 
-    distill(settings(world, tmp_path / "budget", student=str(flat), budget="20steps"), force=True)
+    distill(settings(world, tmp_path / "budget", student=str(flat), budget="20steps", stage1_share=0.0), force=True)
     plan = json.loads((tmp_path / "budget" / "distill_report.json").read_text())["plan"]
     assert (plan["stage1_steps"], plan["stage2_steps"]) == (min(per_epoch, 10), 20 - min(per_epoch, 10))
 
-    distill(settings(world, tmp_path / "one", student=str(flat), budget="1steps"), force=True)  # no room for stage 1
+    distill(settings(world, tmp_path / "one", student=str(flat), budget="1steps", stage1_share=0.0), force=True)  # no room for stage 1
     plan = json.loads((tmp_path / "one" / "distill_report.json").read_text())["plan"]
     assert (plan["stage1_steps"], plan["stage2_steps"], plan["flat_start"]) == (0, 1, None)
 

@@ -23,9 +23,9 @@ after ``build.py``, ``tfidf.py`` and ``teacher.py --task <task>``:
         --distill-args="--budget 40m" --tag 40m
     .venv/bin/python benchmarks/real_tasks/pipeline.py --task docstrings --report   # only rewrite the .md
 
-The distillation's defaults are `--recipe short` (stage 2 only, 5 epochs over the data and one
-augmented copy of each example, batches grouped by length; ~17 min for the whole pipeline on
-`docstrings` on 2 AVX-512 EPYC cores); pass `--budget` in `--distill-args` to bound it instead.
+The distillation's defaults are `--recipe short` (one epoch of stage 1, then 5 of stage 2, over the
+data and one augmented copy of each example, batches grouped by length; ~25 min for the whole pipeline
+on `signatures` on 2 AVX-512 EPYC cores); pass `--budget` in `--distill-args` to bound it instead.
 """
 from __future__ import annotations
 
