@@ -91,9 +91,9 @@ RECIPES = {
     # short: measured on real tasks (docs/results.md, "Grouped batches and one augmented copy"; "One epoch of
     # stage 1 before the five of stage 2"): one augmented copy pays (+1.4 points over the originals alone at
     # equal steps), grouped batches cost nothing in accuracy and halve the step time, and one epoch of
-    # stage 1 before the 5 of stage 2 pays at 30% of the FLOPs on the pair tasks (+1.0 over three seeds)
-    # for ~40% more time. With --budget stage 1 gets the share of the time that epoch takes on a CPU
-    # (its steps run the teacher too: ~2.3x a stage-2 step).
+    # stage 1 before the 5 of stage 2 pays at 30% of the FLOPs on the two pair tasks (+0.77 over eight
+    # seeds, seven up; level within noise on docstrings) for ~25% more time. With --budget stage 1 gets the
+    # share of the time that epoch takes on a CPU (its steps run the teacher too: ~2.3x a stage-2 step).
     # A student whose outputs barely depend on its input at the start (FLAT_START) gets one epoch of
     # stage 1 where a run gives stage 1 none: a 10% student kept 2 heads and stayed at chance for 5 epochs
     # of stage 2, and with the epoch of stage 1 it learned (docs/results.md, "A 10% student that did not learn").
